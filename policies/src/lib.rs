@@ -1,0 +1,25 @@
+//! Meridian's decision primitives: pure functions over plain data, no I/O and no clock
+//! of their own (time is always a parameter).
+//!
+//! - [`VersionVector`]: what a datacenter has applied, as the highest dense sequence
+//!   number seen per origin datacenter. Merge is a join (commutative, associative,
+//!   idempotent); `dominates` is the partial order that causal delivery and session
+//!   checks are made of.
+//! - [`Hlc`]: a hybrid logical clock. Its [`Timestamp`]s order every write of the
+//!   cluster consistently with causality, stay close to wall time, and never go
+//!   backwards even when the wall clock does.
+//! - [`Rendezvous`]: highest-random-weight hashing of user ids over datacenters, so each
+//!   user has one home and a stable order of successors.
+//! - [`SessionToken`]: a client's write timestamp in a text form that fits in a RESP
+//!   bulk string.
+
+mod hlc;
+mod rendezvous;
+mod token;
+mod varint;
+mod vv;
+
+pub use hlc::{ClockError, Hlc, Timestamp};
+pub use rendezvous::{Candidate, Rendezvous, RendezvousError};
+pub use token::{SessionToken, TokenError};
+pub use vv::{DecodeError, MAX_ID_LEN, VersionVector, is_valid_id as is_valid_dc_id};

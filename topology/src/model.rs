@@ -1,0 +1,238 @@
+//! The parsed topology: plain data, every setting already checked and typed.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::route::{DcIdx, Router, StarFallback};
+
+/// A whole cluster as the topology file describes it.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// `cluster.name`: peers refuse links to a proxy of another cluster.
+    pub cluster_name: String,
+    /// `cluster.topology`: the shape of replication.
+    pub kind: TopologyKind,
+    /// `cluster.star_fallback`: what star leaves do while the hub is down (default `direct`).
+    pub star_fallback: StarFallback,
+    /// The datacenters, in file order; a [`DcIdx`] is a position in this list.
+    pub datacenters: Vec<Datacenter>,
+    /// `[homes]`: which datacenter each user's writes go to.
+    pub homes: Homes,
+    /// `[session]`: how reads honour session tokens.
+    pub session: SessionSettings,
+    /// `[replication]`: durability and retention of the replication log.
+    pub replication: ReplicationSettings,
+    /// `[tls]`: the cluster's certificate authority.
+    pub tls: TlsSettings,
+    /// `[links]`: one-way delays between datacenters, for the WAN emulator and `check`.
+    pub links: Vec<Link>,
+    /// Routing over `kind`, ready to answer `next_hops`.
+    pub router: Router,
+}
+
+/// The shape of replication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopologyKind {
+    /// Every datacenter sends its changes to every other.
+    AllToAll,
+    /// Changes travel around the ring, in this order.
+    Ring(Vec<DcIdx>),
+    /// Changes pass through the hub.
+    Star {
+        /// The hub.
+        hub: DcIdx,
+    },
+}
+
+impl fmt::Display for TopologyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TopologyKind::AllToAll => "all-to-all",
+            TopologyKind::Ring(_) => "ring",
+            TopologyKind::Star { .. } => "star",
+        })
+    }
+}
+
+/// One datacenter and its proxy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Datacenter {
+    /// Its id: 1 to 64 characters of `[A-Za-z0-9._-]`.
+    pub id: String,
+    /// Redis protocol listener, for applications.
+    pub client: Endpoint,
+    /// QUIC listener, for the other datacenters.
+    pub peer: Endpoint,
+    /// HTTP listener: `/metrics` and `/status`.
+    pub admin: Endpoint,
+    /// Where the replication log and the embedded store live (resolved against the
+    /// topology file's directory).
+    pub data_dir: PathBuf,
+    /// The database behind the proxy (default: embedded).
+    pub backend: Backend,
+    /// Relative share of users homed here by rendezvous hashing (default 1.0).
+    pub weight: f64,
+    /// Certificate of this datacenter (default `<dir of tls.ca>/<id>.pem`).
+    pub cert: PathBuf,
+    /// Private key of this datacenter (default `<dir of tls.ca>/<id>-key.pem`).
+    pub key: PathBuf,
+}
+
+/// A `host:port` to listen on or dial.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// An IP address or a DNS name (IPv6 without brackets).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The database behind a proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded store in `data_dir`.
+    Embedded,
+    /// A Redis server.
+    Redis {
+        /// The primary, `redis://host:port/db` (or `rediss://` for TLS).
+        url: String,
+        /// Read replicas, same form.
+        replicas: Vec<String>,
+    },
+}
+
+/// How keys name users and users get homes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Homes {
+    /// How a key names its user (default hash-tag).
+    pub user: UserKey,
+    /// Users pinned to a datacenter, in file order.
+    pub pins: Vec<(String, DcIdx)>,
+    /// What happens to writes while a user's home is unreachable (default reject).
+    pub on_home_down: OnHomeDown,
+}
+
+/// How a key names its user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserKey {
+    /// The text inside the first `{...}`: `{u42}:cart` belongs to `u42`.
+    HashTag,
+    /// The text before the first `:`: `u42:cart` belongs to `u42`.
+    Prefix,
+}
+
+/// The write policy while a user's home is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnHomeDown {
+    /// Refuse the write with a clear error; nothing diverges.
+    Reject,
+    /// The next datacenter in the user's rendezvous order takes the writes, once a
+    /// majority agrees the home is down.
+    NextInLine,
+}
+
+/// How reads honour session tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// How long a read may wait for this datacenter to catch up (default 100 ms).
+    pub read_wait: Duration,
+    /// What a read does when the wait runs out (default forward).
+    pub on_stale: OnStale,
+}
+
+/// What a read that this datacenter cannot serve yet does after `read_wait`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStale {
+    /// Forward it to a datacenter that satisfies the token.
+    Forward,
+    /// Keep waiting.
+    Wait,
+    /// Answer with a stale-read error.
+    Error,
+}
+
+/// Durability and retention of the replication log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicationSettings {
+    /// When appends reach the disk (default every 10 ms).
+    pub fsync: FsyncPolicy,
+    /// The most log kept for peers that have not acknowledged it, in bytes (default 1 GiB).
+    pub log_retention_bytes: u64,
+}
+
+/// When log appends are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Before every acknowledgement.
+    Always,
+    /// In groups, at most this long after the append ("every-10ms").
+    Every(Duration),
+    /// Left to the operating system.
+    Never,
+}
+
+/// The cluster's certificate authority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The CA certificate every datacenter's certificate is signed by.
+    pub ca: PathBuf,
+}
+
+/// The network between two datacenters, one way, as the WAN emulator reproduces it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Link {
+    /// One end.
+    pub a: DcIdx,
+    /// The other end.
+    pub b: DcIdx,
+    /// One-way delay.
+    pub delay: Duration,
+    /// Random extra delay, up to this much.
+    pub jitter: Duration,
+    /// Fraction of packets lost, 0 to 1.
+    pub loss: f64,
+}
+
+impl Topology {
+    /// The datacenter called `id`.
+    pub fn index_of(&self, id: &str) -> Option<DcIdx> {
+        self.datacenters
+            .iter()
+            .position(|dc| dc.id == id)
+            .map(|i| DcIdx(i as u8))
+    }
+
+    /// The datacenter at `idx`.
+    pub fn dc(&self, idx: DcIdx) -> &Datacenter {
+        &self.datacenters[idx.get()]
+    }
+
+    /// The `[links]` entry between `a` and `b`, either way round.
+    pub fn link(&self, a: DcIdx, b: DcIdx) -> Option<&Link> {
+        self.links
+            .iter()
+            .find(|l| (l.a, l.b) == (a, b) || (l.a, l.b) == (b, a))
+    }
+
+    /// The datacenters `me` sends a change to; see [`Router::next_hops`].
+    pub fn next_hops(
+        &self,
+        me: DcIdx,
+        origin: DcIdx,
+        path: crate::DcSet,
+        live: crate::DcSet,
+    ) -> crate::DcSet {
+        self.router.next_hops(me, origin, path, live)
+    }
+}

@@ -1,0 +1,309 @@
+//! `[homes]`, `[session]`, `[replication]`, `[tls]`, `[links]` and the ring order.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use super::Ids;
+use super::reader::{Report, Table};
+use crate::model::{
+    FsyncPolicy, Homes, Link, OnHomeDown, OnStale, ReplicationSettings, SessionSettings,
+    TlsSettings, UserKey,
+};
+use crate::route::DcIdx;
+
+const HOMES_KEYS: &[&str] = &["user", "default", "pins", "on_home_down"];
+const SESSION_KEYS: &[&str] = &["read_wait_ms", "on_stale"];
+const REPLICATION_KEYS: &[&str] = &["fsync", "log_retention"];
+const TLS_KEYS: &[&str] = &["ca"];
+const LINK_KEYS: &[&str] = &["delay_ms", "jitter_ms", "loss"];
+
+/// The default CA path, relative to the topology file.
+const DEFAULT_CA: &str = "certs/ca.pem";
+const MIB: u64 = 1 << 20;
+
+/// The optional section `key` of the root, as a table to read (empty when absent).
+fn section<'t, 'i>(
+    report: &mut Report<'_>,
+    root: &Table<'t, 'i>,
+    key: &str,
+    allowed: &'static [&'static str],
+) -> Option<Table<'t, 'i>> {
+    let (table, span) = root.table(report, key)?;
+    Some(Table::new(report, table, span, key.to_owned(), allowed))
+}
+
+pub(super) fn ring_order(
+    report: &mut Report<'_>,
+    t: &Table<'_, '_>,
+    ids: &Ids,
+    n: usize,
+) -> Option<Vec<DcIdx>> {
+    let Some((names, span)) = t.strings(report, "ring") else {
+        return (t.get("ring").is_none()).then(|| (0..n as u8).map(DcIdx).collect());
+    };
+    let mut order = Vec::with_capacity(names.len());
+    let mut seen = vec![false; n];
+    let mut ok = true;
+    for (name, name_span) in names {
+        match ids.resolve(report, "cluster.ring", name, &name_span) {
+            Some(idx) if seen[idx.get()] => {
+                report.at(
+                    &name_span,
+                    "cluster.ring",
+                    format!("the ring lists {name:?} twice; each datacenter must appear once"),
+                );
+                ok = false;
+            }
+            Some(idx) => {
+                seen[idx.get()] = true;
+                order.push(idx);
+            }
+            None => ok = false,
+        }
+    }
+    let missing: Vec<String> = ids
+        .names
+        .iter()
+        .filter(|id| ids.index.get(*id).is_some_and(|i| !seen[i.get()]))
+        .map(|id| format!("{id:?}"))
+        .collect();
+    if !missing.is_empty() {
+        report.at(
+            &span,
+            "cluster.ring",
+            format!(
+                "the ring misses {}; each datacenter must appear once",
+                missing.join(", ")
+            ),
+        );
+        ok = false;
+    }
+    ok.then_some(order)
+}
+
+pub(super) fn homes(report: &mut Report<'_>, root: &Table<'_, '_>, ids: &Ids) -> Option<Homes> {
+    let mut homes = Homes {
+        user: UserKey::HashTag,
+        pins: Vec::new(),
+        on_home_down: OnHomeDown::Reject,
+    };
+    if root.get("homes").is_none() {
+        return Some(homes);
+    }
+    let t = section(report, root, "homes", HOMES_KEYS)?;
+    let before = report.problems.len();
+    let users = [("hash-tag", UserKey::HashTag), ("prefix", UserKey::Prefix)];
+    homes.user = t.choice(report, "user", &users).unwrap_or(UserKey::HashTag);
+    t.choice(report, "default", &[("rendezvous", ())]);
+    let policies = [
+        ("reject", OnHomeDown::Reject),
+        ("next-in-line", OnHomeDown::NextInLine),
+    ];
+    homes.on_home_down = t
+        .choice(report, "on_home_down", &policies)
+        .unwrap_or(OnHomeDown::Reject);
+    if let Some((pins, _)) = t.table(report, "pins") {
+        for (user, dc) in pins.iter() {
+            let key = format!("homes.pins.{:?}", user.get_ref());
+            let Some(name) = dc.get_ref().as_str() else {
+                report.at(
+                    &dc.span(),
+                    &key,
+                    format!(
+                        "expected a datacenter id, found {}",
+                        dc.get_ref().type_str()
+                    ),
+                );
+                continue;
+            };
+            if let Some(idx) = ids.resolve(report, &key, name, &dc.span()) {
+                homes.pins.push((user.get_ref().to_string(), idx));
+            }
+        }
+    }
+    (report.problems.len() == before).then_some(homes)
+}
+
+pub(super) fn session(report: &mut Report<'_>, root: &Table<'_, '_>) -> Option<SessionSettings> {
+    let mut session = SessionSettings {
+        read_wait: Duration::from_millis(100),
+        on_stale: OnStale::Forward,
+    };
+    if root.get("session").is_none() {
+        return Some(session);
+    }
+    let t = section(report, root, "session", SESSION_KEYS)?;
+    if let Some((ms, _)) = t.integer(report, "read_wait_ms", 0..=60_000, " ms") {
+        session.read_wait = Duration::from_millis(ms as u64);
+    }
+    let policies = [
+        ("forward", OnStale::Forward),
+        ("wait", OnStale::Wait),
+        ("error", OnStale::Error),
+    ];
+    session.on_stale = t
+        .choice(report, "on_stale", &policies)
+        .unwrap_or(OnStale::Forward);
+    Some(session)
+}
+
+pub(super) fn replication(
+    report: &mut Report<'_>,
+    root: &Table<'_, '_>,
+) -> Option<ReplicationSettings> {
+    let mut settings = ReplicationSettings {
+        fsync: FsyncPolicy::Every(Duration::from_millis(10)),
+        log_retention_bytes: 1 << 30,
+    };
+    if root.get("replication").is_none() {
+        return Some(settings);
+    }
+    let t = section(report, root, "replication", REPLICATION_KEYS)?;
+    let before = report.problems.len();
+    if let Some((text, span)) = t.string(report, "fsync") {
+        match parse_fsync(text) {
+            Some(policy) => settings.fsync = policy,
+            None => report.at(&span, "replication.fsync", format!("{text:?} is not \"always\", \"never\" or \"every-<N>ms\" with N from 1 to 10000")),
+        }
+    }
+    if let Some((text, span)) = t.string(report, "log_retention") {
+        match parse_size(text) {
+            Some(bytes) if bytes >= MIB => settings.log_retention_bytes = bytes,
+            Some(_) => report.at(
+                &span,
+                "replication.log_retention",
+                format!("{text:?} is too small: keep at least 1MiB of log"),
+            ),
+            None => report.at(
+                &span,
+                "replication.log_retention",
+                format!(
+                    "{text:?} is not a size: write a number and a unit, e.g. \"512MiB\" or \"1GiB\""
+                ),
+            ),
+        }
+    }
+    (report.problems.len() == before).then_some(settings)
+}
+
+fn parse_fsync(text: &str) -> Option<FsyncPolicy> {
+    match text {
+        "always" => Some(FsyncPolicy::Always),
+        "never" => Some(FsyncPolicy::Never),
+        _ => {
+            let ms: u64 = text
+                .strip_prefix("every-")?
+                .strip_suffix("ms")?
+                .parse()
+                .ok()?;
+            (1..=10_000)
+                .contains(&ms)
+                .then(|| FsyncPolicy::Every(Duration::from_millis(ms)))
+        }
+    }
+}
+
+/// `"512MiB"`, `"1GiB"`, `"10GB"`, `"4096B"`: a number and a binary or decimal unit.
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let scale: u64 = match unit.trim() {
+        "B" | "" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return None,
+    };
+    number.checked_mul(scale)
+}
+
+pub(super) fn tls(report: &mut Report<'_>, root: &Table<'_, '_>, base: &Path) -> TlsSettings {
+    let ca = root
+        .get("tls")
+        .and_then(|_| section(report, root, "tls", TLS_KEYS))
+        .and_then(|t| t.string(report, "ca"))
+        .map_or(DEFAULT_CA, |(ca, _)| ca);
+    TlsSettings { ca: base.join(ca) }
+}
+
+pub(super) fn links(report: &mut Report<'_>, root: &Table<'_, '_>, ids: &Ids) -> Option<Vec<Link>> {
+    let mut links = Vec::new();
+    if root.get("links").is_none() {
+        return Some(links);
+    }
+    let (table, _) = root.table(report, "links")?;
+    let before = report.problems.len();
+    let mut seen: HashMap<(DcIdx, DcIdx), usize> = HashMap::new();
+    for (name, value) in table.iter() {
+        let key = format!("links.{:?}", name.get_ref());
+        let Some((a, b)) = name.get_ref().split_once('/') else {
+            report.at(
+                &name.span(),
+                &key,
+                "a link is named \"<datacenter>/<datacenter>\"",
+            );
+            continue;
+        };
+        let (a, b) = (
+            ids.resolve(report, &key, a, &name.span()),
+            ids.resolve(report, &key, b, &name.span()),
+        );
+        let Some(spec) = value.get_ref().as_table() else {
+            report.at(
+                &value.span(),
+                &key,
+                format!(
+                    "expected a table like {{ delay_ms = 30 }}, found {}",
+                    value.get_ref().type_str()
+                ),
+            );
+            continue;
+        };
+        let t = Table::new(report, spec, value.span(), key.clone(), LINK_KEYS);
+        let delay = t.number(report, "delay_ms", 0.0..=10_000.0, " ms");
+        if t.get("delay_ms").is_none() {
+            t.missing(report, "delay_ms", " (the one-way delay in milliseconds)");
+        }
+        let jitter = t
+            .number(report, "jitter_ms", 0.0..=1_000.0, " ms")
+            .map_or(0.0, |(j, _)| j);
+        let loss = t
+            .number(report, "loss", 0.0..=1.0, "")
+            .map_or(0.0, |(l, _)| l);
+        let (Some(a), Some(b), Some((delay, _))) = (a, b, delay) else {
+            continue;
+        };
+        if a == b {
+            report.at(&name.span(), &key, "a link joins two different datacenters");
+            continue;
+        }
+        let pair = (a.min(b), a.max(b));
+        if let Some(line) = seen.get(&pair) {
+            report.at(
+                &name.span(),
+                &key,
+                format!("the link between these datacenters is already given on line {line}"),
+            );
+            continue;
+        }
+        seen.insert(pair, report.line_of(&name.span()));
+        let ms = |v: f64| Duration::from_micros((v * 1_000.0).round() as u64);
+        links.push(Link {
+            a,
+            b,
+            delay: ms(delay),
+            jitter: ms(jitter),
+            loss,
+        });
+    }
+    (report.problems.len() == before).then_some(links)
+}

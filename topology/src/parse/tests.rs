@@ -1,0 +1,305 @@
+use std::path::Path;
+use std::time::Duration;
+
+use crate::*;
+
+const THREE_REGIONS: &str = include_str!("../../../examples/three-regions.toml");
+
+fn parse(text: &str) -> Result<Topology, ConfigErrors> {
+    Topology::parse(text, "test.toml", Path::new("/etc/meridian"))
+}
+
+/// The problems of `text`, as `line:column key: message` lines.
+fn problems(text: &str) -> Vec<String> {
+    let errors = parse(text).expect_err("the file should be refused");
+    errors
+        .problems
+        .iter()
+        .map(|p| {
+            let at = p
+                .location
+                .map_or("-".to_owned(), |l| format!("{}:{}", l.line, l.column));
+            format!("{at} {}: {}", p.key, p.message)
+        })
+        .collect()
+}
+
+fn dc(id: &str, port: u16) -> String {
+    format!(
+        "[[datacenter]]\nid = \"{id}\"\nclient = \"127.0.0.1:{port}\"\npeer = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n",
+        port + 100,
+        port + 200
+    )
+}
+
+fn cluster(extra: &str) -> String {
+    format!(
+        "[cluster]\nname = \"t\"\n{extra}\n{}{}{}",
+        dc("a", 7001),
+        dc("b", 7002),
+        dc("c", 7003)
+    )
+}
+
+#[test]
+fn the_reference_file_parses_with_every_setting() {
+    let t = parse(THREE_REGIONS).unwrap();
+    assert_eq!(t.cluster_name, "shop");
+    let ids: Vec<&str> = t.datacenters.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["us-east", "eu-west", "ap-northeast"]);
+    assert_eq!(
+        t.kind,
+        TopologyKind::Ring(vec![DcIdx(0), DcIdx(1), DcIdx(2)])
+    );
+    let eu = &t.datacenters[1];
+    assert_eq!(eu.data_dir, Path::new("/etc/meridian/data/eu-west"));
+    assert_eq!(eu.cert, Path::new("/etc/meridian/certs/eu-west.pem"));
+    assert_eq!(eu.key, Path::new("/etc/meridian/certs/eu-west-key.pem"));
+    assert_eq!(
+        eu.backend,
+        Backend::Redis {
+            url: "redis://127.0.0.1:6390/0".into(),
+            replicas: vec!["redis://127.0.0.1:6391/0".into()]
+        }
+    );
+    assert_eq!(
+        eu.client,
+        Endpoint {
+            host: "127.0.0.1".into(),
+            port: 7002
+        }
+    );
+    assert_eq!(t.homes.user, UserKey::HashTag);
+    assert_eq!(
+        t.homes.pins,
+        vec![("alice".into(), DcIdx(1)), ("bob".into(), DcIdx(2))]
+    );
+    assert_eq!(t.homes.on_home_down, OnHomeDown::Reject);
+    assert_eq!(t.session.read_wait, Duration::from_millis(100));
+    assert_eq!(t.session.on_stale, OnStale::Forward);
+    assert_eq!(
+        t.replication.fsync,
+        FsyncPolicy::Every(Duration::from_millis(10))
+    );
+    assert_eq!(t.replication.log_retention_bytes, 1 << 30);
+    assert_eq!(t.tls.ca, Path::new("/etc/meridian/certs/ca.pem"));
+    let link = t.link(DcIdx(2), DcIdx(1)).unwrap();
+    assert_eq!(
+        (link.delay, link.jitter, link.loss),
+        (Duration::from_millis(100), Duration::from_millis(2), 0.001)
+    );
+}
+
+#[test]
+fn defaults_fill_what_a_minimal_file_leaves_out() {
+    let t = parse(&format!("[cluster]\nname = \"t\"\n{}", dc("solo", 7001))).unwrap();
+    assert_eq!(t.kind, TopologyKind::AllToAll);
+    assert_eq!(t.datacenters[0].backend, Backend::Embedded);
+    assert_eq!(
+        t.datacenters[0].data_dir,
+        Path::new("/etc/meridian/data/solo")
+    );
+    assert_eq!(t.datacenters[0].weight, 1.0);
+    assert_eq!(t.star_fallback, StarFallback::Direct);
+    assert!(t.links.is_empty());
+}
+
+#[test]
+fn every_mistake_is_reported_with_its_place() {
+    let text = r#"[cluster]
+name = "shop"
+topology = "star"
+hub = "us-central"
+colour = "blue"
+
+[[datacenter]]
+id = "us-east"
+client = "127.0.0.1:7001"
+peer = "127.0.0.1:7101"
+admin = "127.0.0.1:7201"
+
+[[datacenter]]
+id = "us-east"
+client = "127.0.0.1:7001"
+peer = "localhost"
+admin = "127.0.0.1:7202"
+backend = { kind = "redis" }
+
+[homes]
+pins = { "alice" = "eu-wset" }
+on_home_down = "next-in-lin"
+
+[session]
+read_wait_ms = -5
+
+[links]
+"us-east/mars" = { delay_ms = 20, jiter_ms = 1 }
+"#;
+    let found = problems(text);
+    let expected = [
+        "4:7 cluster.hub: \"us-central\" is not a datacenter; did you mean \"us-east\"?",
+        "5:1 cluster: unknown key \"colour\"; known keys are name, topology, ring, hub, star_fallback",
+        "14:6 datacenter \"us-east\".id: duplicate datacenter id \"us-east\" (first defined on line 8)",
+        "15:10 datacenter \"us-east\".client: 127.0.0.1:7001 clashes with 127.0.0.1:7001 of datacenter \"us-east\".client (line 9): two listeners cannot share an address",
+        "16:8 datacenter \"us-east\".peer: \"localhost\" has no port: write host:port, e.g. \"127.0.0.1:7001\"",
+        "18:11 datacenter \"us-east\".backend: missing required key \"url\" (for example \"redis://127.0.0.1:6379/0\")",
+        "21:20 homes.pins.\"alice\": \"eu-wset\" is not a datacenter; the datacenters are us-east",
+        "22:16 homes.on_home_down: \"next-in-lin\" is not one of \"reject\", \"next-in-line\"; did you mean \"next-in-line\"?",
+        "25:16 session.read_wait_ms: -5 ms is out of range: must be from 0 ms to 60000 ms",
+        "28:1 links.\"us-east/mars\": \"mars\" is not a datacenter; the datacenters are us-east",
+        "28:35 links.\"us-east/mars\": unknown key \"jiter_ms\"; did you mean \"jitter_ms\"?",
+    ];
+    assert_eq!(found, expected, "got:\n{}", found.join("\n"));
+}
+
+#[test]
+fn ring_orders_must_name_each_datacenter_once() {
+    let found = problems(&cluster(
+        "topology = \"ring\"\nring = [\"a\", \"a\", \"x\"]",
+    ));
+    assert_eq!(
+        found,
+        [
+            "4:8 cluster.ring: the ring misses \"b\", \"c\"; each datacenter must appear once",
+            "4:14 cluster.ring: the ring lists \"a\" twice; each datacenter must appear once",
+            "4:19 cluster.ring: \"x\" is not a datacenter; the datacenters are a, b, c",
+        ]
+    );
+}
+
+#[test]
+fn a_star_needs_a_hub_that_is_a_datacenter() {
+    let found = problems(&cluster("topology = \"star\""));
+    assert_eq!(
+        found,
+        [
+            "1:1 cluster: missing required key \"hub\" (a star needs the datacenter every change passes through)"
+        ]
+    );
+    let found = problems(&cluster("topology = \"star\"\nhub = \"bb\""));
+    assert_eq!(
+        found,
+        ["4:7 cluster.hub: \"bb\" is not a datacenter; did you mean \"b\"?"]
+    );
+    let found = problems(&cluster("ring = [\"a\", \"b\", \"c\"]"));
+    assert_eq!(
+        found,
+        ["3:8 cluster.ring: only applies when topology = \"ring\""]
+    );
+}
+
+#[test]
+fn numbers_out_of_range_are_refused() {
+    let text = format!(
+        "{}[links]\n\"a/b\" = {{ delay_ms = 20000, loss = 1.5 }}\n\"b/a\" = {{ delay_ms = 5 }}\n\"c/c\" = {{ delay_ms = 5 }}\n",
+        cluster("")
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "20:22 links.\"a/b\".delay_ms: 20000 ms is out of range: must be from 0 ms to 10000 ms",
+            "20:36 links.\"a/b\".loss: 1.5 is out of range: must be from 0 to 1",
+            "22:1 links.\"c/c\": a link joins two different datacenters",
+        ]
+    );
+    let text = format!(
+        "{}[replication]\nfsync = \"every-0ms\"\nlog_retention = \"12 parsecs\"\n",
+        cluster("")
+    );
+    let found = problems(&text);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found[0].contains("\"every-0ms\" is not \"always\", \"never\" or \"every-<N>ms\""));
+    assert!(found[1].contains("\"12 parsecs\" is not a size"));
+}
+
+#[test]
+fn a_link_given_twice_is_refused() {
+    let text = format!(
+        "{}[links]\n\"a/b\" = {{ delay_ms = 5 }}\n\"b/a\" = {{ delay_ms = 6 }}\n",
+        cluster("")
+    );
+    assert_eq!(
+        problems(&text),
+        ["21:1 links.\"b/a\": the link between these datacenters is already given on line 20"]
+    );
+}
+
+#[test]
+fn wildcard_listeners_clash_with_any_host_on_their_port() {
+    let text = cluster("").replace("client = \"127.0.0.1:7002\"", "client = \"0.0.0.0:7001\"");
+    let found = problems(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("0.0.0.0:7001 clashes with 127.0.0.1:7001"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn a_file_without_datacenters_is_refused() {
+    assert_eq!(
+        problems("[cluster]\nname = \"t\"\n"),
+        ["- datacenter: the file defines no datacenters: add at least one [[datacenter]] table"]
+    );
+}
+
+#[test]
+fn text_that_is_not_toml_gets_one_clear_line() {
+    let errors = parse("[cluster\nname = 1").unwrap_err();
+    assert_eq!(errors.problems.len(), 1);
+    let p = &errors.problems[0];
+    assert!(p.message.starts_with("not valid TOML: "), "{}", p.message);
+    assert_eq!(p.location.map(|l| l.line), Some(1));
+    let rendered = errors.to_string();
+    assert!(
+        rendered.starts_with("test.toml: 1 problem in the topology file\ntest.toml:1:"),
+        "{rendered}"
+    );
+    assert!(!rendered.contains("panicked"));
+}
+
+#[test]
+fn wrong_types_are_named() {
+    let text = cluster("").replace("name = \"t\"", "name = 5\ntopology = [\"ring\"]");
+    assert_eq!(
+        problems(&text),
+        [
+            "2:8 cluster.name: expected a string, found integer",
+            "3:12 cluster.topology: expected a string, found array"
+        ]
+    );
+}
+
+#[test]
+fn backends_are_checked() {
+    let text = cluster("")
+        .replacen(
+            "admin = \"127.0.0.1:7201\"",
+            "admin = \"127.0.0.1:7201\"\nbackend = { kind = \"embedded\", url = \"redis://x:1\" }",
+            1,
+        )
+        .replacen(
+            "admin = \"127.0.0.1:7202\"",
+            "admin = \"127.0.0.1:7202\"\nbackend = { kind = \"postgres\" }",
+            1,
+        )
+        .replacen(
+            "admin = \"127.0.0.1:7203\"",
+            "admin = \"127.0.0.1:7203\"\nbackend = { kind = \"redis\", url = \"http://x\" }",
+            1,
+        );
+    let found = problems(&text);
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert!(
+        found[0].ends_with("backend.url: only a redis backend takes this key"),
+        "{found:?}"
+    );
+    assert!(
+        found[1].ends_with("\"postgres\" is not one of \"embedded\", \"redis\""),
+        "{found:?}"
+    );
+    assert!(
+        found[2].contains("\"http://x\" is not a Redis URL"),
+        "{found:?}"
+    );
+}
