@@ -1,0 +1,99 @@
+//! `meridian check FILE`: validate a topology file and explain what it does.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use meridian_policies::{Candidate, Rendezvous};
+use meridian_topology::{ConfigErrors, Plan, Topology};
+
+use crate::{EX_NOINPUT, EX_USAGE};
+
+/// Synthetic users whose homes estimate each datacenter's share.
+const SAMPLE_USERS: usize = 100_000;
+
+pub(crate) fn run(file: &Path) -> ExitCode {
+    match load(file) {
+        Ok(topology) => {
+            print!("{}", Plan::of(&topology));
+            print!("{}", homes(&topology));
+            println!("\n{}: valid", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(LoadError::Unreadable(message)) => {
+            eprintln!("{message}");
+            ExitCode::from(EX_NOINPUT)
+        }
+        Err(LoadError::Invalid(errors)) => {
+            eprintln!("{errors}");
+            ExitCode::from(EX_USAGE)
+        }
+    }
+}
+
+/// Why a topology file could not be loaded.
+#[derive(Debug)]
+pub(crate) enum LoadError {
+    /// The file could not be read; the message names it and the reason.
+    Unreadable(String),
+    /// The file was read and has problems.
+    Invalid(ConfigErrors),
+}
+
+/// Reads and parses a topology file; relative paths in it resolve against its directory.
+pub(crate) fn load(file: &Path) -> Result<Topology, LoadError> {
+    let unreadable = |why: String| {
+        LoadError::Unreadable(format!(
+            "{}: cannot read the topology file: {why}",
+            file.display()
+        ))
+    };
+    let bytes = std::fs::read(file).map_err(|e| unreadable(e.kind().to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        unreadable(format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let base = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    Topology::parse(&text, &file.display().to_string(), &base).map_err(LoadError::Invalid)
+}
+
+/// Where users live: pins, and each datacenter's share of a large sample of users.
+fn homes(t: &Topology) -> String {
+    let candidates = t
+        .datacenters
+        .iter()
+        .map(|dc| Candidate {
+            id: dc.id.clone(),
+            weight: dc.weight,
+        })
+        .collect();
+    let pins = t
+        .homes
+        .pins
+        .iter()
+        .map(|(user, dc)| (user.as_str(), t.dc(*dc).id.as_str()));
+    let mut out = String::from("\nhomes:\n");
+    let rendezvous = match Rendezvous::new(candidates, pins) {
+        Ok(r) => r,
+        Err(e) => return format!("{out}  cannot assign homes: {e}\n"),
+    };
+    for (user, dc) in &t.homes.pins {
+        let _ = writeln!(out, "  {user} is pinned to {}", t.dc(*dc).id);
+    }
+    let mut counts = vec![0usize; t.datacenters.len()];
+    for i in 0..SAMPLE_USERS {
+        counts[rendezvous.home_of(&format!("user-{i}"))] += 1;
+    }
+    for (dc, count) in t.datacenters.iter().zip(counts) {
+        let share = 100.0 * count as f64 / SAMPLE_USERS as f64;
+        let _ = writeln!(
+            out,
+            "  {:>5.1}% of other users live in {} (weight {})",
+            share, dc.id, dc.weight
+        );
+    }
+    out
+}
