@@ -104,40 +104,34 @@ impl VersionVector {
         }
     }
 
-    /// Pointwise maximum: afterwards `self` dominates both inputs.
+    /// Pointwise maximum: afterwards `self` dominates both inputs. In place and
+    /// without allocating when `self` already names every origin `other` does.
     pub fn merge(&mut self, other: &VersionVector) {
-        if other.entries.is_empty() {
-            return;
+        let mut missing = Vec::new();
+        let mut mine = 0;
+        for (id, seq) in &other.entries {
+            while mine < self.entries.len() && self.entries[mine].0 < *id {
+                mine += 1;
+            }
+            match self.entries.get_mut(mine) {
+                Some(entry) if entry.0 == *id => entry.1 = entry.1.max(*seq),
+                _ => missing.push((id.clone(), *seq)),
+            }
         }
-        let mut merged = Vec::with_capacity(self.entries.len().max(other.entries.len()));
-        let (mut a, mut b) = (
-            self.entries.iter().peekable(),
-            other.entries.iter().peekable(),
-        );
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) => match x.0.cmp(&y.0) {
-                    std::cmp::Ordering::Less => a.next().cloned(),
-                    std::cmp::Ordering::Greater => b.next().cloned(),
-                    std::cmp::Ordering::Equal => {
-                        let seq = x.1.max(y.1);
-                        b.next();
-                        a.next().map(|(id, _)| (id.clone(), seq))
-                    }
-                },
-                (Some(_), None) => a.next().cloned(),
-                (None, Some(_)) => b.next().cloned(),
-                (None, None) => break,
-            };
-            merged.extend(next);
+        if !missing.is_empty() {
+            self.entries.extend(missing);
+            self.entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         }
-        self.entries = merged;
     }
 
     /// Whether every entry of `other` is at most the same entry of `self`
     /// (`self` has applied everything `other` has).
     pub fn dominates(&self, other: &VersionVector) -> bool {
-        other.entries.iter().all(|(id, seq)| self.get(id) >= *seq)
+        let mut mine = self.entries.iter().peekable();
+        other.entries.iter().all(|(id, seq)| {
+            while mine.next_if(|(m, _)| m < id).is_some() {}
+            mine.peek().is_some_and(|(m, s)| m == id && s >= seq)
+        })
     }
 
     /// Whether neither vector dominates the other (each has seen something the other has not).

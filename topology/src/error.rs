@@ -47,15 +47,15 @@ pub struct ConfigErrors {
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // One problem is one line; several get a count first.
         let count = self.problems.len();
-        let plural = if count == 1 { "" } else { "s" };
-        write!(
-            f,
-            "{}: {count} problem{plural} in the topology file",
-            self.file
-        )?;
-        for p in &self.problems {
-            f.write_str("\n")?;
+        if count != 1 {
+            writeln!(f, "{}: {count} problems in the topology file", self.file)?;
+        }
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
             match p.location {
                 Some(at) => write!(f, "{}:{}:{}: ", self.file, at.line, at.column)?,
                 None => write!(f, "{}: ", self.file)?,

@@ -32,6 +32,9 @@ impl DcDraft {
     /// The finished datacenter, if nothing was missing or bad. `certs` is the
     /// directory certificates default to.
     pub(super) fn build(self, base: &Path, certs: &Path) -> Option<Datacenter> {
+        if !self.complete {
+            return None;
+        }
         let (id, _) = self.id?;
         let mut listeners = self.listeners.into_iter().map(|(_, e, _)| e);
         let (client, peer, admin) = (listeners.next()?, listeners.next()?, listeners.next()?);
@@ -52,7 +55,6 @@ impl DcDraft {
             backend: self.backend?,
             weight: self.weight,
         })
-        .filter(|_| self.complete)
     }
 }
 
@@ -99,7 +101,7 @@ pub(super) fn read_all(
 fn read_one(report: &mut Report<'_>, t: &Table<'_, '_>, base: &Path) -> DcDraft {
     let before = report.problems.len();
     let id = t.required_string(report, "id", "").and_then(|(id, span)| {
-        if policies_id_ok(id) {
+        if is_valid_id(id) {
             Some((id.to_owned(), span))
         } else {
             let message =
@@ -146,7 +148,7 @@ fn read_one(report: &mut Report<'_>, t: &Table<'_, '_>, base: &Path) -> DcDraft 
     }
 }
 
-fn policies_id_ok(id: &str) -> bool {
+fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id
