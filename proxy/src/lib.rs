@@ -1,0 +1,8 @@
+//! The meridian proxy: one per datacenter, in front of that datacenter's database.
+//!
+//! This crate is where meridian touches the world: client sockets speaking the Redis
+//! protocol ([`resp`]), and, as the proxy grows, the replication log, the backends and
+//! the links to other datacenters. Decisions live in `meridian-topology` and
+//! `meridian-policies`; this crate carries them out.
+
+pub mod resp;

@@ -1,0 +1,183 @@
+//! Replies, encoded for the protocol version the client chose.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// The protocol version of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// RESP2, every connection's start.
+    #[default]
+    Resp2,
+    /// RESP3, after `HELLO 3`.
+    Resp3,
+}
+
+/// A reply to one command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// `+OK`.
+    Simple(&'static str),
+    /// A status that is not a constant.
+    Status(String),
+    /// `-ERR ...`: the text, starting with its code (`ERR`, `WRONGTYPE`, ...).
+    Error(String),
+    /// `:42`.
+    Integer(i64),
+    /// `$5 hello`.
+    Bulk(Bytes),
+    /// The null (a missing key): `$-1` in RESP2, `_` in RESP3.
+    Null,
+    /// The null array (`*-1` in RESP2), e.g. an aborted transaction.
+    NullArray,
+    /// `*n` elements.
+    Array(Vec<Reply>),
+    /// A map: `%n` in RESP3, a flat array of pairs in RESP2.
+    Map(Vec<(Reply, Reply)>),
+    /// A double: `,` in RESP3, a bulk string in RESP2.
+    Double(f64),
+    /// Verbatim text (INFO, CLIENT INFO): `=` in RESP3, a bulk string in RESP2.
+    Verbatim(String),
+}
+
+impl Reply {
+    /// `+OK`.
+    pub const OK: Reply = Reply::Simple("OK");
+
+    /// An error reply; `message` starts with its code (`ERR ...`).
+    pub fn error(message: impl Into<String>) -> Reply {
+        Reply::Error(message.into())
+    }
+
+    /// A bulk string of `bytes`.
+    pub fn bulk(bytes: impl Into<Bytes>) -> Reply {
+        Reply::Bulk(bytes.into())
+    }
+
+    /// Whether this is an error reply.
+    pub fn is_error(&self) -> bool {
+        matches!(self, Reply::Error(_))
+    }
+
+    /// Appends the encoding of this reply for `protocol` to `out`.
+    pub fn encode(&self, protocol: Protocol, out: &mut BytesMut) {
+        let resp3 = protocol == Protocol::Resp3;
+        match self {
+            Reply::Simple(s) => line(out, b'+', s.as_bytes()),
+            Reply::Status(s) => line(out, b'+', clean(s).as_bytes()),
+            Reply::Error(e) => line(out, b'-', clean(e).as_bytes()),
+            Reply::Integer(n) => line(out, b':', itoa::Buffer::new().format(*n).as_bytes()),
+            Reply::Bulk(b) => bulk(out, b'$', b),
+            Reply::Null if resp3 => out.put_slice(b"_\r\n"),
+            Reply::Null => out.put_slice(b"$-1\r\n"),
+            Reply::NullArray if resp3 => out.put_slice(b"_\r\n"),
+            Reply::NullArray => out.put_slice(b"*-1\r\n"),
+            Reply::Array(items) => {
+                header(out, b'*', items.len());
+                items.iter().for_each(|i| i.encode(protocol, out));
+            }
+            Reply::Map(pairs) => {
+                if resp3 {
+                    header(out, b'%', pairs.len());
+                } else {
+                    header(out, b'*', pairs.len() * 2);
+                }
+                for (k, v) in pairs {
+                    k.encode(protocol, out);
+                    v.encode(protocol, out);
+                }
+            }
+            Reply::Double(d) => {
+                let text = format_double(*d);
+                if resp3 {
+                    line(out, b',', text.as_bytes())
+                } else {
+                    bulk(out, b'$', text.as_bytes())
+                }
+            }
+            Reply::Verbatim(text) if resp3 => {
+                header(out, b'=', text.len() + 4);
+                out.put_slice(b"txt:");
+                out.put_slice(text.as_bytes());
+                out.put_slice(b"\r\n");
+            }
+            Reply::Verbatim(text) => bulk(out, b'$', text.as_bytes()),
+        }
+    }
+}
+
+/// Redis's text form of a double: integers without a fraction, `inf`/`-inf`/`nan`.
+fn format_double(d: f64) -> String {
+    if d.is_infinite() {
+        if d > 0.0 { "inf".into() } else { "-inf".into() }
+    } else if d.is_nan() {
+        "nan".into()
+    } else {
+        format!("{d}")
+    }
+}
+
+/// Simple strings and errors cannot hold CR or LF; replace them rather than break framing.
+fn clean(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains(['\r', '\n']) {
+        s.replace(['\r', '\n'], " ").into()
+    } else {
+        s.into()
+    }
+}
+
+fn line(out: &mut BytesMut, kind: u8, text: &[u8]) {
+    out.reserve(text.len() + 3);
+    out.put_u8(kind);
+    out.put_slice(text);
+    out.put_slice(b"\r\n");
+}
+
+fn header(out: &mut BytesMut, kind: u8, len: usize) {
+    line(out, kind, itoa::Buffer::new().format(len).as_bytes());
+}
+
+fn bulk(out: &mut BytesMut, kind: u8, data: &[u8]) {
+    header(out, kind, data.len());
+    out.reserve(data.len() + 2);
+    out.put_slice(data);
+    out.put_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(reply: Reply, protocol: Protocol) -> String {
+        let mut out = BytesMut::new();
+        reply.encode(protocol, &mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn encodes_each_kind_for_each_protocol() {
+        use Protocol::*;
+        assert_eq!(encoded(Reply::OK, Resp2), "+OK\r\n");
+        assert_eq!(
+            encoded(Reply::error("ERR no\r\nway"), Resp2),
+            "-ERR no  way\r\n"
+        );
+        assert_eq!(encoded(Reply::Integer(-7), Resp2), ":-7\r\n");
+        assert_eq!(encoded(Reply::bulk("hi"), Resp2), "$2\r\nhi\r\n");
+        assert_eq!(encoded(Reply::Null, Resp2), "$-1\r\n");
+        assert_eq!(encoded(Reply::Null, Resp3), "_\r\n");
+        assert_eq!(encoded(Reply::NullArray, Resp2), "*-1\r\n");
+        let map = Reply::Map(vec![(Reply::bulk("a"), Reply::Integer(1))]);
+        assert_eq!(encoded(map.clone(), Resp2), "*2\r\n$1\r\na\r\n:1\r\n");
+        assert_eq!(encoded(map, Resp3), "%1\r\n$1\r\na\r\n:1\r\n");
+        assert_eq!(encoded(Reply::Double(1.5), Resp2), "$3\r\n1.5\r\n");
+        assert_eq!(encoded(Reply::Double(3.0), Resp3), ",3\r\n");
+        assert_eq!(
+            encoded(Reply::Verbatim("x".into()), Resp3),
+            "=5\r\ntxt:x\r\n"
+        );
+        assert_eq!(
+            encoded(Reply::Array(vec![Reply::Null, Reply::OK]), Resp2),
+            "*2\r\n$-1\r\n+OK\r\n"
+        );
+    }
+}
