@@ -5,4 +5,6 @@
 //! the links to other datacenters. Decisions live in `meridian-topology` and
 //! `meridian-policies`; this crate carries them out.
 
+pub mod change;
+pub mod log;
 pub mod resp;

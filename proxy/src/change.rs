@@ -1,0 +1,135 @@
+//! Logical changes: what the log stores and replication ships.
+//!
+//! A change records effects, not statements: `INCR` becomes the resulting value,
+//! `EXPIRE 10` becomes an absolute expiry time. Each [`Op`] carries the key's whole
+//! new state, so applying a change twice, or applying it on another datacenter, gives
+//! the same result (idempotent apply).
+
+use serde::{Deserialize, Serialize};
+
+/// Format version of encoded changes. A reader refuses versions it does not know
+/// rather than misreading them.
+pub const CHANGE_FORMAT: u8 = 1;
+
+/// One committed write: dense `seq` per `origin`, ordered by `hlc` across the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// The datacenter that made it.
+    pub origin: String,
+    /// Its position among `origin`'s changes, from 1.
+    pub seq: u64,
+    /// Its hybrid-logical-clock timestamp (packed).
+    pub hlc: u64,
+    /// The user whose keys it changes.
+    pub user: Vec<u8>,
+    /// The new state of each key it touched, in command order.
+    pub ops: Vec<Op>,
+}
+
+/// The new state of one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its value afterwards; `None` when the key was deleted.
+    pub value: Option<Value>,
+}
+
+/// A key's value and expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Value {
+    /// The data.
+    pub data: Data,
+    /// When it expires, in milliseconds since the Unix epoch.
+    pub expire_at_ms: Option<u64>,
+}
+
+/// The data types meridian stores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Data {
+    /// A Redis string.
+    String(Vec<u8>),
+    /// A Redis hash, fields sorted.
+    Hash(std::collections::BTreeMap<Vec<u8>, Vec<u8>>),
+}
+
+impl Value {
+    /// Whether the value has expired at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expire_at_ms.is_some_and(|at| at <= now_ms)
+    }
+}
+
+/// Why bytes could not be read as a change.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeDecodeError {
+    /// Empty input.
+    #[error("empty change record")]
+    Empty,
+    /// A format this build does not know (written by a newer meridian).
+    #[error("change format {0} is not known to this build (it reads format {CHANGE_FORMAT})")]
+    UnknownFormat(u8),
+    /// The body does not decode.
+    #[error("change record is malformed: {0}")]
+    Malformed(#[from] postcard::Error),
+}
+
+impl Change {
+    /// Appends the encoded change (format byte, then the body) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(CHANGE_FORMAT);
+        // Serialising plain owned data into a Vec cannot fail.
+        let body = postcard::to_stdvec(self).unwrap_or_default();
+        out.extend_from_slice(&body);
+    }
+
+    /// Reads a change written by [`Change::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Change, ChangeDecodeError> {
+        match bytes.split_first() {
+            None => Err(ChangeDecodeError::Empty),
+            Some((&CHANGE_FORMAT, body)) => Ok(postcard::from_bytes(body)?),
+            Some((&other, _)) => Err(ChangeDecodeError::UnknownFormat(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_refuses_unknown_formats() {
+        let change = Change {
+            origin: "us-east".into(),
+            seq: 7,
+            hlc: 123 << 16,
+            user: b"u42".to_vec(),
+            ops: vec![
+                Op {
+                    key: b"{u42}:a".to_vec(),
+                    value: Some(Value {
+                        data: Data::String(b"1".to_vec()),
+                        expire_at_ms: Some(9),
+                    }),
+                },
+                Op {
+                    key: b"{u42}:b".to_vec(),
+                    value: None,
+                },
+            ],
+        };
+        let mut bytes = Vec::new();
+        change.encode(&mut bytes);
+        assert_eq!(Change::decode(&bytes).unwrap(), change);
+        bytes[0] = 9;
+        assert!(matches!(
+            Change::decode(&bytes),
+            Err(ChangeDecodeError::UnknownFormat(9))
+        ));
+        assert!(matches!(Change::decode(&[]), Err(ChangeDecodeError::Empty)));
+        assert!(matches!(
+            Change::decode(&[1, 0xff]),
+            Err(ChangeDecodeError::Malformed(_))
+        ));
+    }
+}

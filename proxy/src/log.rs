@@ -1,0 +1,318 @@
+//! The durable replication log: every change this datacenter commits, in order.
+//!
+//! The log is a directory of segment files `<first lsn, 20 digits>.seg`. A segment
+//! starts with an 8-byte magic and holds records `[length u32 LE][crc32 u32 LE][payload]`.
+//! A log sequence number (LSN) counts records from the start of the log.
+//!
+//! On open, a record cut short at the end of the newest segment (a torn write from a
+//! crash) is truncated with a warning; a damaged record with data after it is
+//! corruption, and opening fails naming the segment and offset, because silently
+//! skipping it could lose acknowledged writes.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Identifies a meridian log segment, format 1.
+const MAGIC: &[u8; 8] = b"MRDNLOG1";
+const RECORD_HEADER: usize = 8;
+/// A segment is closed and a new one started past this size.
+const SEGMENT_BYTES: u64 = 64 << 20;
+/// The largest record the log accepts (a change of a few large values).
+pub const MAX_RECORD: usize = 512 << 20;
+
+/// Why the log could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A file operation failed.
+    #[error("replication log {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// A damaged record that is not a torn tail: the log cannot be trusted past it.
+    #[error(
+        "replication log segment {path} is corrupt at byte offset {offset}: {what}; \
+         the proxy will not start on a damaged log (restore the segment or bootstrap this datacenter again)"
+    )]
+    Corrupt {
+        /// The segment.
+        path: PathBuf,
+        /// Where the bad record starts.
+        offset: u64,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// A record larger than [`MAX_RECORD`].
+    #[error("a change of {0} bytes is larger than the log's limit of {MAX_RECORD} bytes")]
+    RecordTooLarge(usize),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
+    move |source| LogError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// An open log, positioned for appending.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    file: File,
+    file_path: PathBuf,
+    file_len: u64,
+    next_lsn: u64,
+    dirty: bool,
+}
+
+/// What opening the log found.
+#[derive(Debug)]
+pub struct Recovered {
+    /// Every record, with its LSN, oldest first.
+    pub records: Vec<(u64, Vec<u8>)>,
+    /// Bytes cut from a torn tail, if any.
+    pub truncated_bytes: u64,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, returning the records it holds.
+    pub fn open(dir: &Path) -> Result<(Log, Recovered), LogError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut segments = list_segments(dir)?;
+        if segments.is_empty() {
+            let path = segment_path(dir, 0);
+            create_segment(&path)?;
+            segments.push((0, path));
+        }
+        let mut records = Vec::new();
+        let mut truncated_bytes = 0;
+        let last = segments.len() - 1;
+        for (i, (first_lsn, path)) in segments.iter().enumerate() {
+            if *first_lsn != records.len() as u64 {
+                return Err(LogError::Corrupt {
+                    path: path.clone(),
+                    offset: 0,
+                    what: format!(
+                        "segment starts at record {first_lsn}, but the segments before it end at record {}",
+                        records.len()
+                    ),
+                });
+            }
+            let (good_len, torn) = read_segment(path, i == last, &mut records)?;
+            if torn > 0 {
+                tracing::warn!(segment = %path.display(), offset = good_len, bytes = torn, "truncating a torn record at the end of the replication log");
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io_err(path))?;
+                f.set_len(good_len).map_err(io_err(path))?;
+                f.sync_all().map_err(io_err(path))?;
+                truncated_bytes = torn;
+            }
+        }
+        let (_, file_path) = segments.pop().unwrap_or_else(|| (0, segment_path(dir, 0)));
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&file_path)
+            .map_err(io_err(&file_path))?;
+        let file_len = file.metadata().map_err(io_err(&file_path))?.len();
+        let records: Vec<(u64, Vec<u8>)> = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (i as u64, r))
+            .collect();
+        let log = Log {
+            dir: dir.to_owned(),
+            file,
+            file_path,
+            file_len,
+            next_lsn: records.len() as u64,
+            dirty: false,
+        };
+        Ok((
+            log,
+            Recovered {
+                records,
+                truncated_bytes,
+            },
+        ))
+    }
+
+    /// The LSN the next record will get.
+    pub fn next_lsn(&self) -> u64 {
+        self.next_lsn
+    }
+
+    /// Total bytes in the current segment (for metrics).
+    pub fn segment_len(&self) -> u64 {
+        self.file_len
+    }
+
+    /// Appends `payloads` with one write; returns the LSN of the first. The records
+    /// are in the operating system's hands when this returns (they survive the process
+    /// being killed); call [`Log::sync`] to make them survive a power loss.
+    pub fn append<'a>(
+        &mut self,
+        payloads: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<u64, LogError> {
+        if self.file_len >= SEGMENT_BYTES {
+            self.roll()?;
+        }
+        let mut buf = Vec::new();
+        let mut count = 0;
+        for payload in payloads {
+            if payload.len() > MAX_RECORD {
+                return Err(LogError::RecordTooLarge(payload.len()));
+            }
+            buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+            buf.extend_from_slice(payload);
+            count += 1;
+        }
+        let first = self.next_lsn;
+        if let Err(e) = self.file.write_all(&buf) {
+            // A partial write leaves a torn record; cut it so later appends stay readable.
+            let _ = self.file.set_len(self.file_len);
+            return Err(io_err(&self.file_path)(e));
+        }
+        self.file_len += buf.len() as u64;
+        self.next_lsn += count;
+        self.dirty = true;
+        Ok(first)
+    }
+
+    /// Flushes appended records to stable storage, if any are pending.
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        if self.dirty {
+            self.file.sync_data().map_err(io_err(&self.file_path))?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    fn roll(&mut self) -> Result<(), LogError> {
+        self.sync()?;
+        let path = segment_path(&self.dir, self.next_lsn);
+        create_segment(&path)?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        self.file_path = path;
+        self.file_len = MAGIC.len() as u64;
+        Ok(())
+    }
+}
+
+fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
+    dir.join(format!("{first_lsn:020}.seg"))
+}
+
+fn create_segment(path: &Path) -> Result<(), LogError> {
+    let mut f = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.write_all(MAGIC).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
+    }
+    Ok(())
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(first) = name
+            .strip_suffix(".seg")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            segments.push((first, path));
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+/// Reads one segment's records into `out`. Returns the length of its valid prefix and,
+/// for the newest segment, the bytes of a torn tail to cut.
+fn read_segment(path: &Path, newest: bool, out: &mut Vec<Vec<u8>>) -> Result<(u64, u64), LogError> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(io_err(path))?;
+    let corrupt = |offset: usize, what: String| LogError::Corrupt {
+        path: path.to_owned(),
+        offset: offset as u64,
+        what,
+    };
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        if newest && bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes) {
+            return rewrite_magic(path);
+        }
+        return Err(corrupt(0, "not a meridian log segment (bad magic)".into()));
+    }
+    let mut at = MAGIC.len();
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        let torn_or = |what: String| {
+            if newest {
+                Ok((at as u64, (bytes.len() - at) as u64))
+            } else {
+                Err(corrupt(at, what))
+            }
+        };
+        if rest.len() < RECORD_HEADER {
+            return torn_or("record header cut short".into());
+        }
+        let len = u32::from_le_bytes(rest[..4].try_into().unwrap_or_default()) as usize;
+        let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap_or_default());
+        let end = RECORD_HEADER + len;
+        if len > MAX_RECORD {
+            return Err(corrupt(
+                at,
+                format!("record length {len} is over the limit"),
+            ));
+        }
+        if rest.len() < end {
+            return torn_or(format!("record of {len} bytes cut short"));
+        }
+        let payload = &rest[RECORD_HEADER..end];
+        if crc32fast::hash(payload) != crc {
+            // A bad checksum on the very last record is a torn write; anywhere else it
+            // is damage to data that was once complete.
+            if rest.len() == end {
+                return torn_or("checksum mismatch".into());
+            }
+            return Err(corrupt(at, "checksum mismatch".into()));
+        }
+        out.push(payload.to_vec());
+        at += end;
+    }
+    Ok((at as u64, 0))
+}
+
+/// A newest segment whose magic was cut short by a crash right after creation.
+fn rewrite_magic(path: &Path) -> Result<(u64, u64), LogError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.write_all(MAGIC)
+        .and_then(|_| f.sync_all())
+        .map_err(io_err(path))?;
+    Ok((MAGIC.len() as u64, 0))
+}
+
+#[cfg(test)]
+mod tests;
