@@ -6,5 +6,7 @@
 //! `meridian-policies`; this crate carries them out.
 
 pub mod change;
+pub mod command;
 pub mod log;
 pub mod resp;
+pub mod store;

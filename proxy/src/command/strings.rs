@@ -1,0 +1,203 @@
+//! String commands.
+
+use bytes::Bytes;
+
+use super::{Keyspace, Outcome, int_arg, not_an_integer, parse_i64, syntax_error, wrong_type};
+use crate::change::{Data, Value};
+use crate::resp::Reply;
+
+/// The string at `key`; WRONGTYPE if it holds something else.
+pub(super) fn string_at(ks: &mut dyn Keyspace, key: &[u8]) -> Result<Option<Value>, Reply> {
+    match ks.get(key)? {
+        Some(v) if !matches!(v.data, Data::String(_)) => Err(wrong_type()),
+        other => Ok(other),
+    }
+}
+
+fn bytes_of(value: &Value) -> &[u8] {
+    match &value.data {
+        Data::String(s) => s,
+        Data::Hash(_) => &[],
+    }
+}
+
+fn string(bytes: Vec<u8>, expire_at_ms: Option<u64>) -> Option<Value> {
+    Some(Value {
+        data: Data::String(bytes),
+        expire_at_ms,
+    })
+}
+
+pub(super) fn get(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    Ok(string_at(ks, &args[1])?.map_or(Reply::Null, |v| Reply::bulk(bytes_of(&v).to_vec())))
+}
+
+/// Options of SET.
+#[derive(Default)]
+struct SetOptions {
+    nx: bool,
+    xx: bool,
+    get: bool,
+    keep_ttl: bool,
+    expire_at_ms: Option<u64>,
+}
+
+fn set_options(args: &[Bytes], now_ms: u64) -> Result<SetOptions, Reply> {
+    let mut o = SetOptions::default();
+    let mut expiry_given = false;
+    let mut i = 3;
+    while i < args.len() {
+        let word = args[i].to_ascii_uppercase();
+        match word.as_slice() {
+            b"NX" if !o.xx => o.nx = true,
+            b"XX" if !o.nx => o.xx = true,
+            b"GET" => o.get = true,
+            b"KEEPTTL" if !expiry_given => o.keep_ttl = true,
+            b"EX" | b"PX" | b"EXAT" | b"PXAT"
+                if !expiry_given && !o.keep_ttl && i + 1 < args.len() =>
+            {
+                let n = parse_i64(&args[i + 1]).ok_or_else(not_an_integer)?;
+                let invalid = || Reply::error("ERR invalid expire time in 'set' command");
+                if n <= 0 {
+                    return Err(invalid());
+                }
+                let n = n as u64;
+                o.expire_at_ms = Some(match word.as_slice() {
+                    b"EX" => n
+                        .checked_mul(1000)
+                        .and_then(|ms| ms.checked_add(now_ms))
+                        .ok_or_else(invalid)?,
+                    b"PX" => n.checked_add(now_ms).ok_or_else(invalid)?,
+                    b"EXAT" => n.checked_mul(1000).ok_or_else(invalid)?,
+                    _ => n,
+                });
+                expiry_given = true;
+                i += 1;
+            }
+            _ => return Err(syntax_error()),
+        }
+        i += 1;
+    }
+    Ok(o)
+}
+
+pub(super) fn set(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    let o = set_options(args, ks.now_ms())?;
+    let key = &args[1];
+    let old = if o.get {
+        string_at(ks, key)?
+    } else {
+        ks.get(key)?
+    };
+    let exists = old.is_some();
+    let old_reply = || {
+        old.as_ref()
+            .map_or(Reply::Null, |v| Reply::bulk(bytes_of(v).to_vec()))
+    };
+    if (o.nx && exists) || (o.xx && !exists) {
+        return Ok(if o.get { old_reply() } else { Reply::Null });
+    }
+    let expire_at_ms = if o.keep_ttl {
+        old.as_ref().and_then(|v| v.expire_at_ms)
+    } else {
+        o.expire_at_ms
+    };
+    ks.put(key, string(args[2].to_vec(), expire_at_ms));
+    Ok(if o.get { old_reply() } else { Reply::OK })
+}
+
+pub(super) fn setnx(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    if ks.get(&args[1])?.is_some() {
+        return Ok(Reply::Integer(0));
+    }
+    ks.put(&args[1], string(args[2].to_vec(), None));
+    Ok(Reply::Integer(1))
+}
+
+pub(super) fn getdel(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    let Some(old) = string_at(ks, &args[1])? else {
+        return Ok(Reply::Null);
+    };
+    ks.put(&args[1], None);
+    Ok(Reply::bulk(bytes_of(&old).to_vec()))
+}
+
+pub(super) fn mget(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    let mut out = Vec::with_capacity(args.len() - 1);
+    for key in &args[1..] {
+        out.push(match ks.get(key)? {
+            Some(Value {
+                data: Data::String(s),
+                ..
+            }) => Reply::bulk(s),
+            _ => Reply::Null,
+        });
+    }
+    Ok(Reply::Array(out))
+}
+
+pub(super) fn mset(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    if args.len() % 2 == 0 {
+        return Err(super::arity_error("mset"));
+    }
+    for pair in args[1..].chunks(2) {
+        ks.put(&pair[0], string(pair[1].to_vec(), None));
+    }
+    Ok(Reply::OK)
+}
+
+pub(super) fn append(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    let old = string_at(ks, &args[1])?;
+    let expire_at_ms = old.as_ref().and_then(|v| v.expire_at_ms);
+    let mut bytes = old.map(|v| bytes_of(&v).to_vec()).unwrap_or_default();
+    bytes.extend_from_slice(&args[2]);
+    let len = bytes.len() as i64;
+    ks.put(&args[1], string(bytes, expire_at_ms));
+    Ok(Reply::Integer(len))
+}
+
+pub(super) fn strlen(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    Ok(Reply::Integer(
+        string_at(ks, &args[1])?.map_or(0, |v| bytes_of(&v).len() as i64),
+    ))
+}
+
+/// Adds `by` to the integer at `key`, keeping its expiry; the change records the result.
+fn add(ks: &mut dyn Keyspace, key: &[u8], by: i64) -> Outcome {
+    let old = string_at(ks, key)?;
+    let current = match &old {
+        None => 0,
+        Some(v) => parse_i64(bytes_of(v)).ok_or_else(not_an_integer)?,
+    };
+    let result = current
+        .checked_add(by)
+        .ok_or_else(|| Reply::error("ERR increment or decrement would overflow"))?;
+    ks.put(
+        key,
+        string(
+            result.to_string().into_bytes(),
+            old.and_then(|v| v.expire_at_ms),
+        ),
+    );
+    Ok(Reply::Integer(result))
+}
+
+pub(super) fn incr(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    add(ks, &args[1], 1)
+}
+
+pub(super) fn decr(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    add(ks, &args[1], -1)
+}
+
+pub(super) fn incrby(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    add(ks, &args[1], int_arg(&args[2])?)
+}
+
+pub(super) fn decrby(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    let by = int_arg(&args[2])?;
+    let by = by
+        .checked_neg()
+        .ok_or_else(|| Reply::error("ERR decrement would overflow"))?;
+    add(ks, &args[1], by)
+}

@@ -1,0 +1,164 @@
+//! The command table: every command meridian accepts, with its arity and key positions
+//! in Redis's own terms (so clients that read `COMMAND` see what they expect).
+
+use bytes::Bytes;
+
+use super::{DataFn, hashes, keys, strings};
+
+/// What executing a command involves.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// Reads data: served from this datacenter's store.
+    Read(DataFn),
+    /// Changes data: committed through the log as a change.
+    Write(DataFn),
+    /// About the connection or the server; no data.
+    Server,
+}
+
+/// One command.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    /// Upper-case name.
+    pub name: &'static str,
+    /// Redis arity: exactly n arguments (name included) when positive, at least -n when negative.
+    pub arity: i32,
+    /// What it does.
+    pub kind: Kind,
+    /// Position of the first key (0: no keys).
+    pub first_key: usize,
+    /// Position of the last key; negative counts from the end.
+    pub last_key: i32,
+    /// Distance between keys.
+    pub step: usize,
+}
+
+impl Spec {
+    /// Whether `argc` arguments (name included) fit the arity.
+    pub fn arity_ok(&self, argc: usize) -> bool {
+        if self.arity >= 0 {
+            argc == self.arity as usize
+        } else {
+            argc >= self.arity.unsigned_abs() as usize
+        }
+    }
+
+    /// The keys among `args`.
+    pub fn keys<'a>(&self, args: &'a [Bytes]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let last = if self.first_key == 0 {
+            0
+        } else if self.last_key < 0 {
+            args.len()
+                .saturating_sub(self.last_key.unsigned_abs() as usize)
+        } else {
+            (self.last_key as usize).min(args.len().saturating_sub(1))
+        };
+        let (first, step) = (self.first_key, self.step.max(1));
+        (first..=last)
+            .step_by(step)
+            .filter(move |&i| first != 0 && i < args.len())
+            .map(move |i| &args[i][..])
+    }
+
+    /// Whether the command changes data.
+    pub fn is_write(&self) -> bool {
+        matches!(self.kind, Kind::Write(_))
+    }
+}
+
+const fn read(
+    name: &'static str,
+    arity: i32,
+    f: DataFn,
+    first: usize,
+    last: i32,
+    step: usize,
+) -> Spec {
+    Spec {
+        name,
+        arity,
+        kind: Kind::Read(f),
+        first_key: first,
+        last_key: last,
+        step,
+    }
+}
+
+const fn write(
+    name: &'static str,
+    arity: i32,
+    f: DataFn,
+    first: usize,
+    last: i32,
+    step: usize,
+) -> Spec {
+    Spec {
+        name,
+        arity,
+        kind: Kind::Write(f),
+        first_key: first,
+        last_key: last,
+        step,
+    }
+}
+
+const fn server(name: &'static str, arity: i32) -> Spec {
+    Spec {
+        name,
+        arity,
+        kind: Kind::Server,
+        first_key: 0,
+        last_key: 0,
+        step: 0,
+    }
+}
+
+/// Every command, in the order `COMMAND` lists them.
+pub static COMMANDS: &[Spec] = &[
+    server("PING", -1),
+    server("ECHO", 2),
+    server("HELLO", -1),
+    server("AUTH", -2),
+    server("CLIENT", -2),
+    server("SELECT", 2),
+    server("COMMAND", -1),
+    server("QUIT", -1),
+    server("INFO", -1),
+    server("DBSIZE", 1),
+    read("GET", 2, strings::get, 1, 1, 1),
+    write("SET", -3, strings::set, 1, 1, 1),
+    write("SETNX", 3, strings::setnx, 1, 1, 1),
+    write("GETDEL", 2, strings::getdel, 1, 1, 1),
+    read("MGET", -2, strings::mget, 1, -1, 1),
+    write("MSET", -3, strings::mset, 1, -1, 2),
+    write("APPEND", 3, strings::append, 1, 1, 1),
+    read("STRLEN", 2, strings::strlen, 1, 1, 1),
+    write("INCR", 2, strings::incr, 1, 1, 1),
+    write("INCRBY", 3, strings::incrby, 1, 1, 1),
+    write("DECR", 2, strings::decr, 1, 1, 1),
+    write("DECRBY", 3, strings::decrby, 1, 1, 1),
+    write("DEL", -2, keys::del, 1, -1, 1),
+    write("UNLINK", -2, keys::del, 1, -1, 1),
+    read("EXISTS", -2, keys::exists, 1, -1, 1),
+    write("EXPIRE", -3, keys::expire, 1, 1, 1),
+    write("PEXPIRE", -3, keys::pexpire, 1, 1, 1),
+    read("TTL", 2, keys::ttl, 1, 1, 1),
+    read("PTTL", 2, keys::pttl, 1, 1, 1),
+    write("PERSIST", 2, keys::persist, 1, 1, 1),
+    read("TYPE", 2, keys::type_of, 1, 1, 1),
+    write("HSET", -4, hashes::hset, 1, 1, 1),
+    read("HGET", 3, hashes::hget, 1, 1, 1),
+    read("HMGET", -3, hashes::hmget, 1, 1, 1),
+    write("HDEL", -3, hashes::hdel, 1, 1, 1),
+    read("HGETALL", 2, hashes::hgetall, 1, 1, 1),
+    write("HINCRBY", 4, hashes::hincrby, 1, 1, 1),
+    read("HEXISTS", 3, hashes::hexists, 1, 1, 1),
+    read("HLEN", 2, hashes::hlen, 1, 1, 1),
+];
+
+/// The command named `name` (any case).
+pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
+    COMMANDS
+        .iter()
+        .find(|spec| spec.name.as_bytes().eq_ignore_ascii_case(name))
+}
