@@ -7,6 +7,7 @@
 
 pub mod change;
 pub mod command;
+pub mod engine;
 pub mod log;
 pub mod resp;
 pub mod store;

@@ -184,6 +184,11 @@ impl Log {
         Ok(first)
     }
 
+    /// Whether records were appended since the last sync.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
     /// Flushes appended records to stable storage, if any are pending.
     pub fn sync(&mut self) -> Result<(), LogError> {
         if self.dirty {

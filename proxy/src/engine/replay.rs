@@ -1,0 +1,60 @@
+//! Start-up: bring the store level with the log.
+
+use meridian_policies::{Timestamp, VersionVector};
+
+use super::OpenError;
+use crate::change::Change;
+use crate::log::Recovered;
+use crate::store::Store;
+
+/// Changes applied per store transaction while replaying.
+const REPLAY_CHUNK: usize = 1024;
+
+/// Where the writer resumes.
+#[derive(Debug)]
+pub(super) struct Resume {
+    pub(super) applied: VersionVector,
+    pub(super) next_seq: u64,
+    pub(super) last_hlc: Timestamp,
+    pub(super) replayed: u64,
+}
+
+/// Applies every logged change the store has not applied (those above its applied
+/// vector), in log order, and returns where the writer resumes.
+pub(super) fn replay(store: &Store, dc: &str, recovered: Recovered) -> Result<Resume, OpenError> {
+    let mut applied = store.applied()?;
+    let mut last_hlc = Timestamp::default();
+    let mut pending = Vec::new();
+    let mut replayed = 0;
+    for (lsn, bytes) in recovered.records {
+        let change = Change::decode(&bytes).map_err(|e| OpenError::BadRecord {
+            lsn,
+            message: e.to_string(),
+        })?;
+        last_hlc = last_hlc.max(Timestamp::from_u64(change.hlc));
+        if change.seq > applied.get(&change.origin) {
+            applied.advance(&change.origin, change.seq);
+            pending.push(change);
+        }
+        if pending.len() >= REPLAY_CHUNK {
+            replayed += pending.len() as u64;
+            store.commit(&pending, &applied, false)?;
+            pending.clear();
+        }
+    }
+    replayed += pending.len() as u64;
+    store.commit(&pending, &applied, true)?;
+    if replayed > 0 {
+        tracing::info!(
+            replayed,
+            "replayed changes from the replication log into the store"
+        );
+    }
+    let next_seq = applied.get(dc) + 1;
+    Ok(Resume {
+        applied,
+        next_seq,
+        last_hlc,
+        replayed,
+    })
+}
