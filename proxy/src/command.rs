@@ -40,7 +40,7 @@ pub enum UserRule {
 
 impl UserRule {
     /// The user that `key` belongs to.
-    pub fn user_of<'k>(self, key: &'k [u8]) -> &'k [u8] {
+    pub fn user_of(self, key: &[u8]) -> &[u8] {
         match self {
             UserRule::HashTag => {
                 let Some(open) = key.iter().position(|&b| b == b'{') else {
