@@ -4,7 +4,7 @@
 mod hashes;
 mod keys;
 mod strings;
-mod table;
+pub(crate) mod table;
 
 use bytes::Bytes;
 

@@ -10,4 +10,5 @@ pub mod command;
 pub mod engine;
 pub mod log;
 pub mod resp;
+pub mod server;
 pub mod store;

@@ -1,0 +1,210 @@
+//! The client-facing server: accepts Redis connections on the datacenter's client
+//! address and serves them until shutdown.
+
+mod conn;
+mod info;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use meridian_topology::{DcIdx, FsyncPolicy, Topology, UserKey};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::command::UserRule;
+use crate::engine::{Engine, EngineConfig, Fsync, OpenError};
+use crate::resp::Limits;
+
+/// Everything one proxy needs to run.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// This datacenter's id.
+    pub dc: String,
+    /// The Redis listener (port 0 picks a free port).
+    pub client: String,
+    /// Where the log and the store live.
+    pub data_dir: PathBuf,
+    /// When the log is synced.
+    pub fsync: Fsync,
+    /// How keys name users.
+    pub user_rule: UserRule,
+    /// Bounds on client requests.
+    pub limits: Limits,
+    /// Most simultaneous client connections (default 10,000).
+    pub max_clients: usize,
+    /// How long shutdown waits for connections to finish (default 5 s).
+    pub grace: Duration,
+}
+
+impl ProxyConfig {
+    /// The configuration of datacenter `dc` of `topology`.
+    pub fn from_topology(topology: &Topology, dc: DcIdx) -> ProxyConfig {
+        let d = topology.dc(dc);
+        ProxyConfig {
+            dc: d.id.clone(),
+            client: d.client.to_string(),
+            data_dir: d.data_dir.clone(),
+            fsync: match topology.replication.fsync {
+                FsyncPolicy::Always => Fsync::Always,
+                FsyncPolicy::Every(period) => Fsync::Every(period),
+                FsyncPolicy::Never => Fsync::Never,
+            },
+            user_rule: match topology.homes.user {
+                UserKey::HashTag => UserRule::HashTag,
+                UserKey::Prefix => UserRule::Prefix,
+            },
+            limits: Limits::default(),
+            max_clients: 10_000,
+            grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be opened.
+    #[error(transparent)]
+    Engine(#[from] OpenError),
+    /// The client address could not be bound.
+    #[error("cannot listen for clients on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What connections share.
+#[derive(Debug)]
+pub(crate) struct Context {
+    pub(crate) engine: Engine,
+    pub(crate) config: ProxyConfig,
+    pub(crate) started: Instant,
+    pub(crate) clients: AtomicUsize,
+    pub(crate) total_connections: AtomicU64,
+    pub(crate) total_commands: AtomicU64,
+    pub(crate) next_client_id: AtomicU64,
+    pub(crate) addr: SocketAddr,
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct Proxy {
+    ctx: Arc<Context>,
+    stop: watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Opens the data directory (replaying the log), binds the client address and
+    /// starts serving.
+    pub async fn start(config: ProxyConfig) -> Result<Proxy, StartError> {
+        let engine_config = EngineConfig {
+            dc: config.dc.clone(),
+            fsync: config.fsync,
+            max_drift: Duration::from_secs(5),
+        };
+        let data_dir = config.data_dir.clone();
+        let engine = tokio::task::spawn_blocking(move || Engine::open(&data_dir, engine_config))
+            .await
+            .map_err(|e| OpenError::Thread(std::io::Error::other(e)))??;
+        let listener =
+            TcpListener::bind(&config.client)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.client.clone(),
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.client.clone(),
+            source,
+        })?;
+        let ctx = Arc::new(Context {
+            engine,
+            started: Instant::now(),
+            clients: AtomicUsize::new(0),
+            total_connections: AtomicU64::new(0),
+            total_commands: AtomicU64::new(0),
+            next_client_id: AtomicU64::new(1),
+            addr,
+            config,
+        });
+        let (stop, stopped) = watch::channel(false);
+        let span = tracing::info_span!("proxy", dc = %ctx.config.dc);
+        let accept = tokio::spawn(accept_loop(listener, ctx.clone(), stopped).instrument(span));
+        tracing::info!(dc = %ctx.config.dc, %addr, "serving Redis clients");
+        Ok(Proxy { ctx, stop, accept })
+    }
+
+    /// The address clients connect to.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.ctx.addr
+    }
+
+    /// The engine, for tools and tests.
+    pub fn engine(&self) -> &Engine {
+        &self.ctx.engine
+    }
+
+    /// Stops accepting, lets connections finish their in-flight commands (bounded by
+    /// the grace period), then syncs the log and checkpoints the store.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.accept.await;
+        self.ctx.engine.shutdown().await;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(ctx.config.max_clients));
+    let mut conns = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accepting a client failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            conn::refuse(stream, "ERR max number of clients reached").await;
+            continue;
+        };
+        let id = ctx.next_client_id.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::debug_span!("client", id, %peer);
+        let task = conn::serve(stream, peer, id, ctx.clone(), stopped.clone());
+        conns.spawn(
+            async move {
+                task.await;
+                drop(slot);
+            }
+            .instrument(span),
+        );
+        while conns.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let grace = ctx.config.grace;
+    if tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = conns.len(),
+            "closing client connections still busy after the grace period"
+        );
+        conns.abort_all();
+    }
+}

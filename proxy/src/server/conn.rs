@@ -1,0 +1,321 @@
+//! One client connection: read, parse, execute in order, reply.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch};
+
+use super::{Context, info};
+use crate::command::{self, Kind, Spec};
+use crate::resp::{Protocol, Reply, RequestParser};
+
+/// Replies are written out once this much is encoded, even mid-pipeline.
+const OUT_FLUSH: usize = 1 << 20;
+
+/// A reply that is known, or a write whose reply is still coming.
+enum Pending {
+    Ready(Reply),
+    Write(oneshot::Receiver<Reply>),
+}
+
+/// What the connection does after a command.
+#[derive(PartialEq)]
+enum Next {
+    Continue,
+    Close,
+}
+
+pub(super) struct Conn {
+    ctx: Arc<Context>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    pub(super) id: u64,
+    pub(super) name: Option<Bytes>,
+    pub(super) protocol: Protocol,
+    parser: RequestParser,
+    pending: VecDeque<Pending>,
+    out: BytesMut,
+}
+
+/// Tells a client it cannot be served, and closes.
+pub(super) async fn refuse(mut stream: TcpStream, message: &str) {
+    let mut out = BytesMut::new();
+    Reply::error(message).encode(Protocol::Resp2, &mut out);
+    let _ = stream.write_all(&out).await;
+}
+
+pub(super) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    ctx: Arc<Context>,
+    stopped: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    ctx.clients.fetch_add(1, Ordering::Relaxed);
+    ctx.total_connections.fetch_add(1, Ordering::Relaxed);
+    let limits = ctx.config.limits;
+    let mut conn = Conn {
+        ctx: ctx.clone(),
+        stream,
+        peer,
+        id,
+        name: None,
+        protocol: Protocol::Resp2,
+        parser: RequestParser::new(limits),
+        pending: VecDeque::new(),
+        out: BytesMut::with_capacity(16 << 10),
+    };
+    if let Err(e) = conn.run(stopped).await {
+        tracing::debug!(error = %e, "client connection ended");
+    }
+    ctx.clients.fetch_sub(1, Ordering::Relaxed);
+}
+
+impl Conn {
+    async fn run(&mut self, mut stopped: watch::Receiver<bool>) -> std::io::Result<()> {
+        let mut buf = BytesMut::with_capacity(16 << 10);
+        loop {
+            loop {
+                match self.parser.next(&mut buf) {
+                    Ok(Some(args)) if args.is_empty() => continue,
+                    Ok(Some(args)) => {
+                        if self.execute(args).await == Next::Close {
+                            return self.flush().await;
+                        }
+                        if self.out.len() >= OUT_FLUSH {
+                            self.flush().await?;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        // The stream cannot be resynchronised: answer and close, as Redis does.
+                        self.pending
+                            .push_back(Pending::Ready(Reply::error(format!("ERR {e}"))));
+                        return self.flush().await;
+                    }
+                }
+            }
+            self.flush().await?;
+            if *stopped.borrow() {
+                return Ok(());
+            }
+            let read = tokio::select! {
+                read = self.stream.read_buf(&mut buf) => read?,
+                _ = stopped.changed() => return Ok(()),
+            };
+            if read == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Encodes every settled reply and writes them out.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        self.settle().await;
+        for pending in self.pending.drain(..) {
+            if let Pending::Ready(reply) = pending {
+                reply.encode(self.protocol, &mut self.out);
+            }
+        }
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Waits for this connection's queued writes, so what follows sees them.
+    async fn settle(&mut self) {
+        for pending in self.pending.iter_mut() {
+            if let Pending::Write(rx) = pending {
+                let reply = rx.await.unwrap_or_else(|_| {
+                    Reply::error(
+                        "ERR the write was abandoned by a stopping proxy; its outcome is unknown",
+                    )
+                });
+                *pending = Pending::Ready(reply);
+            }
+        }
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        self.pending.push_back(Pending::Ready(reply));
+    }
+
+    async fn execute(&mut self, args: Vec<Bytes>) -> Next {
+        self.ctx.total_commands.fetch_add(1, Ordering::Relaxed);
+        let Some(spec) = command::lookup(&args[0]) else {
+            self.reply(command::unknown_command(&args));
+            return Next::Continue;
+        };
+        if !spec.arity_ok(args.len()) {
+            self.reply(command::arity_error(spec.name));
+            return Next::Continue;
+        }
+        let user = match command::user_of_command(spec, &args, self.ctx.config.user_rule) {
+            Ok(user) => user,
+            Err(reply) => {
+                self.reply(reply);
+                return Next::Continue;
+            }
+        };
+        match spec.kind {
+            Kind::Write(f) => {
+                let rx = self
+                    .ctx
+                    .engine
+                    .write(f, args, user.unwrap_or_default())
+                    .await;
+                self.pending.push_back(Pending::Write(rx));
+            }
+            Kind::Read(f) => {
+                self.settle().await;
+                let reply = self.ctx.engine.read(f, &args);
+                self.reply(reply);
+            }
+            Kind::Server => {
+                self.settle().await;
+                return self.server_command(spec, &args);
+            }
+        }
+        Next::Continue
+    }
+
+    fn server_command(&mut self, spec: &Spec, args: &[Bytes]) -> Next {
+        let reply = match spec.name {
+            "PING" => match args.len() {
+                1 => Reply::Simple("PONG"),
+                2 => Reply::bulk(args[1].clone()),
+                _ => command::arity_error("ping"),
+            },
+            "ECHO" => Reply::bulk(args[1].clone()),
+            "QUIT" => {
+                self.reply(Reply::OK);
+                return Next::Close;
+            }
+            "SELECT" => match command::parse_i64(&args[1]) {
+                Some(0) => Reply::OK,
+                Some(_) => Reply::error("ERR DB index is out of range"),
+                None => command::not_an_integer(),
+            },
+            "AUTH" => Reply::error(
+                "ERR AUTH <password> called without any password configured for the default user. \
+                 Are you sure your configuration is correct?",
+            ),
+            "HELLO" => self.hello(args),
+            "CLIENT" => self.client(args),
+            "COMMAND" => info::command(args),
+            "INFO" => Reply::Verbatim(info::info(&self.ctx, args.get(1))),
+            "DBSIZE" => match self.ctx.engine.key_count() {
+                Ok(n) => Reply::Integer(n as i64),
+                Err(e) => Reply::error(format!("ERR backend: {e}")),
+            },
+            _ => command::unknown_command(args),
+        };
+        self.reply(reply);
+        Next::Continue
+    }
+
+    fn hello(&mut self, args: &[Bytes]) -> Reply {
+        let mut protocol = self.protocol;
+        if let Some(version) = args.get(1) {
+            protocol = match command::parse_i64(version) {
+                Some(2) => Protocol::Resp2,
+                Some(3) => Protocol::Resp3,
+                Some(_) => return Reply::error("NOPROTO unsupported protocol version"),
+                None => {
+                    return Reply::error("ERR Protocol version is not an integer or out of range");
+                }
+            };
+        }
+        let mut i = 2;
+        while i < args.len() {
+            match args[i].to_ascii_uppercase().as_slice() {
+                b"SETNAME" if i + 1 < args.len() => {
+                    self.name = Some(args[i + 1].clone());
+                    i += 2;
+                }
+                b"AUTH" => {
+                    return Reply::error(
+                        "WRONGPASS invalid username-password pair or user is disabled.",
+                    );
+                }
+                _ => {
+                    return Reply::error(format!(
+                        "ERR Syntax error in HELLO option '{}'",
+                        String::from_utf8_lossy(&args[i])
+                    ));
+                }
+            }
+        }
+        self.protocol = protocol;
+        let proto = if protocol == Protocol::Resp3 { 3 } else { 2 };
+        Reply::Map(vec![
+            (Reply::bulk("server"), Reply::bulk("redis")),
+            (Reply::bulk("version"), Reply::bulk("7.0.0")),
+            (Reply::bulk("proto"), Reply::Integer(proto)),
+            (Reply::bulk("id"), Reply::Integer(self.id as i64)),
+            (Reply::bulk("mode"), Reply::bulk("standalone")),
+            (Reply::bulk("role"), Reply::bulk("master")),
+            (Reply::bulk("modules"), Reply::Array(vec![])),
+            (
+                Reply::bulk("meridian"),
+                Reply::bulk(env!("CARGO_PKG_VERSION")),
+            ),
+            (
+                Reply::bulk("datacenter"),
+                Reply::bulk(self.ctx.config.dc.clone()),
+            ),
+        ])
+    }
+
+    fn client(&mut self, args: &[Bytes]) -> Reply {
+        let sub = args[1].to_ascii_uppercase();
+        match (sub.as_slice(), args.len()) {
+            (b"SETNAME", 3) => {
+                if args[2].iter().any(|&b| b <= b' ' || b > b'~') {
+                    return Reply::error(
+                        "ERR Client names cannot contain spaces, newlines or special characters.",
+                    );
+                }
+                self.name = (!args[2].is_empty()).then(|| args[2].clone());
+                Reply::OK
+            }
+            (b"GETNAME", 2) => self.name.clone().map_or(Reply::Null, Reply::Bulk),
+            (b"ID", 2) => Reply::Integer(self.id as i64),
+            (b"INFO", 2) => Reply::Verbatim(self.client_line()),
+            (b"SETINFO", 4) => Reply::OK,
+            (b"SETNAME" | b"GETNAME" | b"ID" | b"INFO" | b"SETINFO", _) => Reply::error(format!(
+                "ERR wrong number of arguments for 'client|{}' command",
+                String::from_utf8_lossy(&sub).to_lowercase()
+            )),
+            _ => Reply::error(format!(
+                "ERR unknown subcommand '{}'. Try CLIENT HELP.",
+                String::from_utf8_lossy(&args[1])
+            )),
+        }
+    }
+
+    fn client_line(&self) -> String {
+        let name = self
+            .name
+            .as_ref()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .unwrap_or_default();
+        let resp = if self.protocol == Protocol::Resp3 {
+            3
+        } else {
+            2
+        };
+        format!(
+            "id={} addr={} laddr={} name={name} db=0 resp={resp}\n",
+            self.id, self.peer, self.ctx.addr
+        )
+    }
+}

@@ -1,0 +1,111 @@
+//! INFO and COMMAND replies.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::Context;
+use crate::command::table::{COMMANDS, Kind};
+use crate::resp::Reply;
+
+/// The INFO text: sections server, clients, stats, replication, keyspace.
+pub(super) fn info(ctx: &Context, section: Option<&Bytes>) -> String {
+    let wanted = section.map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
+    let show = |name: &str| match wanted.as_deref() {
+        None | Some("all" | "default" | "everything") => true,
+        Some(w) => w == name,
+    };
+    let mut out = String::new();
+    let stats = ctx.engine.stats();
+    if show("server") {
+        let _ = write!(
+            out,
+            "# Server\r\nredis_version:7.0.0\r\nmeridian_version:{}\r\nredis_mode:standalone\r\ndatacenter:{}\r\n\
+             process_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\r\n",
+            env!("CARGO_PKG_VERSION"),
+            ctx.config.dc,
+            std::process::id(),
+            ctx.addr.port(),
+            ctx.started.elapsed().as_secs()
+        );
+    }
+    if show("clients") {
+        let _ = write!(
+            out,
+            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
+            ctx.clients.load(Ordering::Relaxed),
+            ctx.config.max_clients
+        );
+    }
+    if show("stats") {
+        let _ = write!(
+            out,
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nchanges_committed:{}\r\n\
+             write_batches:{}\r\nlog_bytes_appended:{}\r\nchanges_replayed_at_start:{}\r\n\r\n",
+            ctx.total_connections.load(Ordering::Relaxed),
+            ctx.total_commands.load(Ordering::Relaxed),
+            stats.changes.load(Ordering::Relaxed),
+            stats.batches.load(Ordering::Relaxed),
+            stats.log_bytes.load(Ordering::Relaxed),
+            stats.replayed.load(Ordering::Relaxed),
+        );
+    }
+    if show("replication") {
+        let applied = ctx
+            .engine
+            .applied()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|e| format!("error: {e}"));
+        let _ = write!(
+            out,
+            "# Replication\r\nrole:master\r\ndatacenter:{}\r\napplied:{applied}\r\nconnected_peers:0\r\n\r\n",
+            ctx.config.dc
+        );
+    }
+    if show("keyspace") {
+        out.push_str("# Keyspace\r\n");
+        if let Ok(keys @ 1..) = ctx.engine.key_count() {
+            let _ = write!(out, "db0:keys={keys},expires=0,avg_ttl=0\r\n");
+        }
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// COMMAND, COMMAND COUNT, COMMAND INFO name..., COMMAND DOCS.
+pub(super) fn command(args: &[Bytes]) -> Reply {
+    let Some(sub) = args.get(1).map(|s| s.to_ascii_uppercase()) else {
+        return Reply::Array(COMMANDS.iter().map(entry).collect());
+    };
+    match sub.as_slice() {
+        b"COUNT" => Reply::Integer(COMMANDS.len() as i64),
+        b"DOCS" => Reply::Array(vec![]),
+        b"INFO" => Reply::Array(
+            args[2..]
+                .iter()
+                .map(|name| crate::command::lookup(name).map_or(Reply::Null, entry))
+                .collect(),
+        ),
+        _ => Reply::error(format!(
+            "ERR unknown subcommand '{}'. Try COMMAND HELP.",
+            String::from_utf8_lossy(&args[1])
+        )),
+    }
+}
+
+fn entry(spec: &crate::command::Spec) -> Reply {
+    let flags = match spec.kind {
+        Kind::Read(_) => vec!["readonly", "fast"],
+        Kind::Write(_) => vec!["write", "denyoom"],
+        Kind::Server => vec!["fast"],
+    };
+    Reply::Array(vec![
+        Reply::bulk(spec.name.to_ascii_lowercase()),
+        Reply::Integer(i64::from(spec.arity)),
+        Reply::Array(flags.into_iter().map(Reply::Simple).collect()),
+        Reply::Integer(spec.first_key as i64),
+        Reply::Integer(i64::from(spec.last_key)),
+        Reply::Integer(spec.step as i64),
+    ])
+}

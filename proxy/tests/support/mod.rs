@@ -1,0 +1,171 @@
+//! Helpers for the proxy's integration tests: a small blocking RESP client, free
+//! ports, topology files, and real processes (meridian, redis-server) that stop
+//! when dropped.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A RESP value as a test sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Vec<u8>),
+    Nil,
+    Array(Vec<Resp>),
+}
+
+/// A blocking Redis client.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> std::io::Result<Client> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Client {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        })
+    }
+
+    /// Sends one command and reads its reply.
+    pub fn cmd(&mut self, args: &[&[u8]]) -> Resp {
+        self.send(args);
+        self.read().expect("read a reply")
+    }
+
+    /// Sends a command without reading its reply (for pipelining).
+    pub fn send(&mut self, args: &[&[u8]]) {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.writer.write_all(&out).expect("send a command");
+    }
+
+    pub fn raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("send bytes");
+    }
+
+    pub fn read(&mut self) -> std::io::Result<Resp> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = line.trim_end_matches("\r\n");
+        let (kind, rest) = line.split_at(1);
+        Ok(match kind {
+            "+" => Resp::Simple(rest.into()),
+            "-" => Resp::Error(rest.into()),
+            ":" => Resp::Int(rest.parse().expect("integer reply")),
+            "$" if rest == "-1" => Resp::Nil,
+            "$" => {
+                let len: usize = rest.parse().expect("bulk length");
+                let mut buf = vec![0; len + 2];
+                self.reader.read_exact(&mut buf)?;
+                buf.truncate(len);
+                Resp::Bulk(buf)
+            }
+            "*" if rest == "-1" => Resp::Nil,
+            "*" => {
+                let n: usize = rest.parse().expect("array length");
+                Resp::Array((0..n).map(|_| self.read()).collect::<Result<_, _>>()?)
+            }
+            other => panic!("unexpected reply type {other:?} in {line:?}"),
+        })
+    }
+}
+
+/// A free loopback port (bound, then released for the server to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `addr` accepts connections.
+pub fn wait_listening(addr: SocketAddr, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(addr).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("server exited with {status} before listening on {addr}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing listening on {addr} after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes a one-datacenter topology file in `dir` and returns its path and client address.
+pub fn single_dc_topology(dir: &Path, fsync: &str) -> (PathBuf, SocketAddr) {
+    let (client, peer, admin) = (free_port(), free_port(), free_port());
+    let text = format!(
+        "[cluster]\nname = \"test\"\n\n[[datacenter]]\nid = \"dc1\"\nclient = \"127.0.0.1:{client}\"\n\
+         peer = \"127.0.0.1:{peer}\"\nadmin = \"127.0.0.1:{admin}\"\ndata_dir = \"data\"\n\n\
+         [replication]\nfsync = \"{fsync}\"\n"
+    );
+    let path = dir.join("topology.toml");
+    std::fs::write(&path, text).unwrap();
+    (path, format!("127.0.0.1:{client}").parse().unwrap())
+}
+
+/// A child process killed when dropped.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `meridian run` for datacenter dc1 of `topology`.
+pub fn start_meridian(topology: &Path, addr: SocketAddr) -> Process {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["run", "--config", topology.to_str().unwrap(), "--dc", "dc1"])
+        .env("MERIDIAN_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start meridian");
+    wait_listening(addr, &mut child);
+    Process(child)
+}
+
+/// Starts a real redis-server on a free loopback port, without persistence.
+pub fn start_redis() -> (Process, SocketAddr) {
+    let port = free_port();
+    let mut child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect(
+            "redis-server must be installed (apt-get install redis-server); .ci/run installs it",
+        );
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(addr, &mut child);
+    (Process(child), addr)
+}
