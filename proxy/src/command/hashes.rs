@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use super::{Keyspace, Outcome, arity_error, int_arg, parse_i64, wrong_type};
+use super::{Keyspace, Outcome, int_arg, parse_i64, wrong_type};
 use crate::change::{Data, Value};
 use crate::resp::Reply;
 
@@ -32,9 +32,6 @@ fn store(ks: &mut dyn Keyspace, key: &[u8], fields: Fields, expire_at_ms: Option
 }
 
 pub(super) fn hset(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
-    if args.len() % 2 != 0 {
-        return Err(arity_error("hset"));
-    }
     let (mut fields, expiry) = hash_at(ks, &args[1])?.unwrap_or_default();
     let mut added = 0;
     for pair in args[2..].chunks(2) {

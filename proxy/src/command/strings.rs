@@ -137,9 +137,6 @@ pub(super) fn mget(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
 }
 
 pub(super) fn mset(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
-    if args.len() % 2 == 0 {
-        return Err(super::arity_error("mset"));
-    }
     for pair in args[1..].chunks(2) {
         ks.put(&pair[0], string(pair[1].to_vec(), None));
     }

@@ -35,12 +35,19 @@ pub struct Spec {
 
 impl Spec {
     /// Whether `argc` arguments (name included) fit the arity.
+    /// Pair-taking commands (MSET, HSET) also need whole pairs.
     pub fn arity_ok(&self, argc: usize) -> bool {
-        if self.arity >= 0 {
+        let count_ok = if self.arity >= 0 {
             argc == self.arity as usize
         } else {
             argc >= self.arity.unsigned_abs() as usize
-        }
+        };
+        let pairs_ok = match self.name {
+            "MSET" => argc % 2 == 1,
+            "HSET" => argc % 2 == 0,
+            _ => true,
+        };
+        count_ok && pairs_ok
     }
 
     /// The keys among `args`.

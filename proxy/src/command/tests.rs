@@ -170,3 +170,16 @@ fn expire_options_follow_redis() {
         "a past expiry deletes the key"
     );
 }
+
+#[test]
+fn pair_taking_commands_need_whole_pairs() {
+    let mset = lookup(b"MSET").unwrap();
+    assert!(mset.arity_ok(3) && mset.arity_ok(5));
+    assert!(!mset.arity_ok(4), "MSET k v k2 has a key without a value");
+    let hset = lookup(b"HSET").unwrap();
+    assert!(hset.arity_ok(4) && hset.arity_ok(6));
+    assert!(
+        !hset.arity_ok(5),
+        "HSET k f v f2 has a field without a value"
+    );
+}

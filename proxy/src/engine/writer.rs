@@ -122,6 +122,8 @@ impl Writer {
             self.maintain();
             if let Some(done) = shutdown {
                 self.finish();
+                // Release the store before saying so: whoever waits may reopen it at once.
+                drop(self);
                 let _ = done.send(());
                 return;
             }
