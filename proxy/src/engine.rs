@@ -1,21 +1,24 @@
 //! The engine: the one writer of this datacenter's data, and the read path.
 //!
 //! Writes are funnelled to a single writer thread, which takes them in batches: it
-//! runs each command against the store plus the batch's earlier effects, turns each
-//! command's effects into one [`Change`] (origin, dense sequence, timestamp), appends
-//! the batch to the log with one write, then commits it to the store with the new
-//! applied vector in one transaction, and only then replies. Many pipelined or
-//! concurrent writes thus cost one log append and one store commit.
+//! runs each command against the newest data plus the batch's earlier effects, turns
+//! each command's effects into one [`Change`](crate::change::Change) (origin, dense
+//! sequence, timestamp), appends the batch to the log with one write, puts the
+//! effects in the memtable, and replies. A committer thread then moves them into the
+//! store in large transactions. An acknowledged write is in the log, so it survives
+//! the process being killed; start-up replays what the store had not committed.
 //!
-//! Reads run on the caller's task against a store snapshot; a connection waits for
-//! its own earlier writes before reading, so it always reads them.
+//! Reads run on the caller's task against the memtable over a store snapshot; a
+//! connection waits for its own earlier writes before reading, so it always sees them.
 
+mod committer;
+mod memtable;
 mod replay;
 mod writer;
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -54,8 +57,8 @@ pub enum OpenError {
         /// What is wrong.
         message: String,
     },
-    /// The writer thread could not be started.
-    #[error("could not start the writer thread: {0}")]
+    /// A worker thread could not be started.
+    #[error("could not start a worker thread: {0}")]
     Thread(std::io::Error),
 }
 
@@ -83,7 +86,25 @@ pub struct Engine {
 struct Shared {
     dc: String,
     store: Store,
+    memtable: memtable::Memtable,
+    /// Everything logged (and so acknowledged), committed to the store or not.
+    applied: Mutex<VersionVector>,
+    /// Why writes are refused, after the store failed.
+    broken: Mutex<Option<String>>,
     stats: Stats,
+}
+
+impl Shared {
+    fn set_broken(&self, why: String) {
+        *self.broken.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    fn broken(&self) -> Option<String> {
+        self.broken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// What the writer needs to know.
@@ -99,24 +120,23 @@ pub struct EngineConfig {
 
 impl Engine {
     /// Opens the log and the store in `data_dir`, replays what the store lacks, and
-    /// starts the writer thread.
+    /// starts the writer and committer threads.
     pub fn open(data_dir: &Path, config: EngineConfig) -> Result<Engine, OpenError> {
         let (log, recovered) = Log::open(&data_dir.join("log"))?;
-        std::fs::create_dir_all(data_dir).map_err(|e| LogError::Io {
-            path: data_dir.to_owned(),
-            source: e,
-        })?;
         let store = Store::open(&data_dir.join("store.redb"))?;
         let state = replay::replay(&store, &config.dc, recovered)?;
         let shared = Arc::new(Shared {
             dc: config.dc.clone(),
             store,
+            memtable: memtable::Memtable::default(),
+            applied: Mutex::new(state.applied.clone()),
+            broken: Mutex::new(None),
             stats: Stats::default(),
         });
         shared
             .stats
             .replayed
-            .store(state.replayed, Ordering::Relaxed);
+            .store(state.replayed, std::sync::atomic::Ordering::Relaxed);
         let writes = writer::spawn(shared.clone(), log, state, config)?;
         Ok(Engine { shared, writes })
     }
@@ -131,16 +151,28 @@ impl Engine {
         &self.shared.stats
     }
 
-    /// The applied version vector, as committed.
-    pub fn applied(&self) -> Result<VersionVector, StoreError> {
-        self.shared.store.applied()
+    /// The applied version vector: every change logged here, so acknowledged.
+    pub fn applied(&self) -> VersionVector {
+        self.shared
+            .applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    /// Runs a read command against a fresh snapshot.
+    /// Keys written but not yet committed to the store.
+    pub fn uncommitted(&self) -> usize {
+        self.shared.memtable.len()
+    }
+
+    /// Runs a read command against the newest data.
     pub fn read(&self, f: DataFn, args: &[Bytes]) -> Reply {
+        // The snapshot must be taken while the memtable view is held (see memtable).
+        let view = self.shared.memtable.view();
         match self.shared.store.snapshot() {
             Ok(snapshot) => {
-                let mut ks = SnapshotKeyspace {
+                let mut ks = ViewKeyspace {
+                    view: &view,
                     snapshot: &snapshot,
                     now_ms: wall_ms(),
                 };
@@ -150,18 +182,20 @@ impl Engine {
         }
     }
 
-    /// Number of keys stored.
+    /// Number of keys, expired ones included until they are removed.
     pub fn key_count(&self) -> Result<u64, StoreError> {
-        self.shared.store.snapshot()?.len()
-    }
-
-    /// A consistent snapshot of the data.
-    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        self.shared.store.snapshot()
+        let view = self.shared.memtable.view();
+        let snapshot = self.shared.store.snapshot()?;
+        let mut count = snapshot.len()? as i64;
+        for (key, entry) in view.iter() {
+            let stored = snapshot.get(key)?.is_some();
+            count += i64::from(entry.value.is_some()) - i64::from(stored);
+        }
+        Ok(count.max(0) as u64)
     }
 
     /// Queues a write command for `user`; the receiver yields its reply once the
-    /// change is in the log and the store.
+    /// change is in the log.
     pub async fn write(
         &self,
         f: DataFn,
@@ -185,8 +219,8 @@ impl Engine {
         rx
     }
 
-    /// Stops the writer after the writes already queued, syncing the log and
-    /// checkpointing the store.
+    /// Stops the writer after the writes already queued, syncs the log, lets the
+    /// committer finish, and checkpoints the store.
     pub async fn shutdown(&self) {
         let (done, rx) = oneshot::channel();
         if self.writes.send(writer::Msg::Shutdown(done)).await.is_ok() {
@@ -199,16 +233,24 @@ fn store_error(e: &StoreError) -> Reply {
     Reply::error(format!("ERR backend: {e}"))
 }
 
-/// The keyspace of a snapshot, for read commands.
-struct SnapshotKeyspace<'s> {
-    snapshot: &'s Snapshot,
+/// The newest data: the memtable over a store snapshot.
+struct ViewKeyspace<'a, 'v> {
+    view: &'a memtable::View<'v>,
+    snapshot: &'a Snapshot,
     now_ms: u64,
 }
 
-impl Keyspace for SnapshotKeyspace<'_> {
+impl Keyspace for ViewKeyspace<'_, '_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Value>, Reply> {
-        let stored = self.snapshot.get(key).map_err(|e| store_error(&e))?;
-        Ok(stored.map(|s| s.value).filter(|v| !v.expired(self.now_ms)))
+        let value = match self.view.get(key) {
+            Some(entry) => entry.value.clone(),
+            None => self
+                .snapshot
+                .get(key)
+                .map_err(|e| store_error(&e))?
+                .map(|s| s.value),
+        };
+        Ok(value.filter(|v| !v.expired(self.now_ms)))
     }
 
     fn put(&mut self, _key: &[u8], _value: Option<Value>) {

@@ -1,3 +1,5 @@
+use std::sync::atomic::Ordering;
+
 use super::*;
 use crate::change::{Change, Data, Op};
 use crate::command::lookup;
@@ -44,10 +46,10 @@ async fn writes_are_read_back_and_survive_a_restart() {
     let engine = Engine::open(dir.path(), config()).unwrap();
     assert_eq!(exec(&engine, "GET {u}:a").await, Reply::bulk("42"));
     assert_eq!(exec(&engine, "HGET {u}:h f").await, Reply::bulk("v"));
-    assert_eq!(engine.applied().unwrap().get("us-east"), 3);
+    assert_eq!(engine.applied().get("us-east"), 3);
     // Sequences continue where they stopped.
     exec(&engine, "SET {u}:b 2").await;
-    assert_eq!(engine.applied().unwrap().get("us-east"), 4);
+    assert_eq!(engine.applied().get("us-east"), 4);
 }
 
 #[tokio::test]
@@ -83,7 +85,7 @@ async fn changes_the_store_missed_are_replayed_from_the_log() {
     assert_eq!(exec(&engine, "GET {u}:a").await, Reply::bulk("2"));
     assert_eq!(exec(&engine, "INCR {u}:a").await, Reply::Integer(3));
     assert_eq!(
-        engine.applied().unwrap().get("us-east"),
+        engine.applied().get("us-east"),
         3,
         "the next write follows the replayed one"
     );
@@ -131,4 +133,58 @@ async fn concurrent_writes_are_batched_and_all_applied() {
     assert_eq!(last, 500);
     let batches = engine.stats().batches.load(Ordering::Relaxed);
     assert!(batches < 500, "500 queued writes took {batches} batches");
+}
+
+/// Reads racing the committer never go back in time: a value once read is never
+/// followed by an older one, while the committer moves keys out of the memtable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_never_go_back_while_the_committer_moves_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        fsync: Fsync::Never,
+        ..config()
+    };
+    let engine = Engine::open(dir.path(), config).unwrap();
+    let reader = {
+        let engine = engine.clone();
+        tokio::task::spawn_blocking(move || {
+            let get = lookup(b"GET").unwrap();
+            let crate::command::Kind::Read(f) = get.kind else {
+                unreachable!()
+            };
+            let mut last = 0i64;
+            let mut reads = 0;
+            while last < 3_000 {
+                let n = match engine.read(f, &args("GET {u}:n")) {
+                    Reply::Null => 0,
+                    Reply::Bulk(b) => std::str::from_utf8(&b).unwrap().parse::<i64>().unwrap(),
+                    other => panic!("{other:?}"),
+                };
+                assert!(n >= last, "read {n} after {last}");
+                last = n;
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let incr = lookup(b"INCR").unwrap();
+    let crate::command::Kind::Write(f) = incr.kind else {
+        unreachable!()
+    };
+    for _ in 0..30 {
+        let mut waits = Vec::new();
+        for _ in 0..100 {
+            waits.push(
+                engine
+                    .write(f, args("INCR {u}:n"), Bytes::from_static(b"u"))
+                    .await,
+            );
+        }
+        for w in waits {
+            assert!(!w.await.unwrap().is_error());
+        }
+    }
+    let reads = reader.await.unwrap();
+    assert!(reads > 1);
+    engine.shutdown().await;
 }

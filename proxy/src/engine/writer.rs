@@ -1,14 +1,18 @@
-//! The writer thread: batches writes into changes, the log and the store.
+//! The writer thread: batches writes into changes, the log and the memtable.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::SyncSender;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use meridian_policies::{Hlc, VersionVector};
 use tokio::sync::{mpsc, oneshot};
 
+use super::committer::{self, Logged};
+use super::memtable::View;
 use super::replay::Resume;
 use super::{EngineConfig, OpenError, Shared, store_error, wall_ms};
 use crate::change::{Change, Op, Value};
@@ -18,11 +22,9 @@ use crate::resp::Reply;
 use crate::store::Snapshot;
 
 /// Most writes taken into one batch.
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 1024;
 /// Queued writes before senders wait (backpressure on clients).
 const QUEUE: usize = 4096;
-/// A durable store checkpoint at least this often while writes flow.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// When log appends are synced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,13 +54,11 @@ struct Writer {
     log: Log,
     applied: VersionVector,
     next_seq: u64,
+    batch_no: u64,
     clock: Hlc,
     fsync: Fsync,
     last_sync: Instant,
-    last_checkpoint: Instant,
-    /// Set when the store failed after the log took a batch: the proxy must restart
-    /// (and replay) before it takes more writes.
-    broken: Option<String>,
+    committer: Option<(SyncSender<Logged>, JoinHandle<()>)>,
 }
 
 pub(super) fn spawn(
@@ -68,16 +68,17 @@ pub(super) fn spawn(
     config: EngineConfig,
 ) -> Result<mpsc::Sender<Msg>, OpenError> {
     let (tx, rx) = mpsc::channel(QUEUE);
+    let committer = committer::spawn(shared.clone(), &config.dc)?;
     let writer = Writer {
         shared,
         log,
         applied: resume.applied,
         next_seq: resume.next_seq,
+        batch_no: 0,
         clock: Hlc::resume(resume.last_hlc, config.max_drift.as_millis() as u64),
         fsync: config.fsync,
         last_sync: Instant::now(),
-        last_checkpoint: Instant::now(),
-        broken: None,
+        committer: Some(committer),
     };
     let span = tracing::info_span!("writer", dc = %config.dc);
     std::thread::Builder::new()
@@ -91,10 +92,9 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
-            let mut shutdown = None;
             let first = match self.fsync {
-                // Wake up to sync even when no writes come.
-                Fsync::Every(period) if self.pending_sync() => {
+                // Wake up in time for the timed sync even when no writes come.
+                Fsync::Every(period) if self.log.is_dirty() => {
                     match recv_timeout(&mut rx, period.saturating_sub(self.last_sync.elapsed())) {
                         Ok(msg) => msg,
                         Err(Timeout) => {
@@ -106,6 +106,7 @@ impl Writer {
                 _ => rx.blocking_recv(),
             };
             let Some(first) = first else { break };
+            let mut shutdown = None;
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
@@ -119,7 +120,11 @@ impl Writer {
             if !batch.is_empty() {
                 self.commit_batch(std::mem::take(&mut batch));
             }
-            self.maintain();
+            if let Fsync::Every(period) = self.fsync {
+                if self.last_sync.elapsed() >= period {
+                    self.sync();
+                }
+            }
             if let Some(done) = shutdown {
                 self.finish();
                 // Release the store before saying so: whoever waits may reopen it at once.
@@ -131,13 +136,9 @@ impl Writer {
         self.finish();
     }
 
-    fn pending_sync(&self) -> bool {
-        self.log.is_dirty()
-    }
-
-    /// Runs the batch's commands, logs their changes, commits them, replies.
+    /// Runs the batch's commands, logs their changes, publishes them, replies.
     fn commit_batch(&mut self, batch: Vec<Request>) {
-        if let Some(why) = &self.broken {
+        if let Some(why) = self.shared.broken() {
             let reply = Reply::error(format!(
                 "ERR writes are stopped until the proxy restarts: {why}"
             ));
@@ -146,62 +147,76 @@ impl Writer {
                 .for_each(|r| drop(r.reply.send(reply.clone())));
             return;
         }
-        let snapshot = match self.shared.store.snapshot() {
-            Ok(s) => s,
-            Err(e) => {
-                batch
-                    .into_iter()
-                    .for_each(|r| drop(r.reply.send(store_error(&e))));
-                return;
+        let (changes, replies) = {
+            // Snapshot under the view, as readers do (see memtable).
+            let shared = self.shared.clone();
+            let view = shared.memtable.view();
+            match shared.store.snapshot() {
+                Ok(snapshot) => self.run_commands(batch, &view, &snapshot),
+                Err(e) => {
+                    batch
+                        .into_iter()
+                        .for_each(|r| drop(r.reply.send(store_error(&e))));
+                    return;
+                }
             }
         };
-        let first_seq = self.next_seq;
+        match self.publish(changes) {
+            Ok(()) => replies
+                .into_iter()
+                .for_each(|(tx, reply)| drop(tx.send(reply))),
+            Err(reply) => replies
+                .into_iter()
+                .for_each(|(tx, _)| drop(tx.send(reply.clone()))),
+        }
+    }
+
+    /// Executes each command in order; each successful command's effects become one change.
+    #[allow(clippy::type_complexity)]
+    fn run_commands(
+        &mut self,
+        batch: Vec<Request>,
+        view: &View<'_>,
+        snapshot: &Snapshot,
+    ) -> (Vec<Change>, Vec<(oneshot::Sender<Reply>, Reply)>) {
         let mut overlay = HashMap::new();
         let mut changes = Vec::new();
         let mut replies = Vec::with_capacity(batch.len());
         let now = wall_ms();
         for request in batch {
             let mut ks = BatchKeyspace {
-                snapshot: &snapshot,
+                view,
+                snapshot,
                 overlay: &overlay,
                 puts: Vec::new(),
                 now_ms: now,
             };
             let outcome = (request.f)(&mut ks, &request.args);
             let puts = std::mem::take(&mut ks.puts);
-            if let (Ok(_), false) = (&outcome, puts.is_empty()) {
+            if outcome.is_ok() && !puts.is_empty() {
                 let ops = dedupe(puts);
                 for op in &ops {
                     overlay.insert(op.key.clone(), op.value.clone());
                 }
                 let hlc = self.clock.now(now).as_u64();
+                let user = request.user.to_vec();
                 changes.push(Change {
                     origin: self.shared.dc.clone(),
                     seq: self.next_seq,
                     hlc,
-                    user: request.user.to_vec(),
+                    user,
                     ops,
                 });
                 self.next_seq += 1;
             }
             replies.push((request.reply, outcome.unwrap_or_else(|e| e)));
         }
-        drop(snapshot);
-        if let Err(reply) = self.persist(&changes) {
-            self.next_seq = first_seq;
-            replies
-                .into_iter()
-                .for_each(|(tx, _)| drop(tx.send(reply.clone())));
-            return;
-        }
-        replies
-            .into_iter()
-            .for_each(|(tx, reply)| drop(tx.send(reply)));
+        (changes, replies)
     }
 
-    /// Appends `changes` to the log, then commits them to the store.
-    fn persist(&mut self, changes: &[Change]) -> Result<(), Reply> {
-        let Some(last) = changes.last() else {
+    /// Appends `changes` to the log, makes them visible, and queues them for the store.
+    fn publish(&mut self, changes: Vec<Change>) -> Result<(), Reply> {
+        let Some(last_seq) = changes.last().map(|c| c.seq) else {
             return Ok(());
         };
         let encoded: Vec<Vec<u8>> = changes
@@ -212,16 +227,21 @@ impl Writer {
                 buf
             })
             .collect();
-        let log_error = |e: &dyn std::fmt::Display| {
-            Reply::error(format!(
+        let appended = self.log.append(encoded.iter().map(Vec::as_slice));
+        let synced = appended.and_then(|_| {
+            if self.fsync == Fsync::Always {
+                self.log.sync()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = synced {
+            self.next_seq = changes[0].seq;
+            return Err(Reply::error(format!(
                 "ERR could not write the replication log; nothing was written: {e}"
-            ))
-        };
-        self.log
-            .append(encoded.iter().map(Vec::as_slice))
-            .map_err(|e| log_error(&e))?;
+            )));
+        }
         if self.fsync == Fsync::Always {
-            self.log.sync().map_err(|e| log_error(&e))?;
             self.last_sync = Instant::now();
         }
         let stats = &self.shared.stats;
@@ -233,29 +253,31 @@ impl Writer {
             .changes
             .fetch_add(changes.len() as u64, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.applied.advance(&self.shared.dc, last.seq);
-        let checkpoint = self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
-        if let Err(e) = self.shared.store.commit(changes, &self.applied, checkpoint) {
-            let why = format!(
-                "the embedded store failed after the log took the write ({e}); it will be applied when the proxy restarts"
-            );
-            tracing::error!("{why}");
-            self.broken = Some(why.clone());
-            return Err(Reply::error(format!("ERR {why}")));
-        }
-        if checkpoint {
-            self.last_checkpoint = Instant::now();
-        }
-        Ok(())
-    }
-
-    /// Periodic work between batches: the timed log sync.
-    fn maintain(&mut self) {
-        if let Fsync::Every(period) = self.fsync {
-            if self.last_sync.elapsed() >= period {
-                self.sync();
+        self.applied.advance(&self.shared.dc, last_seq);
+        *self
+            .shared
+            .applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = self.applied.clone();
+        self.batch_no += 1;
+        let ops = changes
+            .iter()
+            .flat_map(|c| c.ops.iter().map(|op| (op.key.clone(), op.value.clone())));
+        self.shared.memtable.insert(self.batch_no, ops);
+        let logged = Logged {
+            batch: self.batch_no,
+            changes,
+            applied: self.applied.clone(),
+        };
+        if let Some((committer, _)) = &self.committer {
+            // Blocks while the committer is far behind: backpressure, never a dropped change.
+            if committer.send(logged).is_err() {
+                tracing::error!(
+                    "the committer stopped; logged writes stay in the memtable and the log"
+                );
             }
         }
+        Ok(())
     }
 
     fn sync(&mut self) {
@@ -265,12 +287,12 @@ impl Writer {
         self.last_sync = Instant::now();
     }
 
+    /// Syncs the log and waits for the committer to store everything.
     fn finish(&mut self) {
         self.sync();
-        if self.broken.is_none() {
-            if let Err(e) = self.shared.store.commit(&[], &self.applied, true) {
-                tracing::error!(error = %e, "final store checkpoint failed; the log will be replayed at start-up");
-            }
+        if let Some((sender, handle)) = self.committer.take() {
+            drop(sender);
+            let _ = handle.join();
         }
     }
 }
@@ -303,20 +325,24 @@ fn recv_timeout(rx: &mut mpsc::Receiver<Msg>, timeout: Duration) -> Result<Optio
     }
 }
 
-/// The keyspace a write sees: the snapshot, the batch's earlier effects, its own puts.
-struct BatchKeyspace<'a> {
+/// The keyspace a write sees: its own puts, the batch's earlier effects, the memtable,
+/// then the store.
+struct BatchKeyspace<'a, 'v> {
+    view: &'a View<'v>,
     snapshot: &'a Snapshot,
     overlay: &'a HashMap<Vec<u8>, Option<Value>>,
     puts: Vec<Op>,
     now_ms: u64,
 }
 
-impl Keyspace for BatchKeyspace<'_> {
+impl Keyspace for BatchKeyspace<'_, '_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Value>, Reply> {
         let value = if let Some(op) = self.puts.iter().rev().find(|op| op.key == key) {
             op.value.clone()
         } else if let Some(value) = self.overlay.get(key) {
             value.clone()
+        } else if let Some(entry) = self.view.get(key) {
+            entry.value.clone()
         } else {
             self.snapshot
                 .get(key)

@@ -52,15 +52,12 @@ pub(super) fn info(ctx: &Context, section: Option<&Bytes>) -> String {
         );
     }
     if show("replication") {
-        let applied = ctx
-            .engine
-            .applied()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|e| format!("error: {e}"));
+        let applied = ctx.engine.applied();
         let _ = write!(
             out,
-            "# Replication\r\nrole:master\r\ndatacenter:{}\r\napplied:{applied}\r\nconnected_peers:0\r\n\r\n",
-            ctx.config.dc
+            "# Replication\r\nrole:master\r\ndatacenter:{}\r\napplied:{applied}\r\nuncommitted_keys:{}\r\nconnected_peers:0\r\n\r\n",
+            ctx.config.dc,
+            ctx.engine.uncommitted()
         );
     }
     if show("keyspace") {
