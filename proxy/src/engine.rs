@@ -11,6 +11,7 @@
 //! Reads run on the caller's task against the memtable over a store snapshot; a
 //! connection waits for its own earlier writes before reading, so it always sees them.
 
+mod backend;
 mod committer;
 mod memtable;
 mod replay;
@@ -23,14 +24,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use meridian_policies::VersionVector;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::change::Value;
-use crate::command::{DataFn, Keyspace};
+use crate::command::{DataFn, Keyspace, Spec};
 use crate::log::{Log, LogError};
+use crate::redis_store::{self, RedisStore};
 use crate::resp::Reply;
 use crate::store::{Snapshot, Store, StoreError};
+use backend::Backend;
 
+pub use backend::BackendConfig;
 pub use writer::Fsync;
 
 /// Wall time in milliseconds since the Unix epoch.
@@ -49,6 +53,9 @@ pub enum OpenError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The Redis backend could not be reached or holds damaged metadata.
+    #[error(transparent)]
+    Redis(#[from] crate::redis_store::RedisStoreError),
     /// A log record that is intact but does not decode as a change.
     #[error("replication log record {lsn} is not a change this build can read: {message}")]
     BadRecord {
@@ -57,6 +64,9 @@ pub enum OpenError {
         /// What is wrong.
         message: String,
     },
+    /// Replaying the log into the backend failed.
+    #[error("replaying the replication log into the backend failed: {0}")]
+    Replay(String),
     /// A worker thread could not be started.
     #[error("could not start a worker thread: {0}")]
     Thread(std::io::Error),
@@ -85,12 +95,16 @@ pub struct Engine {
 #[derive(Debug)]
 struct Shared {
     dc: String,
-    store: Store,
+    backend: backend::Backend,
     memtable: memtable::Memtable,
-    /// Everything logged (and so acknowledged), committed to the store or not.
+    /// Everything logged (and so acknowledged), committed to the backend or not.
     applied: Mutex<VersionVector>,
-    /// Why writes are refused, after the store failed.
+    /// Why writes are refused, after the backend failed for good.
     broken: Mutex<Option<String>>,
+    /// The newest writer batch committed to the backend.
+    committed: watch::Sender<u64>,
+    /// The connection client reads use, with a Redis backend.
+    reader: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
     stats: Stats,
 }
 
@@ -116,21 +130,28 @@ pub struct EngineConfig {
     pub fsync: Fsync,
     /// The most a remote timestamp may lead our clock.
     pub max_drift: Duration,
+    /// Where the data lives.
+    pub backend: BackendConfig,
 }
 
+/// How long a read waits for the committer before answering that the backend is behind.
+const READ_WAIT: Duration = Duration::from_secs(5);
+
 impl Engine {
-    /// Opens the log and the store in `data_dir`, replays what the store lacks, and
-    /// starts the writer and committer threads.
+    /// Opens the log and the backend, replays what the backend lacks, and starts the
+    /// writer and committer threads.
     pub fn open(data_dir: &Path, config: EngineConfig) -> Result<Engine, OpenError> {
         let (log, recovered) = Log::open(&data_dir.join("log"))?;
-        let store = Store::open(&data_dir.join("store.redb"))?;
-        let state = replay::replay(&store, &config.dc, recovered)?;
+        let backend = backend::Backend::open(data_dir, &config.backend)?;
+        let state = replay::replay(&backend, &config.dc, recovered)?;
         let shared = Arc::new(Shared {
             dc: config.dc.clone(),
-            store,
+            backend,
             memtable: memtable::Memtable::default(),
             applied: Mutex::new(state.applied.clone()),
             broken: Mutex::new(None),
+            committed: watch::Sender::new(0),
+            reader: tokio::sync::Mutex::new(None),
             stats: Stats::default(),
         });
         shared
@@ -160,20 +181,27 @@ impl Engine {
             .clone()
     }
 
-    /// Keys written but not yet committed to the store.
+    /// Keys written but not yet committed to the backend.
     pub fn uncommitted(&self) -> usize {
         self.shared.memtable.len()
     }
 
     /// Runs a read command against the newest data.
-    pub fn read(&self, f: DataFn, args: &[Bytes]) -> Reply {
+    pub async fn read(&self, spec: &Spec, f: DataFn, args: &[Bytes]) -> Reply {
+        match &self.shared.backend {
+            Backend::Embedded(store) => self.read_embedded(store, f, args),
+            Backend::Redis(redis) => self.read_redis(redis, spec, f, args).await,
+        }
+    }
+
+    fn read_embedded(&self, store: &Store, f: DataFn, args: &[Bytes]) -> Reply {
         // The snapshot must be taken while the memtable view is held (see memtable).
         let view = self.shared.memtable.view();
-        match self.shared.store.snapshot() {
+        match store.snapshot() {
             Ok(snapshot) => {
                 let mut ks = ViewKeyspace {
                     view: &view,
-                    snapshot: &snapshot,
+                    snapshot: Some(&snapshot),
                     now_ms: wall_ms(),
                 };
                 f(&mut ks, args).unwrap_or_else(|e| e)
@@ -182,16 +210,108 @@ impl Engine {
         }
     }
 
-    /// Number of keys, expired ones included until they are removed.
-    pub fn key_count(&self) -> Result<u64, StoreError> {
-        let view = self.shared.memtable.view();
-        let snapshot = self.shared.store.snapshot()?;
-        let mut count = snapshot.len()? as i64;
-        for (key, entry) in view.iter() {
-            let stored = snapshot.get(key)?.is_some();
-            count += i64::from(entry.value.is_some()) - i64::from(stored);
+    /// With Redis behind: keys with uncommitted writes are served from the memtable
+    /// (which holds their whole state); others are read from Redis itself.
+    async fn read_redis(
+        &self,
+        redis: &RedisStore,
+        spec: &Spec,
+        f: DataFn,
+        args: &[Bytes],
+    ) -> Reply {
+        let wait_for = {
+            let view = self.shared.memtable.view();
+            let batches: Vec<Option<u64>> = spec
+                .keys(args)
+                .map(|k| view.get(k).map(|e| e.batch))
+                .collect();
+            if batches.iter().all(Option::is_none) {
+                None
+            } else if batches.iter().all(Option::is_some) {
+                let mut ks = ViewKeyspace {
+                    view: &view,
+                    snapshot: None,
+                    now_ms: wall_ms(),
+                };
+                return f(&mut ks, args).unwrap_or_else(|e| e);
+            } else {
+                batches.into_iter().flatten().max()
+            }
+        };
+        if let Some(batch) = wait_for {
+            let mut committed = self.shared.committed.subscribe();
+            if tokio::time::timeout(READ_WAIT, committed.wait_for(|c| *c >= batch))
+                .await
+                .is_err()
+            {
+                return Reply::error(format!(
+                    "ERR redis backend {} is behind this proxy's writes; retry later",
+                    redis.url()
+                ));
+            }
         }
-        Ok(count.max(0) as u64)
+        self.forward(redis, args).await
+    }
+
+    /// Sends a command to the Redis backend as it is.
+    async fn forward(&self, redis: &RedisStore, args: &[Bytes]) -> Reply {
+        let mut conn = {
+            let mut slot = self.shared.reader.lock().await;
+            match slot.as_ref() {
+                Some(conn) => conn.clone(),
+                None => match redis.async_conn().await {
+                    Ok(conn) => slot.insert(conn).clone(),
+                    Err(e) => return Reply::error(format!("ERR {e}")),
+                },
+            }
+        };
+        let mut cmd = redis::cmd(&String::from_utf8_lossy(&args[0]));
+        for arg in &args[1..] {
+            cmd.arg(&arg[..]);
+        }
+        match cmd.query_async::<redis::Value>(&mut conn).await {
+            Ok(value) => redis_store::to_reply(value, args[0].eq_ignore_ascii_case(b"HGETALL")),
+            Err(e) => {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+                    *self.shared.reader.lock().await = None;
+                }
+                redis_store::error_reply(redis.url(), &e)
+            }
+        }
+    }
+
+    /// Number of keys, expired ones included until they are removed (meridian's own
+    /// metadata key not counted).
+    pub async fn key_count(&self) -> Result<u64, String> {
+        match &self.shared.backend {
+            Backend::Embedded(store) => {
+                let view = self.shared.memtable.view();
+                let snapshot = store.snapshot().map_err(|e| e.to_string())?;
+                let mut count = snapshot.len().map_err(|e| e.to_string())? as i64;
+                for (key, entry) in view.iter() {
+                    let stored = snapshot.get(key).map_err(|e| e.to_string())?.is_some();
+                    count += i64::from(entry.value.is_some()) - i64::from(stored);
+                }
+                Ok(count.max(0) as u64)
+            }
+            Backend::Redis(redis) => {
+                let dbsize = self.forward(redis, &[Bytes::from_static(b"DBSIZE")]).await;
+                let meta = self
+                    .forward(
+                        redis,
+                        &[
+                            Bytes::from_static(b"EXISTS"),
+                            Bytes::from_static(redis_store::META_KEY.as_bytes()),
+                        ],
+                    )
+                    .await;
+                match (dbsize, meta) {
+                    (Reply::Integer(n), Reply::Integer(m)) => Ok((n - m).max(0) as u64),
+                    (Reply::Error(e), _) | (_, Reply::Error(e)) => Err(e),
+                    _ => Err("unexpected reply to DBSIZE".into()),
+                }
+            }
+        }
     }
 
     /// Queues a write command for `user`; the receiver yields its reply once the
@@ -233,22 +353,22 @@ fn store_error(e: &StoreError) -> Reply {
     Reply::error(format!("ERR backend: {e}"))
 }
 
-/// The newest data: the memtable over a store snapshot.
+/// The newest data: the memtable over a store snapshot (none: the memtable alone).
 struct ViewKeyspace<'a, 'v> {
     view: &'a memtable::View<'v>,
-    snapshot: &'a Snapshot,
+    snapshot: Option<&'a Snapshot>,
     now_ms: u64,
 }
 
 impl Keyspace for ViewKeyspace<'_, '_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Value>, Reply> {
-        let value = match self.view.get(key) {
-            Some(entry) => entry.value.clone(),
-            None => self
-                .snapshot
+        let value = match (self.view.get(key), self.snapshot) {
+            (Some(entry), _) => entry.value.clone(),
+            (None, Some(snapshot)) => snapshot
                 .get(key)
                 .map_err(|e| store_error(&e))?
                 .map(|s| s.value),
+            (None, None) => None,
         };
         Ok(value.filter(|v| !v.expired(self.now_ms)))
     }

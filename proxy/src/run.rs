@@ -4,7 +4,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use meridian_proxy::server::{Proxy, ProxyConfig};
-use meridian_topology::Backend;
 use tracing_subscriber::EnvFilter;
 
 use crate::check::{LoadError, load};
@@ -32,14 +31,6 @@ pub(crate) fn run(file: &Path, dc: &str, format: LogFormat) -> ExitCode {
         );
         return ExitCode::from(EX_USAGE);
     };
-    if let Backend::Redis { url, .. } = &topology.dc(idx).backend {
-        eprintln!(
-            "{}: datacenter {dc:?} uses the redis backend ({url}), which this build cannot serve yet; \
-             use backend = {{ kind = \"embedded\" }}",
-            file.display()
-        );
-        return ExitCode::from(EX_USAGE);
-    }
     let config = ProxyConfig::from_topology(&topology, idx);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

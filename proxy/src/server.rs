@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use meridian_topology::{DcIdx, FsyncPolicy, Topology, UserKey};
+use meridian_topology::{Backend, DcIdx, FsyncPolicy, Topology, UserKey};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::command::UserRule;
-use crate::engine::{Engine, EngineConfig, Fsync, OpenError};
+use crate::engine::{BackendConfig, Engine, EngineConfig, Fsync, OpenError};
 use crate::resp::Limits;
 
 /// Everything one proxy needs to run.
@@ -27,8 +27,10 @@ pub struct ProxyConfig {
     pub dc: String,
     /// The Redis listener (port 0 picks a free port).
     pub client: String,
-    /// Where the log and the store live.
+    /// Where the log (and the embedded store) live.
     pub data_dir: PathBuf,
+    /// Where the data lives.
+    pub backend: BackendConfig,
     /// When the log is synced.
     pub fsync: Fsync,
     /// How keys name users.
@@ -49,6 +51,10 @@ impl ProxyConfig {
             dc: d.id.clone(),
             client: d.client.to_string(),
             data_dir: d.data_dir.clone(),
+            backend: match &d.backend {
+                Backend::Embedded => BackendConfig::Embedded,
+                Backend::Redis { url, .. } => BackendConfig::Redis { url: url.clone() },
+            },
             fsync: match topology.replication.fsync {
                 FsyncPolicy::Always => Fsync::Always,
                 FsyncPolicy::Every(period) => Fsync::Every(period),
@@ -110,6 +116,7 @@ impl Proxy {
             dc: config.dc.clone(),
             fsync: config.fsync,
             max_drift: Duration::from_secs(5),
+            backend: config.backend.clone(),
         };
         let data_dir = config.data_dir.clone();
         let engine = tokio::task::spawn_blocking(move || Engine::open(&data_dir, engine_config))

@@ -1,4 +1,4 @@
-//! The committer thread: moves logged changes from the memtable into the store in
+//! The committer thread: moves logged changes from the memtable into the backend in
 //! large transactions, with the applied vector they reach.
 
 use std::sync::Arc;
@@ -8,15 +8,18 @@ use std::time::{Duration, Instant};
 
 use meridian_policies::VersionVector;
 
+use super::backend::Target;
 use super::{OpenError, Shared};
 use crate::change::Change;
 
 /// Batches waiting for the committer before the writer waits (bounds the memtable).
 const QUEUE_BATCHES: usize = 256;
-/// Most changes in one store transaction.
+/// Most changes in one backend transaction.
 const MAX_CHANGES: usize = 16_384;
 /// A durable checkpoint at least this often while changes flow.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Longest wait between attempts while the backend is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// One writer batch, logged and visible in the memtable.
 pub(super) struct Logged {
@@ -40,6 +43,7 @@ pub(super) fn spawn(
 }
 
 fn run(shared: &Shared, rx: Receiver<Logged>) {
+    let mut target = shared.backend.target();
     let mut last_checkpoint = Instant::now();
     let mut applied = None;
     while let Ok(first) = rx.recv() {
@@ -58,14 +62,7 @@ fn run(shared: &Shared, rx: Receiver<Logged>) {
         let (batch, vector) = (last.batch, last.applied.clone());
         let changes: Vec<Change> = batches.into_iter().flat_map(|b| b.changes).collect();
         let checkpoint = last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
-        if let Err(e) = shared.store.commit(&changes, &vector, checkpoint) {
-            // The changes stay in the memtable (reads remain right) and in the log
-            // (a restart replays them); new writes are refused until then.
-            let why = format!(
-                "the embedded store failed ({e}); logged writes will be applied when the proxy restarts"
-            );
-            tracing::error!("{why}");
-            shared.set_broken(why);
+        if !commit_until_done(shared, &mut target, &changes, &vector, checkpoint) {
             return;
         }
         if checkpoint {
@@ -77,12 +74,57 @@ fn run(shared: &Shared, rx: Receiver<Logged>) {
                 .into_iter()
                 .flat_map(|c| c.ops.into_iter().map(|op| op.key)),
         );
+        shared.committed.send_replace(batch);
         applied = Some(vector);
     }
     // The writer is gone: make everything committed durable.
     if let Some(vector) = applied {
-        if let Err(e) = shared.store.commit(&[], &vector, true) {
-            tracing::error!(error = %e, "final store checkpoint failed; the log will be replayed at start-up");
+        if let Err(e) = target.commit(&[], &vector, true) {
+            tracing::error!(error = %e.message, "final checkpoint failed; the log will be replayed at start-up");
+        }
+    }
+}
+
+/// Commits, retrying while the backend is unreachable (Redis restarting, say). The
+/// changes wait in the memtable meanwhile, so reads stay right. Returns false after
+/// a failure that retrying cannot fix: writes then stop until a restart replays the log.
+fn commit_until_done(
+    shared: &Shared,
+    target: &mut Target<'_>,
+    changes: &[Change],
+    applied: &VersionVector,
+    durable: bool,
+) -> bool {
+    let mut backoff = Duration::from_millis(50);
+    let mut failures = 0u32;
+    loop {
+        match target.commit(changes, applied, durable) {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(
+                        failures,
+                        "the backend is reachable again; committing resumed"
+                    );
+                }
+                return true;
+            }
+            Err(e) if e.retryable => {
+                if failures == 0 {
+                    tracing::warn!(error = %e.message, "the backend is unreachable; logged writes wait in memory and are retried");
+                }
+                failures += 1;
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => {
+                let why = format!(
+                    "the backend failed ({}); logged writes will be applied when the proxy restarts",
+                    e.message
+                );
+                tracing::error!("{why}");
+                shared.set_broken(why);
+                return false;
+            }
         }
     }
 }

@@ -3,9 +3,9 @@
 use meridian_policies::{Timestamp, VersionVector};
 
 use super::OpenError;
+use super::backend::Backend;
 use crate::change::Change;
 use crate::log::Recovered;
-use crate::store::Store;
 
 /// Changes applied per store transaction while replaying.
 const REPLAY_CHUNK: usize = 1024;
@@ -21,8 +21,18 @@ pub(super) struct Resume {
 
 /// Applies every logged change the store has not applied (those above its applied
 /// vector), in log order, and returns where the writer resumes.
-pub(super) fn replay(store: &Store, dc: &str, recovered: Recovered) -> Result<Resume, OpenError> {
-    let mut applied = store.applied()?;
+pub(super) fn replay(
+    backend: &Backend,
+    dc: &str,
+    recovered: Recovered,
+) -> Result<Resume, OpenError> {
+    let mut applied = backend.applied()?;
+    let mut target = backend.target();
+    let mut commit = |changes: &[Change], applied: &VersionVector, durable: bool| {
+        target
+            .commit(changes, applied, durable)
+            .map_err(|e| OpenError::Replay(e.message))
+    };
     let mut last_hlc = Timestamp::default();
     let mut pending = Vec::new();
     let mut replayed = 0;
@@ -38,12 +48,12 @@ pub(super) fn replay(store: &Store, dc: &str, recovered: Recovered) -> Result<Re
         }
         if pending.len() >= REPLAY_CHUNK {
             replayed += pending.len() as u64;
-            store.commit(&pending, &applied, false)?;
+            commit(&pending, &applied, false)?;
             pending.clear();
         }
     }
     replayed += pending.len() as u64;
-    store.commit(&pending, &applied, true)?;
+    commit(&pending, &applied, true)?;
     if replayed > 0 {
         tracing::info!(
             replayed,

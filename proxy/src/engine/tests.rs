@@ -9,6 +9,7 @@ fn config() -> EngineConfig {
         dc: "us-east".into(),
         fsync: Fsync::Always,
         max_drift: Duration::from_secs(5),
+        backend: BackendConfig::Embedded,
     }
 }
 
@@ -27,7 +28,7 @@ async fn exec(engine: &Engine, line: &str) -> Reply {
             .await
             .await
             .unwrap(),
-        crate::command::Kind::Read(f) => engine.read(f, &args),
+        crate::command::Kind::Read(f) => engine.read(spec, f, &args).await,
         crate::command::Kind::Server => unreachable!(),
     }
 }
@@ -147,15 +148,16 @@ async fn reads_never_go_back_while_the_committer_moves_data() {
     let engine = Engine::open(dir.path(), config).unwrap();
     let reader = {
         let engine = engine.clone();
-        tokio::task::spawn_blocking(move || {
+        tokio::spawn(async move {
             let get = lookup(b"GET").unwrap();
+            let spec = get;
             let crate::command::Kind::Read(f) = get.kind else {
                 unreachable!()
             };
             let mut last = 0i64;
             let mut reads = 0;
             while last < 3_000 {
-                let n = match engine.read(f, &args("GET {u}:n")) {
+                let n = match engine.read(spec, f, &args("GET {u}:n")).await {
                     Reply::Null => 0,
                     Reply::Bulk(b) => std::str::from_utf8(&b).unwrap().parse::<i64>().unwrap(),
                     other => panic!("{other:?}"),

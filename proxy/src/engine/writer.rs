@@ -11,13 +11,16 @@ use bytes::Bytes;
 use meridian_policies::{Hlc, VersionVector};
 use tokio::sync::{mpsc, oneshot};
 
+use super::backend::Backend;
 use super::committer::{self, Logged};
 use super::memtable::View;
 use super::replay::Resume;
 use super::{EngineConfig, OpenError, Shared, store_error, wall_ms};
 use crate::change::{Change, Op, Value};
 use crate::command::{DataFn, Keyspace};
+use crate::command::{lookup, wrong_type};
 use crate::log::Log;
+use crate::redis_store::{self, Fetched, SyncConn};
 use crate::resp::Reply;
 use crate::store::Snapshot;
 
@@ -59,6 +62,34 @@ struct Writer {
     fsync: Fsync,
     last_sync: Instant,
     committer: Option<(SyncSender<Logged>, JoinHandle<()>)>,
+    /// The writer's own connection, with a Redis backend.
+    redis: Option<SyncConn>,
+}
+
+/// What the backend holds for a batch's keys.
+enum Base {
+    /// The embedded store, as of the batch's start.
+    Snapshot(Snapshot),
+    /// Redis: every key the batch touches, fetched in one round trip.
+    Fetched(HashMap<Vec<u8>, Fetched>),
+}
+
+impl Base {
+    fn get(&self, key: &[u8]) -> Result<Option<Value>, Reply> {
+        match self {
+            Base::Snapshot(snapshot) => Ok(snapshot
+                .get(key)
+                .map_err(|e| store_error(&e))?
+                .map(|s| s.value)),
+            Base::Fetched(map) => match map.get(key) {
+                Some(Fetched::Known(value)) => Ok(value.clone()),
+                Some(Fetched::Foreign(_)) => Err(wrong_type()),
+                None => Err(Reply::error(
+                    "ERR internal error: a key the command touches was not fetched",
+                )),
+            },
+        }
+    }
 }
 
 pub(super) fn spawn(
@@ -69,6 +100,10 @@ pub(super) fn spawn(
 ) -> Result<mpsc::Sender<Msg>, OpenError> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let committer = committer::spawn(shared.clone(), &config.dc)?;
+    let shared_backend_redis = match &shared.backend {
+        Backend::Redis(store) => Some(store.clone()),
+        Backend::Embedded(_) => None,
+    };
     let writer = Writer {
         shared,
         log,
@@ -78,6 +113,10 @@ pub(super) fn spawn(
         clock: Hlc::resume(resume.last_hlc, config.max_drift.as_millis() as u64),
         fsync: config.fsync,
         last_sync: Instant::now(),
+        redis: match &shared_backend_redis {
+            Some(store) => Some(store.sync_conn()),
+            None => None,
+        },
         committer: Some(committer),
     };
     let span = tracing::info_span!("writer", dc = %config.dc);
@@ -136,6 +175,36 @@ impl Writer {
         self.finish();
     }
 
+    /// What the backend holds for the batch: a store snapshot, or the batch's keys
+    /// (those not in the memtable) fetched from Redis.
+    fn base(&mut self, batch: &[Request], view: &View<'_>) -> Result<Base, Reply> {
+        match &self.shared.backend {
+            Backend::Embedded(store) => store
+                .snapshot()
+                .map(Base::Snapshot)
+                .map_err(|e| store_error(&e)),
+            Backend::Redis(_) => {
+                let mut keys: Vec<Vec<u8>> = batch
+                    .iter()
+                    .filter_map(|r| lookup(&r.args[0]).map(|spec| (spec, &r.args)))
+                    .flat_map(|(spec, args)| {
+                        spec.keys(args).map(<[u8]>::to_vec).collect::<Vec<_>>()
+                    })
+                    .filter(|k| !view.contains_key(k))
+                    .collect();
+                keys.sort_unstable();
+                keys.dedup();
+                let conn = self
+                    .redis
+                    .as_mut()
+                    .ok_or_else(|| Reply::error("ERR internal error: no redis connection"))?;
+                redis_store::fetch_map(conn, keys, wall_ms())
+                    .map(Base::Fetched)
+                    .map_err(|e| Reply::error(format!("ERR {e}")))
+            }
+        }
+    }
+
     /// Runs the batch's commands, logs their changes, publishes them, replies.
     fn commit_batch(&mut self, batch: Vec<Request>) {
         if let Some(why) = self.shared.broken() {
@@ -148,15 +217,15 @@ impl Writer {
             return;
         }
         let (changes, replies) = {
-            // Snapshot under the view, as readers do (see memtable).
+            // Read the backend under the view, as readers do (see memtable).
             let shared = self.shared.clone();
             let view = shared.memtable.view();
-            match shared.store.snapshot() {
-                Ok(snapshot) => self.run_commands(batch, &view, &snapshot),
-                Err(e) => {
+            match self.base(&batch, &view) {
+                Ok(base) => self.run_commands(batch, &view, &base),
+                Err(reply) => {
                     batch
                         .into_iter()
-                        .for_each(|r| drop(r.reply.send(store_error(&e))));
+                        .for_each(|r| drop(r.reply.send(reply.clone())));
                     return;
                 }
             }
@@ -177,7 +246,7 @@ impl Writer {
         &mut self,
         batch: Vec<Request>,
         view: &View<'_>,
-        snapshot: &Snapshot,
+        base: &Base,
     ) -> (Vec<Change>, Vec<(oneshot::Sender<Reply>, Reply)>) {
         let mut overlay = HashMap::new();
         let mut changes = Vec::new();
@@ -186,7 +255,7 @@ impl Writer {
         for request in batch {
             let mut ks = BatchKeyspace {
                 view,
-                snapshot,
+                base,
                 overlay: &overlay,
                 puts: Vec::new(),
                 now_ms: now,
@@ -329,7 +398,7 @@ fn recv_timeout(rx: &mut mpsc::Receiver<Msg>, timeout: Duration) -> Result<Optio
 /// then the store.
 struct BatchKeyspace<'a, 'v> {
     view: &'a View<'v>,
-    snapshot: &'a Snapshot,
+    base: &'a Base,
     overlay: &'a HashMap<Vec<u8>, Option<Value>>,
     puts: Vec<Op>,
     now_ms: u64,
@@ -344,10 +413,7 @@ impl Keyspace for BatchKeyspace<'_, '_> {
         } else if let Some(entry) = self.view.get(key) {
             entry.value.clone()
         } else {
-            self.snapshot
-                .get(key)
-                .map_err(|e| store_error(&e))?
-                .map(|s| s.value)
+            self.base.get(key)?
         };
         Ok(value.filter(|v| !v.expired(self.now_ms)))
     }

@@ -176,18 +176,18 @@ impl Conn {
             }
             Kind::Read(f) => {
                 self.settle().await;
-                let reply = self.ctx.engine.read(f, &args);
+                let reply = self.ctx.engine.read(spec, f, &args).await;
                 self.reply(reply);
             }
             Kind::Server => {
                 self.settle().await;
-                return self.server_command(spec, &args);
+                return self.server_command(spec, &args).await;
             }
         }
         Next::Continue
     }
 
-    fn server_command(&mut self, spec: &Spec, args: &[Bytes]) -> Next {
+    async fn server_command(&mut self, spec: &Spec, args: &[Bytes]) -> Next {
         let reply = match spec.name {
             "PING" => match args.len() {
                 1 => Reply::Simple("PONG"),
@@ -211,10 +211,17 @@ impl Conn {
             "HELLO" => self.hello(args),
             "CLIENT" => self.client(args),
             "COMMAND" => info::command(args),
-            "INFO" => Reply::Verbatim(info::info(&self.ctx, args.get(1))),
-            "DBSIZE" => match self.ctx.engine.key_count() {
+            "INFO" => {
+                let keys = self.ctx.engine.key_count().await;
+                Reply::Verbatim(info::info(&self.ctx, args.get(1), keys))
+            }
+            "DBSIZE" => match self.ctx.engine.key_count().await {
                 Ok(n) => Reply::Integer(n as i64),
-                Err(e) => Reply::error(format!("ERR backend: {e}")),
+                Err(e) => Reply::error(if e.starts_with("ERR") {
+                    e
+                } else {
+                    format!("ERR backend: {e}")
+                }),
             },
             _ => command::unknown_command(args),
         };
