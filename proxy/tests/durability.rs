@@ -2,15 +2,43 @@
 
 mod support;
 
-use support::{Client, Resp, single_dc_topology, start_meridian};
+use support::{Client, Resp, redis_dc_topology, single_dc_topology, start_meridian, start_redis};
 
 #[test]
-fn acknowledged_writes_survive_sigkill_and_restart() {
+fn acknowledged_writes_survive_sigkill_and_restart_on_the_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
     // Not synced per write: the log must still hold every acknowledged write, since
     // a killed process leaves its written pages with the operating system.
     let (topology, addr) = single_dc_topology(dir.path(), "every-10ms");
-    let mut proxy = start_meridian(&topology, addr);
+    kill_and_check(&topology, addr);
+}
+
+#[test]
+fn acknowledged_writes_survive_sigkill_and_restart_on_the_redis_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_redis, redis) = start_redis();
+    let (topology, addr) = redis_dc_topology(dir.path(), "every-10ms", redis);
+    kill_and_check(&topology, addr);
+    // The writes reached Redis itself.
+    let mut direct = Client::connect(redis).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while direct.cmd(&[b"GET", b"{u10}:k1999"]) == Resp::Nil {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "acknowledged writes never reached redis"
+        );
+        std::thread::yield_now();
+    }
+    assert_eq!(
+        direct.cmd(&[b"GET", b"{u0}:k1989"]),
+        Resp::Bulk(b"v1989".to_vec())
+    );
+}
+
+/// Writes, kills the proxy with SIGKILL once everything is acknowledged, restarts
+/// it, and checks every write is there exactly once.
+fn kill_and_check(topology: &std::path::Path, addr: std::net::SocketAddr) {
+    let mut proxy = start_meridian(topology, addr);
     let mut client = Client::connect(addr).unwrap();
     const N: usize = 2_000;
     for i in 0..N {
@@ -27,7 +55,7 @@ fn acknowledged_writes_survive_sigkill_and_restart() {
     proxy.0.wait().unwrap();
     drop(client);
 
-    let _proxy = start_meridian(&topology, addr);
+    let _proxy = start_meridian(topology, addr);
     let mut client = Client::connect(addr).unwrap();
     for i in 0..N {
         let key = format!("{{u{}}}:k{i}", i % 17);

@@ -3,7 +3,11 @@
 
 mod support;
 
-use support::{Client, Resp, single_dc_topology, start_meridian, start_redis};
+use std::net::SocketAddr;
+
+use support::{
+    Client, Process, Resp, redis_dc_topology, single_dc_topology, start_meridian, start_redis,
+};
 
 /// A small deterministic generator (xorshift64*), so a failing seed can be rerun.
 struct Rng(u64);
@@ -123,12 +127,59 @@ fn normalise(cmd: &[String], reply: Resp) -> Resp {
     }
 }
 
-#[test]
-fn random_command_sequences_match_a_real_redis() {
-    let (_redis, redis_addr) = start_redis();
+/// Which backend the proxy under test runs on.
+#[derive(Clone, Copy, Debug)]
+enum Behind {
+    Embedded,
+    Redis,
+}
+
+/// A proxy on a backend, with everything it needs kept alive.
+struct Setup {
+    _dir: tempfile::TempDir,
+    _backend: Option<Process>,
+    _proxy: Process,
+    addr: SocketAddr,
+    backend_addr: Option<SocketAddr>,
+}
+
+fn proxy_on(behind: Behind) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let (topology, addr) = single_dc_topology(dir.path(), "never");
-    let _proxy = start_meridian(&topology, addr);
+    let (backend, backend_addr, (topology, addr)) = match behind {
+        Behind::Embedded => (None, None, single_dc_topology(dir.path(), "never")),
+        Behind::Redis => {
+            let (process, redis) = start_redis();
+            (
+                Some(process),
+                Some(redis),
+                redis_dc_topology(dir.path(), "never", redis),
+            )
+        }
+    };
+    let proxy = start_meridian(&topology, addr);
+    Setup {
+        _dir: dir,
+        _backend: backend,
+        _proxy: proxy,
+        addr,
+        backend_addr,
+    }
+}
+
+#[test]
+fn random_command_sequences_match_a_real_redis_on_the_embedded_store() {
+    random_sequences(Behind::Embedded);
+}
+
+#[test]
+fn random_command_sequences_match_a_real_redis_on_the_redis_backend() {
+    random_sequences(Behind::Redis);
+}
+
+fn random_sequences(behind: Behind) {
+    let (_redis, redis_addr) = start_redis();
+    let setup = proxy_on(behind);
+    let addr = setup.addr;
     let mut redis = Client::connect(redis_addr).unwrap();
     let mut proxy = Client::connect(addr).unwrap();
     for seed in 1..=4u64 {
@@ -153,9 +204,27 @@ fn random_command_sequences_match_a_real_redis() {
                     .collect::<Vec<_>>()
                     .join("\n  ");
                 panic!(
-                    "seed {seed}: replies differ\nredis:    {want:?}\nmeridian: {got:?}\nlast commands:\n  {tail}"
+                    "{behind:?}, seed {seed}: replies differ\nredis:    {want:?}\nmeridian: {got:?}\nlast commands:\n  {tail}"
                 );
             }
+        }
+    }
+    if let Some(backend) = setup.backend_addr {
+        // The data sits in the backend Redis in native types, readable by any tool.
+        let mut direct = Client::connect(backend).unwrap();
+        let through = proxy.cmd(&[b"GET", b"{u}:a"]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let native = direct.cmd(&[b"GET", b"{u}:a"]);
+            let both_errors = matches!(native, Resp::Error(_)) && matches!(through, Resp::Error(_));
+            if native == through || both_errors {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "backend never caught up: {native:?} vs {through:?}"
+            );
+            std::thread::yield_now();
         }
     }
 }

@@ -37,7 +37,7 @@ pub(super) struct CommitError {
 /// Where the committer (and start-up replay) writes.
 pub(super) enum Target<'a> {
     Embedded(&'a Store),
-    Redis(SyncConn),
+    Redis(Box<SyncConn>),
 }
 
 impl Backend {
@@ -61,7 +61,7 @@ impl Backend {
     pub(super) fn target(&self) -> Target<'_> {
         match self {
             Backend::Embedded(store) => Target::Embedded(store),
-            Backend::Redis(redis) => Target::Redis(redis.sync_conn()),
+            Backend::Redis(redis) => Target::Redis(Box::new(redis.sync_conn())),
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::change::{Change, Op, Value};
 use crate::command::{DataFn, Keyspace};
 use crate::command::{lookup, wrong_type};
 use crate::log::Log;
-use crate::redis_store::{self, Fetched, SyncConn};
+use crate::redis_store::{self, Fetched, RedisStore, SyncConn};
 use crate::resp::Reply;
 use crate::store::Snapshot;
 
@@ -113,10 +113,7 @@ pub(super) fn spawn(
         clock: Hlc::resume(resume.last_hlc, config.max_drift.as_millis() as u64),
         fsync: config.fsync,
         last_sync: Instant::now(),
-        redis: match &shared_backend_redis {
-            Some(store) => Some(store.sync_conn()),
-            None => None,
-        },
+        redis: shared_backend_redis.as_ref().map(RedisStore::sync_conn),
         committer: Some(committer),
     };
     let span = tracing::info_span!("writer", dc = %config.dc);

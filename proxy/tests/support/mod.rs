@@ -110,12 +110,26 @@ pub fn wait_listening(addr: SocketAddr, child: &mut Child) {
     }
 }
 
-/// Writes a one-datacenter topology file in `dir` and returns its path and client address.
+/// Writes a one-datacenter topology file in `dir` on the embedded store and returns
+/// its path and client address.
 pub fn single_dc_topology(dir: &Path, fsync: &str) -> (PathBuf, SocketAddr) {
+    topology_with_backend(dir, fsync, "{ kind = \"embedded\" }")
+}
+
+/// The same, with the Redis at `redis` behind the proxy.
+pub fn redis_dc_topology(dir: &Path, fsync: &str, redis: SocketAddr) -> (PathBuf, SocketAddr) {
+    topology_with_backend(
+        dir,
+        fsync,
+        &format!("{{ kind = \"redis\", url = \"redis://{redis}/0\" }}"),
+    )
+}
+
+fn topology_with_backend(dir: &Path, fsync: &str, backend: &str) -> (PathBuf, SocketAddr) {
     let (client, peer, admin) = (free_port(), free_port(), free_port());
     let text = format!(
         "[cluster]\nname = \"test\"\n\n[[datacenter]]\nid = \"dc1\"\nclient = \"127.0.0.1:{client}\"\n\
-         peer = \"127.0.0.1:{peer}\"\nadmin = \"127.0.0.1:{admin}\"\ndata_dir = \"data\"\n\n\
+         peer = \"127.0.0.1:{peer}\"\nadmin = \"127.0.0.1:{admin}\"\ndata_dir = \"data\"\nbackend = {backend}\n\n\
          [replication]\nfsync = \"{fsync}\"\n"
     );
     let path = dir.join("topology.toml");
@@ -168,4 +182,26 @@ pub fn start_redis() -> (Process, SocketAddr) {
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_listening(addr, &mut child);
     (Process(child), addr)
+}
+
+/// Starts redis-server on `port` with an append-only file in `dir` synced on every
+/// write, so a restart keeps its data.
+pub fn start_redis_persistent(dir: &Path, port: u16) -> Process {
+    let mut child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+        ])
+        .args(["--appendfsync", "always", "--dir", dir.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (apt-get install redis-server)");
+    wait_listening(format!("127.0.0.1:{port}").parse().unwrap(), &mut child);
+    Process(child)
 }

@@ -1,0 +1,67 @@
+//! A Redis backend that goes down and comes back: clients get clear errors meanwhile,
+//! the proxy stays up and reconnects.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Client, Resp, free_port, redis_dc_topology, start_meridian, start_redis_persistent};
+
+#[test]
+fn a_redis_restart_gives_clear_errors_then_service_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis_dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let redis_addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut redis = start_redis_persistent(redis_dir.path(), port);
+    let (topology, addr) = redis_dc_topology(dir.path(), "always", redis_addr);
+    let _proxy = start_meridian(&topology, addr);
+    let mut client = Client::connect(addr).unwrap();
+    assert_eq!(
+        client.cmd(&[b"SET", b"{u}:k", b"before"]),
+        Resp::Simple("OK".into())
+    );
+    // Wait until the write is in Redis itself, so the outage cannot lose it.
+    let mut direct = Client::connect(redis_addr).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while direct.cmd(&[b"GET", b"{u}:k"]) != Resp::Bulk(b"before".to_vec()) {
+        assert!(Instant::now() < deadline, "the write never reached redis");
+        std::thread::yield_now();
+    }
+    drop(direct);
+
+    redis.0.kill().unwrap();
+    redis.0.wait().unwrap();
+    for cmd in [&[&b"GET"[..], b"{u}:k"][..], &[b"SET", b"{u}:other", b"x"]] {
+        match client.cmd(cmd) {
+            Resp::Error(e) => assert!(
+                e.contains("redis backend") && e.contains(&port.to_string()),
+                "{e}"
+            ),
+            other => panic!("{other:?} while redis is down"),
+        }
+    }
+
+    let _redis = start_redis_persistent(redis_dir.path(), port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.cmd(&[b"GET", b"{u}:k"]) {
+            Resp::Bulk(v) => {
+                assert_eq!(v, b"before");
+                break;
+            }
+            Resp::Error(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            other => panic!("{other:?} after redis came back"),
+        }
+    }
+    assert_eq!(
+        client.cmd(&[b"SET", b"{u}:k", b"after"]),
+        Resp::Simple("OK".into())
+    );
+    assert_eq!(
+        client.cmd(&[b"GET", b"{u}:k"]),
+        Resp::Bulk(b"after".to_vec())
+    );
+}
