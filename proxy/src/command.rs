@@ -11,7 +11,7 @@ use bytes::Bytes;
 use crate::change::Value;
 use crate::resp::Reply;
 
-pub use table::{Kind, Spec, lookup};
+pub use table::{Kind, Spec, lookup, lookup_indexed};
 
 /// The outcome of a command: its reply, or an error reply.
 pub type Outcome = Result<Reply, Reply>;

@@ -101,6 +101,8 @@ struct Shared {
     applied: Mutex<VersionVector>,
     /// Why writes are refused, after the backend failed for good.
     broken: Mutex<Option<String>>,
+    /// Backend commit latencies.
+    backend_stats: crate::metrics::BackendStats,
     /// The newest writer batch committed to the backend.
     committed: watch::Sender<u64>,
     /// The connection client reads use, with a Redis backend.
@@ -150,6 +152,7 @@ impl Engine {
             memtable: memtable::Memtable::default(),
             applied: Mutex::new(state.applied.clone()),
             broken: Mutex::new(None),
+            backend_stats: crate::metrics::BackendStats::default(),
             committed: watch::Sender::new(0),
             reader: tokio::sync::Mutex::new(None),
             stats: Stats::default(),
@@ -179,6 +182,24 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Backend commit latencies.
+    pub fn backend_stats(&self) -> &crate::metrics::BackendStats {
+        &self.shared.backend_stats
+    }
+
+    /// Why writes are stopped, if they are.
+    pub fn broken(&self) -> Option<String> {
+        self.shared.broken()
+    }
+
+    /// The backend, for people: `embedded` or the Redis URL.
+    pub fn backend_name(&self) -> String {
+        match &self.shared.backend {
+            Backend::Embedded(_) => "embedded".into(),
+            Backend::Redis(redis) => redis.url().to_owned(),
+        }
     }
 
     /// Keys written but not yet committed to the backend.

@@ -9,6 +9,7 @@ pub mod change;
 pub mod command;
 pub mod engine;
 pub mod log;
+pub mod metrics;
 pub mod redis_store;
 pub mod resp;
 pub mod server;

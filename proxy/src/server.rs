@@ -1,6 +1,7 @@
 //! The client-facing server: accepts Redis connections on the datacenter's client
 //! address and serves them until shutdown.
 
+mod admin;
 mod conn;
 mod info;
 
@@ -35,6 +36,8 @@ pub struct ProxyConfig {
     pub fsync: Fsync,
     /// How keys name users.
     pub user_rule: UserRule,
+    /// The admin HTTP listener (`None`: no admin endpoint).
+    pub admin: Option<String>,
     /// Bounds on client requests.
     pub limits: Limits,
     /// Most simultaneous client connections (default 10,000).
@@ -50,6 +53,7 @@ impl ProxyConfig {
         ProxyConfig {
             dc: d.id.clone(),
             client: d.client.to_string(),
+            admin: Some(d.admin.to_string()),
             data_dir: d.data_dir.clone(),
             backend: match &d.backend {
                 Backend::Embedded => BackendConfig::Embedded,
@@ -98,6 +102,8 @@ pub(crate) struct Context {
     pub(crate) total_commands: AtomicU64,
     pub(crate) next_client_id: AtomicU64,
     pub(crate) addr: SocketAddr,
+    pub(crate) admin_addr: Option<SocketAddr>,
+    pub(crate) commands: crate::metrics::CommandStats,
 }
 
 /// A running proxy.
@@ -133,6 +139,18 @@ impl Proxy {
             addr: config.client.clone(),
             source,
         })?;
+        let admin = match &config.admin {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        addr: a.clone(),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
         let ctx = Arc::new(Context {
             engine,
             started: Instant::now(),
@@ -141,10 +159,16 @@ impl Proxy {
             total_commands: AtomicU64::new(0),
             next_client_id: AtomicU64::new(1),
             addr,
+            admin_addr,
+            commands: crate::metrics::CommandStats::default(),
             config,
         });
         let (stop, stopped) = watch::channel(false);
         let span = tracing::info_span!("proxy", dc = %ctx.config.dc);
+        if let Some(admin) = admin {
+            let span = tracing::info_span!("admin", dc = %ctx.config.dc);
+            tokio::spawn(admin::serve(admin, ctx.clone(), stopped.clone()).instrument(span));
+        }
         let accept = tokio::spawn(accept_loop(listener, ctx.clone(), stopped).instrument(span));
         tracing::info!(dc = %ctx.config.dc, %addr, "serving Redis clients");
         Ok(Proxy { ctx, stop, accept })
@@ -153,6 +177,11 @@ impl Proxy {
     /// The address clients connect to.
     pub fn client_addr(&self) -> SocketAddr {
         self.ctx.addr
+    }
+
+    /// The admin HTTP address, if it has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.ctx.admin_addr
     }
 
     /// The engine, for tools and tests.

@@ -163,6 +163,14 @@ pub static COMMANDS: &[Spec] = &[
     read("HLEN", 2, hashes::hlen, 1, 1, 1),
 ];
 
+/// The command named `name` (any case) and its position in [`COMMANDS`].
+pub fn lookup_indexed(name: &[u8]) -> Option<(usize, &'static Spec)> {
+    COMMANDS
+        .iter()
+        .enumerate()
+        .find(|(_, spec)| spec.name.as_bytes().eq_ignore_ascii_case(name))
+}
+
 /// The command named `name` (any case).
 pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
     COMMANDS

@@ -98,7 +98,10 @@ fn commit_until_done(
     let mut backoff = Duration::from_millis(50);
     let mut failures = 0u32;
     loop {
-        match target.commit(changes, applied, durable) {
+        let started = Instant::now();
+        let result = target.commit(changes, applied, durable);
+        shared.backend_stats.record(started.elapsed());
+        match result {
             Ok(()) => {
                 if failures > 0 {
                     tracing::info!(

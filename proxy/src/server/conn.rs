@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,7 +21,11 @@ const OUT_FLUSH: usize = 1 << 20;
 /// A reply that is known, or a write whose reply is still coming.
 enum Pending {
     Ready(Reply),
-    Write(oneshot::Receiver<Reply>),
+    Write {
+        rx: oneshot::Receiver<Reply>,
+        started: Instant,
+        index: usize,
+    },
 }
 
 /// What the connection does after a command.
@@ -133,12 +138,15 @@ impl Conn {
     /// Waits for this connection's queued writes, so what follows sees them.
     async fn settle(&mut self) {
         for pending in self.pending.iter_mut() {
-            if let Pending::Write(rx) = pending {
+            if let Pending::Write { rx, started, index } = pending {
                 let reply = rx.await.unwrap_or_else(|_| {
                     Reply::error(
                         "ERR the write was abandoned by a stopping proxy; its outcome is unknown",
                     )
                 });
+                self.ctx
+                    .commands
+                    .record(*index, started.elapsed(), reply.is_error());
                 *pending = Pending::Ready(reply);
             }
         }
@@ -150,17 +158,21 @@ impl Conn {
 
     async fn execute(&mut self, args: Vec<Bytes>) -> Next {
         self.ctx.total_commands.fetch_add(1, Ordering::Relaxed);
-        let Some(spec) = command::lookup(&args[0]) else {
+        let Some((index, spec)) = command::lookup_indexed(&args[0]) else {
+            self.ctx.commands.unknown.fetch_add(1, Ordering::Relaxed);
             self.reply(command::unknown_command(&args));
             return Next::Continue;
         };
-        if !spec.arity_ok(args.len()) {
-            self.reply(command::arity_error(spec.name));
-            return Next::Continue;
-        }
-        let user = match command::user_of_command(spec, &args, self.ctx.config.user_rule) {
+        let started = Instant::now();
+        let checked = if spec.arity_ok(args.len()) {
+            command::user_of_command(spec, &args, self.ctx.config.user_rule)
+        } else {
+            Err(command::arity_error(spec.name))
+        };
+        let user = match checked {
             Ok(user) => user,
             Err(reply) => {
+                self.ctx.commands.record(index, started.elapsed(), true);
                 self.reply(reply);
                 return Next::Continue;
             }
@@ -172,19 +184,27 @@ impl Conn {
                     .engine
                     .write(f, args, user.unwrap_or_default())
                     .await;
-                self.pending.push_back(Pending::Write(rx));
+                self.pending
+                    .push_back(Pending::Write { rx, started, index });
+                Next::Continue
             }
             Kind::Read(f) => {
                 self.settle().await;
                 let reply = self.ctx.engine.read(spec, f, &args).await;
+                self.ctx
+                    .commands
+                    .record(index, started.elapsed(), reply.is_error());
                 self.reply(reply);
+                Next::Continue
             }
             Kind::Server => {
                 self.settle().await;
-                return self.server_command(spec, &args).await;
+                let next = self.server_command(spec, &args).await;
+                let error = matches!(self.pending.back(), Some(Pending::Ready(r)) if r.is_error());
+                self.ctx.commands.record(index, started.elapsed(), error);
+                next
             }
         }
-        Next::Continue
     }
 
     async fn server_command(&mut self, spec: &Spec, args: &[Bytes]) -> Next {

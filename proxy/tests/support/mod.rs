@@ -205,3 +205,34 @@ pub fn start_redis_persistent(dir: &Path, port: u16) -> Process {
     wait_listening(format!("127.0.0.1:{port}").parse().unwrap(), &mut child);
     Process(child)
 }
+
+/// The admin address written in a topology file made by this module.
+pub fn admin_addr_of(topology: &Path) -> SocketAddr {
+    let text = std::fs::read_to_string(topology).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("admin = "))
+        .expect("an admin line");
+    line.trim_start_matches("admin = ")
+        .trim_matches('"')
+        .parse()
+        .unwrap()
+}
+
+/// One HTTP request; returns the status line and the body.
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a complete response");
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
