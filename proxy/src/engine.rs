@@ -209,10 +209,10 @@ impl Engine {
 
     /// Runs a read command against the newest data.
     pub async fn read(&self, spec: &Spec, f: DataFn, args: &[Bytes]) -> Reply {
-        match &self.shared.backend {
-            Backend::Embedded(store) => self.read_embedded(store, f, args),
-            Backend::Redis(redis) => self.read_redis(redis, spec, f, args).await,
-        }
+        self.read_many(&[(spec, f, args)])
+            .await
+            .pop()
+            .unwrap_or(Reply::Null)
     }
 
     fn read_embedded(&self, store: &Store, f: DataFn, args: &[Bytes]) -> Reply {
@@ -231,74 +231,134 @@ impl Engine {
         }
     }
 
-    /// With Redis behind: keys with uncommitted writes are served from the memtable
-    /// (which holds their whole state); others are read from Redis itself.
-    async fn read_redis(
-        &self,
-        redis: &RedisStore,
-        spec: &Spec,
-        f: DataFn,
-        args: &[Bytes],
-    ) -> Reply {
-        let wait_for = {
-            let view = self.shared.memtable.view();
-            let batches: Vec<Option<u64>> = spec
-                .keys(args)
-                .map(|k| view.get(k).map(|e| e.batch))
-                .collect();
-            if batches.iter().all(Option::is_none) {
-                None
-            } else if batches.iter().all(Option::is_some) {
-                let mut ks = ViewKeyspace {
-                    view: &view,
-                    snapshot: None,
-                    now_ms: wall_ms(),
-                };
-                return f(&mut ks, args).unwrap_or_else(|e| e);
-            } else {
-                batches.into_iter().flatten().max()
+    /// Runs consecutive read commands of one connection, in order. With Redis behind,
+    /// those that go to Redis travel as one pipeline: one round trip, order kept.
+    pub async fn read_many(&self, reads: &[(&Spec, DataFn, &[Bytes])]) -> Vec<Reply> {
+        let redis = match &self.shared.backend {
+            Backend::Embedded(store) => {
+                return reads
+                    .iter()
+                    .map(|(_, f, args)| self.read_embedded(store, *f, args))
+                    .collect();
             }
+            Backend::Redis(redis) => redis,
         };
+        let mut replies: Vec<Option<Reply>> = Vec::with_capacity(reads.len());
+        let mut wait_for = None;
+        {
+            let view = self.shared.memtable.view();
+            for (spec, f, args) in reads {
+                let batches: Vec<Option<u64>> = spec
+                    .keys(args)
+                    .map(|k| view.get(k).map(|e| e.batch))
+                    .collect();
+                if batches.iter().all(Option::is_none) {
+                    replies.push(None);
+                } else if batches.iter().all(Option::is_some) {
+                    let mut ks = ViewKeyspace {
+                        view: &view,
+                        snapshot: None,
+                        now_ms: wall_ms(),
+                    };
+                    replies.push(Some(f(&mut ks, args).unwrap_or_else(|e| e)));
+                } else {
+                    wait_for = wait_for.max(batches.into_iter().flatten().max());
+                    replies.push(None);
+                }
+            }
+        }
         if let Some(batch) = wait_for {
             let mut committed = self.shared.committed.subscribe();
             if tokio::time::timeout(READ_WAIT, committed.wait_for(|c| *c >= batch))
                 .await
                 .is_err()
             {
-                return Reply::error(format!(
+                let behind = Reply::error(format!(
                     "ERR redis backend {} is behind this proxy's writes; retry later",
                     redis.url()
                 ));
+                return replies
+                    .into_iter()
+                    .map(|r| r.unwrap_or_else(|| behind.clone()))
+                    .collect();
             }
         }
-        self.forward(redis, args).await
+        let forward: Vec<&[Bytes]> = reads
+            .iter()
+            .zip(&replies)
+            .filter(|(_, r)| r.is_none())
+            .map(|(read, _)| read.2)
+            .collect();
+        let mut forwarded = self.forward_many(redis, &forward).await.into_iter();
+        replies
+            .into_iter()
+            .map(|r| r.or_else(|| forwarded.next()).unwrap_or(Reply::Null))
+            .collect()
+    }
+
+    /// Sends commands to the Redis backend as they are, in one pipeline.
+    async fn forward_many(&self, redis: &RedisStore, commands: &[&[Bytes]]) -> Vec<Reply> {
+        if commands.is_empty() {
+            return Vec::new();
+        }
+        let mut conn = match self.reader(redis).await {
+            Ok(conn) => conn,
+            Err(reply) => return commands.iter().map(|_| reply.clone()).collect(),
+        };
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for args in commands {
+            let cmd = pipe.cmd(&String::from_utf8_lossy(&args[0]));
+            for arg in &args[1..] {
+                cmd.arg(&arg[..]);
+            }
+        }
+        match pipe
+            .query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut conn)
+            .await
+        {
+            Ok(results) => results
+                .into_iter()
+                .zip(commands)
+                .map(|(result, args)| match result {
+                    Ok(value) => {
+                        redis_store::to_reply(value, args[0].eq_ignore_ascii_case(b"HGETALL"))
+                    }
+                    Err(e) => redis_store::error_reply(redis.url(), &e),
+                })
+                .collect(),
+            Err(e) => {
+                self.drop_reader_if_broken(&e).await;
+                let reply = redis_store::error_reply(redis.url(), &e);
+                commands.iter().map(|_| reply.clone()).collect()
+            }
+        }
+    }
+
+    /// The shared connection for client reads, connecting if needed.
+    async fn reader(&self, redis: &RedisStore) -> Result<redis::aio::MultiplexedConnection, Reply> {
+        let mut slot = self.shared.reader.lock().await;
+        match slot.as_ref() {
+            Some(conn) => Ok(conn.clone()),
+            None => match redis.async_conn().await {
+                Ok(conn) => Ok(slot.insert(conn).clone()),
+                Err(e) => Err(Reply::error(format!("ERR {e}"))),
+            },
+        }
+    }
+
+    async fn drop_reader_if_broken(&self, e: &redis::RedisError) {
+        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+            *self.shared.reader.lock().await = None;
+        }
     }
 
     /// Sends a command to the Redis backend as it is.
     async fn forward(&self, redis: &RedisStore, args: &[Bytes]) -> Reply {
-        let mut conn = {
-            let mut slot = self.shared.reader.lock().await;
-            match slot.as_ref() {
-                Some(conn) => conn.clone(),
-                None => match redis.async_conn().await {
-                    Ok(conn) => slot.insert(conn).clone(),
-                    Err(e) => return Reply::error(format!("ERR {e}")),
-                },
-            }
-        };
-        let mut cmd = redis::cmd(&String::from_utf8_lossy(&args[0]));
-        for arg in &args[1..] {
-            cmd.arg(&arg[..]);
-        }
-        match cmd.query_async::<redis::Value>(&mut conn).await {
-            Ok(value) => redis_store::to_reply(value, args[0].eq_ignore_ascii_case(b"HGETALL")),
-            Err(e) => {
-                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-                    *self.shared.reader.lock().await = None;
-                }
-                redis_store::error_reply(redis.url(), &e)
-            }
-        }
+        self.forward_many(redis, &[args])
+            .await
+            .pop()
+            .unwrap_or(Reply::Null)
     }
 
     /// Number of keys, expired ones included until they are removed (meridian's own

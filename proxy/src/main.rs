@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod bench;
 mod check;
 mod run;
 
@@ -45,6 +46,17 @@ enum Command {
     },
     /// Print the version and the formats this build speaks.
     Version,
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Compare Redis direct, twemproxy, meridian over Redis and meridian over the
+    /// embedded store under redis-benchmark (needs redis-server, redis-benchmark and,
+    /// for the twemproxy column, nutcracker).
+    Overhead(bench::OverheadArgs),
 }
 
 /// How logs are written to standard error.
@@ -65,6 +77,7 @@ fn main() -> ExitCode {
             dc,
             log_format,
         } => run::run(&config, &dc, log_format),
+        Command::Bench(BenchCommand::Overhead(args)) => bench::overhead(&args),
         Command::Version => {
             println!("meridian {}", env!("CARGO_PKG_VERSION"));
             println!("session token format: mt1");

@@ -203,25 +203,31 @@ impl SyncConn {
     ) -> Result<(), RedisStoreError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
+        // Each key's newest version, written with the applied vector in one HSET.
+        let mut versions: HashMap<Vec<u8>, String> = HashMap::new();
         for change in changes {
-            let version = format!("{}/{}", change.hlc, change.origin);
             for op in &change.ops {
-                pipe.cmd("DEL").arg(&op.key).ignore();
-                if let Some(value) = &op.value {
-                    write_value(&mut pipe, &op.key, value);
+                match &op.value {
+                    None => {
+                        pipe.cmd("DEL").arg(&op.key).ignore();
+                    }
+                    Some(value) => write_value(&mut pipe, &op.key, value),
                 }
-                pipe.cmd("HSET")
-                    .arg(META_KEY)
-                    .arg([b"v:".as_slice(), &op.key].concat())
-                    .arg(&version)
-                    .ignore();
+                versions.insert(
+                    [b"v:".as_slice(), &op.key].concat(),
+                    format!("{}/{}", change.hlc, change.origin),
+                );
             }
         }
-        pipe.cmd("HSET")
+        let meta = pipe
+            .cmd("HSET")
             .arg(META_KEY)
             .arg("applied")
-            .arg(applied.to_string())
-            .ignore();
+            .arg(applied.to_string());
+        for (field, version) in &versions {
+            meta.arg(field.as_slice()).arg(version);
+        }
+        meta.ignore();
         self.with(|c| pipe.query::<()>(c))
     }
 }
@@ -244,6 +250,8 @@ fn write_value(pipe: &mut redis::Pipeline, key: &[u8], value: &Value) {
             cmd.ignore();
         }
         Data::Hash(fields) => {
+            // The new state replaces the old hash whole.
+            pipe.cmd("DEL").arg(key).ignore();
             let cmd = pipe.cmd("HSET").arg(key);
             for (f, v) in fields {
                 cmd.arg(f.as_slice()).arg(v.as_slice());

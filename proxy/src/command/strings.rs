@@ -84,10 +84,14 @@ fn set_options(args: &[Bytes], now_ms: u64) -> Result<SetOptions, Reply> {
 pub(super) fn set(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
     let o = set_options(args, ks.now_ms())?;
     let key = &args[1];
+    // A plain SET replaces whatever is there: it needs no read (and so no round trip
+    // to a Redis backend).
     let old = if o.get {
         string_at(ks, key)?
-    } else {
+    } else if o.nx || o.xx || o.keep_ttl {
         ks.get(key)?
+    } else {
+        None
     };
     let exists = old.is_some();
     let old_reply = || {

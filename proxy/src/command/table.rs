@@ -50,6 +50,19 @@ impl Spec {
         count_ok && pairs_ok
     }
 
+    /// Whether executing the command reads its keys' current state. Only plain SET
+    /// (no NX, XX, GET or KEEPTTL) and MSET write blind.
+    pub fn reads_state(&self, args: &[Bytes]) -> bool {
+        match self.name {
+            "SET" => args[3..].iter().any(|a| {
+                let word = a.to_ascii_uppercase();
+                matches!(word.as_slice(), b"NX" | b"XX" | b"GET" | b"KEEPTTL")
+            }),
+            "MSET" => false,
+            _ => true,
+        }
+    }
+
     /// The keys among `args`.
     pub fn keys<'a>(&self, args: &'a [Bytes]) -> impl Iterator<Item = &'a [u8]> + 'a {
         let last = if self.first_key == 0 {

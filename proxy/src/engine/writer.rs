@@ -184,6 +184,7 @@ impl Writer {
                 let mut keys: Vec<Vec<u8>> = batch
                     .iter()
                     .filter_map(|r| lookup(&r.args[0]).map(|spec| (spec, &r.args)))
+                    .filter(|(spec, args)| spec.reads_state(args))
                     .flat_map(|(spec, args)| {
                         spec.keys(args).map(<[u8]>::to_vec).collect::<Vec<_>>()
                     })

@@ -17,6 +17,17 @@ use crate::resp::{Protocol, Reply, RequestParser};
 
 /// Replies are written out once this much is encoded, even mid-pipeline.
 const OUT_FLUSH: usize = 1 << 20;
+/// Most pipelined commands executed as one group.
+const MAX_PIPELINE: usize = 1024;
+
+/// A read waiting to run with the reads next to it.
+struct QueuedRead {
+    index: usize,
+    spec: &'static Spec,
+    f: command::DataFn,
+    args: Vec<Bytes>,
+    started: Instant,
+}
 
 /// A reply that is known, or a write whose reply is still coming.
 enum Pending {
@@ -87,23 +98,35 @@ impl Conn {
         let mut buf = BytesMut::with_capacity(16 << 10);
         loop {
             loop {
-                match self.parser.next(&mut buf) {
-                    Ok(Some(args)) if args.is_empty() => continue,
-                    Ok(Some(args)) => {
-                        if self.execute(args).await == Next::Close {
-                            return self.flush().await;
-                        }
-                        if self.out.len() >= OUT_FLUSH {
-                            self.flush().await?;
+                // Take what has arrived (up to a bound), then execute it together, so
+                // runs of pipelined reads reach the backend as one pipeline.
+                let mut batch = Vec::new();
+                let mut protocol_error = None;
+                while batch.len() < MAX_PIPELINE {
+                    match self.parser.next(&mut buf) {
+                        Ok(Some(args)) if args.is_empty() => continue,
+                        Ok(Some(args)) => batch.push(args),
+                        Ok(None) => break,
+                        Err(e) => {
+                            protocol_error = Some(e);
+                            break;
                         }
                     }
-                    Ok(None) => break,
-                    Err(e) => {
-                        // The stream cannot be resynchronised: answer and close, as Redis does.
-                        self.pending
-                            .push_back(Pending::Ready(Reply::error(format!("ERR {e}"))));
-                        return self.flush().await;
-                    }
+                }
+                let more = batch.len() == MAX_PIPELINE;
+                if self.execute_all(batch).await == Next::Close {
+                    return self.flush().await;
+                }
+                if let Some(e) = protocol_error {
+                    // The stream cannot be resynchronised: answer and close, as Redis does.
+                    self.reply(Reply::error(format!("ERR {e}")));
+                    return self.flush().await;
+                }
+                if self.out.len() >= OUT_FLUSH || more {
+                    self.flush().await?;
+                }
+                if !more {
+                    break;
                 }
             }
             self.flush().await?;
@@ -117,6 +140,55 @@ impl Conn {
             if read == 0 {
                 return Ok(());
             }
+        }
+    }
+
+    /// Executes pipelined commands in order; consecutive valid reads run as one group.
+    async fn execute_all(&mut self, batch: Vec<Vec<Bytes>>) -> Next {
+        let mut reads: Vec<QueuedRead> = Vec::new();
+        for args in batch {
+            if let Some((index, spec)) = command::lookup_indexed(&args[0]) {
+                if let Kind::Read(f) = spec.kind {
+                    let valid = spec.arity_ok(args.len())
+                        && command::user_of_command(spec, &args, self.ctx.config.user_rule).is_ok();
+                    if valid {
+                        self.ctx.total_commands.fetch_add(1, Ordering::Relaxed);
+                        reads.push(QueuedRead {
+                            index,
+                            spec,
+                            f,
+                            args,
+                            started: Instant::now(),
+                        });
+                        continue;
+                    }
+                }
+            }
+            self.run_reads(&mut reads).await;
+            if self.execute(args).await == Next::Close {
+                return Next::Close;
+            }
+        }
+        self.run_reads(&mut reads).await;
+        Next::Continue
+    }
+
+    /// Runs queued reads after this connection's earlier writes.
+    async fn run_reads(&mut self, reads: &mut Vec<QueuedRead>) {
+        if reads.is_empty() {
+            return;
+        }
+        self.settle().await;
+        let group: Vec<(&Spec, command::DataFn, &[Bytes])> = reads
+            .iter()
+            .map(|r| (r.spec, r.f, r.args.as_slice()))
+            .collect();
+        let replies = self.ctx.engine.read_many(&group).await;
+        for (read, reply) in reads.drain(..).zip(replies) {
+            self.ctx
+                .commands
+                .record(read.index, read.started.elapsed(), reply.is_error());
+            self.reply(reply);
         }
     }
 
