@@ -36,6 +36,8 @@ pub struct ProxyConfig {
     pub fsync: Fsync,
     /// How keys name users.
     pub user_rule: UserRule,
+    /// Users and passwords clients must AUTH with (empty: every client is accepted).
+    pub users: Vec<(String, String)>,
     /// The admin HTTP listener (`None`: no admin endpoint).
     pub admin: Option<String>,
     /// Bounds on client requests.
@@ -54,6 +56,7 @@ impl ProxyConfig {
             dc: d.id.clone(),
             client: d.client.to_string(),
             admin: Some(d.admin.to_string()),
+            users: topology.users.clone(),
             data_dir: d.data_dir.clone(),
             backend: match &d.backend {
                 Backend::Embedded => BackendConfig::Embedded,

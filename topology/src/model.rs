@@ -25,6 +25,8 @@ pub struct Topology {
     pub replication: ReplicationSettings,
     /// `[tls]`: the cluster's certificate authority.
     pub tls: TlsSettings,
+    /// `[auth]`: users and passwords clients must AUTH with (empty: no authentication).
+    pub users: Vec<(String, String)>,
     /// `[links]`: one-way delays between datacenters, for the WAN emulator and `check`.
     pub links: Vec<Link>,
     /// Routing over `kind`, ready to answer `next_hops`.

@@ -23,6 +23,7 @@ const ROOT_KEYS: &[&str] = &[
     "session",
     "replication",
     "tls",
+    "auth",
     "links",
 ];
 const CLUSTER_KEYS: &[&str] = &["name", "topology", "ring", "hub", "star_fallback"];
@@ -137,6 +138,7 @@ fn read(report: &mut Report<'_>, root: &Table<'_, '_>, base: &Path) -> Option<To
     let session = sections::session(report, root);
     let replication = sections::replication(report, root);
     let tls = sections::tls(report, root, base);
+    let users = sections::auth(report, root);
     let links = sections::links(report, root, &ids);
 
     let (cluster_name, kind, star_fallback) = cluster?;
@@ -162,6 +164,7 @@ fn read(report: &mut Report<'_>, root: &Table<'_, '_>, base: &Path) -> Option<To
         session: session?,
         replication: replication?,
         tls,
+        users: users?,
         links: links?,
         router,
     })

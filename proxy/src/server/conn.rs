@@ -53,6 +53,8 @@ pub(super) struct Conn {
     pub(super) id: u64,
     pub(super) name: Option<Bytes>,
     pub(super) protocol: Protocol,
+    /// Whether the client may run commands (always, when no users are configured).
+    authenticated: bool,
     parser: RequestParser,
     pending: VecDeque<Pending>,
     out: BytesMut,
@@ -83,6 +85,7 @@ pub(super) async fn serve(
         id,
         name: None,
         protocol: Protocol::Resp2,
+        authenticated: ctx.config.users.is_empty(),
         parser: RequestParser::new(limits),
         pending: VecDeque::new(),
         out: BytesMut::with_capacity(16 << 10),
@@ -148,7 +151,7 @@ impl Conn {
         let mut reads: Vec<QueuedRead> = Vec::new();
         for args in batch {
             if let Some((index, spec)) = command::lookup_indexed(&args[0]) {
-                if let Kind::Read(f) = spec.kind {
+                if let (Kind::Read(f), true) = (spec.kind, self.authenticated) {
                     let valid = spec.arity_ok(args.len())
                         && command::user_of_command(spec, &args, self.ctx.config.user_rule).is_ok();
                     if valid {
@@ -236,6 +239,11 @@ impl Conn {
             return Next::Continue;
         };
         let started = Instant::now();
+        if !self.authenticated && !matches!(spec.name, "AUTH" | "HELLO" | "QUIT") {
+            self.ctx.commands.record(index, started.elapsed(), true);
+            self.reply(Reply::error("NOAUTH Authentication required."));
+            return Next::Continue;
+        }
         let checked = if spec.arity_ok(args.len()) {
             command::user_of_command(spec, &args, self.ctx.config.user_rule)
         } else {
@@ -296,10 +304,7 @@ impl Conn {
                 Some(_) => Reply::error("ERR DB index is out of range"),
                 None => command::not_an_integer(),
             },
-            "AUTH" => Reply::error(
-                "ERR AUTH <password> called without any password configured for the default user. \
-                 Are you sure your configuration is correct?",
-            ),
+            "AUTH" => self.auth(args),
             "HELLO" => self.hello(args),
             "CLIENT" => self.client(args),
             "COMMAND" => info::command(args),
@@ -340,10 +345,11 @@ impl Conn {
                     self.name = Some(args[i + 1].clone());
                     i += 2;
                 }
-                b"AUTH" => {
-                    return Reply::error(
-                        "WRONGPASS invalid username-password pair or user is disabled.",
-                    );
+                b"AUTH" if i + 2 < args.len() => {
+                    if let Reply::Error(e) = self.check_password(Some(&args[i + 1]), &args[i + 2]) {
+                        return Reply::Error(e);
+                    }
+                    i += 3;
                 }
                 _ => {
                     return Reply::error(format!(
@@ -352,6 +358,11 @@ impl Conn {
                     ));
                 }
             }
+        }
+        if !self.authenticated {
+            return Reply::error(
+                "NOAUTH HELLO must be called with the client's AUTH user and password",
+            );
         }
         self.protocol = protocol;
         let proto = if protocol == Protocol::Resp3 { 3 } else { 2 };
@@ -372,6 +383,37 @@ impl Conn {
                 Reply::bulk(self.ctx.config.dc.clone()),
             ),
         ])
+    }
+
+    /// `AUTH password` (user `default`) or `AUTH user password`.
+    fn auth(&mut self, args: &[Bytes]) -> Reply {
+        if self.ctx.config.users.is_empty() {
+            return Reply::error(
+                "ERR AUTH <password> called without any password configured for the default user. \
+                 Are you sure your configuration is correct?",
+            );
+        }
+        match args {
+            [_, password] => self.check_password(None, password),
+            [_, user, password] => self.check_password(Some(user), password),
+            _ => Reply::error("ERR syntax error"),
+        }
+    }
+
+    fn check_password(&mut self, user: Option<&Bytes>, password: &[u8]) -> Reply {
+        let user = user.map_or(&b"default"[..], |u| &u[..]);
+        let ok = self
+            .ctx
+            .config
+            .users
+            .iter()
+            .any(|(name, pass)| name.as_bytes() == user && same(pass.as_bytes(), password));
+        if ok {
+            self.authenticated = true;
+            Reply::OK
+        } else {
+            Reply::error("WRONGPASS invalid username-password pair or user is disabled.")
+        }
     }
 
     fn client(&mut self, args: &[Bytes]) -> Reply {
@@ -417,4 +459,9 @@ impl Conn {
             self.id, self.peer, self.ctx.addr
         )
     }
+}
+
+/// Compares secrets in time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -17,6 +17,7 @@ const SESSION_KEYS: &[&str] = &["read_wait_ms", "on_stale"];
 const REPLICATION_KEYS: &[&str] = &["fsync", "log_retention"];
 const TLS_KEYS: &[&str] = &["ca"];
 const LINK_KEYS: &[&str] = &["delay_ms", "jitter_ms", "loss"];
+const AUTH_KEYS: &[&str] = &["users"];
 
 /// The default CA path, relative to the topology file.
 const DEFAULT_CA: &str = "certs/ca.pem";
@@ -233,6 +234,56 @@ pub(super) fn tls(report: &mut Report<'_>, root: &Table<'_, '_>, base: &Path) ->
         .and_then(|t| t.string(report, "ca"))
         .map_or(DEFAULT_CA, |(ca, _)| ca);
     TlsSettings { ca: base.join(ca) }
+}
+
+/// `[auth] users = { name = "password" }`: who may connect. `default` is the user of
+/// a one-argument `AUTH password`.
+pub(super) fn auth(report: &mut Report<'_>, root: &Table<'_, '_>) -> Option<Vec<(String, String)>> {
+    if root.get("auth").is_none() {
+        return Some(Vec::new());
+    }
+    let t = section(report, root, "auth", AUTH_KEYS)?;
+    let before = report.problems.len();
+    let mut users = Vec::new();
+    match t.table(report, "users") {
+        Some((table, span)) => {
+            for (name, password) in table.iter() {
+                let key = format!("auth.users.{:?}", name.get_ref());
+                match password.get_ref().as_str() {
+                    Some(p) if p.len() >= 8 => {
+                        users.push((name.get_ref().to_string(), p.to_owned()))
+                    }
+                    Some(_) => report.at(
+                        &password.span(),
+                        &key,
+                        "a password needs at least 8 characters",
+                    ),
+                    None => report.at(
+                        &password.span(),
+                        &key,
+                        format!(
+                            "expected a password string, found {}",
+                            password.get_ref().type_str()
+                        ),
+                    ),
+                }
+            }
+            if table.is_empty() {
+                report.at(
+                    &span,
+                    "auth.users",
+                    "no users: give at least one, or leave [auth] out to accept every client",
+                );
+            }
+        }
+        None if t.get("users").is_none() => t.missing(
+            report,
+            "users",
+            " (users = { default = \"a-long-password\" })",
+        ),
+        None => {}
+    }
+    (report.problems.len() == before).then_some(users)
 }
 
 pub(super) fn links(report: &mut Report<'_>, root: &Table<'_, '_>, ids: &Ids) -> Option<Vec<Link>> {

@@ -304,3 +304,32 @@ fn backends_are_checked() {
         "{found:?}"
     );
 }
+
+#[test]
+fn auth_users_are_read_and_checked() {
+    let t = parse(&format!(
+        "{}[auth]\nusers = {{ default = \"long-enough\", app = \"also-long-enough\" }}\n",
+        cluster("")
+    ))
+    .unwrap();
+    assert_eq!(
+        t.users,
+        vec![
+            ("default".into(), "long-enough".into()),
+            ("app".into(), "also-long-enough".into())
+        ]
+    );
+    let found = problems(&format!(
+        "{}[auth]\nusers = {{ app = \"short\", ops = 5 }}\n",
+        cluster("")
+    ));
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found[0].ends_with("auth.users.\"app\": a password needs at least 8 characters"),
+        "{found:?}"
+    );
+    assert!(
+        found[1].ends_with("expected a password string, found integer"),
+        "{found:?}"
+    );
+}
