@@ -163,30 +163,31 @@ pub fn start_meridian(topology: &Path, addr: SocketAddr) -> Process {
 /// Starts a real redis-server on a free loopback port, without persistence.
 pub fn start_redis() -> (Process, SocketAddr) {
     let port = free_port();
-    let mut child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect(
-            "redis-server must be installed (apt-get install redis-server); .ci/run installs it",
-        );
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(addr, &mut child);
-    (Process(child), addr)
+    (
+        redis_server(port, &["--appendonly", "no"]),
+        format!("127.0.0.1:{port}").parse().unwrap(),
+    )
 }
 
 /// Starts redis-server on `port` with an append-only file in `dir` synced on every
 /// write, so a restart keeps its data.
 pub fn start_redis_persistent(dir: &Path, port: u16) -> Process {
+    let dir = dir.to_str().unwrap();
+    redis_server(
+        port,
+        &[
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            dir,
+        ],
+    )
+}
+
+/// redis-server on loopback `port`, without snapshots, with `extra` arguments.
+fn redis_server(port: u16, extra: &[&str]) -> Process {
     let mut child = Command::new("redis-server")
         .args([
             "--port",
@@ -195,13 +196,13 @@ pub fn start_redis_persistent(dir: &Path, port: u16) -> Process {
             "127.0.0.1",
             "--save",
             "",
-            "--appendonly",
-            "yes",
         ])
-        .args(["--appendfsync", "always", "--dir", dir.to_str().unwrap()])
+        .args(extra)
         .stdout(Stdio::null())
         .spawn()
-        .expect("redis-server must be installed (apt-get install redis-server)");
+        .expect(
+            "redis-server must be installed (apt-get install redis-server); .ci/run installs it",
+        );
     wait_listening(format!("127.0.0.1:{port}").parse().unwrap(), &mut child);
     Process(child)
 }
