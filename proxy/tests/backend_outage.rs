@@ -22,13 +22,7 @@ fn a_redis_restart_gives_clear_errors_then_service_resumes() {
         Resp::Simple("OK".into())
     );
     // Wait until the write is in Redis itself, so the outage cannot lose it.
-    let mut direct = Client::connect(redis_addr).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while direct.cmd(&[b"GET", b"{u}:k"]) != Resp::Bulk(b"before".to_vec()) {
-        assert!(Instant::now() < deadline, "the write never reached redis");
-        std::thread::yield_now();
-    }
-    drop(direct);
+    wait_until_redis_holds(redis_addr, b"{u}:k", b"before");
 
     redis.0.kill().unwrap();
     redis.0.wait().unwrap();
@@ -75,4 +69,20 @@ fn a_redis_restart_gives_clear_errors_then_service_resumes() {
         client.cmd(&[b"GET", b"{u}:k"]),
         Resp::Bulk(b"after".to_vec())
     );
+    // The write held during the outage reached Redis itself.
+    wait_until_redis_holds(redis_addr, b"{u}:other", b"held");
+}
+
+/// Waits (up to 30 s) until the Redis at `addr` itself holds `value` at `key`.
+fn wait_until_redis_holds(addr: std::net::SocketAddr, key: &[u8], value: &[u8]) {
+    let mut direct = Client::connect(addr).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while direct.cmd(&[b"GET", key]) != Resp::Bulk(value.to_vec()) {
+        assert!(
+            Instant::now() < deadline,
+            "{} never reached redis",
+            String::from_utf8_lossy(key)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
