@@ -86,13 +86,26 @@ impl Client {
     }
 }
 
-/// A free loopback port (bound, then released for the server to take).
+/// A free loopback port, for a server a test starts.
+///
+/// Ports come from below the kernel's ephemeral range (32768 and up on Linux), so the
+/// client connections tests open can never take one between this check and the
+/// server's bind; a counter keeps this test binary's parallel tests apart (cargo runs
+/// test binaries one at a time).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % SPAN;
+    for _ in 0..SPAN {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        let tcp = TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if tcp && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOW} and {}", LOW + SPAN);
 }
 
 /// Waits until `addr` accepts connections.
