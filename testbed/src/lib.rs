@@ -1,0 +1,15 @@
+//! The testbed: several meridian datacenters on one machine, with the wide-area
+//! network between them emulated in userspace (the kernel's netem is not available
+//! on the machines we test on).
+//!
+//! [`Relay`] is one emulated link: a UDP relay that delays each datagram by the
+//! link's one-way delay plus random jitter (so datagrams reorder, as on a real path),
+//! drops datagrams at the link's loss rate, optionally caps bandwidth, and can be cut
+//! and healed while running. [`presets`] holds measured inter-region delays.
+
+mod presets;
+mod relay;
+mod rng;
+
+pub use presets::{Preset, Region, one_way_ms};
+pub use relay::{Direction, LinkShape, Relay, RelayError, RelayStats};

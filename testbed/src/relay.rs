@@ -1,0 +1,279 @@
+//! One emulated wide-area link: a UDP relay between a near end and a far end.
+//!
+//! The near end sends to [`Relay::addr`]; the relay forwards to the far end from a
+//! socket of its own, and sends the far end's answers back to the near end. Each
+//! direction has its own [`LinkShape`]: one-way delay, jitter (a uniform extra delay,
+//! so datagrams reorder as on a real path), loss, an optional bandwidth cap, and
+//! whether the link is cut. Shapes can change while the relay runs.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep_until};
+
+use crate::rng::Rng;
+
+/// Datagrams queued in one direction before further ones are dropped, as a router
+/// with a full buffer drops them.
+const QUEUE: usize = 65_536;
+/// The largest datagram relayed.
+const MAX_DATAGRAM: usize = 65_535;
+
+/// How one direction of a link treats datagrams.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkShape {
+    /// One-way propagation delay.
+    pub delay: Duration,
+    /// Extra delay, uniform in [0, jitter), drawn per datagram.
+    pub jitter: Duration,
+    /// Fraction of datagrams dropped, 0 to 1.
+    pub loss: f64,
+    /// Bandwidth cap in bytes per second (`None`: unlimited).
+    pub bandwidth: Option<u64>,
+    /// Whether the link is cut: every datagram is dropped.
+    pub cut: bool,
+}
+
+impl LinkShape {
+    /// A link with only a one-way delay.
+    pub fn delay(delay: Duration) -> LinkShape {
+        LinkShape {
+            delay,
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            bandwidth: None,
+            cut: false,
+        }
+    }
+}
+
+/// One direction of the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the near end to the far end.
+    Forward,
+    /// From the far end back to the near end.
+    Backward,
+}
+
+/// Why a relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// A loopback UDP socket could not be bound.
+    #[error("the WAN emulator could not bind a UDP socket on 127.0.0.1: {0}")]
+    Bind(#[from] std::io::Error),
+}
+
+/// Counts of one direction.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    /// Datagrams delivered.
+    pub delivered: AtomicU64,
+    /// Datagrams dropped by the loss rate.
+    pub lost: AtomicU64,
+    /// Datagrams dropped because the link was cut.
+    pub cut: AtomicU64,
+    /// Datagrams dropped because the queue was full.
+    pub overflow: AtomicU64,
+}
+
+/// A running emulated link; stops when dropped.
+#[derive(Debug)]
+pub struct Relay {
+    addr: SocketAddr,
+    shapes: [watch::Sender<LinkShape>; 2],
+    stats: [Arc<RelayStats>; 2],
+    _tasks: JoinSet<()>,
+}
+
+impl Relay {
+    /// Starts a relay to `far` on loopback, with a shape per direction. `seed` makes
+    /// loss and jitter reproducible.
+    pub async fn start(
+        far: SocketAddr,
+        forward: LinkShape,
+        backward: LinkShape,
+        seed: u64,
+    ) -> Result<Relay, RelayError> {
+        let near_side = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let far_side = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let addr = near_side.local_addr()?;
+        let shapes = [watch::Sender::new(forward), watch::Sender::new(backward)];
+        let stats = [
+            Arc::new(RelayStats::default()),
+            Arc::new(RelayStats::default()),
+        ];
+        let (near_peer_tx, near_peer) = watch::channel(None);
+        let mut tasks = JoinSet::new();
+
+        // Forward: what the near end sends goes out of the far-side socket to `far`.
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tasks.spawn(deliver(
+            rx,
+            far_side.clone(),
+            watch::channel(Some(far)).1,
+            stats[0].clone(),
+        ));
+        let shape = shapes[0].subscribe();
+        let receiver = Receiver {
+            socket: near_side.clone(),
+            shape,
+            queue: tx,
+            stats: stats[0].clone(),
+            rng: Rng::new(seed),
+        };
+        tasks.spawn(receiver.run(Some(near_peer_tx)));
+
+        // Backward: the far end's answers go out of the near-side socket to the near end.
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tasks.spawn(deliver(rx, near_side, near_peer, stats[1].clone()));
+        let shape = shapes[1].subscribe();
+        let receiver = Receiver {
+            socket: far_side,
+            shape,
+            queue: tx,
+            stats: stats[1].clone(),
+            rng: Rng::new(seed.rotate_left(32)),
+        };
+        tasks.spawn(receiver.run(None));
+
+        Ok(Relay {
+            addr,
+            shapes,
+            stats,
+            _tasks: tasks,
+        })
+    }
+
+    /// Where the near end sends.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Changes one direction's shape; datagrams already on their way keep theirs.
+    pub fn set(&self, direction: Direction, shape: LinkShape) {
+        self.shapes[direction as usize].send_replace(shape);
+    }
+
+    /// The current shape of one direction.
+    pub fn shape(&self, direction: Direction) -> LinkShape {
+        *self.shapes[direction as usize].borrow()
+    }
+
+    /// Cuts both directions.
+    pub fn cut(&self) {
+        self.set_cut(true);
+    }
+
+    /// Heals both directions.
+    pub fn heal(&self) {
+        self.set_cut(false);
+    }
+
+    fn set_cut(&self, cut: bool) {
+        for shape in &self.shapes {
+            shape.send_modify(|s| s.cut = cut);
+        }
+    }
+
+    /// The counts of one direction.
+    pub fn stats(&self, direction: Direction) -> &RelayStats {
+        &self.stats[direction as usize]
+    }
+}
+
+/// Receives one direction's datagrams and decides each one's fate and arrival time.
+struct Receiver {
+    socket: Arc<UdpSocket>,
+    shape: watch::Receiver<LinkShape>,
+    queue: mpsc::Sender<(Instant, Vec<u8>)>,
+    stats: Arc<RelayStats>,
+    rng: Rng,
+}
+
+impl Receiver {
+    /// `peer`: where to record the sender's address (the near end, for answers).
+    async fn run(mut self, peer: Option<watch::Sender<Option<SocketAddr>>>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        // When the (bandwidth-capped) link finishes sending what it has taken.
+        let mut free_at = Instant::now();
+        loop {
+            let Ok((len, from)) = self.socket.recv_from(&mut buf).await else {
+                return;
+            };
+            if let Some(peer) = &peer {
+                peer.send_if_modified(|p| {
+                    let changed = *p != Some(from);
+                    *p = Some(from);
+                    changed
+                });
+            }
+            let shape = *self.shape.borrow();
+            if shape.cut {
+                self.stats.cut.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            // Draw both numbers for every datagram, so one setting does not shift the other's sequence.
+            let (loss_draw, jitter_draw) = (self.rng.unit(), self.rng.unit());
+            if loss_draw < shape.loss {
+                self.stats.lost.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let now = Instant::now();
+            let departs = match shape.bandwidth {
+                Some(rate) if rate > 0 => {
+                    free_at = free_at.max(now) + Duration::from_secs_f64(len as f64 / rate as f64);
+                    free_at
+                }
+                _ => now,
+            };
+            let due = departs + shape.delay + shape.jitter.mul_f64(jitter_draw);
+            if self.queue.try_send((due, buf[..len].to_vec())).is_err() {
+                self.stats.overflow.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Sends each queued datagram when it is due, earliest first (ties in arrival order).
+async fn deliver(
+    mut queue: mpsc::Receiver<(Instant, Vec<u8>)>,
+    socket: Arc<UdpSocket>,
+    to: watch::Receiver<Option<SocketAddr>>,
+    stats: Arc<RelayStats>,
+) {
+    let mut pending: BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>> = BinaryHeap::new();
+    let mut seq = 0u64;
+    loop {
+        let next_due = pending.peek().map(|Reverse((due, _, _))| *due);
+        tokio::select! {
+            item = queue.recv() => match item {
+                Some((due, bytes)) => {
+                    pending.push(Reverse((due, seq, bytes)));
+                    seq += 1;
+                }
+                None => return,
+            },
+            _ = sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {
+                let now = Instant::now();
+                while pending.peek().is_some_and(|Reverse((due, _, _))| *due <= now) {
+                    let Some(Reverse((_, _, bytes))) = pending.pop() else { break };
+                    let target = *to.borrow();
+                    if let Some(target) = target {
+                        // A full socket buffer drops the datagram, as a real network would.
+                        if socket.send_to(&bytes, target).await.is_ok() {
+                            stats.delivered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
