@@ -40,6 +40,20 @@ pub(crate) enum LoadError {
     Invalid(ConfigErrors),
 }
 
+/// Loads a topology file for a command, or prints why not and gives the exit code.
+pub(crate) fn load_or_exit(file: &Path) -> Result<Topology, ExitCode> {
+    load(file).map_err(|e| match e {
+        LoadError::Unreadable(message) => {
+            eprintln!("{message}");
+            ExitCode::from(EX_NOINPUT)
+        }
+        LoadError::Invalid(errors) => {
+            eprintln!("{errors}");
+            ExitCode::from(EX_USAGE)
+        }
+    })
+}
+
 /// Reads and parses a topology file; relative paths in it resolve against its directory.
 pub(crate) fn load(file: &Path) -> Result<Topology, LoadError> {
     let unreadable = |why: String| {

@@ -5,6 +5,7 @@
 //! the links to other datacenters. Decisions live in `meridian-topology` and
 //! `meridian-policies`; this crate carries them out.
 
+pub mod certs;
 pub mod change;
 pub mod command;
 pub mod engine;

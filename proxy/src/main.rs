@@ -44,6 +44,16 @@ enum Command {
         #[arg(long, value_enum, default_value_t = LogFormat::Human)]
         log_format: LogFormat,
     },
+    /// Create the cluster CA and every datacenter's certificate and key, at the
+    /// paths the topology file's [tls] section names.
+    Certs {
+        /// The topology file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Replace files that exist already.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the version and the formats this build speaks.
     Version,
     /// Benchmarks.
@@ -78,6 +88,7 @@ fn main() -> ExitCode {
             log_format,
         } => run::run(&config, &dc, log_format),
         Command::Bench(BenchCommand::Overhead(args)) => bench::overhead(&args),
+        Command::Certs { config, force } => certs(&config, force),
         Command::Version => {
             println!("meridian {}", env!("CARGO_PKG_VERSION"));
             println!("session token format: mt1");
@@ -86,6 +97,28 @@ fn main() -> ExitCode {
                 meridian_proxy::change::CHANGE_FORMAT
             );
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Exit code for output files that cannot be created (EX_CANTCREAT).
+const EX_CANTCREAT: u8 = 73;
+
+fn certs(file: &std::path::Path, force: bool) -> ExitCode {
+    let topology = match check::load_or_exit(file) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    match meridian_proxy::certs::generate(&topology, force) {
+        Ok(written) => {
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("meridian certs: {e}");
+            ExitCode::from(EX_CANTCREAT)
         }
     }
 }

@@ -6,21 +6,14 @@ use std::process::ExitCode;
 use meridian_proxy::server::{Proxy, ProxyConfig};
 use tracing_subscriber::EnvFilter;
 
-use crate::check::{LoadError, load};
-use crate::{EX_NOINPUT, EX_SOFTWARE, EX_USAGE, LogFormat};
+use crate::check::load_or_exit;
+use crate::{EX_SOFTWARE, EX_USAGE, LogFormat};
 
 pub(crate) fn run(file: &Path, dc: &str, format: LogFormat) -> ExitCode {
     init_logging(format);
-    let topology = match load(file) {
+    let topology = match load_or_exit(file) {
         Ok(t) => t,
-        Err(LoadError::Unreadable(message)) => {
-            eprintln!("{message}");
-            return ExitCode::from(EX_NOINPUT);
-        }
-        Err(LoadError::Invalid(errors)) => {
-            eprintln!("{errors}");
-            return ExitCode::from(EX_USAGE);
-        }
+        Err(code) => return code,
     };
     let Some(idx) = topology.index_of(dc) else {
         let ids: Vec<&str> = topology.datacenters.iter().map(|d| d.id.as_str()).collect();
