@@ -9,6 +9,7 @@ pub mod certs;
 pub mod change;
 pub mod command;
 pub mod engine;
+pub mod link;
 pub mod log;
 pub mod metrics;
 pub mod redis_store;

@@ -235,6 +235,21 @@ impl Router {
         }
     }
 
+    /// Whether `a` and `b` may hold a link. Every pair may in all-to-all, in a ring
+    /// (routing around down datacenters can make any two neighbours) and in a star
+    /// with direct fallback; a star without fallback links only the hub to leaves.
+    pub fn may_link(&self, a: DcIdx, b: DcIdx) -> bool {
+        match self {
+            _ if a == b => false,
+            Router::Star {
+                hub,
+                fallback: StarFallback::None,
+                ..
+            } => a == *hub || b == *hub,
+            _ => true,
+        }
+    }
+
     /// The directed edges changes travel when every datacenter is live.
     pub fn edges(&self) -> Vec<(DcIdx, DcIdx)> {
         let n = self.len();

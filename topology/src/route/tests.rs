@@ -201,3 +201,17 @@ fn edges_follow_the_kind() {
     assert_eq!(star.edges(), expected);
     assert_eq!(Router::all_to_all(3).edges().len(), 6);
 }
+
+#[test]
+fn links_are_allowed_where_routing_may_use_them() {
+    let (a, b, c) = (idx(0), idx(1), idx(2));
+    let held = Router::star(3, a, StarFallback::None);
+    assert!(held.may_link(a, b) && held.may_link(c, a));
+    assert!(
+        !held.may_link(b, c),
+        "leaves of a star without fallback never talk"
+    );
+    assert!(Router::star(3, a, StarFallback::Direct).may_link(b, c));
+    assert!(Router::ring(vec![a, b, c]).may_link(a, c));
+    assert!(!Router::all_to_all(3).may_link(b, b));
+}

@@ -1,0 +1,399 @@
+//! Links between datacenters: QUIC (quinn) with mutual TLS (rustls, ring provider).
+//!
+//! Every proxy's certificate is signed by the cluster CA and names its datacenter.
+//! A server accepts a client only with a certificate from that CA, learns which
+//! datacenter the certificate names, and then runs the handshake: the client sends a
+//! hello (protocol version, cluster, datacenter, applied version vector); the server
+//! checks it against the certificate and the topology and answers with its own hello,
+//! or with a refusal that says which check failed. ALPN is `meridian/1`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use meridian_policies::VersionVector;
+use meridian_topology::Topology;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde::{Deserialize, Serialize};
+
+/// The application protocol spoken on links.
+pub const ALPN: &[u8] = b"meridian/1";
+/// The link protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The largest handshake frame accepted.
+const MAX_FRAME: usize = 64 << 10;
+/// Format byte of handshake frames.
+const FRAME_FORMAT: u8 = 1;
+
+/// Why a link could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// A certificate or key file could not be read.
+    #[error("cannot load {path}: {message}")]
+    Load {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The TLS configuration was refused.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    /// The QUIC connection could not be started or failed (TLS refusals included).
+    #[error("link to {peer}: {message}")]
+    Connection {
+        /// The peer address or datacenter.
+        peer: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The peer refused the handshake, saying why.
+    #[error("{peer} refused the link: {reason}")]
+    Refused {
+        /// Who refused.
+        peer: String,
+        /// Their reason.
+        reason: String,
+    },
+    /// This side refused the peer's handshake.
+    #[error("refused a link from {peer}: {reason}")]
+    Rejected {
+        /// The peer, as far as it is known.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// A malformed or oversized handshake frame.
+    #[error("bad handshake frame from {peer}: {message}")]
+    Frame {
+        /// The peer.
+        peer: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Who a proxy is, as the handshake tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The cluster's name.
+    pub cluster: String,
+    /// The datacenter.
+    pub dc: String,
+    /// Its applied version vector.
+    pub applied: VersionVector,
+}
+
+/// An established link.
+#[derive(Debug)]
+pub struct Link {
+    /// The peer, as its certificate and hello agree.
+    pub peer: Identity,
+    /// The QUIC connection.
+    pub connection: quinn::Connection,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Frame {
+    Hello {
+        version: u16,
+        cluster: String,
+        dc: String,
+        applied: Vec<u8>,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+/// The TLS side of a proxy's endpoint.
+#[derive(Debug, Clone)]
+pub struct LinkTls {
+    server: quinn::ServerConfig,
+    client: quinn::ClientConfig,
+}
+
+impl LinkTls {
+    /// Loads the cluster CA and this datacenter's certificate and key.
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<LinkTls, LinkError> {
+        let load_err = |path: &Path, e: &dyn std::fmt::Display| LinkError::Load {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let ca_certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+            .and_then(|i| i.collect())
+            .map_err(|e| load_err(ca, &e))?;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .and_then(|i| i.collect())
+            .map_err(|e| load_err(cert, &e))?;
+        let private = PrivateKeyDer::from_pem_file(key).map_err(|e| load_err(key, &e))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in ca_certs {
+            roots.add(c).map_err(|e| load_err(ca, &e))?;
+        }
+        let roots = Arc::new(roots);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = |e: rustls::Error| LinkError::Tls(e.to_string());
+
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| LinkError::Tls(e.to_string()))?;
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), private.clone_key())
+            .map_err(tls)?;
+        server.alpn_protocols = vec![ALPN.to_vec()];
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, private)
+            .map_err(tls)?;
+        client.alpn_protocols = vec![ALPN.to_vec()];
+
+        let quic = |e: &dyn std::fmt::Display| LinkError::Tls(e.to_string());
+        let server =
+            quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(|e| quic(&e))?;
+        let client =
+            quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(|e| quic(&e))?;
+        Ok(LinkTls {
+            server: quinn::ServerConfig::with_crypto(Arc::new(server)),
+            client: quinn::ClientConfig::new(Arc::new(client)),
+        })
+    }
+
+    /// A QUIC endpoint on `addr` that accepts links and can open them.
+    pub fn endpoint(&self, addr: SocketAddr) -> Result<quinn::Endpoint, LinkError> {
+        let mut endpoint = quinn::Endpoint::server(self.server.clone(), addr).map_err(|e| {
+            LinkError::Connection {
+                peer: addr.to_string(),
+                message: format!("cannot listen: {e}"),
+            }
+        })?;
+        endpoint.set_default_client_config(self.client.clone());
+        Ok(endpoint)
+    }
+}
+
+/// Opens a link to datacenter `peer_dc` at `addr` and runs the handshake.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    peer_dc: &str,
+    me: &Identity,
+) -> Result<Link, LinkError> {
+    let fail = |e: &dyn std::fmt::Display| LinkError::Connection {
+        peer: peer_dc.to_owned(),
+        message: e.to_string(),
+    };
+    // rustls checks that the server's certificate names `peer_dc`.
+    let connection = endpoint
+        .connect(addr, peer_dc)
+        .map_err(|e| fail(&e))?
+        .await
+        .map_err(|e| fail(&e))?;
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| fail(&e))?;
+    write_frame(&mut send, &hello(me))
+        .await
+        .map_err(|e| fail(&e))?;
+    let _ = send.finish();
+    let peer = match read_frame(&mut recv, peer_dc).await? {
+        Frame::Refused { reason } => {
+            return Err(LinkError::Refused {
+                peer: peer_dc.to_owned(),
+                reason,
+            });
+        }
+        Frame::Hello {
+            version,
+            cluster,
+            dc,
+            applied,
+        } => {
+            let applied = VersionVector::decode(&applied).map_err(|e| LinkError::Frame {
+                peer: peer_dc.to_owned(),
+                message: e.to_string(),
+            })?;
+            if version != PROTOCOL_VERSION || cluster != me.cluster || dc != peer_dc {
+                let reason =
+                    format!("answered as {dc:?} of cluster {cluster:?} speaking version {version}");
+                connection.close(1u32.into(), reason.as_bytes());
+                return Err(LinkError::Rejected {
+                    peer: peer_dc.to_owned(),
+                    reason,
+                });
+            }
+            Identity {
+                cluster,
+                dc,
+                applied,
+            }
+        }
+    };
+    Ok(Link { peer, connection })
+}
+
+/// Accepts one incoming link and runs the handshake, checking the peer against the
+/// topology: a datacenter of this cluster that may link with `me`.
+pub async fn accept(
+    incoming: quinn::Incoming,
+    me: &Identity,
+    topology: &Topology,
+) -> Result<Link, LinkError> {
+    let remote = incoming.remote_address().to_string();
+    let fail = |e: &dyn std::fmt::Display| LinkError::Connection {
+        peer: remote.clone(),
+        message: e.to_string(),
+    };
+    let connection = incoming.await.map_err(|e| fail(&e))?;
+    let (mut send, mut recv) = connection.accept_bi().await.map_err(|e| fail(&e))?;
+    let frame = read_frame(&mut recv, &remote).await?;
+    let checked = certified_dc(&connection, topology)
+        .and_then(|cert_dc| check_hello(frame, &cert_dc, me, topology));
+    match checked {
+        Ok(peer) => {
+            write_frame(&mut send, &hello(me))
+                .await
+                .map_err(|e| fail(&e))?;
+            let _ = send.finish();
+            Ok(Link { peer, connection })
+        }
+        Err(reason) => {
+            let _ = write_frame(
+                &mut send,
+                &Frame::Refused {
+                    reason: reason.clone(),
+                },
+            )
+            .await;
+            let _ = send.finish();
+            // Let the refusal reach the peer before the connection goes.
+            let _ = send.stopped().await;
+            connection.close(1u32.into(), reason.as_bytes());
+            Err(LinkError::Rejected {
+                peer: remote,
+                reason,
+            })
+        }
+    }
+}
+
+/// The datacenter the client's certificate names.
+fn certified_dc(connection: &quinn::Connection, topology: &Topology) -> Result<String, String> {
+    let chain = connection
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or("the peer presented no certificate")?;
+    let leaf = chain.first().ok_or("the peer presented no certificate")?;
+    let cert = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| format!("unreadable certificate: {e}"))?;
+    topology
+        .datacenters
+        .iter()
+        .find(|dc| {
+            ServerName::try_from(dc.id.as_str())
+                .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
+        })
+        .map(|dc| dc.id.clone())
+        .ok_or_else(|| "its certificate names no datacenter of this cluster".to_owned())
+}
+
+fn check_hello(
+    frame: Frame,
+    cert_dc: &str,
+    me: &Identity,
+    topology: &Topology,
+) -> Result<Identity, String> {
+    let Frame::Hello {
+        version,
+        cluster,
+        dc,
+        applied,
+    } = frame
+    else {
+        return Err("it sent a refusal instead of a hello".into());
+    };
+    if version != PROTOCOL_VERSION {
+        return Err(format!(
+            "it speaks link protocol version {version}; this proxy speaks {PROTOCOL_VERSION}"
+        ));
+    }
+    if cluster != me.cluster {
+        return Err(format!(
+            "it belongs to cluster {cluster:?}; this is cluster {:?}",
+            me.cluster
+        ));
+    }
+    if dc != cert_dc {
+        return Err(format!(
+            "it claims to be {dc:?} but its certificate names {cert_dc:?}"
+        ));
+    }
+    let (Some(a), Some(b)) = (topology.index_of(&me.dc), topology.index_of(&dc)) else {
+        return Err(format!("{dc:?} is not a datacenter of this topology"));
+    };
+    if !topology.router.may_link(a, b) {
+        return Err(format!(
+            "the topology has no link between {:?} and {dc:?}",
+            me.dc
+        ));
+    }
+    let applied = VersionVector::decode(&applied)
+        .map_err(|e| format!("its applied vector is malformed: {e}"))?;
+    Ok(Identity {
+        cluster,
+        dc,
+        applied,
+    })
+}
+
+fn hello(me: &Identity) -> Frame {
+    Frame::Hello {
+        version: PROTOCOL_VERSION,
+        cluster: me.cluster.clone(),
+        dc: me.dc.clone(),
+        applied: me.applied.to_bytes(),
+    }
+}
+
+async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), quinn::WriteError> {
+    let mut body = vec![FRAME_FORMAT];
+    body.extend_from_slice(&postcard::to_stdvec(frame).unwrap_or_default());
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    send.write_all(&out).await
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream, peer: &str) -> Result<Frame, LinkError> {
+    let bad = |message: String| LinkError::Frame {
+        peer: peer.to_owned(),
+        message,
+    };
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len)
+        .await
+        .map_err(|e| bad(format!("no frame length: {e}")))?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(bad(format!(
+            "a frame of {len} bytes is over the limit of {MAX_FRAME}"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| bad(format!("frame cut short: {e}")))?;
+    match body.split_first() {
+        Some((&FRAME_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| bad(e.to_string())),
+        Some((&other, _)) => Err(bad(format!(
+            "frame format {other} is unknown to this build"
+        ))),
+        None => Err(bad("empty frame".into())),
+    }
+}

@@ -1,0 +1,132 @@
+//! Links over real QUIC with mutual TLS: who is accepted, who is refused and why.
+
+use std::path::Path;
+
+use meridian_policies::VersionVector;
+use meridian_proxy::certs;
+use meridian_proxy::link::{self, Identity, Link, LinkError, LinkTls};
+use meridian_topology::Topology;
+
+/// A star around `a` without fallback: b and c may not link to each other.
+fn topology(dir: &Path, cluster: &str) -> Topology {
+    let mut text = format!(
+        "[cluster]\nname = \"{cluster}\"\ntopology = \"star\"\nhub = \"a\"\nstar_fallback = \"none\"\n[tls]\nca = \"pki/ca.pem\"\n"
+    );
+    for (i, id) in ["a", "b", "c"].iter().enumerate() {
+        text += &format!(
+            "[[datacenter]]\nid = \"{id}\"\nclient = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n",
+            7001 + i,
+            7101 + i,
+            7201 + i
+        );
+    }
+    let t = Topology::parse(&text, "test.toml", dir).unwrap();
+    certs::generate(&t, false).unwrap();
+    t
+}
+
+fn tls(t: &Topology, dc: &str) -> LinkTls {
+    let d = t.dc(t.index_of(dc).unwrap());
+    LinkTls::load(&t.tls.ca, &d.cert, &d.key).unwrap()
+}
+
+fn identity(cluster: &str, dc: &str, seq: u64) -> Identity {
+    let mut applied = VersionVector::new();
+    applied.advance(dc, seq);
+    Identity {
+        cluster: cluster.into(),
+        dc: dc.into(),
+        applied,
+    }
+}
+
+/// Runs one link attempt: `client` (with `client_tls`) dials `server`.
+async fn attempt(
+    topology: &Topology,
+    server: &str,
+    client_tls: &LinkTls,
+    client_id: Identity,
+) -> (Result<Link, LinkError>, Result<Link, LinkError>) {
+    let server_ep = tls(topology, server)
+        .endpoint("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let client_ep = client_tls.endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = server_ep.local_addr().unwrap();
+    let me = identity(&topology.cluster_name, server, 7);
+    let accepting = {
+        let topology = topology.clone();
+        tokio::spawn(async move {
+            let incoming = server_ep.accept().await.expect("an incoming connection");
+            link::accept(incoming, &me, &topology).await
+        })
+    };
+    let client = link::connect(&client_ep, addr, server, &client_id).await;
+    (client, accepting.await.unwrap())
+}
+
+#[tokio::test]
+async fn a_permitted_link_exchanges_identities() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = topology(dir.path(), "shop");
+    let (client, server) = attempt(&t, "a", &tls(&t, "b"), identity("shop", "b", 3)).await;
+    let (client, server) = (client.unwrap(), server.unwrap());
+    assert_eq!(client.peer, identity("shop", "a", 7));
+    assert_eq!(server.peer, identity("shop", "b", 3));
+}
+
+#[tokio::test]
+async fn a_pair_without_an_edge_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = topology(dir.path(), "shop");
+    let (client, server) = attempt(&t, "b", &tls(&t, "c"), identity("shop", "c", 1)).await;
+    match client {
+        Err(LinkError::Refused { peer, reason }) => {
+            assert_eq!(peer, "b");
+            assert!(
+                reason.contains("no link between \"b\" and \"c\""),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(server, Err(LinkError::Rejected { .. })));
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let t = topology(dir.path(), "shop");
+    let impostor = topology(other.path(), "shop");
+    let (client, server) = attempt(&t, "a", &tls(&impostor, "b"), identity("shop", "b", 1)).await;
+    let message = client.unwrap_err().to_string();
+    assert!(
+        message.contains("certificate") || message.contains("UnknownIssuer"),
+        "{message}"
+    );
+    assert!(server.is_err());
+}
+
+#[tokio::test]
+async fn another_cluster_or_a_false_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = topology(dir.path(), "shop");
+    let (client, _) = attempt(&t, "a", &tls(&t, "b"), identity("bank", "b", 1)).await;
+    match client {
+        Err(LinkError::Refused { reason, .. }) => {
+            assert!(reason.contains("cluster \"bank\""), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // b's certificate, but a hello that claims to be c.
+    let (client, _) = attempt(&t, "a", &tls(&t, "b"), identity("shop", "c", 1)).await;
+    match client {
+        Err(LinkError::Refused { reason, .. }) => {
+            assert!(
+                reason.contains("claims to be \"c\" but its certificate names \"b\""),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
