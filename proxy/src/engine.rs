@@ -144,8 +144,13 @@ impl Engine {
     /// writer and committer threads.
     pub fn open(data_dir: &Path, config: EngineConfig) -> Result<Engine, OpenError> {
         let (log, recovered) = Log::open(&data_dir.join("log"))?;
+        tracing::debug!(
+            records = recovered.records,
+            truncated = recovered.truncated_bytes,
+            "opened the replication log"
+        );
         let backend = backend::Backend::open(data_dir, &config.backend)?;
-        let state = replay::replay(&backend, &config.dc, recovered)?;
+        let state = replay::replay(&backend, &config.dc, &log)?;
         let shared = Arc::new(Shared {
             dc: config.dc.clone(),
             backend,

@@ -13,9 +13,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+mod reader;
+
+pub use reader::LogReader;
+
 /// Identifies a meridian log segment, format 1.
-const MAGIC: &[u8; 8] = b"MRDNLOG1";
-const RECORD_HEADER: usize = 8;
+pub(crate) const MAGIC: &[u8; 8] = b"MRDNLOG1";
+pub(crate) const RECORD_HEADER: usize = 8;
 /// A segment is closed and a new one started past this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
 /// The largest record the log accepts (a change of a few large values).
@@ -66,20 +70,27 @@ pub struct Log {
     file_len: u64,
     next_lsn: u64,
     dirty: bool,
+    segment_bytes: u64,
 }
 
 /// What opening the log found.
 #[derive(Debug)]
 pub struct Recovered {
-    /// Every record, with its LSN, oldest first.
-    pub records: Vec<(u64, Vec<u8>)>,
+    /// Records in the log (read them with [`Log::reader`]).
+    pub records: u64,
     /// Bytes cut from a torn tail, if any.
     pub truncated_bytes: u64,
 }
 
 impl Log {
-    /// Opens (or creates) the log in `dir`, returning the records it holds.
+    /// Opens (or creates) the log in `dir`, checking every record, truncating a torn
+    /// tail and refusing a damaged log.
     pub fn open(dir: &Path) -> Result<(Log, Recovered), LogError> {
+        Self::open_sized(dir, SEGMENT_BYTES)
+    }
+
+    /// [`Log::open`] with segments closed past `segment_bytes`.
+    pub fn open_sized(dir: &Path, segment_bytes: u64) -> Result<(Log, Recovered), LogError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut segments = list_segments(dir)?;
         if segments.is_empty() {
@@ -87,30 +98,31 @@ impl Log {
             create_segment(&path)?;
             segments.push((0, path));
         }
-        let mut records = Vec::new();
+        let mut records = 0u64;
         let mut truncated_bytes = 0;
         let last = segments.len() - 1;
         for (i, (first_lsn, path)) in segments.iter().enumerate() {
-            if *first_lsn != records.len() as u64 {
+            if *first_lsn != records {
+                let what = format!(
+                    "segment starts at record {first_lsn}, but the segments before it end at record {records}"
+                );
                 return Err(LogError::Corrupt {
                     path: path.clone(),
                     offset: 0,
-                    what: format!(
-                        "segment starts at record {first_lsn}, but the segments before it end at record {}",
-                        records.len()
-                    ),
+                    what,
                 });
             }
-            let (good_len, torn) = read_segment(path, i == last, &mut records)?;
-            if torn > 0 {
-                tracing::warn!(segment = %path.display(), offset = good_len, bytes = torn, "truncating a torn record at the end of the replication log");
+            let scan = scan_segment(path, i == last)?;
+            records += scan.records;
+            if scan.torn > 0 {
+                tracing::warn!(segment = %path.display(), offset = scan.good_len, bytes = scan.torn, "truncating a torn record at the end of the replication log");
                 let f = OpenOptions::new()
                     .write(true)
                     .open(path)
                     .map_err(io_err(path))?;
-                f.set_len(good_len).map_err(io_err(path))?;
+                f.set_len(scan.good_len).map_err(io_err(path))?;
                 f.sync_all().map_err(io_err(path))?;
-                truncated_bytes = torn;
+                truncated_bytes = scan.torn;
             }
         }
         let (_, file_path) = segments.pop().unwrap_or_else(|| (0, segment_path(dir, 0)));
@@ -119,18 +131,14 @@ impl Log {
             .open(&file_path)
             .map_err(io_err(&file_path))?;
         let file_len = file.metadata().map_err(io_err(&file_path))?.len();
-        let records: Vec<(u64, Vec<u8>)> = records
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| (i as u64, r))
-            .collect();
         let log = Log {
             dir: dir.to_owned(),
             file,
             file_path,
             file_len,
-            next_lsn: records.len() as u64,
+            next_lsn: records,
             dirty: false,
+            segment_bytes,
         };
         Ok((
             log,
@@ -139,6 +147,11 @@ impl Log {
                 truncated_bytes,
             },
         ))
+    }
+
+    /// A reader of the records from `from_lsn` on, including those appended later.
+    pub fn reader(&self, from_lsn: u64) -> reader::LogReader {
+        reader::LogReader::new(&self.dir, from_lsn)
     }
 
     /// The LSN the next record will get.
@@ -158,7 +171,7 @@ impl Log {
         &mut self,
         payloads: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<u64, LogError> {
-        if self.file_len >= SEGMENT_BYTES {
+        if self.file_len >= self.segment_bytes {
             self.roll()?;
         }
         let mut buf = Vec::new();
@@ -212,7 +225,7 @@ impl Log {
     }
 }
 
-fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
+pub(crate) fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
     dir.join(format!("{first_lsn:020}.seg"))
 }
 
@@ -232,7 +245,7 @@ fn create_segment(path: &Path) -> Result<(), LogError> {
     Ok(())
 }
 
-fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
     let mut segments = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let path = entry.map_err(io_err(dir))?.path();
@@ -248,9 +261,16 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
     Ok(segments)
 }
 
-/// Reads one segment's records into `out`. Returns the length of its valid prefix and,
-/// for the newest segment, the bytes of a torn tail to cut.
-fn read_segment(path: &Path, newest: bool, out: &mut Vec<Vec<u8>>) -> Result<(u64, u64), LogError> {
+/// What checking one segment found.
+struct Scan {
+    records: u64,
+    good_len: u64,
+    torn: u64,
+}
+
+/// Checks one segment's records. For the newest segment, a record cut short (or with
+/// a bad checksum as the very last record) is a torn tail to cut.
+fn scan_segment(path: &Path, newest: bool) -> Result<Scan, LogError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -267,47 +287,69 @@ fn read_segment(path: &Path, newest: bool, out: &mut Vec<Vec<u8>>) -> Result<(u6
         return Err(corrupt(0, "not a meridian log segment (bad magic)".into()));
     }
     let mut at = MAGIC.len();
+    let mut records = 0;
     while at < bytes.len() {
-        let rest = &bytes[at..];
-        let torn_or = |what: String| {
-            if newest {
-                Ok((at as u64, (bytes.len() - at) as u64))
-            } else {
-                Err(corrupt(at, what))
+        match parse_record(&bytes[at..]) {
+            Parsed::Record(payload) => {
+                at += RECORD_HEADER + payload.len();
+                records += 1;
             }
-        };
-        if rest.len() < RECORD_HEADER {
-            return torn_or("record header cut short".into());
-        }
-        let len = u32::from_le_bytes(rest[..4].try_into().unwrap_or_default()) as usize;
-        let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap_or_default());
-        let end = RECORD_HEADER + len;
-        if len > MAX_RECORD {
-            return Err(corrupt(
-                at,
-                format!("record length {len} is over the limit"),
-            ));
-        }
-        if rest.len() < end {
-            return torn_or(format!("record of {len} bytes cut short"));
-        }
-        let payload = &rest[RECORD_HEADER..end];
-        if crc32fast::hash(payload) != crc {
-            // A bad checksum on the very last record is a torn write; anywhere else it
-            // is damage to data that was once complete.
-            if rest.len() == end {
-                return torn_or("checksum mismatch".into());
+            Parsed::Incomplete(_) | Parsed::LastBadChecksum(_) if newest => {
+                return Ok(Scan {
+                    records,
+                    good_len: at as u64,
+                    torn: (bytes.len() - at) as u64,
+                });
             }
-            return Err(corrupt(at, "checksum mismatch".into()));
+            Parsed::Incomplete(what) | Parsed::LastBadChecksum(what) | Parsed::Corrupt(what) => {
+                return Err(corrupt(at, what));
+            }
         }
-        out.push(payload.to_vec());
-        at += end;
     }
-    Ok((at as u64, 0))
+    Ok(Scan {
+        records,
+        good_len: at as u64,
+        torn: 0,
+    })
+}
+
+/// How the bytes at a record boundary read.
+pub(crate) enum Parsed<'a> {
+    /// A whole, intact record's payload.
+    Record(&'a [u8]),
+    /// The bytes end inside the record.
+    Incomplete(String),
+    /// The record is whole but its checksum is wrong, and nothing follows it.
+    LastBadChecksum(String),
+    /// Damage that cannot be a torn write.
+    Corrupt(String),
+}
+
+pub(crate) fn parse_record(rest: &[u8]) -> Parsed<'_> {
+    if rest.len() < RECORD_HEADER {
+        return Parsed::Incomplete("record header cut short".into());
+    }
+    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+    if len > MAX_RECORD {
+        return Parsed::Corrupt(format!("record length {len} is over the limit"));
+    }
+    let end = RECORD_HEADER + len;
+    if rest.len() < end {
+        return Parsed::Incomplete(format!("record of {len} bytes cut short"));
+    }
+    let payload = &rest[RECORD_HEADER..end];
+    if crc32fast::hash(payload) == crc {
+        Parsed::Record(payload)
+    } else if rest.len() == end {
+        Parsed::LastBadChecksum("checksum mismatch".into())
+    } else {
+        Parsed::Corrupt("checksum mismatch".into())
+    }
 }
 
 /// A newest segment whose magic was cut short by a crash right after creation.
-fn rewrite_magic(path: &Path) -> Result<(u64, u64), LogError> {
+fn rewrite_magic(path: &Path) -> Result<Scan, LogError> {
     let mut f = OpenOptions::new()
         .write(true)
         .truncate(true)
@@ -316,7 +358,11 @@ fn rewrite_magic(path: &Path) -> Result<(u64, u64), LogError> {
     f.write_all(MAGIC)
         .and_then(|_| f.sync_all())
         .map_err(io_err(path))?;
-    Ok((MAGIC.len() as u64, 0))
+    Ok(Scan {
+        records: 0,
+        good_len: MAGIC.len() as u64,
+        torn: 0,
+    })
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use meridian_policies::{Timestamp, VersionVector};
 use super::OpenError;
 use super::backend::Backend;
 use crate::change::Change;
-use crate::log::Recovered;
+use crate::log::Log;
 
 /// Changes applied per store transaction while replaying.
 const REPLAY_CHUNK: usize = 1024;
@@ -21,11 +21,7 @@ pub(super) struct Resume {
 
 /// Applies every logged change the store has not applied (those above its applied
 /// vector), in log order, and returns where the writer resumes.
-pub(super) fn replay(
-    backend: &Backend,
-    dc: &str,
-    recovered: Recovered,
-) -> Result<Resume, OpenError> {
+pub(super) fn replay(backend: &Backend, dc: &str, log: &Log) -> Result<Resume, OpenError> {
     let mut applied = backend.applied()?;
     let mut target = backend.target();
     let mut commit = |changes: &[Change], applied: &VersionVector, durable: bool| {
@@ -36,7 +32,8 @@ pub(super) fn replay(
     let mut last_hlc = Timestamp::default();
     let mut pending = Vec::new();
     let mut replayed = 0;
-    for (lsn, bytes) in recovered.records {
+    let mut reader = log.reader(0);
+    while let Some((lsn, bytes)) = reader.next_record()? {
         let change = Change::decode(&bytes).map_err(|e| OpenError::BadRecord {
             lsn,
             message: e.to_string(),

@@ -1,0 +1,140 @@
+//! Reading the log in order, from any record on, while it grows.
+//!
+//! The shipper of each peer reads the log this way, so a slow peer only falls behind
+//! and catches up: nothing is queued in memory for it. A record still being written
+//! at the tail reads as "nothing more yet", not as damage.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::{LogError, MAGIC, Parsed, RECORD_HEADER, io_err, list_segments, parse_record};
+
+/// An open segment and the position in it.
+#[derive(Debug)]
+struct Position {
+    file: File,
+    path: PathBuf,
+    /// The LSN of the segment's first record.
+    first: u64,
+    offset: u64,
+}
+
+/// Reads records in log order from a starting LSN.
+#[derive(Debug)]
+pub struct LogReader {
+    dir: PathBuf,
+    next_lsn: u64,
+    position: Option<Position>,
+    /// The LSN at `position.offset` (it lags `next_lsn` while skipping to the start).
+    at_lsn: u64,
+}
+
+impl LogReader {
+    pub(super) fn new(dir: &Path, from_lsn: u64) -> LogReader {
+        LogReader {
+            dir: dir.to_owned(),
+            next_lsn: from_lsn,
+            position: None,
+            at_lsn: 0,
+        }
+    }
+
+    /// The LSN of the next record this reader returns.
+    pub fn next_lsn(&self) -> u64 {
+        self.next_lsn
+    }
+
+    /// The next record and its LSN; `None` when the reader has caught up with the
+    /// log (call again later for records appended since).
+    pub fn next_record(&mut self) -> Result<Option<(u64, Vec<u8>)>, LogError> {
+        loop {
+            if self.position.is_none() && !self.open_segment()? {
+                return Ok(None);
+            }
+            let Some(pos) = self.position.as_mut() else {
+                return Ok(None);
+            };
+            let current = pos.first;
+            match read_record(pos)? {
+                Some(payload) => {
+                    let lsn = self.at_lsn;
+                    self.at_lsn += 1;
+                    if lsn >= self.next_lsn {
+                        self.next_lsn = lsn + 1;
+                        return Ok(Some((lsn, payload)));
+                    }
+                }
+                // The end of this segment: move on if another one starts here.
+                None if self.another_segment_starts_at(self.at_lsn, current)? => {
+                    self.position = None
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Opens the segment holding `next_lsn` (or the one that will); false when the log
+    /// has no segment yet.
+    fn open_segment(&mut self) -> Result<bool, LogError> {
+        let segments = list_segments(&self.dir)?;
+        let Some((first, path)) = segments
+            .into_iter()
+            .rev()
+            .find(|(first, _)| *first <= self.next_lsn)
+        else {
+            return Ok(false);
+        };
+        let file = File::open(&path).map_err(io_err(&path))?;
+        self.at_lsn = first;
+        self.position = Some(Position {
+            file,
+            path,
+            first,
+            offset: MAGIC.len() as u64,
+        });
+        Ok(true)
+    }
+
+    /// Whether a segment other than the current one (which starts at `current`)
+    /// starts at `lsn`. A freshly rolled, still empty segment starts where its
+    /// predecessor ended, so the current segment must not count.
+    fn another_segment_starts_at(&self, lsn: u64, current: u64) -> Result<bool, LogError> {
+        Ok(list_segments(&self.dir)?
+            .iter()
+            .any(|(first, _)| *first == lsn && *first != current))
+    }
+}
+
+/// Reads the record at the position, advancing past it; `None` at the end of what is
+/// written so far (including a record still being written).
+fn read_record(pos: &mut Position) -> Result<Option<Vec<u8>>, LogError> {
+    let file_len = pos.file.metadata().map_err(io_err(&pos.path))?.len();
+    if pos.offset + RECORD_HEADER as u64 > file_len {
+        return Ok(None);
+    }
+    let mut header = [0u8; RECORD_HEADER];
+    pos.file
+        .read_exact_at(&mut header, pos.offset)
+        .map_err(io_err(&pos.path))?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as u64;
+    let available = file_len - pos.offset;
+    let want = (RECORD_HEADER as u64 + len).min(available);
+    let mut bytes = vec![0u8; want as usize];
+    pos.file
+        .read_exact_at(&mut bytes, pos.offset)
+        .map_err(io_err(&pos.path))?;
+    match parse_record(&bytes) {
+        Parsed::Record(payload) => {
+            pos.offset += RECORD_HEADER as u64 + payload.len() as u64;
+            Ok(Some(payload.to_vec()))
+        }
+        // Still being written: the appender writes each batch with one call.
+        Parsed::Incomplete(_) | Parsed::LastBadChecksum(_) => Ok(None),
+        Parsed::Corrupt(what) => Err(LogError::Corrupt {
+            path: pos.path.clone(),
+            offset: pos.offset,
+            what,
+        }),
+    }
+}
