@@ -108,19 +108,27 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port between {LOW} and {}", LOW + SPAN);
 }
 
+/// Waits until `condition` holds, checking it every few milliseconds, for at most
+/// 30 s; `what` names the condition in the failure message.
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "gave up after 30 s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Waits until `addr` accepts connections.
 pub fn wait_listening(addr: SocketAddr, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).is_err() {
+    eventually(&format!("a listener on {addr}"), || {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("server exited with {status} before listening on {addr}");
         }
-        assert!(
-            Instant::now() < deadline,
-            "nothing listening on {addr} after 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        TcpStream::connect(addr).is_ok()
+    });
 }
 
 /// Writes a one-datacenter topology file in `dir` on the embedded store and returns
