@@ -358,14 +358,6 @@ impl Engine {
         }
     }
 
-    /// Sends a command to the Redis backend as it is.
-    async fn forward(&self, redis: &RedisStore, args: &[Bytes]) -> Reply {
-        self.forward_many(redis, &[args])
-            .await
-            .pop()
-            .unwrap_or(Reply::Null)
-    }
-
     /// Number of keys, expired ones included until they are removed (meridian's own
     /// metadata key not counted).
     pub async fn key_count(&self) -> Result<u64, String> {
@@ -381,17 +373,19 @@ impl Engine {
                 Ok(count.max(0) as u64)
             }
             Backend::Redis(redis) => {
-                let dbsize = self.forward(redis, &[Bytes::from_static(b"DBSIZE")]).await;
-                let meta = self
-                    .forward(
-                        redis,
-                        &[
-                            Bytes::from_static(b"EXISTS"),
-                            Bytes::from_static(redis_store::META_KEY.as_bytes()),
-                        ],
-                    )
-                    .await;
-                match (dbsize, meta) {
+                let dbsize = [Bytes::from_static(b"DBSIZE")];
+                let meta = [
+                    Bytes::from_static(b"EXISTS"),
+                    Bytes::from_static(redis_store::META_KEY.as_bytes()),
+                ];
+                let mut replies = self
+                    .forward_many(redis, &[&dbsize, &meta])
+                    .await
+                    .into_iter();
+                match (
+                    replies.next().unwrap_or(Reply::Null),
+                    replies.next().unwrap_or(Reply::Null),
+                ) {
                     (Reply::Integer(n), Reply::Integer(m)) => Ok((n - m).max(0) as u64),
                     (Reply::Error(e), _) | (_, Reply::Error(e)) => Err(e),
                     _ => Err("unexpected reply to DBSIZE".into()),

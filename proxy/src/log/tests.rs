@@ -20,6 +20,19 @@ fn all(log: &Log, from: u64) -> Vec<(u64, Vec<u8>)> {
     out
 }
 
+/// A closed log of `n` records whose only segment `damage` then rewrites.
+fn damaged(n: usize, damage: impl FnOnce(&mut Vec<u8>)) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path()).unwrap();
+    append_all(&mut log, &payloads(n));
+    drop(log);
+    let seg = only_segment(dir.path());
+    let mut bytes = fs::read(&seg).unwrap();
+    damage(&mut bytes);
+    fs::write(&seg, bytes).unwrap();
+    (dir, seg)
+}
+
 fn only_segment(dir: &Path) -> PathBuf {
     list_segments(dir).unwrap().pop().unwrap().1
 }
@@ -65,30 +78,18 @@ fn a_torn_tail_is_truncated_and_appends_continue() {
 
 #[test]
 fn a_bad_checksum_on_the_last_record_is_a_torn_tail() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut log, _) = Log::open(dir.path()).unwrap();
-    append_all(&mut log, &payloads(3));
-    drop(log);
-    let seg = only_segment(dir.path());
-    let mut bytes = fs::read(&seg).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    fs::write(&seg, bytes).unwrap();
+    let (dir, _) = damaged(3, |bytes| {
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+    });
     let (_, rec) = Log::open(dir.path()).unwrap();
     assert_eq!(rec.records, 2);
 }
 
 #[test]
 fn corruption_before_the_tail_is_reported_with_segment_and_offset() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut log, _) = Log::open(dir.path()).unwrap();
-    append_all(&mut log, &payloads(3));
-    drop(log);
-    let seg = only_segment(dir.path());
-    let mut bytes = fs::read(&seg).unwrap();
     // Damage the payload of the first record (it starts after the magic and header).
-    bytes[MAGIC.len() + RECORD_HEADER + 2] ^= 0x01;
-    fs::write(&seg, bytes).unwrap();
+    let (dir, seg) = damaged(3, |bytes| bytes[MAGIC.len() + RECORD_HEADER + 2] ^= 0x01);
     let err = Log::open(dir.path()).unwrap_err();
     let message = err.to_string();
     assert!(

@@ -309,7 +309,11 @@ impl Conn {
             "CLIENT" => self.client(args),
             "COMMAND" => info::command(args),
             "INFO" => {
-                let keys = self.ctx.engine.key_count().await;
+                let keys = if info::shows(args.get(1), "keyspace") {
+                    self.ctx.engine.key_count().await
+                } else {
+                    Ok(0)
+                };
                 Reply::Verbatim(info::info(&self.ctx, args.get(1), keys))
             }
             "DBSIZE" => match self.ctx.engine.key_count().await {

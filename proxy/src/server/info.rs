@@ -9,13 +9,20 @@ use super::Context;
 use crate::command::table::{COMMANDS, Kind};
 use crate::resp::Reply;
 
+/// Whether `INFO [section]` shows section `name`.
+pub(super) fn shows(section: Option<&Bytes>, name: &str) -> bool {
+    match section
+        .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("all" | "default" | "everything") => true,
+        Some(wanted) => wanted == name,
+    }
+}
+
 /// The INFO text: sections server, clients, stats, replication, keyspace.
 pub(super) fn info(ctx: &Context, section: Option<&Bytes>, keys: Result<u64, String>) -> String {
-    let wanted = section.map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
-    let show = |name: &str| match wanted.as_deref() {
-        None | Some("all" | "default" | "everything") => true,
-        Some(w) => w == name,
-    };
+    let show = |name: &str| shows(section, name);
     let mut out = String::new();
     let stats = ctx.engine.stats();
     if show("server") {
