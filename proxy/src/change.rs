@@ -8,8 +8,8 @@
 use serde::{Deserialize, Serialize};
 
 /// Format version of encoded changes. A reader refuses versions it does not know
-/// rather than misreading them.
-pub const CHANGE_FORMAT: u8 = 1;
+/// rather than misreading them. Format 1 (no `deps`, no `path`) is still read.
+pub const CHANGE_FORMAT: u8 = 2;
 
 /// One committed write: dense `seq` per `origin`, ordered by `hlc` across the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +24,23 @@ pub struct Change {
     pub user: Vec<u8>,
     /// The new state of each key it touched, in command order.
     pub ops: Vec<Op>,
+    /// Causal dependencies: what the origin had applied of other datacenters when the
+    /// change was made (`origin -> seq`). A receiver applies the change only once it
+    /// has applied all of them.
+    pub deps: Vec<(String, u64)>,
+    /// The datacenters the change has passed, the origin first (loop-prevention tags).
+    /// In a log it ends with the datacenter that logged it.
+    pub path: Vec<String>,
+}
+
+/// A change as format 1 wrote it.
+#[derive(Deserialize)]
+struct ChangeV1 {
+    origin: String,
+    seq: u64,
+    hlc: u64,
+    user: Vec<u8>,
+    ops: Vec<Op>,
 }
 
 /// The new state of one key.
@@ -88,6 +105,18 @@ impl Change {
         match bytes.split_first() {
             None => Err(ChangeDecodeError::Empty),
             Some((&CHANGE_FORMAT, body)) => Ok(postcard::from_bytes(body)?),
+            Some((1, body)) => {
+                let v1: ChangeV1 = postcard::from_bytes(body)?;
+                Ok(Change {
+                    path: vec![v1.origin.clone()],
+                    origin: v1.origin,
+                    seq: v1.seq,
+                    hlc: v1.hlc,
+                    user: v1.user,
+                    ops: v1.ops,
+                    deps: Vec::new(),
+                })
+            }
             Some((&other, _)) => Err(ChangeDecodeError::UnknownFormat(other)),
         }
     }
@@ -117,11 +146,23 @@ mod tests {
                     value: None,
                 },
             ],
+            deps: vec![("eu-west".into(), 3)],
+            path: vec!["us-east".into(), "eu-west".into()],
         };
         let mut bytes = Vec::new();
         change.encode(&mut bytes);
         assert_eq!(Change::decode(&bytes).unwrap(), change);
         bytes[0] = 9;
+        let mut v1 = vec![1];
+        v1.extend(
+            postcard::to_stdvec(&(&change.origin, 7u64, change.hlc, &change.user, &change.ops))
+                .unwrap(),
+        );
+        let old = Change::decode(&v1).unwrap();
+        assert_eq!(
+            (old.seq, old.path.clone(), old.deps.len()),
+            (7, vec!["us-east".to_string()], 0)
+        );
         assert!(matches!(
             Change::decode(&bytes),
             Err(ChangeDecodeError::UnknownFormat(9))

@@ -19,6 +19,7 @@ mod writer;
 
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -83,6 +84,14 @@ pub struct Stats {
     pub log_bytes: AtomicU64,
     /// Changes replayed from the log at start-up.
     pub replayed: AtomicU64,
+    /// Changes of other datacenters applied here.
+    pub applied_remote: AtomicU64,
+    /// Changes received again after they were applied (and skipped).
+    pub duplicates: AtomicU64,
+    /// Remote writes that lost last-writer-wins to a newer write of the same key.
+    pub conflicts: AtomicU64,
+    /// Remote timestamps further ahead of this clock than the drift bound.
+    pub clock_drift_refusals: AtomicU64,
 }
 
 /// A handle on the engine; cheap to clone.
@@ -98,7 +107,16 @@ struct Shared {
     backend: backend::Backend,
     memtable: memtable::Memtable,
     /// Everything logged (and so acknowledged), committed to the backend or not.
-    applied: Mutex<VersionVector>,
+    applied: watch::Sender<VersionVector>,
+    /// The log's next LSN: shippers wait on it for new records.
+    appended: watch::Sender<u64>,
+    /// Where the log lives, for readers.
+    log_dir: std::path::PathBuf,
+    /// Log checkpoints `(lsn, vector)`: every record before `lsn` is within `vector`.
+    /// A peer whose applied vector dominates `vector` needs nothing before `lsn`.
+    index: Mutex<Vec<(u64, VersionVector)>>,
+    /// Timestamp of the newest change applied from each origin.
+    last_hlc: Mutex<std::collections::HashMap<String, u64>>,
     /// Why writes are refused, after the backend failed for good.
     broken: Mutex<Option<String>>,
     /// Backend commit latencies.
@@ -134,6 +152,8 @@ pub struct EngineConfig {
     pub max_drift: Duration,
     /// Where the data lives.
     pub backend: BackendConfig,
+    /// Added to the wall clock for write timestamps (the testbed skews datacenters).
+    pub clock_offset_ms: i64,
 }
 
 /// How long a read waits for the committer before answering that the backend is behind.
@@ -155,7 +175,11 @@ impl Engine {
             dc: config.dc.clone(),
             backend,
             memtable: memtable::Memtable::default(),
-            applied: Mutex::new(state.applied.clone()),
+            applied: watch::Sender::new(state.applied.clone()),
+            appended: watch::Sender::new(log.next_lsn()),
+            log_dir: data_dir.join("log"),
+            index: Mutex::new(state.index.clone()),
+            last_hlc: Mutex::new(state.last_hlc_by_origin.clone()),
             broken: Mutex::new(None),
             backend_stats: crate::metrics::BackendStats::default(),
             committed: watch::Sender::new(0),
@@ -182,11 +206,62 @@ impl Engine {
 
     /// The applied version vector: every change logged here, so acknowledged.
     pub fn applied(&self) -> VersionVector {
+        self.shared.applied.borrow().clone()
+    }
+
+    /// Watches the applied vector (it changes after every logged batch).
+    pub fn watch_applied(&self) -> watch::Receiver<VersionVector> {
+        self.shared.applied.subscribe()
+    }
+
+    /// Watches the log's next LSN (it grows with every logged batch).
+    pub fn watch_log(&self) -> watch::Receiver<u64> {
+        self.shared.appended.subscribe()
+    }
+
+    /// A reader of the log from `lsn` on.
+    pub fn log_reader(&self, lsn: u64) -> crate::log::LogReader {
+        crate::log::LogReader::open(&self.shared.log_dir, lsn)
+    }
+
+    /// Where a peer that has applied `peer` must start reading the log: no record
+    /// before it is missing from `peer`.
+    pub fn resume_lsn(&self, peer: &VersionVector) -> u64 {
+        let index = self.shared.index.lock().unwrap_or_else(|p| p.into_inner());
+        index
+            .iter()
+            .rev()
+            .find(|(_, vector)| peer.dominates(vector))
+            .map_or(0, |(lsn, _)| *lsn)
+    }
+
+    /// Timestamp of the newest change applied from each origin.
+    pub fn last_hlc(&self) -> std::collections::HashMap<String, u64> {
         self.shared
-            .applied
+            .last_hlc
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Applies changes of other datacenters, in order. A change already applied is
+    /// skipped; the changes returned could not be applied yet (a gap in their origin's
+    /// sequence or dependencies not applied) and should be offered again later.
+    pub async fn apply(
+        &self,
+        changes: Vec<crate::change::Change>,
+    ) -> Result<Vec<crate::change::Change>, String> {
+        let (done, rx) = oneshot::channel();
+        if self
+            .writes
+            .send(writer::Msg::Apply(changes, done))
+            .await
+            .is_err()
+        {
+            return Err("the proxy is shutting down".into());
+        }
+        rx.await
+            .map_err(|_| "the proxy is shutting down".to_owned())?
     }
 
     /// Backend commit latencies.
@@ -392,6 +467,43 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// A digest of the data (keys, values and expiry times, not versions) and the
+    /// number of keys: datacenters holding the same data have the same digest.
+    /// Embedded store only.
+    pub fn digest(&self) -> Result<(u64, u64), String> {
+        let Backend::Embedded(store) = &self.shared.backend else {
+            return Err("ERR MERIDIAN DIGEST needs the embedded store".into());
+        };
+        let mut data: std::collections::BTreeMap<Vec<u8>, Value> = {
+            let view = self.shared.memtable.view();
+            let snapshot = store.snapshot().map_err(|e| e.to_string())?;
+            let mut data: std::collections::BTreeMap<_, _> = snapshot
+                .scan()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|(k, s)| (k, s.value))
+                .collect();
+            for (key, entry) in view.iter() {
+                match &entry.value {
+                    Some(v) => drop(data.insert(key.clone(), v.clone())),
+                    None => drop(data.remove(key)),
+                }
+            }
+            data
+        };
+        let now = wall_ms();
+        data.retain(|_, v| !v.expired(now));
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for (key, value) in &data {
+            hasher.update(&(key.len() as u64).to_le_bytes());
+            hasher.update(key);
+            let bytes = postcard::to_stdvec(value).unwrap_or_default();
+            hasher.update(&(bytes.len() as u64).to_le_bytes());
+            hasher.update(&bytes);
+        }
+        Ok((data.len() as u64, hasher.digest()))
     }
 
     /// Queues a write command for `user`; the receiver yields its reply once the

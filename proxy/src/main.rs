@@ -43,6 +43,14 @@ enum Command {
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Human)]
         log_format: LogFormat,
+        /// Reach datacenter DC at ADDR instead of its topology `peer` address
+        /// (`DC=host:port`, repeatable; the testbed's WAN emulator sits there).
+        #[arg(long, value_name = "DC=ADDR")]
+        dial: Vec<String>,
+        /// Shift this proxy's clock for write timestamps by this many
+        /// milliseconds (the testbed skews datacenters' clocks).
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        clock_offset_ms: i64,
     },
     /// Create the cluster CA and every datacenter's certificate and key, at the
     /// paths the topology file's [tls] section names.
@@ -86,7 +94,17 @@ fn main() -> ExitCode {
             config,
             dc,
             log_format,
-        } => run::run(&config, &dc, log_format),
+            dial,
+            clock_offset_ms,
+        } => run::run(
+            &config,
+            &dc,
+            log_format,
+            &run::Extra {
+                dial,
+                clock_offset_ms,
+            },
+        ),
         Command::Bench(BenchCommand::Overhead(args)) => bench::overhead(&args),
         Command::Certs { config, force } => certs(&config, force),
         Command::Version => {

@@ -181,6 +181,32 @@ impl SyncConn {
             })
     }
 
+    /// The version `(hlc, origin)` of the change that last wrote each key, deletions
+    /// included; `None` for a key meridian never wrote.
+    pub fn versions(
+        &mut self,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<(u64, String)>>, RedisStoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(META_KEY);
+        for key in keys {
+            cmd.arg([b"v:".as_slice(), key].concat());
+        }
+        let found: Vec<Option<String>> = self.with(|c| cmd.query(c))?;
+        Ok(found
+            .into_iter()
+            .map(|v| {
+                v.and_then(|text| {
+                    let (hlc, origin) = text.split_once('/')?;
+                    Some((hlc.parse().ok()?, origin.to_owned()))
+                })
+            })
+            .collect())
+    }
+
     /// The current state of `keys`, with expiries turned into absolute times at `now_ms`.
     pub fn fetch(&mut self, keys: &[&[u8]], now_ms: u64) -> Result<Vec<Fetched>, RedisStoreError> {
         if keys.is_empty() {

@@ -1,7 +1,15 @@
 //! `meridian run --config FILE --dc ID`: serve one datacenter until told to stop.
 
+use std::collections::HashMap;
+use std::net::ToSocketAddrs as _;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_proxy::link::LinkTls;
+use meridian_proxy::replication::ReplicationConfig;
+use meridian_topology::{DcIdx, Topology};
 
 use meridian_proxy::server::{Proxy, ProxyConfig};
 use tracing_subscriber::EnvFilter;
@@ -9,7 +17,21 @@ use tracing_subscriber::EnvFilter;
 use crate::check::load_or_exit;
 use crate::{EX_SOFTWARE, EX_USAGE, LogFormat};
 
-pub(crate) fn run(file: &Path, dc: &str, format: LogFormat) -> ExitCode {
+/// Settings of `meridian run` beyond the topology file.
+#[derive(Debug)]
+pub(crate) struct Extra {
+    /// `DC=ADDR`: reach a peer somewhere else than its topology address.
+    pub(crate) dial: Vec<String>,
+    /// Clock shift for write timestamps, in milliseconds.
+    pub(crate) clock_offset_ms: i64,
+}
+
+/// Heartbeat (QUIC keep-alive) period on links.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+/// A peer silent this long is down.
+const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub(crate) fn run(file: &Path, dc: &str, format: LogFormat, extra: &Extra) -> ExitCode {
     init_logging(format);
     let topology = match load_or_exit(file) {
         Ok(t) => t,
@@ -24,7 +46,17 @@ pub(crate) fn run(file: &Path, dc: &str, format: LogFormat) -> ExitCode {
         );
         return ExitCode::from(EX_USAGE);
     };
-    let config = ProxyConfig::from_topology(&topology, idx);
+    let mut config = ProxyConfig::from_topology(&topology, idx);
+    config.clock_offset_ms = extra.clock_offset_ms;
+    if topology.datacenters.len() > 1 {
+        match replication_config(file, topology, idx, &extra.dial) {
+            Ok(rc) => config.replication = Some(rc),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(EX_USAGE);
+            }
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,6 +68,59 @@ pub(crate) fn run(file: &Path, dc: &str, format: LogFormat) -> ExitCode {
         }
     };
     runtime.block_on(serve(config))
+}
+
+fn replication_config(
+    file: &Path,
+    topology: Topology,
+    me: DcIdx,
+    dial: &[String],
+) -> Result<ReplicationConfig, String> {
+    let d = topology.dc(me);
+    let tls = LinkTls::load(&topology.tls.ca, &d.cert, &d.key)
+        .map_err(|e| {
+            format!(
+                "{}: {e} (create the certificates with `meridian certs --config {}`)",
+                file.display(),
+                file.display()
+            )
+        })?
+        .with_transport(HEARTBEAT, PEER_TIMEOUT);
+    let listen = (d.peer.host.as_str(), d.peer.port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| {
+            format!(
+                "{}: cannot resolve the peer address {}",
+                file.display(),
+                d.peer
+            )
+        })?;
+    let mut routes = HashMap::new();
+    for entry in dial {
+        let (dc, addr) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("--dial {entry:?}: expected DC=host:port"))?;
+        if topology.index_of(dc).is_none() {
+            return Err(format!(
+                "--dial {entry:?}: no datacenter {dc:?} in {}",
+                file.display()
+            ));
+        }
+        let addr = addr
+            .parse()
+            .map_err(|e| format!("--dial {entry:?}: {addr:?} is not host:port ({e})"))?;
+        routes.insert(dc.to_owned(), addr);
+    }
+    Ok(ReplicationConfig {
+        topology: Arc::new(topology),
+        me,
+        tls,
+        listen,
+        dial: routes,
+        heartbeat: HEARTBEAT,
+    })
 }
 
 async fn serve(config: ProxyConfig) -> ExitCode {

@@ -4,6 +4,7 @@
 mod admin;
 mod conn;
 mod info;
+mod replicate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +47,10 @@ pub struct ProxyConfig {
     pub max_clients: usize,
     /// How long shutdown waits for connections to finish (default 5 s).
     pub grace: Duration,
+    /// Replication with the other datacenters (`None`: this proxy stands alone).
+    pub replication: Option<crate::replication::ReplicationConfig>,
+    /// Added to the wall clock for write timestamps (the testbed skews datacenters).
+    pub clock_offset_ms: i64,
 }
 
 impl ProxyConfig {
@@ -74,6 +79,8 @@ impl ProxyConfig {
             limits: Limits::default(),
             max_clients: 10_000,
             grace: Duration::from_secs(5),
+            replication: None,
+            clock_offset_ms: 0,
         }
     }
 }
@@ -84,6 +91,9 @@ pub enum StartError {
     /// The data directory could not be opened.
     #[error(transparent)]
     Engine(#[from] OpenError),
+    /// Replication could not start.
+    #[error(transparent)]
+    Replication(#[from] crate::replication::ReplicationError),
     /// The client address could not be bound.
     #[error("cannot listen for clients on {addr}: {source}")]
     Bind {
@@ -107,6 +117,7 @@ pub(crate) struct Context {
     pub(crate) addr: SocketAddr,
     pub(crate) admin_addr: Option<SocketAddr>,
     pub(crate) commands: crate::metrics::CommandStats,
+    pub(crate) replication: Option<Arc<crate::replication::Replication>>,
 }
 
 /// A running proxy.
@@ -126,6 +137,7 @@ impl Proxy {
             fsync: config.fsync,
             max_drift: Duration::from_secs(5),
             backend: config.backend.clone(),
+            clock_offset_ms: config.clock_offset_ms,
         };
         let data_dir = config.data_dir.clone();
         let engine = tokio::task::spawn_blocking(move || Engine::open(&data_dir, engine_config))
@@ -154,7 +166,17 @@ impl Proxy {
             None => None,
         };
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+        let (stop, stopped) = watch::channel(false);
+        let replication = match &config.replication {
+            Some(rc) => Some(crate::replication::Replication::start(
+                engine.clone(),
+                rc.clone(),
+                stopped.clone(),
+            )?),
+            None => None,
+        };
         let ctx = Arc::new(Context {
+            replication,
             engine,
             started: Instant::now(),
             clients: AtomicUsize::new(0),
@@ -166,7 +188,6 @@ impl Proxy {
             commands: crate::metrics::CommandStats::default(),
             config,
         });
-        let (stop, stopped) = watch::channel(false);
         let span = tracing::info_span!("proxy", dc = %ctx.config.dc);
         if let Some(admin) = admin {
             let span = tracing::info_span!("admin", dc = %ctx.config.dc);
@@ -187,6 +208,11 @@ impl Proxy {
         self.ctx.admin_addr
     }
 
+    /// Replication, when the proxy has peers.
+    pub fn replication(&self) -> Option<&Arc<crate::replication::Replication>> {
+        self.ctx.replication.as_ref()
+    }
+
     /// The engine, for tools and tests.
     pub fn engine(&self) -> &Engine {
         &self.ctx.engine
@@ -197,6 +223,9 @@ impl Proxy {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.accept.await;
+        if let Some(repl) = &self.ctx.replication {
+            repl.close();
+        }
         self.ctx.engine.shutdown().await;
     }
 }

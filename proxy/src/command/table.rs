@@ -145,6 +145,8 @@ pub static COMMANDS: &[Spec] = &[
     server("QUIT", -1),
     server("INFO", -1),
     server("DBSIZE", 1),
+    server("WAIT", 3),
+    server("MERIDIAN", -2),
     read("GET", 2, strings::get, 1, 1, 1),
     write("SET", -3, strings::set, 1, 1, 1),
     write("SETNX", 3, strings::setnx, 1, 1, 1),

@@ -12,12 +12,18 @@ use std::sync::{RwLock, RwLockReadGuard};
 
 use crate::change::Value;
 
-/// A key's newest uncommitted state and the batch that wrote it.
+/// A key's newest uncommitted state, the batch that wrote it, and the version
+/// (timestamp, origin) of the change that wrote it.
 #[derive(Debug, Clone)]
 pub(super) struct Entry {
     pub(super) value: Option<Value>,
     pub(super) batch: u64,
+    pub(super) version: Version,
 }
+
+/// Which write a key's state comes from: `(hlc, origin)`. Last-writer-wins keeps the
+/// greater one; the origin breaks timestamp ties, so every datacenter picks the same.
+pub(crate) type Version = (u64, std::sync::Arc<str>);
 
 #[derive(Debug, Default)]
 pub(super) struct Memtable {
@@ -38,14 +44,21 @@ impl Memtable {
     pub(super) fn insert(
         &self,
         batch: u64,
-        ops: impl IntoIterator<Item = (Vec<u8>, Option<Value>)>,
+        ops: impl IntoIterator<Item = (Vec<u8>, Option<Value>, Version)>,
     ) {
         let mut map = self
             .map
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for (key, value) in ops {
-            map.insert(key, Entry { value, batch });
+        for (key, value, version) in ops {
+            map.insert(
+                key,
+                Entry {
+                    value,
+                    batch,
+                    version,
+                },
+            );
         }
     }
 

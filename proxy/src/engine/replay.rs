@@ -9,6 +9,8 @@ use crate::log::Log;
 
 /// Changes applied per store transaction while replaying.
 const REPLAY_CHUNK: usize = 1024;
+/// Records between two log index checkpoints (see `Engine::resume_lsn`).
+pub(super) const INDEX_EVERY: u64 = 4096;
 
 /// Where the writer resumes.
 #[derive(Debug)]
@@ -17,6 +19,10 @@ pub(super) struct Resume {
     pub(super) next_seq: u64,
     pub(super) last_hlc: Timestamp,
     pub(super) replayed: u64,
+    /// Log checkpoints: every record before the LSN is within the vector.
+    pub(super) index: Vec<(u64, VersionVector)>,
+    /// The newest timestamp logged from each origin.
+    pub(super) last_hlc_by_origin: std::collections::HashMap<String, u64>,
 }
 
 /// Applies every logged change the store has not applied (those above its applied
@@ -33,11 +39,19 @@ pub(super) fn replay(backend: &Backend, dc: &str, log: &Log) -> Result<Resume, O
     let mut pending = Vec::new();
     let mut replayed = 0;
     let mut reader = log.reader(0);
+    let mut seen = VersionVector::new();
+    let mut index = Vec::new();
+    let mut last_hlc_by_origin = std::collections::HashMap::new();
     while let Some((lsn, bytes)) = reader.next_record()? {
         let change = Change::decode(&bytes).map_err(|e| OpenError::BadRecord {
             lsn,
             message: e.to_string(),
         })?;
+        seen.advance(&change.origin, change.seq);
+        if (lsn + 1) % INDEX_EVERY == 0 {
+            index.push((lsn + 1, seen.clone()));
+        }
+        last_hlc_by_origin.insert(change.origin.clone(), change.hlc);
         last_hlc = last_hlc.max(Timestamp::from_u64(change.hlc));
         if change.seq > applied.get(&change.origin) {
             applied.advance(&change.origin, change.seq);
@@ -63,5 +77,7 @@ pub(super) fn replay(backend: &Backend, dc: &str, log: &Log) -> Result<Resume, O
         next_seq,
         last_hlc,
         replayed,
+        index,
+        last_hlc_by_origin,
     })
 }

@@ -10,6 +10,7 @@ fn config() -> EngineConfig {
         fsync: Fsync::Always,
         max_drift: Duration::from_secs(5),
         backend: BackendConfig::Embedded,
+        clock_offset_ms: 0,
     }
 }
 
@@ -75,6 +76,8 @@ async fn changes_the_store_missed_are_replayed_from_the_log() {
             key: b"{u}:a".to_vec(),
             value: Some(value),
         }],
+        deps: Vec::new(),
+        path: vec!["us-east".into()],
     };
     let mut bytes = Vec::new();
     change.encode(&mut bytes);

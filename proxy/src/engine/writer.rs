@@ -13,8 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::backend::Backend;
 use super::committer::{self, Logged};
+use super::memtable::Version;
 use super::memtable::View;
-use super::replay::Resume;
+use super::replay::{INDEX_EVERY, Resume};
 use super::{EngineConfig, OpenError, Shared, store_error, wall_ms};
 use crate::change::{Change, Op, Value};
 use crate::command::{DataFn, Keyspace};
@@ -23,6 +24,8 @@ use crate::log::Log;
 use crate::redis_store::{self, Fetched, RedisStore, SyncConn};
 use crate::resp::Reply;
 use crate::store::Snapshot;
+
+mod apply;
 
 /// Most writes taken into one batch.
 const MAX_BATCH: usize = 1024;
@@ -47,18 +50,25 @@ pub(super) struct Request {
     pub(super) reply: oneshot::Sender<Reply>,
 }
 
+/// Remote changes to apply, and where to say which could not be applied yet.
+pub(super) type ApplyDone = oneshot::Sender<Result<Vec<Change>, String>>;
+
 pub(super) enum Msg {
     Write(Request),
+    Apply(Vec<Change>, ApplyDone),
     Shutdown(oneshot::Sender<()>),
 }
 
 struct Writer {
     shared: Arc<Shared>,
+    /// This datacenter's id, shared by the versions of its writes.
+    dc: Arc<str>,
     log: Log,
     applied: VersionVector,
     next_seq: u64,
     batch_no: u64,
     clock: Hlc,
+    clock_offset_ms: i64,
     fsync: Fsync,
     last_sync: Instant,
     committer: Option<(SyncSender<Logged>, JoinHandle<()>)>,
@@ -105,6 +115,7 @@ pub(super) fn spawn(
         Backend::Embedded(_) => None,
     };
     let writer = Writer {
+        dc: Arc::from(shared.dc.as_str()),
         shared,
         log,
         applied: resume.applied,
@@ -112,6 +123,7 @@ pub(super) fn spawn(
         batch_no: 0,
         clock: Hlc::resume(resume.last_hlc, config.max_drift.as_millis() as u64),
         fsync: config.fsync,
+        clock_offset_ms: config.clock_offset_ms,
         last_sync: Instant::now(),
         redis: shared_backend_redis.as_ref().map(RedisStore::sync_conn),
         committer: Some(committer),
@@ -143,18 +155,23 @@ impl Writer {
             };
             let Some(first) = first else { break };
             let mut shutdown = None;
+            let mut applies = Vec::new();
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
                     Msg::Write(request) => batch.push(request),
+                    Msg::Apply(changes, done) => applies.push((changes, done)),
                     Msg::Shutdown(done) => shutdown = Some(done),
                 }
-                if batch.len() < MAX_BATCH && shutdown.is_none() {
+                if batch.len() < MAX_BATCH && applies.len() < MAX_BATCH && shutdown.is_none() {
                     next = rx.try_recv().ok();
                 }
             }
             if !batch.is_empty() {
                 self.commit_batch(std::mem::take(&mut batch));
+            }
+            for (changes, done) in applies {
+                let _ = done.send(self.apply_remote(changes));
             }
             if let Fsync::Every(period) = self.fsync {
                 if self.last_sync.elapsed() >= period {
@@ -228,7 +245,7 @@ impl Writer {
                 }
             }
         };
-        match self.publish(changes) {
+        match self.publish(changes, true) {
             Ok(()) => replies
                 .into_iter()
                 .for_each(|(tx, reply)| drop(tx.send(reply))),
@@ -265,7 +282,7 @@ impl Writer {
                 for op in &ops {
                     overlay.insert(op.key.clone(), op.value.clone());
                 }
-                let hlc = self.clock.now(now).as_u64();
+                let hlc = self.clock.now(self.clock_ms(now)).as_u64();
                 let user = request.user.to_vec();
                 changes.push(Change {
                     origin: self.shared.dc.clone(),
@@ -273,6 +290,13 @@ impl Writer {
                     hlc,
                     user,
                     ops,
+                    deps: self
+                        .applied
+                        .iter()
+                        .filter(|(origin, _)| *origin != &*self.dc)
+                        .map(|(origin, seq)| (origin.to_owned(), seq))
+                        .collect(),
+                    path: vec![self.shared.dc.clone()],
                 });
                 self.next_seq += 1;
             }
@@ -282,10 +306,12 @@ impl Writer {
     }
 
     /// Appends `changes` to the log, makes them visible, and queues them for the store.
-    fn publish(&mut self, changes: Vec<Change>) -> Result<(), Reply> {
-        let Some(last_seq) = changes.last().map(|c| c.seq) else {
+    /// `local`: they are this datacenter's own (a failure hands their sequence
+    /// numbers back).
+    fn publish(&mut self, changes: Vec<Change>, local: bool) -> Result<(), Reply> {
+        if changes.is_empty() {
             return Ok(());
-        };
+        }
         let encoded: Vec<Vec<u8>> = changes
             .iter()
             .map(|c| {
@@ -295,19 +321,24 @@ impl Writer {
             })
             .collect();
         let appended = self.log.append(encoded.iter().map(Vec::as_slice));
-        let synced = appended.and_then(|_| {
+        let synced = appended.and_then(|first| {
             if self.fsync == Fsync::Always {
-                self.log.sync()
+                self.log.sync().map(|()| first)
             } else {
-                Ok(())
+                Ok(first)
             }
         });
-        if let Err(e) = synced {
-            self.next_seq = changes[0].seq;
-            return Err(Reply::error(format!(
-                "ERR could not write the replication log; nothing was written: {e}"
-            )));
-        }
+        let first_lsn = match synced {
+            Ok(first) => first,
+            Err(e) => {
+                if local {
+                    self.next_seq = changes[0].seq;
+                }
+                return Err(Reply::error(format!(
+                    "ERR could not write the replication log; nothing was written: {e}"
+                )));
+            }
+        };
         if self.fsync == Fsync::Always {
             self.last_sync = Instant::now();
         }
@@ -316,21 +347,49 @@ impl Writer {
             encoded.iter().map(|e| e.len() as u64 + 8).sum(),
             Ordering::Relaxed,
         );
-        stats
-            .changes
-            .fetch_add(changes.len() as u64, Ordering::Relaxed);
+        let counter = if local {
+            &stats.changes
+        } else {
+            &stats.applied_remote
+        };
+        counter.fetch_add(changes.len() as u64, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.applied.advance(&self.shared.dc, last_seq);
-        *self
-            .shared
-            .applied
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = self.applied.clone();
+        {
+            let mut last_hlc = self
+                .shared
+                .last_hlc
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for change in &changes {
+                self.applied.advance(&change.origin, change.seq);
+                match last_hlc.get_mut(&change.origin) {
+                    Some(hlc) => *hlc = change.hlc,
+                    None => drop(last_hlc.insert(change.origin.clone(), change.hlc)),
+                }
+            }
+        }
+        let next_lsn = first_lsn + changes.len() as u64;
+        if next_lsn / INDEX_EVERY > first_lsn / INDEX_EVERY {
+            self.shared
+                .index
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((next_lsn, self.applied.clone()));
+        }
         self.batch_no += 1;
-        let ops = changes
-            .iter()
-            .flat_map(|c| c.ops.iter().map(|op| (op.key.clone(), op.value.clone())));
+        let ops = changes.iter().flat_map(|c| {
+            let origin: Arc<str> = if c.origin == *self.dc {
+                self.dc.clone()
+            } else {
+                Arc::from(c.origin.as_str())
+            };
+            c.ops
+                .iter()
+                .map(move |op| (op.key.clone(), op.value.clone(), (c.hlc, origin.clone())))
+        });
         self.shared.memtable.insert(self.batch_no, ops);
+        self.shared.applied.send_replace(self.applied.clone());
+        self.shared.appended.send_replace(next_lsn);
         let logged = Logged {
             batch: self.batch_no,
             changes,
@@ -345,6 +404,11 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// This datacenter's physical clock: the wall clock plus the configured offset.
+    pub(super) fn clock_ms(&self, wall: u64) -> u64 {
+        wall.saturating_add_signed(self.clock_offset_ms)
     }
 
     fn sync(&mut self) {

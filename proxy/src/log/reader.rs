@@ -31,6 +31,11 @@ pub struct LogReader {
 }
 
 impl LogReader {
+    /// A reader of the log in `dir` from `from_lsn` on.
+    pub fn open(dir: &Path, from_lsn: u64) -> LogReader {
+        Self::new(dir, from_lsn)
+    }
+
     pub(super) fn new(dir: &Path, from_lsn: u64) -> LogReader {
         LogReader {
             dir: dir.to_owned(),

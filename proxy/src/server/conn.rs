@@ -324,6 +324,8 @@ impl Conn {
                     format!("ERR backend: {e}")
                 }),
             },
+            "WAIT" => super::replicate::wait(&self.ctx, args).await,
+            "MERIDIAN" => super::replicate::meridian(&self.ctx, args).await,
             _ => command::unknown_command(args),
         };
         self.reply(reply);

@@ -59,13 +59,7 @@ pub(super) fn info(ctx: &Context, section: Option<&Bytes>, keys: Result<u64, Str
         );
     }
     if show("replication") {
-        let applied = ctx.engine.applied();
-        let _ = write!(
-            out,
-            "# Replication\r\nrole:master\r\ndatacenter:{}\r\napplied:{applied}\r\nuncommitted_keys:{}\r\nconnected_peers:0\r\n\r\n",
-            ctx.config.dc,
-            ctx.engine.uncommitted()
-        );
+        replication(&mut out, ctx);
     }
     if show("keyspace") {
         out.push_str("# Keyspace\r\n");
@@ -75,6 +69,59 @@ pub(super) fn info(ctx: &Context, section: Option<&Bytes>, keys: Result<u64, Str
         out.push_str("\r\n");
     }
     out
+}
+
+/// The replication section: this datacenter, each peer's link, each origin's lag.
+fn replication(out: &mut String, ctx: &Context) {
+    let applied = ctx.engine.applied();
+    let stats = ctx.engine.stats();
+    let peers = ctx
+        .replication
+        .as_ref()
+        .map(|r| r.peers())
+        .unwrap_or_default();
+    let _ = write!(
+        out,
+        "# Replication\r\nrole:master\r\ndatacenter:{}\r\napplied:{applied}\r\nuncommitted_keys:{}\r\n\
+         connected_peers:{}\r\nchanges_applied_remote:{}\r\nchanges_duplicate_skipped:{}\r\n\
+         conflicts_lww_lost:{}\r\nclock_drift_refusals:{}\r\n",
+        ctx.config.dc,
+        ctx.engine.uncommitted(),
+        peers.iter().filter(|p| p.connected()).count(),
+        stats.applied_remote.load(Ordering::Relaxed),
+        stats.duplicates.load(Ordering::Relaxed),
+        stats.conflicts.load(Ordering::Relaxed),
+        stats.clock_drift_refusals.load(Ordering::Relaxed),
+    );
+    for p in &peers {
+        let (rtt, lost) = p.path().unwrap_or_default();
+        let _ = write!(
+            out,
+            "peer_{}:state={},rtt_ms={:.1},lost_packets={lost},shipped={},shipped_bytes={},received={},buffered={},restarts={}\r\n",
+            p.dc,
+            if p.connected() { "up" } else { "down" },
+            rtt.as_secs_f64() * 1000.0,
+            p.shipped.load(Ordering::Relaxed),
+            p.shipped_bytes.load(Ordering::Relaxed),
+            p.received.load(Ordering::Relaxed),
+            p.buffered.load(Ordering::Relaxed),
+            p.restarts.load(Ordering::Relaxed),
+        );
+    }
+    if let Some(repl) = &ctx.replication {
+        for lag in repl.lag() {
+            let _ = write!(
+                out,
+                "origin_{}:applied={},known={},changes_behind={},seconds_behind={:.3}\r\n",
+                lag.origin,
+                lag.applied,
+                lag.known,
+                lag.known - lag.applied,
+                lag.seconds_behind
+            );
+        }
+    }
+    out.push_str("\r\n");
 }
 
 /// COMMAND, COMMAND COUNT, COMMAND INFO name..., COMMAND DOCS.

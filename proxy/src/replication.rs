@@ -1,0 +1,210 @@
+//! Replication between datacenters.
+//!
+//! Every pair of datacenters the topology may link holds one QUIC connection (the
+//! datacenter listed first dials; see [`crate::link`] for TLS and the handshake). On
+//! it each side opens one stream toward the other, on which it ships changes read
+//! from its own durable log, and applied vectors (acknowledgements).
+//!
+//! - The shipper ([`shipper`]) reads the log from where the peer stopped and sends
+//!   each change the topology routes to that peer from here
+//!   ([`Router::next_hops`](meridian_topology::Router::next_hops) over the change's
+//!   path and the datacenters that are live). Nothing is queued in memory for a peer:
+//!   a slow peer only falls behind in the log and catches up.
+//! - The receiver ([`receiver`]) skips changes already applied, holds a change until
+//!   its origin's earlier changes and its dependencies are applied (in a bounded
+//!   buffer; a full buffer stops reading, which stops the sender through QUIC flow
+//!   control), and applies ready changes in batches through the engine's writer,
+//!   which logs them (so they are relayed and survive a crash) and stores them with
+//!   the applied vector.
+//! - Applied vectors spread by gossip: each side sends what it knows of every
+//!   datacenter's applied vector. They drive WAIT, where a shipper resumes after a
+//!   reconnect, and the lag figures.
+//! - A peer is live while its connection is; a datacenter that loses a peer
+//!   recomputes its routes (ring and star route around it) and every shipper
+//!   restarts from what its peer has acknowledged, so nothing falls between routes.
+
+mod frame;
+mod links;
+mod receiver;
+mod shipper;
+mod status;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meridian_policies::VersionVector;
+use meridian_topology::{DcIdx, DcSet, Topology};
+use tokio::sync::watch;
+
+use crate::engine::Engine;
+use crate::link::LinkTls;
+
+pub use status::{OriginLag, PeerStatus};
+
+/// How a proxy replicates.
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    /// The cluster.
+    pub topology: Arc<Topology>,
+    /// This datacenter.
+    pub me: DcIdx,
+    /// Certificates and transport settings.
+    pub tls: LinkTls,
+    /// Where to listen for peers (the topology's `peer` address; port 0 picks one).
+    pub listen: SocketAddr,
+    /// Where to reach each peer, where it differs from its topology address (the
+    /// testbed puts its WAN emulator there).
+    pub dial: HashMap<String, SocketAddr>,
+    /// Heartbeat and keep-alive period (default 1 s).
+    pub heartbeat: Duration,
+}
+
+/// Why replication could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    /// The peer listener or TLS setup failed.
+    #[error(transparent)]
+    Link(#[from] crate::link::LinkError),
+}
+
+/// The replication state of one proxy; shared by its links and its clients.
+#[derive(Debug)]
+pub struct Replication {
+    engine: Engine,
+    config: ReplicationConfig,
+    endpoint: quinn::Endpoint,
+    /// The datacenters believed live (this one included).
+    live: watch::Sender<DcSet>,
+    /// What each datacenter is known to have applied (gossip).
+    known: watch::Sender<HashMap<String, VersionVector>>,
+    peers: Mutex<HashMap<String, Arc<PeerStatus>>>,
+    /// Connections made, to tell a replaced connection from the current one.
+    next_conn: AtomicU64,
+}
+
+impl Replication {
+    /// Binds the peer listener and starts linking with every peer the topology allows.
+    pub fn start(
+        engine: Engine,
+        config: ReplicationConfig,
+        stopped: watch::Receiver<bool>,
+    ) -> Result<Arc<Replication>, ReplicationError> {
+        let endpoint = config.tls.endpoint(config.listen)?;
+        let mut known = HashMap::new();
+        known.insert(engine.dc().to_owned(), engine.applied());
+        let repl = Arc::new(Replication {
+            live: watch::Sender::new(DcSet::one(config.me)),
+            known: watch::Sender::new(known),
+            peers: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            engine,
+            endpoint,
+            config,
+        });
+        links::spawn(repl.clone(), stopped);
+        Ok(repl)
+    }
+
+    /// The address peers reach this proxy at.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.endpoint.local_addr().ok()
+    }
+
+    /// This datacenter's id.
+    pub fn dc(&self) -> &str {
+        self.engine.dc()
+    }
+
+    fn topology(&self) -> &Topology {
+        &self.config.topology
+    }
+
+    fn id(&self, dc: DcIdx) -> &str {
+        &self.topology().dc(dc).id
+    }
+
+    /// The datacenters believed live, this one included.
+    pub fn live(&self) -> DcSet {
+        *self.live.borrow()
+    }
+
+    fn set_live(&self, dc: DcIdx, up: bool) {
+        self.live.send_if_modified(|live| {
+            let next = if up { live.with(dc) } else { live.without(dc) };
+            let changed = next != *live;
+            *live = next;
+            changed
+        });
+    }
+
+    /// Records what `dc` is known to have applied (a pointwise maximum).
+    fn learn(&self, dc: &str, applied: &VersionVector) {
+        self.known
+            .send_if_modified(|known| match known.get_mut(dc) {
+                Some(current) if current.dominates(applied) => false,
+                Some(current) => {
+                    current.merge(applied);
+                    true
+                }
+                None => {
+                    known.insert(dc.to_owned(), applied.clone());
+                    true
+                }
+            });
+    }
+
+    /// What every datacenter is known to have applied, this one's own vector fresh.
+    fn known_table(&self) -> Vec<(String, Vec<u8>)> {
+        self.learn(self.engine.dc(), &self.engine.applied());
+        self.known
+            .borrow()
+            .iter()
+            .map(|(dc, vv)| (dc.clone(), vv.to_bytes()))
+            .collect()
+    }
+
+    /// What `dc` is known to have applied.
+    pub fn known(&self, dc: &str) -> VersionVector {
+        self.known.borrow().get(dc).cloned().unwrap_or_default()
+    }
+
+    /// Waits until `n` other datacenters have applied this one's changes up to `seq`,
+    /// or `timeout` passes (`None`: no limit). Returns how many have.
+    pub async fn wait_for(&self, seq: u64, n: usize, timeout: Option<Duration>) -> usize {
+        let me = self.engine.dc().to_owned();
+        let count = |known: &HashMap<String, VersionVector>| {
+            known
+                .iter()
+                .filter(|(dc, vv)| **dc != me && vv.get(&me) >= seq)
+                .count()
+        };
+        let mut rx = self.known.subscribe();
+        let wait = rx.wait_for(|known| count(known) >= n);
+        match timeout {
+            Some(t) => {
+                let _ = tokio::time::timeout(t, wait).await;
+            }
+            None => {
+                let _ = wait.await;
+            }
+        }
+        count(&self.known.borrow())
+    }
+
+    fn peer_status(&self, dc: &str) -> Arc<PeerStatus> {
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(dc.to_owned())
+            .or_insert_with(|| Arc::new(PeerStatus::new(dc)))
+            .clone()
+    }
+
+    /// Closes every link.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutting down");
+    }
+}

@@ -1,0 +1,169 @@
+//! The receiver of one peer's stream: skips what is applied, buffers what must wait
+//! for its origin's earlier changes or its dependencies, and applies the rest in
+//! batches, in causal order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use meridian_policies::{VersionVector, is_valid_dc_id};
+use meridian_topology::DcIdx;
+
+use super::Replication;
+use super::frame::{self, Frame};
+use super::status::PeerStatus;
+use crate::change::Change;
+
+/// Changes held per stream before reading stops (the sender then waits on flow control).
+const MAX_BUFFERED: usize = 16_384;
+/// Most changes handed to the writer at once.
+const APPLY_BATCH: usize = 4096;
+
+/// Receives from `peer` until its stream ends or breaks.
+pub(super) async fn run(
+    repl: Arc<Replication>,
+    peer: DcIdx,
+    connection: quinn::Connection,
+) -> Result<(), String> {
+    let peer_id = repl.id(peer).to_owned();
+    let status = repl.peer_status(&peer_id);
+    let recv = connection
+        .accept_uni()
+        .await
+        .map_err(|e| format!("{peer_id} opened no stream: {e}"))?;
+    let mut recv = tokio::io::BufReader::with_capacity(256 << 10, recv);
+    let mut applied_rx = repl.engine.watch_applied();
+    let mut pending: BTreeMap<(String, u64), Change> = BTreeMap::new();
+    let result = loop {
+        let next = if pending.len() < MAX_BUFFERED {
+            tokio::select! {
+                f = frame::read(&mut recv, &peer_id) => Some(f),
+                _ = applied_rx.changed() => None,
+            }
+        } else {
+            // Full: wait for other streams to fill the gaps.
+            if applied_rx.changed().await.is_err() {
+                break Ok(());
+            }
+            None
+        };
+        match next {
+            Some(Ok(Some(Frame::Change(bytes)))) => {
+                if let Err(e) = accept_change(&repl, &peer_id, &bytes, &mut pending) {
+                    break Err(e);
+                }
+                // Take what else has arrived before applying, to apply in batches.
+                if !recv.buffer().is_empty() && pending.len() < APPLY_BATCH {
+                    continue;
+                }
+            }
+            Some(Ok(Some(Frame::Applied(table)))) => {
+                for (dc, bytes) in table {
+                    match VersionVector::decode(&bytes) {
+                        Ok(vv) if repl.topology().index_of(&dc).is_some() => repl.learn(&dc, &vv),
+                        _ => {
+                            tracing::warn!(peer = %peer_id, dc = %dc, "ignoring a malformed applied vector")
+                        }
+                    }
+                }
+            }
+            Some(Ok(Some(Frame::Heartbeat))) | None => {}
+            Some(Ok(None)) => break Ok(()),
+            Some(Err(e)) => break Err(e.to_string()),
+        }
+        if let Err(e) = drain(&repl, &status, &mut pending).await {
+            break Err(e);
+        }
+    };
+    status.buffered.store(0, Ordering::Relaxed);
+    result
+}
+
+/// Decodes and checks a change from the peer; keeps it unless already applied.
+fn accept_change(
+    repl: &Replication,
+    peer: &str,
+    bytes: &[u8],
+    pending: &mut BTreeMap<(String, u64), Change>,
+) -> Result<(), String> {
+    let change = Change::decode(bytes).map_err(|e| format!("{peer} sent a change that {e}"))?;
+    if !is_valid_dc_id(&change.origin) || repl.topology().index_of(&change.origin).is_none() {
+        return Err(format!(
+            "{peer} sent a change from {:?}, which is not a datacenter of this cluster",
+            change.origin
+        ));
+    }
+    if change.seq == 0 || change.deps.iter().any(|(dc, _)| !is_valid_dc_id(dc)) {
+        return Err(format!(
+            "{peer} sent a malformed change ({} #{})",
+            change.origin, change.seq
+        ));
+    }
+    if change.origin == repl.dc() || change.path.iter().any(|dc| dc == repl.dc()) {
+        // Loop prevention: it has been here.
+        repl.engine
+            .stats()
+            .duplicates
+            .fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    }
+    if change.seq <= repl.engine.applied().get(&change.origin) {
+        repl.engine
+            .stats()
+            .duplicates
+            .fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    }
+    pending.insert((change.origin.clone(), change.seq), change);
+    Ok(())
+}
+
+/// Applies every buffered change that is ready, in causal order.
+async fn drain(
+    repl: &Replication,
+    status: &PeerStatus,
+    pending: &mut BTreeMap<(String, u64), Change>,
+) -> Result<(), String> {
+    loop {
+        let mut reached = repl.engine.applied();
+        pending.retain(|(origin, seq), _| *seq > reached.get(origin));
+        let mut batch = Vec::new();
+        let mut progress = true;
+        while progress && batch.len() < APPLY_BATCH {
+            progress = false;
+            let mut origins: Vec<String> = pending.keys().map(|(o, _)| o.clone()).collect();
+            origins.dedup();
+            for origin in origins {
+                // Take this origin's changes in sequence while their dependencies hold.
+                while batch.len() < APPLY_BATCH {
+                    let key = (origin.clone(), reached.get(&origin) + 1);
+                    let ready = pending
+                        .get(&key)
+                        .is_some_and(|c| c.deps.iter().all(|(dc, s)| reached.get(dc) >= *s));
+                    let Some(change) = ready.then(|| pending.remove(&key)).flatten() else {
+                        break;
+                    };
+                    reached.advance(&change.origin, change.seq);
+                    batch.push(change);
+                    progress = true;
+                }
+            }
+        }
+        status
+            .buffered
+            .store(pending.len() as u64, Ordering::Relaxed);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let count = batch.len() as u64;
+        let waiting = repl.engine.apply(batch).await?;
+        PeerStatus::add(&status.received, count - waiting.len() as u64);
+        let stuck = !waiting.is_empty();
+        for change in waiting {
+            pending.insert((change.origin.clone(), change.seq), change);
+        }
+        if stuck {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! What replication shows: per peer (link state, RTT, bytes, losses, buffered
+//! changes) and per origin (changes and seconds behind).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use meridian_policies::Timestamp;
+
+use super::Replication;
+use crate::engine::wall_ms;
+
+/// One peer's link, as metrics and INFO show it.
+#[derive(Debug)]
+pub struct PeerStatus {
+    /// The peer's datacenter id.
+    pub dc: String,
+    conn: Mutex<Option<(u64, quinn::Connection)>>,
+    last_error: Mutex<Option<String>>,
+    /// Changes shipped to the peer.
+    pub shipped: AtomicU64,
+    /// Bytes of frames shipped to the peer.
+    pub shipped_bytes: AtomicU64,
+    /// Changes received from the peer and applied here.
+    pub received: AtomicU64,
+    /// Changes from the peer waiting for their dependencies or predecessors.
+    pub buffered: AtomicU64,
+    /// Times the shipper restarted from the peer's acknowledged position.
+    pub restarts: AtomicU64,
+}
+
+impl PeerStatus {
+    pub(super) fn new(dc: &str) -> PeerStatus {
+        PeerStatus {
+            dc: dc.to_owned(),
+            conn: Mutex::new(None),
+            last_error: Mutex::new(None),
+            shipped: AtomicU64::new(0),
+            shipped_bytes: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            buffered: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+        }
+    }
+
+    /// Makes `conn` the current connection; returns the one it replaces.
+    pub(super) fn replace_connection(
+        &self,
+        id: u64,
+        conn: quinn::Connection,
+    ) -> Option<quinn::Connection> {
+        let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        slot.replace((id, conn)).map(|(_, c)| c)
+    }
+
+    /// Forgets connection `id` if it is still the current one (true if it was).
+    pub(super) fn clear_connection(&self, id: u64) -> bool {
+        let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|(current, _)| *current == id) {
+            *slot = None;
+            true
+        } else {
+            false
+        }
+    }
+
+    pub(super) fn set_error(&self, why: &str) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.to_owned());
+    }
+
+    /// Whether the link is up.
+    pub fn connected(&self) -> bool {
+        self.conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Why the link last failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The link's round-trip time and lost packets, while it is up.
+    pub fn path(&self) -> Option<(std::time::Duration, u64)> {
+        let slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref().map(|(_, c)| {
+            let stats = c.stats();
+            (stats.path.rtt, stats.path.lost_packets)
+        })
+    }
+
+    pub(super) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// How far this datacenter is behind one origin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OriginLag {
+    /// The origin datacenter.
+    pub origin: String,
+    /// Its newest change applied here.
+    pub applied: u64,
+    /// Its newest change known anywhere (from gossip).
+    pub known: u64,
+    /// Seconds since the newest change applied here was made, while behind; else 0.
+    pub seconds_behind: f64,
+}
+
+impl Replication {
+    /// Every peer's link status, in topology order.
+    pub fn peers(&self) -> Vec<std::sync::Arc<PeerStatus>> {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = peers.values().cloned().collect();
+        out.sort_by_key(|p| self.topology().index_of(&p.dc));
+        out
+    }
+
+    /// How far behind each other origin this datacenter is.
+    pub fn lag(&self) -> Vec<OriginLag> {
+        let applied = self.engine.applied();
+        let last = self.engine.last_hlc();
+        let known = self.known.borrow();
+        let now = wall_ms();
+        self.topology()
+            .datacenters
+            .iter()
+            .filter(|d| d.id != self.dc())
+            .map(|d| {
+                let newest = known.values().map(|vv| vv.get(&d.id)).max().unwrap_or(0);
+                let have = applied.get(&d.id);
+                let seconds_behind = match last.get(&d.id) {
+                    Some(hlc) if newest > have => {
+                        now.saturating_sub(Timestamp::from_u64(*hlc).physical_ms()) as f64 / 1000.0
+                    }
+                    _ => 0.0,
+                };
+                OriginLag {
+                    origin: d.id.clone(),
+                    applied: have,
+                    known: newest.max(have),
+                    seconds_behind,
+                }
+            })
+            .collect()
+    }
+}

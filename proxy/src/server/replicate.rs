@@ -1,0 +1,63 @@
+//! Commands about replication: `WAIT` and the `MERIDIAN` family.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::Context;
+use crate::command;
+use crate::resp::Reply;
+
+/// `WAIT numreplicas timeout`: waits until `numreplicas` other datacenters have
+/// applied this datacenter's writes up to now (so the client's last write too), or
+/// `timeout` milliseconds pass (0: no limit). Replies with how many have.
+pub(super) async fn wait(ctx: &Context, args: &[Bytes]) -> Reply {
+    let (Some(n), Some(timeout)) = (command::parse_i64(&args[1]), command::parse_i64(&args[2]))
+    else {
+        return command::not_an_integer();
+    };
+    if timeout < 0 {
+        return Reply::error("ERR timeout is negative");
+    }
+    let Some(repl) = &ctx.replication else {
+        return Reply::Integer(0);
+    };
+    let seq = ctx.engine.applied().get(ctx.engine.dc());
+    let timeout = (timeout > 0).then(|| Duration::from_millis(timeout as u64));
+    let n = n.max(0) as usize;
+    Reply::Integer(repl.wait_for(seq, n, timeout).await as i64)
+}
+
+/// `MERIDIAN DIGEST | APPLIED | LAG`.
+pub(super) async fn meridian(ctx: &Context, args: &[Bytes]) -> Reply {
+    let sub = args[1].to_ascii_uppercase();
+    match (sub.as_slice(), args.len()) {
+        (b"DIGEST", 2) => match ctx.engine.digest() {
+            Ok((keys, digest)) => Reply::bulk(format!("{keys}:{digest:016x}")),
+            Err(e) => Reply::error(e),
+        },
+        (b"APPLIED", 2) => Reply::bulk(ctx.engine.applied().to_string()),
+        (b"LAG", 2) => {
+            let mut out = String::new();
+            if let Some(repl) = &ctx.replication {
+                for lag in repl.lag() {
+                    let _ = writeln!(
+                        out,
+                        "{} applied={} known={} seconds_behind={:.3}",
+                        lag.origin, lag.applied, lag.known, lag.seconds_behind
+                    );
+                }
+            }
+            Reply::bulk(out)
+        }
+        (b"DIGEST" | b"APPLIED" | b"LAG", _) => Reply::error(format!(
+            "ERR wrong number of arguments for 'meridian|{}' command",
+            String::from_utf8_lossy(&sub).to_lowercase()
+        )),
+        _ => Reply::error(format!(
+            "ERR unknown subcommand '{}'. Try MERIDIAN DIGEST, MERIDIAN APPLIED or MERIDIAN LAG.",
+            String::from_utf8_lossy(&args[1])
+        )),
+    }
+}
