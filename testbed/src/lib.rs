@@ -6,10 +6,13 @@
 //! link's one-way delay plus random jitter (so datagrams reorder, as on a real path),
 //! drops datagrams at the link's loss rate, optionally caps bandwidth, and can be cut
 //! and healed while running. [`presets`] holds measured inter-region delays.
+//! [`Cluster`] starts N proxies, each its own process, wired through relays.
 
+mod cluster;
 mod presets;
 mod relay;
 mod rng;
 
+pub use cluster::{Cluster, ClusterSpec, HarnessError, Shape};
 pub use presets::{Preset, Region, one_way_ms};
 pub use relay::{Direction, LinkShape, Relay, RelayError, RelayStats};

@@ -9,6 +9,8 @@ use std::sync::atomic::Ordering;
 use meridian_policies::{VersionVector, is_valid_dc_id};
 use meridian_topology::DcIdx;
 
+use tokio::sync::mpsc;
+
 use super::Replication;
 use super::frame::{self, Frame};
 use super::status::PeerStatus;
@@ -32,12 +34,29 @@ pub(super) async fn run(
         .await
         .map_err(|e| format!("{peer_id} opened no stream: {e}"))?;
     let mut recv = tokio::io::BufReader::with_capacity(256 << 10, recv);
+    // Frames are read by a task of their own: a frame read is not cancel-safe, and
+    // the loop below also waits for the applied vector to move. When the loop stops
+    // taking frames, the task stops reading and QUIC flow control holds the peer.
+    let (frames_tx, mut frames) = mpsc::channel(FRAME_QUEUE);
+    let reader = {
+        let peer_id = peer_id.clone();
+        tokio::spawn(async move {
+            loop {
+                let frame = frame::read(&mut recv, &peer_id).await;
+                let last = !matches!(frame, Ok(Some(_)));
+                if frames_tx.send(frame).await.is_err() || last {
+                    return;
+                }
+            }
+        })
+    };
+    let _reader = AbortOnDrop(reader);
     let mut applied_rx = repl.engine.watch_applied();
     let mut pending: BTreeMap<(String, u64), Change> = BTreeMap::new();
     let result = loop {
         let next = if pending.len() < MAX_BUFFERED {
             tokio::select! {
-                f = frame::read(&mut recv, &peer_id) => Some(f),
+                f = frames.recv() => Some(f.unwrap_or(Ok(None))),
                 _ = applied_rx.changed() => None,
             }
         } else {
@@ -49,11 +68,11 @@ pub(super) async fn run(
         };
         match next {
             Some(Ok(Some(Frame::Change(bytes)))) => {
-                if let Err(e) = accept_change(&repl, &peer_id, &bytes, &mut pending) {
+                if let Err(e) = accept_change(&repl, &status, &peer_id, &bytes, &mut pending) {
                     break Err(e);
                 }
                 // Take what else has arrived before applying, to apply in batches.
-                if !recv.buffer().is_empty() && pending.len() < APPLY_BATCH {
+                if !frames.is_empty() && pending.len() < APPLY_BATCH {
                     continue;
                 }
             }
@@ -82,6 +101,7 @@ pub(super) async fn run(
 /// Decodes and checks a change from the peer; keeps it unless already applied.
 fn accept_change(
     repl: &Replication,
+    status: &PeerStatus,
     peer: &str,
     bytes: &[u8],
     pending: &mut BTreeMap<(String, u64), Change>,
@@ -114,8 +134,24 @@ fn accept_change(
             .fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }
+    let applied = repl.engine.applied();
+    if change.deps.iter().any(|(dc, s)| applied.get(dc) < *s) {
+        PeerStatus::add(&status.held_for_deps, 1);
+    }
     pending.insert((change.origin.clone(), change.seq), change);
     Ok(())
+}
+
+/// Frames read ahead of the apply loop.
+const FRAME_QUEUE: usize = 1024;
+
+/// Stops the frame reader when the link's receiver ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Applies every buffered change that is ready, in causal order.

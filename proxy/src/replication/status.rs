@@ -24,6 +24,8 @@ pub struct PeerStatus {
     pub received: AtomicU64,
     /// Changes from the peer waiting for their dependencies or predecessors.
     pub buffered: AtomicU64,
+    /// Changes from the peer that arrived before their dependencies and were held.
+    pub held_for_deps: AtomicU64,
     /// Times the shipper restarted from the peer's acknowledged position.
     pub restarts: AtomicU64,
 }
@@ -38,6 +40,7 @@ impl PeerStatus {
             shipped_bytes: AtomicU64::new(0),
             received: AtomicU64::new(0),
             buffered: AtomicU64::new(0),
+            held_for_deps: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
         }
     }

@@ -84,7 +84,7 @@ fn replication(out: &mut String, ctx: &Context) {
         out,
         "# Replication\r\nrole:master\r\ndatacenter:{}\r\napplied:{applied}\r\nuncommitted_keys:{}\r\n\
          connected_peers:{}\r\nchanges_applied_remote:{}\r\nchanges_duplicate_skipped:{}\r\n\
-         conflicts_lww_lost:{}\r\nclock_drift_refusals:{}\r\n",
+         conflicts_lww_lost:{}\r\nclock_drift_refusals:{}\r\nchanges_held_for_deps:{}\r\n",
         ctx.config.dc,
         ctx.engine.uncommitted(),
         peers.iter().filter(|p| p.connected()).count(),
@@ -92,6 +92,10 @@ fn replication(out: &mut String, ctx: &Context) {
         stats.duplicates.load(Ordering::Relaxed),
         stats.conflicts.load(Ordering::Relaxed),
         stats.clock_drift_refusals.load(Ordering::Relaxed),
+        peers
+            .iter()
+            .map(|p| p.held_for_deps.load(Ordering::Relaxed))
+            .sum::<u64>(),
     );
     for p in &peers {
         let (rtt, lost) = p.path().unwrap_or_default();

@@ -1,0 +1,441 @@
+//! Replication between datacenters, each proxy its own process, every link through
+//! the testbed's WAN emulator with delay, jitter and loss.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use meridian_testbed::{Cluster, ClusterSpec, LinkShape, Shape};
+use redis::aio::MultiplexedConnection;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meridian");
+/// Generous: a 2-core machine running five proxies and their relays.
+const CONVERGE: Duration = Duration::from_secs(90);
+
+/// 4 to 12 ms one way, 3 ms of jitter (datagrams reorder), 1% loss.
+fn lossy(i: usize, j: usize) -> LinkShape {
+    LinkShape {
+        delay: Duration::from_millis(4 + ((i * 7 + j * 3) % 9) as u64),
+        jitter: Duration::from_millis(3),
+        loss: 0.01,
+        bandwidth: None,
+        cut: false,
+    }
+}
+
+fn spec(n: usize, shape: Shape, seed: u64) -> ClusterSpec {
+    let mut spec = ClusterSpec::new(BIN, n, shape);
+    spec.link = lossy;
+    spec.seed = seed;
+    // Skewed clocks exercise the hybrid logical clock.
+    spec.clock_offsets_ms = (0..n as i64).map(|i| (i - 1) * 40).collect();
+    spec
+}
+
+async fn start(spec: ClusterSpec) -> Cluster {
+    match Cluster::start(spec).await {
+        Ok(c) => c,
+        Err(e) => panic!("cluster did not start: {e}"),
+    }
+}
+
+async fn converged(cluster: &Cluster) -> BTreeMap<String, u64> {
+    match cluster.wait_converged(CONVERGE).await {
+        Ok(v) => v,
+        Err(e) => {
+            let logs: Vec<String> = (0..cluster.len())
+                .map(|i| format!("--- {} ---\n{}", cluster.id(i), cluster.log_tail(i, 15)))
+                .collect();
+            panic!("{e}\n{}", logs.join("\n"));
+        }
+    }
+}
+
+/// A small deterministic generator.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// `writes` random writes at datacenter `id` over `c`: strings, counters, hashes
+/// and deletes on users homed there, and plain SETs on keys every datacenter
+/// writes (concurrent writes there are settled by last-writer-wins). Returns the
+/// final value of this datacenter's counter.
+async fn workload(mut c: MultiplexedConnection, id: String, writes: usize, seed: u64) -> i64 {
+    let mut rng = Rng(seed);
+    let mut counter = 0;
+    for n in 0..writes {
+        let user = format!("{{{id}-u{}}}", rng.below(8));
+        let mut cmd;
+        match rng.below(6) {
+            0 => {
+                cmd = redis::cmd("INCR");
+                cmd.arg(format!("{{{id}-count}}"));
+                counter += 1;
+            }
+            1 => {
+                cmd = redis::cmd("HSET");
+                cmd.arg(format!("{user}:h"))
+                    .arg(format!("f{}", rng.below(4)))
+                    .arg(n);
+            }
+            2 => {
+                cmd = redis::cmd("DEL");
+                cmd.arg(format!("{user}:s"));
+            }
+            3 => {
+                cmd = redis::cmd("SET");
+                cmd.arg(format!("shared{}", rng.below(5)))
+                    .arg(format!("{id}-{n}"));
+            }
+            _ => {
+                cmd = redis::cmd("SET");
+                cmd.arg(format!("{user}:s")).arg(format!("v{n}"));
+            }
+        }
+        let reply: redis::RedisResult<redis::Value> = cmd.query_async(&mut c).await;
+        if let Err(e) = reply {
+            panic!("write {n} at {id} failed: {e}");
+        }
+    }
+    counter
+}
+
+/// Runs the workload at every datacenter at once; returns each one's counter.
+async fn write_everywhere(cluster: &Cluster, writes: usize, seed: u64) -> Vec<i64> {
+    let mut tasks = JoinSet::new();
+    for dc in 0..cluster.len() {
+        let c = cluster.connect(dc).await.expect("connect");
+        let id = cluster.id(dc).to_owned();
+        tasks.spawn(async move { (dc, workload(c, id, writes, seed + dc as u64).await) });
+    }
+    let mut counters = vec![0; cluster.len()];
+    while let Some(done) = tasks.join_next().await {
+        let (dc, counter) = done.expect("workload task");
+        counters[dc] = counter;
+    }
+    counters
+}
+
+async fn info_u64(cluster: &Cluster, dc: usize, field: &str) -> u64 {
+    let info = cluster.replication_info(dc).await.expect("INFO");
+    info.get(field)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("INFO replication of {} has no {field}", cluster.id(dc)))
+}
+
+/// Every change applied exactly once: a datacenter that ran throughout applied,
+/// from others, exactly the changes the others logged.
+async fn assert_exactly_once(cluster: &Cluster, applied: &BTreeMap<String, u64>, dcs: &[usize]) {
+    for &dc in dcs {
+        let from_others: u64 = applied
+            .iter()
+            .filter(|(origin, _)| *origin != cluster.id(dc))
+            .map(|(_, seq)| seq)
+            .sum();
+        let remote = info_u64(cluster, dc, "changes_applied_remote").await;
+        assert_eq!(
+            remote,
+            from_others,
+            "{} applied {remote} changes from others, who logged {from_others}",
+            cluster.id(dc)
+        );
+    }
+}
+
+async fn converges(n: usize, shape: Shape, seed: u64) {
+    let cluster = start(spec(n, shape, seed)).await;
+    let counters = write_everywhere(&cluster, 120, seed).await;
+    let applied = converged(&cluster).await;
+    for dc in 0..n {
+        assert!(
+            applied.get(cluster.id(dc)).copied().unwrap_or(0) > 0,
+            "{} logged nothing: {applied:?}",
+            cluster.id(dc)
+        );
+        for (origin, &count) in counters.iter().enumerate() {
+            let key = format!("{{{}-count}}", cluster.id(origin));
+            let got: Option<i64> = cluster.cmd(dc, &["GET", &key]).await.expect("GET");
+            assert_eq!(got.unwrap_or(0), count, "{key} at {}", cluster.id(dc));
+        }
+    }
+    let all: Vec<usize> = (0..n).collect();
+    assert_exactly_once(&cluster, &applied, &all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_datacenters_all_to_all_converge() {
+    converges(3, Shape::AllToAll, 11).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_datacenters_ring_converge() {
+    converges(3, Shape::Ring, 12).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_datacenters_star_converge() {
+    let shape = Shape::Star {
+        hub: 1,
+        direct: true,
+    };
+    converges(3, shape, 13).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_datacenters_all_to_all_converge() {
+    converges(5, Shape::AllToAll, 21).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_datacenters_ring_converge() {
+    converges(5, Shape::Ring, 22).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_datacenters_star_converge() {
+    let shape = Shape::Star {
+        hub: 0,
+        direct: false,
+    };
+    converges(5, shape, 23).await;
+}
+
+/// Writes `{user}:k<n>` for n in `range` at `dc`, one at a time; returns the keys
+/// whose write was acknowledged (a write cut off by a kill is not).
+async fn numbered_writes(
+    mut c: MultiplexedConnection,
+    user: String,
+    range: std::ops::Range<usize>,
+) -> Vec<String> {
+    let mut acked = Vec::new();
+    for n in range {
+        let key = format!("{{{user}}}:k{n}");
+        let r: redis::RedisResult<String> =
+            redis::cmd("SET").arg(&key).arg(n).query_async(&mut c).await;
+        match r {
+            Ok(_) => acked.push(key),
+            Err(_) => break,
+        }
+    }
+    acked
+}
+
+async fn assert_all_present(cluster: &Cluster, dcs: &[usize], keys: &[String]) {
+    for &dc in dcs {
+        let mut c = cluster.connect(dc).await.expect("connect");
+        for key in keys {
+            let got: Option<String> = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut c)
+                .await
+                .expect("GET");
+            assert!(
+                got.is_some(),
+                "acknowledged write {key} is missing at {}",
+                cluster.id(dc)
+            );
+        }
+    }
+}
+
+/// Polls `what` until it holds, for at most `CONVERGE`.
+async fn until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + CONVERGE;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn applied_from(cluster: &Cluster, dc: usize, origin: usize) -> u64 {
+    let applied = cluster.applied(dc).await.expect("MERIDIAN APPLIED");
+    applied.get(cluster.id(origin)).copied().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_loses_no_acknowledged_write_and_applies_nothing_twice() {
+    let mut cluster = start(spec(3, Shape::AllToAll, 31)).await;
+    // A stream of writes at dc0; dc1, a receiver, is killed in the middle of it.
+    let c = cluster.connect(0).await.expect("connect");
+    let stream = tokio::spawn(numbered_writes(c, "w0".into(), 0..400));
+    until("dc1 to apply part of the stream", || async {
+        applied_from(&cluster, 1, 0).await >= 50
+    })
+    .await;
+    cluster.kill(1).expect("kill dc1");
+    let mut acked = stream.await.expect("writer");
+    assert_eq!(
+        acked.len(),
+        400,
+        "dc0 kept acknowledging while dc1 was down"
+    );
+    cluster.restart(1).await.expect("restart dc1");
+
+    // Then the origin itself is killed in the middle of a stream of its own writes.
+    let c = cluster.connect(0).await.expect("connect");
+    let stream = tokio::spawn(numbered_writes(c, "w0".into(), 400..100_000));
+    until("dc2 to apply part of the second stream", || async {
+        applied_from(&cluster, 2, 0).await >= 500
+    })
+    .await;
+    cluster.kill(0).expect("kill dc0");
+    acked.extend(stream.await.expect("writer"));
+    cluster.restart(0).await.expect("restart dc0");
+
+    let applied = converged(&cluster).await;
+    assert!(applied["dc0"] >= acked.len() as u64, "{applied:?}");
+    assert_all_present(&cluster, &[0, 1, 2], &acked).await;
+    // dc2 ran throughout: it applied each of dc0's changes once.
+    assert_exactly_once(&cluster, &applied, &[2]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_heals_and_catches_up() {
+    let cluster = start(spec(3, Shape::AllToAll, 41)).await;
+    cluster.cut(0, 1);
+    let c = cluster.connect(0).await.expect("connect");
+    let acked = numbered_writes(c, "cut".into(), 0..300).await;
+    // All-to-all sends only directly: dc2 has everything, dc1 nothing, while cut.
+    until("dc2 to apply dc0's writes", || async {
+        applied_from(&cluster, 2, 0).await >= 300
+    })
+    .await;
+    assert_eq!(
+        applied_from(&cluster, 1, 0).await,
+        0,
+        "dc1 behind a cut link"
+    );
+    cluster.heal(0, 1);
+    let applied = converged(&cluster).await;
+    assert_all_present(&cluster, &[0, 1, 2], &acked).await;
+    assert_exactly_once(&cluster, &applied, &[0, 1, 2]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_with_a_datacenter_down_delivers_to_the_others() {
+    let mut cluster = start(spec(5, Shape::Ring, 51)).await;
+    cluster.kill(2).expect("kill dc2");
+    let counters = write_everywhere_but(&cluster, 2, 60, 51).await;
+    let applied = converged(&cluster).await;
+    assert!(!applied.contains_key("dc2"), "{applied:?}");
+    assert!(counters.iter().sum::<i64>() > 0);
+    // Back on the configured route once dc2 returns.
+    cluster.restart(2).await.expect("restart dc2");
+    write_everywhere(&cluster, 30, 52).await;
+    converged(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_star_whose_hub_is_down_delivers_directly() {
+    let shape = Shape::Star {
+        hub: 0,
+        direct: true,
+    };
+    let mut cluster = start(spec(4, shape, 61)).await;
+    cluster.kill(0).expect("kill the hub");
+    write_everywhere_but(&cluster, 0, 60, 61).await;
+    converged(&cluster).await;
+    cluster.restart(0).await.expect("restart the hub");
+    write_everywhere(&cluster, 30, 62).await;
+    converged(&cluster).await;
+}
+
+/// The workload at every running datacenter but `down`.
+async fn write_everywhere_but(
+    cluster: &Cluster,
+    down: usize,
+    writes: usize,
+    seed: u64,
+) -> Vec<i64> {
+    let mut tasks = JoinSet::new();
+    for dc in (0..cluster.len()).filter(|&dc| dc != down) {
+        let c = cluster.connect(dc).await.expect("connect");
+        let id = cluster.id(dc).to_owned();
+        tasks.spawn(workload(c, id, writes, seed + dc as u64));
+    }
+    tasks.join_all().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependent_write_is_never_visible_before_its_cause() {
+    // A = dc0, B = dc1, C = dc2; A to C is far slower than A to B to C.
+    let mut spec = spec(3, Shape::AllToAll, 71);
+    spec.link = |i, j| {
+        let slow = (i.min(j), i.max(j)) == (0, 2);
+        LinkShape {
+            delay: Duration::from_millis(if slow { 400 } else { 5 }),
+            jitter: Duration::from_millis(2),
+            loss: 0.01,
+            bandwidth: None,
+            cut: false,
+        }
+    };
+    let cluster = start(spec).await;
+    for round in 0..3 {
+        let cause = format!("{{alice}}:post{round}");
+        let effect = format!("{{bob}}:reply{round}");
+        let _: () = cluster
+            .cmd(0, &["SET", &cause, "hello"])
+            .await
+            .expect("SET at A");
+        until("B to see A's write", || async {
+            let got: Option<String> = cluster.cmd(1, &["GET", &cause]).await.expect("GET at B");
+            got.is_some()
+        })
+        .await;
+        let _: () = cluster
+            .cmd(1, &["SET", &effect, "hi"])
+            .await
+            .expect("SET at B");
+        let mut c = cluster.connect(2).await.expect("connect C");
+        until("C to see B's reply", || {
+            let mut c = c.clone();
+            let (cause, effect) = (cause.clone(), effect.clone());
+            async move {
+                let reply: Option<String> = redis::cmd("GET")
+                    .arg(&effect)
+                    .query_async(&mut c)
+                    .await
+                    .expect("GET");
+                if reply.is_none() {
+                    return false;
+                }
+                let post: Option<String> = redis::cmd("GET")
+                    .arg(&cause)
+                    .query_async(&mut c)
+                    .await
+                    .expect("GET");
+                assert!(
+                    post.is_some(),
+                    "C shows {effect} before {cause}, which it depends on"
+                );
+                true
+            }
+        })
+        .await;
+        let _: Option<String> = redis::cmd("GET")
+            .arg(&cause)
+            .query_async(&mut c)
+            .await
+            .expect("GET");
+    }
+    let held = info_u64(&cluster, 2, "changes_held_for_deps").await;
+    assert!(
+        held > 0,
+        "C never had to hold a change for its dependencies"
+    );
+    converged(&cluster).await;
+}

@@ -1,0 +1,534 @@
+//! The cluster harness: N meridian proxies, each its own process, from a generated
+//! topology (a temporary directory, free loopback ports, fresh certificates), with
+//! every pair of datacenters wired through a [`Relay`].
+//!
+//! The datacenter listed first of a pair dials the other; it is told to dial the
+//! relay instead of the peer (`meridian run --dial`), so the relay's near end is the
+//! first datacenter and its far end the second. Tests and tools write and read
+//! through ordinary Redis connections, cut and heal links, kill a proxy with SIGKILL
+//! and start it again on the same data, and compare what every datacenter holds
+//! (`MERIDIAN DIGEST`) once all have applied the same changes (`MERIDIAN APPLIED`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use tokio::time::{Instant, sleep};
+
+use crate::relay::{Direction, LinkShape, Relay, RelayError};
+
+/// How changes flow between the datacenters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shape {
+    /// Every datacenter sends its own changes to every other.
+    AllToAll,
+    /// Around the ring, in the order of the datacenters.
+    Ring,
+    /// Through the hub (a datacenter's index); `direct`: leaves send to each other
+    /// while the hub is down.
+    Star {
+        /// The hub's index.
+        hub: usize,
+        /// `star_fallback = "direct"` rather than `"none"`.
+        direct: bool,
+    },
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// The `meridian` binary.
+    pub binary: PathBuf,
+    /// Cluster name.
+    pub name: String,
+    /// Datacenter ids, in topology order.
+    pub dcs: Vec<String>,
+    /// How changes flow.
+    pub shape: Shape,
+    /// The emulated link from datacenter `i` to datacenter `j` (one direction).
+    pub link: fn(usize, usize) -> LinkShape,
+    /// Clock offset of each datacenter in milliseconds (empty: none).
+    pub clock_offsets_ms: Vec<i64>,
+    /// The topology's `fsync` policy.
+    pub fsync: String,
+    /// Seed for the relays' loss and jitter.
+    pub seed: u64,
+}
+
+impl ClusterSpec {
+    /// `n` datacenters named `dc0`, `dc1`, ... with the given shape and links.
+    pub fn new(binary: impl Into<PathBuf>, n: usize, shape: Shape) -> ClusterSpec {
+        ClusterSpec {
+            binary: binary.into(),
+            name: "testbed".into(),
+            dcs: (0..n).map(|i| format!("dc{i}")).collect(),
+            shape,
+            link: |_, _| LinkShape::delay(Duration::from_millis(5)),
+            clock_offsets_ms: Vec::new(),
+            fsync: "every-10ms".into(),
+            seed: 1,
+        }
+    }
+}
+
+/// What went wrong in the harness.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// A file or process operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A relay could not start.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+    /// A proxy did not start or answer.
+    #[error("datacenter {dc}: {message}\n--- last lines of its log ---\n{log}")]
+    Proxy {
+        /// The datacenter.
+        dc: String,
+        /// What happened.
+        message: String,
+        /// The tail of its log.
+        log: String,
+    },
+    /// A condition was not reached in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// A Redis command failed.
+    #[error("datacenter {dc}: {source}")]
+    Redis {
+        /// The datacenter.
+        dc: String,
+        /// The error.
+        source: redis::RedisError,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
+    let what = what.into();
+    move |source| HarnessError::Io { what, source }
+}
+
+/// One datacenter of the cluster.
+#[derive(Debug)]
+struct Dc {
+    id: String,
+    client: SocketAddr,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A running cluster; every proxy is killed when it is dropped.
+#[derive(Debug)]
+pub struct Cluster {
+    spec: ClusterSpec,
+    dir: tempfile::TempDir,
+    topology: PathBuf,
+    dcs: Vec<Dc>,
+    /// Relay of each pair (i, j), i < j; its near end is i.
+    relays: BTreeMap<(usize, usize), Relay>,
+}
+
+/// Free loopback ports: all sockets are held until every port is picked, so no
+/// port is handed out twice.
+fn free_ports(tcp: usize, udp: usize) -> Result<(Vec<u16>, Vec<u16>), HarnessError> {
+    let t: Vec<TcpListener> = (0..tcp)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .map_err(io("binding a free TCP port"))?;
+    let u: Vec<UdpSocket> = (0..udp)
+        .map(|_| UdpSocket::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .map_err(io("binding a free UDP port"))?;
+    let port = |a: std::io::Result<SocketAddr>| a.map(|a| a.port()).map_err(io("local address"));
+    Ok((
+        t.iter()
+            .map(|s| port(s.local_addr()))
+            .collect::<Result<_, _>>()?,
+        u.iter()
+            .map(|s| port(s.local_addr()))
+            .collect::<Result<_, _>>()?,
+    ))
+}
+
+fn topology_text(spec: &ClusterSpec, tcp: &[u16], udp: &[u16]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "[cluster]\nname = {:?}", spec.name);
+    match &spec.shape {
+        Shape::AllToAll => t.push_str("topology = \"all-to-all\"\n"),
+        Shape::Ring => t.push_str("topology = \"ring\"\n"),
+        Shape::Star { hub, direct } => {
+            let _ = writeln!(
+                t,
+                "topology = \"star\"\nhub = {:?}\nstar_fallback = {:?}",
+                spec.dcs[*hub],
+                if *direct { "direct" } else { "none" }
+            );
+        }
+    }
+    for (i, id) in spec.dcs.iter().enumerate() {
+        let _ = writeln!(
+            t,
+            "\n[[datacenter]]\nid = {id:?}\nclient = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\n\
+             admin = \"127.0.0.1:{}\"\ndata_dir = \"data/{id}\"",
+            tcp[2 * i],
+            udp[i],
+            tcp[2 * i + 1]
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\n[replication]\nfsync = {:?}\n\n[tls]\nca = \"certs/ca.pem\"",
+        spec.fsync
+    );
+    t
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Cluster {
+    /// Generates the topology and certificates, starts the relays and every proxy,
+    /// and waits until each answers PING.
+    pub async fn start(spec: ClusterSpec) -> Result<Cluster, HarnessError> {
+        let n = spec.dcs.len();
+        let dir = tempfile::Builder::new()
+            .prefix("meridian-testbed-")
+            .tempdir()
+            .map_err(io("creating a temporary directory"))?;
+        let (tcp, udp) = free_ports(2 * n, n)?;
+        let topology = dir.path().join("topology.toml");
+        std::fs::write(&topology, topology_text(&spec, &tcp, &udp))
+            .map_err(io(format!("writing {}", topology.display())))?;
+        let certs = Command::new(&spec.binary)
+            .args(["certs", "--config"])
+            .arg(&topology)
+            .output()
+            .map_err(io(format!("running {} certs", spec.binary.display())))?;
+        if !certs.status.success() {
+            return Err(HarnessError::Io {
+                what: "meridian certs".into(),
+                source: std::io::Error::other(String::from_utf8_lossy(&certs.stderr).into_owned()),
+            });
+        }
+        let mut relays = BTreeMap::new();
+        for i in 0..n {
+            for (j, &port) in udp.iter().enumerate().skip(i + 1) {
+                let far = SocketAddr::from(([127, 0, 0, 1], port));
+                let seed = spec.seed ^ ((i as u64) << 32 | j as u64);
+                let relay = Relay::start(far, (spec.link)(i, j), (spec.link)(j, i), seed).await?;
+                relays.insert((i, j), relay);
+            }
+        }
+        let mut dcs = Vec::with_capacity(n);
+        for (i, id) in spec.dcs.iter().enumerate() {
+            let mut args = vec![
+                "run".to_owned(),
+                "--config".to_owned(),
+                topology.display().to_string(),
+                "--dc".to_owned(),
+                id.clone(),
+            ];
+            for j in i + 1..n {
+                args.push("--dial".into());
+                args.push(format!("{}={}", spec.dcs[j], relays[&(i, j)].addr()));
+            }
+            if let Some(offset) = spec.clock_offsets_ms.get(i) {
+                args.push(format!("--clock-offset-ms={offset}"));
+            }
+            dcs.push(Dc {
+                id: id.clone(),
+                client: SocketAddr::from(([127, 0, 0, 1], tcp[2 * i])),
+                args,
+                log: dir.path().join(format!("{id}.log")),
+                child: None,
+            });
+        }
+        let mut cluster = Cluster {
+            spec,
+            dir,
+            topology,
+            dcs,
+            relays,
+        };
+        for i in 0..n {
+            cluster.spawn(i)?;
+        }
+        for i in 0..n {
+            cluster.wait_ready(i).await?;
+        }
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), HarnessError> {
+        let dc = &mut self.dcs[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&dc.log)
+            .map_err(io(format!("opening {}", dc.log.display())))?;
+        let child = Command::new(&self.spec.binary)
+            .args(&dc.args)
+            .current_dir(self.dir.path())
+            .env(
+                "MERIDIAN_LOG",
+                std::env::var("MERIDIAN_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(io(format!("starting {}", self.spec.binary.display())))?;
+        dc.child = Some(child);
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self, i: usize) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let dc = &mut self.dcs[i];
+            if let Some(child) = dc.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                dc.child = None;
+                return Err(self.proxy_error(i, format!("exited at start-up ({status})")));
+            }
+            if let Ok(mut c) = self.connect(i).await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(self.proxy_error(i, "did not answer PING within 30 s".into()));
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn proxy_error(&self, i: usize, message: String) -> HarnessError {
+        HarnessError::Proxy {
+            dc: self.dcs[i].id.clone(),
+            message,
+            log: tail(&self.dcs[i].log, 30),
+        }
+    }
+
+    /// The number of datacenters.
+    pub fn len(&self) -> usize {
+        self.dcs.len()
+    }
+
+    /// Whether the cluster has no datacenter (never, once started).
+    pub fn is_empty(&self) -> bool {
+        self.dcs.is_empty()
+    }
+
+    /// A datacenter's id.
+    pub fn id(&self, i: usize) -> &str {
+        &self.dcs[i].id
+    }
+
+    /// Where applications reach datacenter `i`.
+    pub fn client_addr(&self, i: usize) -> SocketAddr {
+        self.dcs[i].client
+    }
+
+    /// The generated topology file.
+    pub fn topology(&self) -> &Path {
+        &self.topology
+    }
+
+    /// The cluster's directory (topology, certificates, data, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The last lines of datacenter `i`'s log.
+    pub fn log_tail(&self, i: usize, lines: usize) -> String {
+        tail(&self.dcs[i].log, lines)
+    }
+
+    /// Whether datacenter `i`'s proxy is running.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.dcs[i].child.is_some()
+    }
+
+    /// A new Redis connection to datacenter `i`.
+    pub async fn connect(&self, i: usize) -> Result<MultiplexedConnection, HarnessError> {
+        let dc = &self.dcs[i];
+        let redis_err = |source| HarnessError::Redis {
+            dc: dc.id.clone(),
+            source,
+        };
+        let client = redis::Client::open(format!("redis://{}/", dc.client)).map_err(redis_err)?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(30)));
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(redis_err)
+    }
+
+    /// Runs one command at datacenter `i` on a new connection.
+    pub async fn cmd<T: redis::FromRedisValue>(
+        &self,
+        i: usize,
+        args: &[&str],
+    ) -> Result<T, HarnessError> {
+        let mut c = self.connect(i).await?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut c)
+            .await
+            .map_err(|source| HarnessError::Redis {
+                dc: self.dcs[i].id.clone(),
+                source,
+            })
+    }
+
+    /// Datacenter `i`'s applied version vector: origin id to sequence number.
+    pub async fn applied(&self, i: usize) -> Result<BTreeMap<String, u64>, HarnessError> {
+        let text: String = self.cmd(i, &["MERIDIAN", "APPLIED"]).await?;
+        Ok(text
+            .split(',')
+            .filter_map(|e| e.split_once(':'))
+            .filter_map(|(dc, seq)| Some((dc.to_owned(), seq.parse().ok()?)))
+            .collect())
+    }
+
+    /// A digest of datacenter `i`'s data (`keys:hash`).
+    pub async fn digest(&self, i: usize) -> Result<String, HarnessError> {
+        self.cmd(i, &["MERIDIAN", "DIGEST"]).await
+    }
+
+    /// `INFO replication` of datacenter `i`, as `field -> value`.
+    pub async fn replication_info(
+        &self,
+        i: usize,
+    ) -> Result<BTreeMap<String, String>, HarnessError> {
+        let text: String = self.cmd(i, &["INFO", "replication"]).await?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+            .collect())
+    }
+
+    /// Waits until every running datacenter has applied every change any running
+    /// datacenter has applied, then checks that their digests agree. Returns the
+    /// common applied vector.
+    pub async fn wait_converged(
+        &self,
+        timeout: Duration,
+    ) -> Result<BTreeMap<String, u64>, HarnessError> {
+        let deadline = Instant::now() + timeout;
+        let running: Vec<usize> = (0..self.len()).filter(|&i| self.is_running(i)).collect();
+        loop {
+            let mut vectors = Vec::new();
+            for &i in &running {
+                vectors.push(self.applied(i).await?);
+            }
+            let mut max: BTreeMap<String, u64> = BTreeMap::new();
+            for v in &vectors {
+                for (dc, &seq) in v {
+                    let e = max.entry(dc.clone()).or_default();
+                    *e = (*e).max(seq);
+                }
+            }
+            if vectors.iter().all(|v| *v == max) {
+                let mut digests = Vec::new();
+                for &i in &running {
+                    digests.push((self.id(i).to_owned(), self.digest(i).await?));
+                }
+                if digests.windows(2).all(|w| w[0].1 == w[1].1) {
+                    return Ok(max);
+                }
+                return Err(HarnessError::Timeout(format!(
+                    "every datacenter applied {max:?} but their data differ: {digests:?}"
+                )));
+            }
+            if Instant::now() > deadline {
+                let table: Vec<String> = running
+                    .iter()
+                    .zip(&vectors)
+                    .map(|(&i, v)| format!("{}: {v:?}", self.id(i)))
+                    .collect();
+                return Err(HarnessError::Timeout(format!(
+                    "not converged after {timeout:?}; applied vectors: {}",
+                    table.join("; ")
+                )));
+            }
+            sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The relay between datacenters `a` and `b` (either order).
+    pub fn relay(&self, a: usize, b: usize) -> &Relay {
+        &self.relays[&(a.min(b), a.max(b))]
+    }
+
+    /// Sets the shape of the link from `a` to `b` (one direction).
+    pub fn set_link(&self, a: usize, b: usize, shape: LinkShape) {
+        let direction = if a < b {
+            Direction::Forward
+        } else {
+            Direction::Backward
+        };
+        self.relay(a, b).set(direction, shape);
+    }
+
+    /// Cuts the link between `a` and `b`, both directions.
+    pub fn cut(&self, a: usize, b: usize) {
+        self.relay(a, b).cut();
+    }
+
+    /// Heals the link between `a` and `b`.
+    pub fn heal(&self, a: usize, b: usize) {
+        self.relay(a, b).heal();
+    }
+
+    /// Kills datacenter `i`'s proxy with SIGKILL and reaps it.
+    pub fn kill(&mut self, i: usize) -> Result<(), HarnessError> {
+        if let Some(mut child) = self.dcs[i].child.take() {
+            child.kill().map_err(io("killing a proxy"))?;
+            child.wait().map_err(io("reaping a proxy"))?;
+        }
+        Ok(())
+    }
+
+    /// Starts datacenter `i`'s proxy again on its data and waits until it answers.
+    pub async fn restart(&mut self, i: usize) -> Result<(), HarnessError> {
+        self.kill(i)?;
+        self.spawn(i)?;
+        self.wait_ready(i).await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for dc in &mut self.dcs {
+            if let Some(mut child) = dc.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
