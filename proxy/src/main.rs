@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
 mod check;
+mod demo;
 mod run;
+mod visibility;
 
 /// Exit code for a configuration that is wrong (BSD sysexits EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -27,6 +29,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start several regions on this machine with measured WAN delays between them,
+    /// run a mixed workload, and print replication lag per link and convergence.
+    Demo(demo::DemoArgs),
     /// Validate a topology file and print its replication plan.
     Check {
         /// The topology file (TOML).
@@ -89,6 +94,7 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo(args) => demo::demo(&args),
         Command::Check { file } => check::run(&file),
         Command::Run {
             config,

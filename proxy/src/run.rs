@@ -5,7 +5,6 @@ use std::net::ToSocketAddrs as _;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use meridian_proxy::link::LinkTls;
 use meridian_proxy::replication::ReplicationConfig;
@@ -25,11 +24,6 @@ pub(crate) struct Extra {
     /// Clock shift for write timestamps, in milliseconds.
     pub(crate) clock_offset_ms: i64,
 }
-
-/// Heartbeat (QUIC keep-alive) period on links.
-const HEARTBEAT: Duration = Duration::from_millis(500);
-/// A peer silent this long is down.
-const PEER_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub(crate) fn run(file: &Path, dc: &str, format: LogFormat, extra: &Extra) -> ExitCode {
     init_logging(format);
@@ -77,6 +71,7 @@ fn replication_config(
     dial: &[String],
 ) -> Result<ReplicationConfig, String> {
     let d = topology.dc(me);
+    let heartbeat = topology.replication.heartbeat;
     let tls = LinkTls::load(&topology.tls.ca, &d.cert, &d.key)
         .map_err(|e| {
             format!(
@@ -85,7 +80,10 @@ fn replication_config(
                 file.display()
             )
         })?
-        .with_transport(HEARTBEAT, PEER_TIMEOUT);
+        .with_transport(
+            topology.replication.heartbeat,
+            topology.replication.peer_timeout,
+        );
     let listen = (d.peer.host.as_str(), d.peer.port)
         .to_socket_addrs()
         .ok()
@@ -119,7 +117,7 @@ fn replication_config(
         tls,
         listen,
         dial: routes,
-        heartbeat: HEARTBEAT,
+        heartbeat,
     })
 }
 

@@ -26,7 +26,7 @@ fn lossy(i: usize, j: usize) -> LinkShape {
 
 fn spec(n: usize, shape: Shape, seed: u64) -> ClusterSpec {
     let mut spec = ClusterSpec::new(BIN, n, shape);
-    spec.link = lossy;
+    spec.set_links(lossy);
     spec.seed = seed;
     // Skewed clocks exercise the hybrid logical clock.
     spec.clock_offsets_ms = (0..n as i64).map(|i| (i - 1) * 40).collect();
@@ -373,7 +373,7 @@ async fn write_everywhere_but(
 async fn a_dependent_write_is_never_visible_before_its_cause() {
     // A = dc0, B = dc1, C = dc2; A to C is far slower than A to B to C.
     let mut spec = spec(3, Shape::AllToAll, 71);
-    spec.link = |i, j| {
+    spec.set_links(|i, j| {
         let slow = (i.min(j), i.max(j)) == (0, 2);
         LinkShape {
             delay: Duration::from_millis(if slow { 400 } else { 5 }),
@@ -382,7 +382,7 @@ async fn a_dependent_write_is_never_visible_before_its_cause() {
             bandwidth: None,
             cut: false,
         }
-    };
+    });
     let cluster = start(spec).await;
     for round in 0..3 {
         let cause = format!("{{alice}}:post{round}");

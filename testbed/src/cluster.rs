@@ -19,6 +19,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use tokio::time::{Instant, sleep};
 
+use crate::presets::{Preset, one_way_ms};
 use crate::relay::{Direction, LinkShape, Relay, RelayError};
 
 /// How changes flow between the datacenters.
@@ -49,8 +50,9 @@ pub struct ClusterSpec {
     pub dcs: Vec<String>,
     /// How changes flow.
     pub shape: Shape,
-    /// The emulated link from datacenter `i` to datacenter `j` (one direction).
-    pub link: fn(usize, usize) -> LinkShape,
+    /// The emulated link from datacenter `i` to datacenter `j` (one direction) is
+    /// `links[i][j]`.
+    pub links: Vec<Vec<LinkShape>>,
     /// Clock offset of each datacenter in milliseconds (empty: none).
     pub clock_offsets_ms: Vec<i64>,
     /// The topology's `fsync` policy.
@@ -67,11 +69,43 @@ impl ClusterSpec {
             name: "testbed".into(),
             dcs: (0..n).map(|i| format!("dc{i}")).collect(),
             shape,
-            link: |_, _| LinkShape::delay(Duration::from_millis(5)),
+            links: vec![vec![LinkShape::delay(Duration::from_millis(5)); n]; n],
             clock_offsets_ms: Vec::new(),
             fsync: "every-10ms".into(),
             seed: 1,
         }
+    }
+
+    /// The regions of `preset`, each link delayed by the measured one-way delay with
+    /// 2% of it as jitter (see shared/wan-presets.md), losing `loss` of datagrams.
+    pub fn preset(
+        binary: impl Into<PathBuf>,
+        preset: Preset,
+        shape: Shape,
+        loss: f64,
+    ) -> ClusterSpec {
+        let regions = preset.regions();
+        let mut spec = ClusterSpec::new(binary, regions.len(), shape);
+        spec.dcs = regions.iter().map(|r| r.id().to_owned()).collect();
+        spec.set_links(|i, j| {
+            let one_way = Duration::from_secs_f64(one_way_ms(regions[i], regions[j]) / 1000.0);
+            LinkShape {
+                delay: one_way,
+                jitter: one_way / 50,
+                loss,
+                bandwidth: None,
+                cut: false,
+            }
+        });
+        spec
+    }
+
+    /// Sets every link: `link(i, j)` shapes the direction from `i` to `j`.
+    pub fn set_links(&mut self, link: impl Fn(usize, usize) -> LinkShape) {
+        let n = self.dcs.len();
+        self.links = (0..n)
+            .map(|i| (0..n).map(|j| link(i, j)).collect())
+            .collect();
     }
 }
 
@@ -228,7 +262,7 @@ impl Cluster {
             for (j, &port) in udp.iter().enumerate().skip(i + 1) {
                 let far = SocketAddr::from(([127, 0, 0, 1], port));
                 let seed = spec.seed ^ ((i as u64) << 32 | j as u64);
-                let relay = Relay::start(far, (spec.link)(i, j), (spec.link)(j, i), seed).await?;
+                let relay = Relay::start(far, spec.links[i][j], spec.links[j][i], seed).await?;
                 relays.insert((i, j), relay);
             }
         }

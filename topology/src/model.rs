@@ -171,6 +171,10 @@ pub struct ReplicationSettings {
     pub fsync: FsyncPolicy,
     /// The most log kept for peers that have not acknowledged it, in bytes (default 1 GiB).
     pub log_retention_bytes: u64,
+    /// How often an idle link sends a heartbeat (and QUIC a keep-alive) (default 500 ms).
+    pub heartbeat: Duration,
+    /// How long a link may stay silent before the peer is taken as down (default 3 s).
+    pub peer_timeout: Duration,
 }
 
 /// When log appends are made durable.

@@ -14,7 +14,7 @@ use crate::route::DcIdx;
 
 const HOMES_KEYS: &[&str] = &["user", "default", "pins", "on_home_down"];
 const SESSION_KEYS: &[&str] = &["read_wait_ms", "on_stale"];
-const REPLICATION_KEYS: &[&str] = &["fsync", "log_retention"];
+const REPLICATION_KEYS: &[&str] = &["fsync", "log_retention", "heartbeat_ms", "peer_timeout_ms"];
 const TLS_KEYS: &[&str] = &["ca"];
 const LINK_KEYS: &[&str] = &["delay_ms", "jitter_ms", "loss"];
 const AUTH_KEYS: &[&str] = &["users"];
@@ -156,6 +156,8 @@ pub(super) fn replication(
     let mut settings = ReplicationSettings {
         fsync: FsyncPolicy::Every(Duration::from_millis(10)),
         log_retention_bytes: 1 << 30,
+        heartbeat: Duration::from_millis(500),
+        peer_timeout: Duration::from_secs(3),
     };
     if root.get("replication").is_none() {
         return Some(settings);
@@ -183,6 +185,22 @@ pub(super) fn replication(
                     "{text:?} is not a size: write a number and a unit, e.g. \"512MiB\" or \"1GiB\""
                 ),
             ),
+        }
+    }
+    if let Some((ms, _)) = t.integer(report, "heartbeat_ms", 10..=60_000, " ms") {
+        settings.heartbeat = Duration::from_millis(ms as u64);
+    }
+    if let Some((ms, span)) = t.integer(report, "peer_timeout_ms", 100..=600_000, " ms") {
+        settings.peer_timeout = Duration::from_millis(ms as u64);
+        if settings.peer_timeout < 2 * settings.heartbeat {
+            report.at(
+                &span,
+                "replication.peer_timeout_ms",
+                format!(
+                    "{ms} ms is less than two heartbeats ({} ms each): a live peer would be declared down",
+                    settings.heartbeat.as_millis()
+                ),
+            );
         }
     }
     (report.problems.len() == before).then_some(settings)

@@ -82,6 +82,8 @@ fn the_reference_file_parses_with_every_setting() {
         FsyncPolicy::Every(Duration::from_millis(10))
     );
     assert_eq!(t.replication.log_retention_bytes, 1 << 30);
+    assert_eq!(t.replication.heartbeat, Duration::from_millis(500));
+    assert_eq!(t.replication.peer_timeout, Duration::from_secs(3));
     assert_eq!(t.tls.ca, Path::new("/etc/meridian/certs/ca.pem"));
     let link = t.link(DcIdx(2), DcIdx(1)).unwrap();
     assert_eq!(
@@ -210,6 +212,20 @@ fn numbers_out_of_range_are_refused() {
     assert_eq!(found.len(), 2, "{found:?}");
     assert!(found[0].contains("\"every-0ms\" is not \"always\", \"never\" or \"every-<N>ms\""));
     assert!(found[1].contains("\"12 parsecs\" is not a size"));
+    let text = format!(
+        "{}[replication]\nheartbeat_ms = 1000\npeer_timeout_ms = 1500\n",
+        cluster("")
+    );
+    let found = problems(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains(
+            "replication.peer_timeout_ms: 1500 ms is less than two heartbeats (1000 ms each)"
+        ),
+        "{found:?}"
+    );
+    let text = format!("{}[replication]\nheartbeat_ms = 5\n", cluster(""));
+    assert!(problems(&text)[0].contains("5 ms is out of range: must be from 10 ms to 60000 ms"));
 }
 
 #[test]

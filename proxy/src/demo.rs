@@ -1,0 +1,293 @@
+//! `meridian demo`: several regions on this machine, each a meridian proxy on the
+//! embedded store, linked through the testbed's WAN emulator with measured
+//! inter-region delays; a mixed workload from clients in every region; a table of
+//! replication visibility lag per link and whether every region converged.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use meridian_testbed::{Cluster, ClusterSpec, Preset, Shape};
+use redis::aio::MultiplexedConnection;
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior, interval};
+
+use crate::visibility::{self, ms};
+
+/// Options of `meridian demo`.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Which regions to emulate.
+    #[arg(long, value_enum, default_value_t = PresetArg::Three)]
+    preset: PresetArg,
+    /// How changes flow between the regions (a star's hub is the first region).
+    #[arg(long, value_enum, default_value_t = TopologyArg::AllToAll)]
+    topology: TopologyArg,
+    /// How long the workload runs, in seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Operations per second from the client of each region (one third writes).
+    #[arg(long, default_value_t = 400)]
+    rate: u32,
+    /// Fraction of datagrams every link loses (0.001 is a normal day).
+    #[arg(long, default_value_t = 0.001)]
+    loss: f64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PresetArg {
+    /// us-east, eu-west, ap-northeast.
+    #[value(name = "three-regions")]
+    Three,
+    /// us-east, us-west, eu-west, ap-northeast, sa-east.
+    #[value(name = "five-regions")]
+    Five,
+    /// The five and ap-southeast.
+    #[value(name = "six-regions")]
+    Six,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TopologyArg {
+    AllToAll,
+    Ring,
+    Star,
+}
+
+pub(crate) fn demo(args: &DemoArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("meridian demo: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("meridian demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts the regions of `preset` as processes of this binary.
+pub(crate) async fn start_regions(
+    preset: Preset,
+    shape: Shape,
+    loss: f64,
+    tweak: impl FnOnce(&mut ClusterSpec),
+) -> Result<Cluster, String> {
+    let binary = std::env::current_exe()
+        .map_err(|e| format!("cannot find this program's path to start the proxies: {e}"))?;
+    let mut spec = ClusterSpec::preset(binary, preset, shape, loss);
+    spec.name = "demo".into();
+    tweak(&mut spec);
+    Cluster::start(spec).await.map_err(|e| e.to_string())
+}
+
+async fn run(args: &DemoArgs) -> Result<bool, String> {
+    let preset = match args.preset {
+        PresetArg::Three => Preset::ThreeRegions,
+        PresetArg::Five => Preset::FiveRegions,
+        PresetArg::Six => Preset::SixRegions,
+    };
+    let (shape, shape_name) = match args.topology {
+        TopologyArg::AllToAll => (Shape::AllToAll, "all-to-all".to_owned()),
+        TopologyArg::Ring => (Shape::Ring, "a ring".to_owned()),
+        TopologyArg::Star => (
+            Shape::Star {
+                hub: 0,
+                direct: true,
+            },
+            format!("a star through {}", preset.regions()[0].id()),
+        ),
+    };
+    if !(0.0..1.0).contains(&args.loss) {
+        return Err(format!("--loss {} is not a fraction below 1", args.loss));
+    }
+    let regions = preset.regions();
+    let ids: Vec<&str> = regions.iter().map(|r| r.id()).collect();
+    println!(
+        "meridian demo: {} regions ({}) over {shape_name}, each a proxy on the embedded store",
+        ids.len(),
+        ids.join(", ")
+    );
+    // Skewed clocks, as real datacenters have: the hybrid logical clock orders
+    // writes regardless.
+    let offsets: Vec<i64> = (0..ids.len() as i64).map(|i| (i % 3 - 1) * 20).collect();
+    let started = Instant::now();
+    let cluster = start_regions(preset, shape, args.loss, |spec| {
+        spec.clock_offsets_ms = offsets.clone();
+    })
+    .await?;
+    println!(
+        "started in {:.2} s: links delayed by measured one-way delays, 2% jitter, {}% loss; clocks skewed by {:?} ms",
+        started.elapsed().as_secs_f64(),
+        args.loss * 100.0,
+        offsets
+    );
+    println!(
+        "running a mixed workload for {} s: {} operations per second from a client in each region…",
+        args.seconds, args.rate
+    );
+
+    let (stop_tx, stop) = watch::channel(false);
+    let all: Vec<usize> = (0..cluster.len()).collect();
+    let mut clients = tokio::task::JoinSet::new();
+    for dc in 0..cluster.len() {
+        let conn = cluster.connect(dc).await.map_err(|e| e.to_string())?;
+        clients.spawn(client(conn, dc as u64, args.rate, stop.clone()));
+    }
+    let probes = visibility::measure(&cluster, &all, Duration::from_millis(20), stop.clone());
+    let timer = async {
+        tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+        stop_tx.send_replace(true);
+    };
+    let (lags, ()) = tokio::join!(probes, timer);
+    let lags = lags?;
+    let mut totals = Tally::default();
+    while let Some(done) = clients.join_next().await {
+        totals.add(&done.map_err(|e| e.to_string())??);
+    }
+    println!(
+        "workload: {} writes and {} reads, {} errors",
+        totals.writes, totals.reads, totals.errors
+    );
+
+    println!("\nreplication visibility lag (written at the origin → readable in the region):");
+    println!(
+        "{:<14} {:<14} {:>9} {:>8} {:>9} {:>9} {:>9}",
+        "from", "to", "one-way", "probes", "p50", "p99", "max"
+    );
+    for from in 0..cluster.len() {
+        for to in (0..cluster.len()).filter(|&to| to != from) {
+            let Some(h) = &lags[from][to] else { continue };
+            let one_way = meridian_testbed::one_way_ms(regions[from], regions[to]);
+            println!(
+                "{:<14} {:<14} {:>6.1} ms {:>8} {:>6.1} ms {:>6.1} ms {:>6.1} ms",
+                ids[from],
+                ids[to],
+                one_way,
+                h.len(),
+                ms(h.value_at_quantile(0.5)),
+                ms(h.value_at_quantile(0.99)),
+                ms(h.max())
+            );
+        }
+    }
+
+    let mut conflicts = 0u64;
+    for dc in 0..cluster.len() {
+        let info = cluster
+            .replication_info(dc)
+            .await
+            .map_err(|e| e.to_string())?;
+        conflicts += info
+            .get("conflicts_lww_lost")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    let waited = Instant::now();
+    match cluster.wait_converged(Duration::from_secs(60)).await {
+        Ok(applied) => {
+            let digest = cluster.digest(0).await.map_err(|e| e.to_string())?;
+            let keys = digest.split(':').next().unwrap_or("?");
+            println!(
+                "\nconverged: yes, {:.2} s after the workload stopped: every region applied {} changes ({}) and holds identical data ({keys} keys, digest {digest})",
+                waited.elapsed().as_secs_f64(),
+                applied.values().sum::<u64>(),
+                applied
+                    .iter()
+                    .map(|(dc, n)| format!("{dc} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
+            println!(
+                "concurrent writes to the same key settled by last-writer-wins: {conflicts} remote writes lost"
+            );
+            Ok(true)
+        }
+        Err(e) => {
+            println!("\nconverged: NO: {e}");
+            for dc in 0..cluster.len() {
+                println!("--- {} ---\n{}", cluster.id(dc), cluster.log_tail(dc, 10));
+            }
+            Ok(false)
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    writes: u64,
+    reads: u64,
+    errors: u64,
+}
+
+impl Tally {
+    fn add(&mut self, other: &Tally) {
+        self.writes += other.writes;
+        self.reads += other.reads;
+        self.errors += other.errors;
+    }
+}
+
+/// One region's client: reads and writes on 50 users' keys at `rate` per second.
+async fn client(
+    mut conn: MultiplexedConnection,
+    seed: u64,
+    rate: u32,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Tally, String> {
+    let mut tally = Tally::default();
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let mut tick = interval(Duration::from_secs(1) / rate.max(1));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return Ok(tally),
+        }
+        let user = format!("{{user{}}}", next(50));
+        let mut cmd;
+        let write = match next(6) {
+            0 => {
+                cmd = redis::cmd("SET");
+                cmd.arg(format!("{user}:name"))
+                    .arg(format!("name-{}", next(1000)));
+                true
+            }
+            1 => {
+                cmd = redis::cmd("HINCRBY");
+                cmd.arg(format!("{user}:cart")).arg("apples").arg(1);
+                true
+            }
+            2 => {
+                cmd = redis::cmd("HGETALL");
+                cmd.arg(format!("{user}:cart"));
+                false
+            }
+            _ => {
+                cmd = redis::cmd("GET");
+                cmd.arg(format!("{user}:name"));
+                false
+            }
+        };
+        match cmd.query_async::<redis::Value>(&mut conn).await {
+            Ok(_) if write => tally.writes += 1,
+            Ok(_) => tally.reads += 1,
+            Err(_) => tally.errors += 1,
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Measuring replication visibility lag end to end: a prober writes a numbered key
+//! at the origin, a watcher at another datacenter reads it until the number shows
+//! up there. Lag = when the watcher first read it minus when the prober sent it.
+//! Both run in this process, so they share one clock whatever the datacenters'
+//! clock offsets; the watcher polls every millisecond, which bounds the error.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use meridian_testbed::Cluster;
+use redis::aio::MultiplexedConnection;
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior, interval, sleep};
+
+/// Send times of one origin's probes, indexed by probe number.
+#[derive(Debug, Default)]
+pub(crate) struct Sent(Mutex<Vec<Instant>>);
+
+impl Sent {
+    fn push(&self, at: Instant) -> u64 {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v.push(at);
+        v.len() as u64
+    }
+
+    fn get(&self, n: u64) -> Option<Instant> {
+        let v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        n.checked_sub(1).and_then(|i| v.get(i as usize).copied())
+    }
+
+    fn count(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len() as u64
+    }
+}
+
+/// The probe key of `origin`: a user of its own, so probes never conflict.
+fn key(origin: &str) -> String {
+    format!("{{probe-{origin}}}:n")
+}
+
+/// Writes probe 1, 2, ... at `origin` every `every` until `stop` turns true.
+pub(crate) async fn prober(
+    mut conn: MultiplexedConnection,
+    origin: String,
+    every: Duration,
+    sent: Arc<Sent>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let key = key(&origin);
+    let mut tick = interval(every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+        let n = sent.push(Instant::now());
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(n)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| format!("probe {n} at {origin}: {e}"))?;
+    }
+}
+
+/// Reads `origin`'s probe key at a datacenter until it has seen the last probe
+/// sent after `stop`, recording each new probe's lag in microseconds. Gives up
+/// `drain` after the stop.
+pub(crate) async fn watcher(
+    mut conn: MultiplexedConnection,
+    origin: String,
+    sent: Arc<Sent>,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) -> Result<Histogram<u64>, String> {
+    let key = key(&origin);
+    let mut lags =
+        Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).map_err(|e| e.to_string())?;
+    let mut seen = 0u64;
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let value: Option<u64> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("reading {key}: {e}"))?;
+        let now = Instant::now();
+        if let Some(n) = value.filter(|&n| n > seen) {
+            if let Some(at) = sent.get(n) {
+                lags.saturating_record(now.saturating_duration_since(at).as_micros() as u64);
+            }
+            seen = n;
+        }
+        if *stop.borrow_and_update() {
+            let deadline = *deadline.get_or_insert(now + drain);
+            if seen >= sent.count() || now > deadline {
+                return Ok(lags);
+            }
+        }
+        sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Lags of every directed pair of datacenters, `lags[from][to]`.
+pub(crate) type LagTable = Vec<Vec<Option<Histogram<u64>>>>;
+
+/// Runs probers at every datacenter in `origins` and watchers at every other one
+/// until `stop` turns true; returns the lags once the watchers have drained.
+pub(crate) async fn measure(
+    cluster: &Cluster,
+    origins: &[usize],
+    every: Duration,
+    stop: watch::Receiver<bool>,
+) -> Result<LagTable, String> {
+    let n = cluster.len();
+    let mut probers = tokio::task::JoinSet::new();
+    let mut watchers = tokio::task::JoinSet::new();
+    for &from in origins {
+        let sent = Arc::new(Sent::default());
+        let origin = cluster.id(from).to_owned();
+        let conn = cluster.connect(from).await.map_err(|e| e.to_string())?;
+        probers.spawn(prober(
+            conn,
+            origin.clone(),
+            every,
+            sent.clone(),
+            stop.clone(),
+        ));
+        for to in (0..n).filter(|&to| to != from) {
+            let conn = cluster.connect(to).await.map_err(|e| e.to_string())?;
+            let (origin, sent, stop) = (origin.clone(), sent.clone(), stop.clone());
+            watchers.spawn(async move {
+                let lags = watcher(conn, origin, sent, stop, Duration::from_secs(30)).await;
+                (from, to, lags)
+            });
+        }
+    }
+    let mut table: LagTable = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    while let Some(done) = probers.join_next().await {
+        done.map_err(|e| e.to_string())??;
+    }
+    while let Some(done) = watchers.join_next().await {
+        let (from, to, lags) = done.map_err(|e| e.to_string())?;
+        table[from][to] = Some(lags?);
+    }
+    Ok(table)
+}
+
+/// Milliseconds, from microseconds.
+pub(crate) fn ms(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
