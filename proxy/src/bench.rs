@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 use crate::EX_SOFTWARE;
 
+mod replication;
+
+pub(crate) use replication::{ReplicationArgs, replication};
+
 /// Settings of one benchmark run.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct OverheadArgs {

@@ -80,6 +80,9 @@ enum BenchCommand {
     /// embedded store under redis-benchmark (needs redis-server, redis-benchmark and,
     /// for the twemproxy column, nutcracker).
     Overhead(bench::OverheadArgs),
+    /// Replication over one emulated link (100 ms round trip, 1% loss by default):
+    /// catch-up and streaming throughput, and visibility lag under a steady load.
+    Replication(bench::ReplicationArgs),
 }
 
 /// How logs are written to standard error.
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
             },
         ),
         Command::Bench(BenchCommand::Overhead(args)) => bench::overhead(&args),
+        Command::Bench(BenchCommand::Replication(args)) => bench::replication(&args),
         Command::Certs { config, force } => certs(&config, force),
         Command::Version => {
             println!("meridian {}", env!("CARGO_PKG_VERSION"));

@@ -1,0 +1,260 @@
+//! `meridian bench replication`: replication over one emulated wide-area link.
+//!
+//! Two datacenters, each a meridian process on the embedded store, joined through
+//! the testbed's WAN emulator (by default 100 ms round trip, 1% loss each way).
+//! Three figures:
+//! - catch-up: the receiver is down while the origin takes a backlog of writes of
+//!   100-byte values; once it is back, how many changes per second it receives
+//!   and applies (the link's own throughput, without the client path);
+//! - streaming: clients write at the origin as fast as they can while the receiver
+//!   follows; changes per second until the receiver has applied all of them;
+//! - visibility: under a moderate steady load, how long a write at the origin takes
+//!   to become readable at the receiver (p50, p99, max), beside the one-way delay.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use meridian_testbed::{Cluster, ClusterSpec, LinkShape, Shape};
+use redis::aio::MultiplexedConnection;
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior, interval, sleep};
+
+use crate::EX_SOFTWARE;
+use crate::visibility::{self, ms};
+
+/// Settings of `meridian bench replication`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ReplicationArgs {
+    /// Round-trip time of the link, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    rtt_ms: u64,
+    /// Fraction of datagrams lost in each direction.
+    #[arg(long, default_value_t = 0.01)]
+    loss: f64,
+    /// Changes written for the throughput figures.
+    #[arg(long, default_value_t = 200_000)]
+    changes: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Writes per second of the steady load of the visibility figure.
+    #[arg(long, default_value_t = 2_000)]
+    load: u32,
+    /// Seconds of the visibility figure.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+}
+
+/// Client connections writing at the origin, and commands per pipeline.
+const WRITERS: usize = 4;
+const PIPELINE: usize = 256;
+
+pub(crate) fn replication(args: &ReplicationArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("meridian bench replication: cannot start the runtime: {e}");
+            return ExitCode::from(EX_SOFTWARE);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meridian bench replication: {e}");
+            ExitCode::from(EX_SOFTWARE)
+        }
+    }
+}
+
+async fn run(args: &ReplicationArgs) -> Result<(), String> {
+    if !(0.0..1.0).contains(&args.loss) {
+        return Err(format!("--loss {} is not a fraction below 1", args.loss));
+    }
+    let binary = std::env::current_exe()
+        .map_err(|e| format!("cannot find this program's path to start the proxies: {e}"))?;
+    let one_way = Duration::from_millis(args.rtt_ms) / 2;
+    let mut spec = ClusterSpec::new(binary, 2, Shape::AllToAll);
+    spec.dcs = vec!["origin".into(), "receiver".into()];
+    spec.name = "bench".into();
+    let loss = args.loss;
+    spec.set_links(move |_, _| LinkShape {
+        delay: one_way,
+        jitter: one_way / 100,
+        loss,
+        bandwidth: None,
+        cut: false,
+    });
+    let mut cluster = Cluster::start(spec).await.map_err(|e| e.to_string())?;
+    println!(
+        "one emulated link: {} ms round trip, {}% loss each way, 1% jitter; values of {} bytes; both ends on the embedded store",
+        args.rtt_ms,
+        args.loss * 100.0,
+        args.value_size
+    );
+    let value = vec![b'v'; args.value_size];
+
+    // Catch-up: a backlog written while the receiver is down.
+    cluster.kill(1).map_err(|e| e.to_string())?;
+    let before = origin_seq(&cluster).await?;
+    let started = Instant::now();
+    write_burst(&cluster, "backlog", args.changes, &value).await?;
+    let ingest = started.elapsed();
+    let target = before + args.changes;
+    cluster.restart(1).await.map_err(|e| e.to_string())?;
+    let back = Instant::now();
+    let first = wait_applied(&cluster, before + 1).await?;
+    wait_applied(&cluster, target).await?;
+    let catch_up = back.elapsed();
+    let transfer = catch_up.saturating_sub(first.duration_since(back));
+    println!(
+        "catch-up:   {} changes in {:.2} s from the receiver's restart ({:.2} s from its first applied change): {:.0} changes/s (origin took them at {:.0}/s)",
+        args.changes,
+        catch_up.as_secs_f64(),
+        transfer.as_secs_f64(),
+        args.changes as f64 / transfer.as_secs_f64(),
+        args.changes as f64 / ingest.as_secs_f64()
+    );
+
+    // Streaming: writes and replication at once.
+    let before = origin_seq(&cluster).await?;
+    let started = Instant::now();
+    write_burst(&cluster, "stream", args.changes, &value).await?;
+    let ingest = started.elapsed();
+    wait_applied(&cluster, before + args.changes).await?;
+    let total = started.elapsed();
+    println!(
+        "streaming:  {} changes written in {:.2} s ({:.0}/s), all applied at the receiver after {:.2} s: {:.0} changes/s end to end",
+        args.changes,
+        ingest.as_secs_f64(),
+        args.changes as f64 / ingest.as_secs_f64(),
+        total.as_secs_f64(),
+        args.changes as f64 / total.as_secs_f64()
+    );
+
+    // Visibility under a steady, moderate load.
+    let (stop_tx, stop) = watch::channel(false);
+    let conn = cluster.connect(0).await.map_err(|e| e.to_string())?;
+    let load = tokio::spawn(steady(conn, args.load, value.clone(), stop.clone()));
+    let probes = visibility::measure(&cluster, &[0], Duration::from_millis(10), stop.clone());
+    let timer = async {
+        sleep(Duration::from_secs(args.seconds)).await;
+        stop_tx.send_replace(true);
+    };
+    let (lags, ()) = tokio::join!(probes, timer);
+    let lags = lags?;
+    let written = load.await.map_err(|e| e.to_string())??;
+    let h = lags[0][1]
+        .as_ref()
+        .ok_or("the receiver's watcher reported nothing")?;
+    let one_way_ms = one_way.as_secs_f64() * 1000.0;
+    println!(
+        "visibility: {} probes under {} writes/s ({written} written): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; one-way delay {one_way_ms:.1} ms, so p99 is one-way + {:.1} ms",
+        h.len(),
+        args.load,
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.max()),
+        ms(h.value_at_quantile(0.99)) - one_way_ms
+    );
+    let info = cluster
+        .replication_info(0)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(peer) = info.get("peer_receiver") {
+        println!("origin's link to the receiver: {peer}");
+    }
+    Ok(())
+}
+
+/// The origin's own sequence number: how many changes it has logged.
+async fn origin_seq(cluster: &Cluster) -> Result<u64, String> {
+    let applied = cluster.applied(0).await.map_err(|e| e.to_string())?;
+    Ok(applied.get("origin").copied().unwrap_or(0))
+}
+
+/// Waits until the receiver has applied the origin's change `seq`; returns when.
+async fn wait_applied(cluster: &Cluster, seq: u64) -> Result<Instant, String> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let applied = cluster.applied(1).await.map_err(|e| e.to_string())?;
+        if applied.get("origin").copied().unwrap_or(0) >= seq {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the receiver had not applied change {seq} after 10 minutes (it has {applied:?})"
+            ));
+        }
+        sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Writes `count` SETs of `value` at the origin from several pipelined clients.
+async fn write_burst(cluster: &Cluster, tag: &str, count: u64, value: &[u8]) -> Result<(), String> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..WRITERS as u64 {
+        let mut conn = cluster.connect(0).await.map_err(|e| e.to_string())?;
+        let share = count / WRITERS as u64 + u64::from(w < count % WRITERS as u64);
+        let (tag, value) = (tag.to_owned(), value.to_vec());
+        tasks.spawn(async move {
+            let mut done = 0;
+            while done < share {
+                let mut pipe = redis::pipe();
+                for _ in 0..PIPELINE.min((share - done) as usize) {
+                    pipe.cmd("SET")
+                        .arg(format!("{{{tag}{w}-{}}}:v", done % 1000))
+                        .arg(&value[..])
+                        .ignore();
+                    done += 1;
+                }
+                pipe.query_async::<()>(&mut conn)
+                    .await
+                    .map_err(|e| format!("writing at the origin: {e}"))?;
+            }
+            Ok::<(), String>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
+/// Writes at `rate` per second until `stop`; returns how many.
+async fn steady(
+    mut conn: MultiplexedConnection,
+    rate: u32,
+    value: Vec<u8>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<u64, String> {
+    // Writes go in small groups every millisecond, as many clients would send them.
+    let per_tick = (rate as f64 / 1000.0).max(0.001);
+    let mut tick = interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let (mut owed, mut written) = (0.0f64, 0u64);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return Ok(written),
+        }
+        owed += per_tick;
+        if owed < 1.0 {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        while owed >= 1.0 {
+            pipe.cmd("SET")
+                .arg(format!("{{steady-{}}}:v", written % 1000))
+                .arg(&value[..])
+                .ignore();
+            owed -= 1.0;
+            written += 1;
+        }
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| format!("steady load at the origin: {e}"))?;
+    }
+}
