@@ -211,6 +211,27 @@ impl Log {
         Ok(())
     }
 
+    /// Flushes the current segment to stable storage whether or not records are
+    /// pending here (a sync handed over with [`Log::take_sync`] may still be running).
+    pub fn sync_now(&mut self) -> Result<(), LogError> {
+        self.file.sync_data().map_err(io_err(&self.file_path))?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Hands over the sync of what is appended so far: a second handle on the
+    /// current segment (its `sync_data` covers every append before this call) and
+    /// the segment's path for errors; `None` when nothing is pending. The log counts
+    /// the records as synced; the caller must sync the handle.
+    pub fn take_sync(&mut self) -> Result<Option<(File, PathBuf)>, LogError> {
+        if !self.dirty {
+            return Ok(None);
+        }
+        let file = self.file.try_clone().map_err(io_err(&self.file_path))?;
+        self.dirty = false;
+        Ok(Some((file, self.file_path.clone())))
+    }
+
     fn roll(&mut self) -> Result<(), LogError> {
         self.sync()?;
         let path = segment_path(&self.dir, self.next_lsn);

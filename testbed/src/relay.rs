@@ -102,8 +102,8 @@ impl Relay {
         backward: LinkShape,
         seed: u64,
     ) -> Result<Relay, RelayError> {
-        let near_side = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
-        let far_side = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let near_side = Arc::new(loopback_socket()?);
+        let far_side = Arc::new(loopback_socket()?);
         let addr = near_side.local_addr()?;
         let shapes = [watch::Sender::new(forward), watch::Sender::new(backward)];
         let stats = [
@@ -188,6 +188,23 @@ impl Relay {
         &self.stats[direction as usize]
     }
 }
+
+/// A UDP socket on a free loopback port with buffers for bursts: the kernel's
+/// default (about 200 KiB) overflows at tens of thousands of datagrams per second,
+/// and losses the emulator did not choose would distort the link's shape. The
+/// kernel caps the request at `net.core.rmem_max` / `wmem_max`.
+fn loopback_socket() -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Socket buffers asked for each relay socket.
+const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Receives one direction's datagrams and decides each one's fate and arrival time.
 struct Receiver {

@@ -1,8 +1,8 @@
 //! The committer thread: moves logged changes from the memtable into the backend in
 //! large transactions, with the applied vector they reach.
 
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -12,8 +12,11 @@ use super::backend::Target;
 use super::{OpenError, Shared};
 use crate::change::Change;
 
-/// Batches waiting for the committer before the writer waits (bounds the memtable).
-const QUEUE_BATCHES: usize = 256;
+/// Changes waiting for the committer before the writer waits (bounds the memtable).
+/// Counted in changes, not batches: at a few thousand small writes per second each
+/// write is a batch of its own, and a bound in batches would stall writes for as
+/// long as one durable checkpoint of the store takes.
+const MAX_QUEUED: usize = 256 * 1024;
 /// Most changes in one backend transaction.
 const MAX_CHANGES: usize = 16_384;
 /// A durable checkpoint at least this often while changes flow.
@@ -29,20 +32,75 @@ pub(super) struct Logged {
     pub(super) applied: VersionVector,
 }
 
-pub(super) fn spawn(
-    shared: Arc<Shared>,
-    dc: &str,
-) -> Result<(SyncSender<Logged>, JoinHandle<()>), OpenError> {
-    let (tx, rx) = sync_channel(QUEUE_BATCHES);
+/// The writer's end of the queue to the committer.
+pub(super) struct Queue {
+    tx: Sender<Logged>,
+    budget: Arc<Budget>,
+}
+
+/// How many changes are queued, and whether the committer has stopped.
+#[derive(Default)]
+struct Budget {
+    state: Mutex<(usize, bool)>,
+    freed: Condvar,
+}
+
+impl Budget {
+    fn release(&self, changes: usize) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 = state.0.saturating_sub(changes);
+        self.freed.notify_all();
+    }
+}
+
+/// Marks the committer stopped when its thread ends, however it ends.
+struct Stopped(Arc<Budget>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.0.freed.notify_all();
+    }
+}
+
+impl Queue {
+    /// Hands a batch to the committer, waiting while it is far behind
+    /// (backpressure, never a dropped change). Fails once the committer stopped.
+    pub(super) fn send(&self, logged: Logged) -> Result<(), ()> {
+        let n = logged.changes.len().max(1);
+        let mut state = self.budget.state.lock().unwrap_or_else(|e| e.into_inner());
+        while !state.1 && state.0 > 0 && state.0 + n > MAX_QUEUED {
+            state = self
+                .budget
+                .freed
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        if state.1 {
+            return Err(());
+        }
+        state.0 += n;
+        drop(state);
+        self.tx.send(logged).map_err(|_| ())
+    }
+}
+
+pub(super) fn spawn(shared: Arc<Shared>, dc: &str) -> Result<(Queue, JoinHandle<()>), OpenError> {
+    let (tx, rx) = channel();
+    let budget = Arc::new(Budget::default());
+    let stopped = Stopped(budget.clone());
     let span = tracing::info_span!("committer", dc = %dc);
     let handle = std::thread::Builder::new()
         .name(format!("committer-{dc}"))
-        .spawn(move || span.in_scope(|| run(&shared, rx)))
+        .spawn(move || {
+            let stopped = stopped;
+            span.in_scope(|| run(&shared, rx, &stopped.0));
+        })
         .map_err(OpenError::Thread)?;
-    Ok((tx, handle))
+    Ok((Queue { tx, budget }, handle))
 }
 
-fn run(shared: &Shared, rx: Receiver<Logged>) {
+fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget) {
     let mut target = shared.backend.target();
     let mut last_checkpoint = Instant::now();
     let mut applied = None;
@@ -60,6 +118,7 @@ fn run(shared: &Shared, rx: Receiver<Logged>) {
         }
         let Some(last) = batches.last() else { continue };
         let (batch, vector) = (last.batch, last.applied.clone());
+        let queued: usize = batches.iter().map(|b| b.changes.len().max(1)).sum();
         let changes: Vec<Change> = batches.into_iter().flat_map(|b| b.changes).collect();
         let checkpoint = last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
         if !commit_until_done(shared, &mut target, &changes, &vector, checkpoint) {
@@ -75,6 +134,7 @@ fn run(shared: &Shared, rx: Receiver<Logged>) {
                 .flat_map(|c| c.ops.into_iter().map(|op| op.key)),
         );
         shared.committed.send_replace(batch);
+        budget.release(queued);
         applied = Some(vector);
     }
     // The writer is gone: make everything committed durable.

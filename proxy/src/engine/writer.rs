@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::SyncSender;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,7 @@ use meridian_policies::{Hlc, VersionVector};
 use tokio::sync::{mpsc, oneshot};
 
 use super::backend::Backend;
-use super::committer::{self, Logged};
+use super::committer::{self, Logged, Queue};
 use super::memtable::Version;
 use super::memtable::View;
 use super::replay::{INDEX_EVERY, Resume};
@@ -71,7 +70,8 @@ struct Writer {
     clock_offset_ms: i64,
     fsync: Fsync,
     last_sync: Instant,
-    committer: Option<(SyncSender<Logged>, JoinHandle<()>)>,
+    syncer: Syncer,
+    committer: Option<(Queue, JoinHandle<()>)>,
     /// The writer's own connection, with a Redis backend.
     redis: Option<SyncConn>,
 }
@@ -125,6 +125,7 @@ pub(super) fn spawn(
         fsync: config.fsync,
         clock_offset_ms: config.clock_offset_ms,
         last_sync: Instant::now(),
+        syncer: Syncer::spawn(&config.dc)?,
         redis: shared_backend_redis.as_ref().map(RedisStore::sync_conn),
         committer: Some(committer),
     };
@@ -146,7 +147,7 @@ impl Writer {
                     match recv_timeout(&mut rx, period.saturating_sub(self.last_sync.elapsed())) {
                         Ok(msg) => msg,
                         Err(Timeout) => {
-                            self.sync();
+                            self.sync_in_background();
                             continue;
                         }
                     }
@@ -175,7 +176,7 @@ impl Writer {
             }
             if let Fsync::Every(period) = self.fsync {
                 if self.last_sync.elapsed() >= period {
-                    self.sync();
+                    self.sync_in_background();
                 }
             }
             if let Some(done) = shutdown {
@@ -418,13 +419,63 @@ impl Writer {
         self.last_sync = Instant::now();
     }
 
+    /// The timed sync of `fsync = "every-<N>ms"`, on the syncer thread: an fsync can
+    /// take a hundred milliseconds while the store checkpoints on the same disk, and
+    /// writes (acknowledged before the sync under this policy) must not wait for it.
+    /// While a sync is still running the next one waits for a later period.
+    fn sync_in_background(&mut self) {
+        self.last_sync = Instant::now();
+        if self.syncer.busy.load(Ordering::Acquire) {
+            return;
+        }
+        match self.log.take_sync() {
+            Ok(Some(handle)) => {
+                self.syncer.busy.store(true, Ordering::Release);
+                if self.syncer.tx.send(handle).is_err() {
+                    self.syncer.busy.store(false, Ordering::Release);
+                    self.sync();
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "syncing the replication log failed"),
+        }
+    }
+
     /// Syncs the log and waits for the committer to store everything.
     fn finish(&mut self) {
-        self.sync();
+        if let Err(e) = self.log.sync_now() {
+            tracing::error!(error = %e, "syncing the replication log failed");
+        }
         if let Some((sender, handle)) = self.committer.take() {
             drop(sender);
             let _ = handle.join();
         }
+    }
+}
+
+/// The thread that runs timed log syncs.
+struct Syncer {
+    tx: std::sync::mpsc::Sender<(std::fs::File, std::path::PathBuf)>,
+    busy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Syncer {
+    fn spawn(dc: &str) -> Result<Syncer, OpenError> {
+        let (tx, rx) = std::sync::mpsc::channel::<(std::fs::File, std::path::PathBuf)>();
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = busy.clone();
+        std::thread::Builder::new()
+            .name(format!("log-sync-{dc}"))
+            .spawn(move || {
+                for (file, path) in rx {
+                    if let Err(e) = file.sync_data() {
+                        tracing::error!(error = %e, path = %path.display(), "syncing the replication log failed");
+                    }
+                    flag.store(false, Ordering::Release);
+                }
+            })
+            .map_err(OpenError::Thread)?;
+        Ok(Syncer { tx, busy })
     }
 }
 

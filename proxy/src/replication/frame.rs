@@ -6,6 +6,8 @@
 //!   (its own included), as `[(datacenter, vector bytes)]` in postcard;
 //! - kind 3, a heartbeat, with an empty body.
 //!
+//! Change frames also travel, packed several to a datagram, as QUIC datagrams.
+//!
 //! A frame of another kind, or longer than the log's largest record, ends the link
 //! with an error naming the peer: it is a newer protocol or a damaged stream.
 
@@ -14,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::log::MAX_RECORD;
 
-const CHANGE: u8 = 1;
+pub(super) const CHANGE: u8 = 1;
 const APPLIED: u8 = 2;
 const HEARTBEAT: u8 = 3;
 /// The longest frame accepted: a change as large as the log accepts, plus its kind.

@@ -38,25 +38,45 @@ pub(super) async fn run(
     // the loop below also waits for the applied vector to move. When the loop stops
     // taking frames, the task stops reading and QUIC flow control holds the peer.
     let (frames_tx, mut frames) = mpsc::channel(FRAME_QUEUE);
+    let echo_tx = frames_tx.clone();
     let reader = {
         let peer_id = peer_id.clone();
         tokio::spawn(async move {
             loop {
                 let frame = frame::read(&mut recv, &peer_id).await;
                 let last = !matches!(frame, Ok(Some(_)));
-                if frames_tx.send(frame).await.is_err() || last {
+                if frames_tx.send((false, frame)).await.is_err() || last {
                     return;
                 }
             }
         })
     };
     let _reader = AbortOnDrop(reader);
+    // Datagram copies of changes (see the shipper's echo): best effort, in any order.
+    let echoes = {
+        let (frames_tx, peer_id, connection) = (echo_tx, peer_id.clone(), connection.clone());
+        tokio::spawn(async move {
+            while let Ok(datagram) = connection.read_datagram().await {
+                let mut rest = &datagram[..];
+                while let Ok(Some(frame)) = frame::read(&mut rest, &peer_id).await {
+                    // Dropped when the loop is behind: the stream has them too.
+                    if matches!(frame, Frame::Change(_))
+                        && let Err(mpsc::error::TrySendError::Closed(_)) =
+                            frames_tx.try_send((true, Ok(Some(frame))))
+                    {
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    let _echoes = AbortOnDrop(echoes);
     let mut applied_rx = repl.engine.watch_applied();
     let mut pending: BTreeMap<(String, u64), Change> = BTreeMap::new();
     let result = loop {
         let next = if pending.len() < MAX_BUFFERED {
             tokio::select! {
-                f = frames.recv() => Some(f.unwrap_or(Ok(None))),
+                f = frames.recv() => Some(f.unwrap_or((false, Ok(None)))),
                 _ = applied_rx.changed() => None,
             }
         } else {
@@ -67,7 +87,10 @@ pub(super) async fn run(
             None
         };
         match next {
-            Some(Ok(Some(Frame::Change(bytes)))) => {
+            // Echoes fill at most half the buffer, so they never crowd out the
+            // stream's changes that close the gaps.
+            Some((true, _)) if pending.len() >= MAX_BUFFERED / 2 => {}
+            Some((_, Ok(Some(Frame::Change(bytes))))) => {
                 if let Err(e) = accept_change(&repl, &status, &peer_id, &bytes, &mut pending) {
                     break Err(e);
                 }
@@ -76,7 +99,7 @@ pub(super) async fn run(
                     continue;
                 }
             }
-            Some(Ok(Some(Frame::Applied(table)))) => {
+            Some((_, Ok(Some(Frame::Applied(table))))) => {
                 for (dc, bytes) in table {
                     match VersionVector::decode(&bytes) {
                         Ok(vv) if repl.topology().index_of(&dc).is_some() => repl.learn(&dc, &vv),
@@ -86,9 +109,9 @@ pub(super) async fn run(
                     }
                 }
             }
-            Some(Ok(Some(Frame::Heartbeat))) | None => {}
-            Some(Ok(None)) => break Ok(()),
-            Some(Err(e)) => break Err(e.to_string()),
+            Some((_, Ok(Some(Frame::Heartbeat)))) | None => {}
+            Some((_, Ok(None))) => break Ok(()),
+            Some((_, Err(e))) => break Err(e.to_string()),
         }
         if let Err(e) = drain(&repl, &status, &mut pending).await {
             break Err(e);
