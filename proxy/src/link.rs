@@ -172,7 +172,11 @@ impl LinkTls {
     /// Sets the transport of every connection: keep-alives every `heartbeat`, a peer
     /// silent for `timeout` is gone, flow-control windows sized for long fat paths
     /// (a 200 ms round trip at several hundred Mbit/s) and BBR congestion control,
-    /// which, unlike loss-based control, keeps its rate through random loss.
+    /// which, unlike loss-based control, keeps its rate through random loss. A packet
+    /// counts as lost 64 packets (not 3) after a later one is acknowledged, or after
+    /// 9/8 of the RTT: wide-area paths reorder by a millisecond or two, which at tens
+    /// of thousands of packets a second is dozens of packets, and each false loss is
+    /// a needless retransmission.
     pub fn with_transport(mut self, heartbeat: Duration, timeout: Duration) -> LinkTls {
         let mut transport = quinn::TransportConfig::default();
         transport
@@ -182,7 +186,7 @@ impl LinkTls {
             .receive_window(quinn::VarInt::from_u32(32 << 20))
             .send_window(32 << 20)
             .packet_threshold(64)
-            .congestion_controller_factory(Arc::new(FlooredBbr));
+            .congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
         let transport = Arc::new(transport);
         self.server.transport_config(transport.clone());
         self.client.transport_config(transport);
@@ -205,95 +209,6 @@ impl LinkTls {
         .map_err(fail)?;
         endpoint.set_default_client_config(self.client.clone());
         Ok(endpoint)
-    }
-}
-
-/// The least congestion window a link keeps, in bytes: 256 KiB, 2.5 MB/s at a
-/// 100 ms round trip, far above a moderate replication stream.
-///
-/// BBR alone keeps its rate through random loss (a loss-based controller collapses
-/// at 1% loss), but it throttles twice in ways that stall an app-limited stream for
-/// a round trip or more: every 10 s it drops to three quarters of its bandwidth
-/// estimate for 200 ms to re-measure the minimum RTT (PROBE_RTT), and after a loss it
-/// holds in-flight data to what is being acknowledged. Links between datacenters are
-/// few, long-lived and provisioned; this floor keeps those episodes from delaying
-/// changes, while BBR governs every rate above it.
-const WINDOW_FLOOR: u64 = 256 * 1024;
-
-/// Builds [`FlooredBbr`] controllers.
-#[derive(Debug)]
-struct FlooredBbr;
-
-impl quinn::congestion::ControllerFactory for FlooredBbr {
-    fn build(
-        self: Arc<Self>,
-        now: std::time::Instant,
-        current_mtu: u16,
-    ) -> Box<dyn quinn::congestion::Controller> {
-        let bbr = Arc::new(quinn::congestion::BbrConfig::default()).build(now, current_mtu);
-        Box::new(Floored(bbr))
-    }
-}
-
-/// BBR with a window of at least [`WINDOW_FLOOR`].
-struct Floored(Box<dyn quinn::congestion::Controller>);
-
-impl quinn::congestion::Controller for Floored {
-    fn on_sent(&mut self, now: std::time::Instant, bytes: u64, last_packet_number: u64) {
-        self.0.on_sent(now, bytes, last_packet_number);
-    }
-
-    fn on_ack(
-        &mut self,
-        now: std::time::Instant,
-        sent: std::time::Instant,
-        bytes: u64,
-        app_limited: bool,
-        rtt: &quinn_proto::RttEstimator,
-    ) {
-        self.0.on_ack(now, sent, bytes, app_limited, rtt);
-    }
-
-    fn on_end_acks(
-        &mut self,
-        now: std::time::Instant,
-        in_flight: u64,
-        app_limited: bool,
-        largest_packet_num_acked: Option<u64>,
-    ) {
-        self.0
-            .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
-    }
-
-    fn on_congestion_event(
-        &mut self,
-        now: std::time::Instant,
-        sent: std::time::Instant,
-        is_persistent_congestion: bool,
-        lost_bytes: u64,
-    ) {
-        self.0
-            .on_congestion_event(now, sent, is_persistent_congestion, lost_bytes);
-    }
-
-    fn on_mtu_update(&mut self, new_mtu: u16) {
-        self.0.on_mtu_update(new_mtu);
-    }
-
-    fn window(&self) -> u64 {
-        self.0.window().max(WINDOW_FLOOR)
-    }
-
-    fn clone_box(&self) -> Box<dyn quinn::congestion::Controller> {
-        Box::new(Floored(self.0.clone_box()))
-    }
-
-    fn initial_window(&self) -> u64 {
-        self.0.initial_window().max(WINDOW_FLOOR)
-    }
-
-    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
-        self
     }
 }
 

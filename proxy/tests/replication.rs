@@ -439,3 +439,44 @@ async fn a_dependent_write_is_never_visible_before_its_cause() {
     );
     converged(&cluster).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_counts_the_datacenters_that_applied_the_write() {
+    let cluster = start(spec(3, Shape::AllToAll, 81)).await;
+    let mut c = cluster.connect(0).await.expect("connect");
+    let _: () = redis::cmd("SET")
+        .arg("{carol}:k")
+        .arg("1")
+        .query_async(&mut c)
+        .await
+        .expect("SET");
+    let n: i64 = redis::cmd("WAIT")
+        .arg(2)
+        .arg(60_000)
+        .query_async(&mut c)
+        .await
+        .expect("WAIT");
+    assert_eq!(n, 2);
+    // Once WAIT said so, the write is readable there without waiting.
+    for dc in 1..3 {
+        let got: Option<String> = cluster.cmd(dc, &["GET", "{carol}:k"]).await.expect("GET");
+        assert_eq!(got.as_deref(), Some("1"), "at {}", cluster.id(dc));
+    }
+    // With dc2 cut off, only dc1 can confirm the next write before the timeout.
+    cluster.cut(0, 2);
+    let _: () = redis::cmd("SET")
+        .arg("{carol}:k")
+        .arg("2")
+        .query_async(&mut c)
+        .await
+        .expect("SET");
+    let n: i64 = redis::cmd("WAIT")
+        .arg(2)
+        .arg(500)
+        .query_async(&mut c)
+        .await
+        .expect("WAIT");
+    assert_eq!(n, 1);
+    cluster.heal(0, 2);
+    converged(&cluster).await;
+}
