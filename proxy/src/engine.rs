@@ -154,7 +154,13 @@ pub struct EngineConfig {
     pub backend: BackendConfig,
     /// Added to the wall clock for write timestamps (the testbed skews datacenters).
     pub clock_offset_ms: i64,
+    /// Logged changes not yet in the store before writes and applies wait
+    /// (bounds the memtable; see [`DEFAULT_MAX_UNSTORED`]).
+    pub max_unstored: usize,
 }
+
+/// Default of [`EngineConfig::max_unstored`]: 256 Ki changes, some tens of MB.
+pub const DEFAULT_MAX_UNSTORED: usize = 256 * 1024;
 
 /// How long a read waits for the committer before answering that the backend is behind.
 const READ_WAIT: Duration = Duration::from_secs(5);

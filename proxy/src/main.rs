@@ -56,6 +56,10 @@ enum Command {
         /// milliseconds (the testbed skews datacenters' clocks).
         #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         clock_offset_ms: i64,
+        /// Logged changes not yet in the store before writes and remote applies wait
+        /// for it (bounds memory while the store is slow or down).
+        #[arg(long, default_value_t = meridian_proxy::engine::DEFAULT_MAX_UNSTORED, value_parser = clap::value_parser!(usize))]
+        max_unstored_changes: usize,
     },
     /// Create the cluster CA and every datacenter's certificate and key, at the
     /// paths the topology file's [tls] section names.
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
             log_format,
             dial,
             clock_offset_ms,
+            max_unstored_changes,
         } => run::run(
             &config,
             &dc,
@@ -112,6 +117,7 @@ fn main() -> ExitCode {
             &run::Extra {
                 dial,
                 clock_offset_ms,
+                max_unstored: max_unstored_changes.max(1),
             },
         ),
         Command::Bench(BenchCommand::Overhead(args)) => bench::overhead(&args),

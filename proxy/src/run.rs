@@ -23,6 +23,8 @@ pub(crate) struct Extra {
     pub(crate) dial: Vec<String>,
     /// Clock shift for write timestamps, in milliseconds.
     pub(crate) clock_offset_ms: i64,
+    /// Bound on logged changes not yet in the store.
+    pub(crate) max_unstored: usize,
 }
 
 pub(crate) fn run(file: &Path, dc: &str, format: LogFormat, extra: &Extra) -> ExitCode {
@@ -42,6 +44,7 @@ pub(crate) fn run(file: &Path, dc: &str, format: LogFormat, extra: &Extra) -> Ex
     };
     let mut config = ProxyConfig::from_topology(&topology, idx);
     config.clock_offset_ms = extra.clock_offset_ms;
+    config.max_unstored = extra.max_unstored;
     if topology.datacenters.len() > 1 {
         match replication_config(file, topology, idx, &extra.dial) {
             Ok(rc) => config.replication = Some(rc),

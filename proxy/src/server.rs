@@ -51,6 +51,8 @@ pub struct ProxyConfig {
     pub replication: Option<crate::replication::ReplicationConfig>,
     /// Added to the wall clock for write timestamps (the testbed skews datacenters).
     pub clock_offset_ms: i64,
+    /// Logged changes not yet in the store before writes and applies wait.
+    pub max_unstored: usize,
 }
 
 impl ProxyConfig {
@@ -81,6 +83,7 @@ impl ProxyConfig {
             grace: Duration::from_secs(5),
             replication: None,
             clock_offset_ms: 0,
+            max_unstored: crate::engine::DEFAULT_MAX_UNSTORED,
         }
     }
 }
@@ -138,6 +141,7 @@ impl Proxy {
             max_drift: Duration::from_secs(5),
             backend: config.backend.clone(),
             clock_offset_ms: config.clock_offset_ms,
+            max_unstored: config.max_unstored,
         };
         let data_dir = config.data_dir.clone();
         let engine = tokio::task::spawn_blocking(move || Engine::open(&data_dir, engine_config))

@@ -1,6 +1,8 @@
 //! Replication between datacenters, each proxy its own process, every link through
 //! the testbed's WAN emulator with delay, jitter and loss.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -479,4 +481,73 @@ async fn wait_counts_the_datacenters_that_applied_the_write() {
     assert_eq!(n, 1);
     cluster.heal(0, 2);
     converged(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_with_a_slowed_backend_falls_behind_and_catches_up() {
+    let (_redis, redis_addr) = support::start_redis();
+    let mut spec = spec(2, Shape::AllToAll, 91);
+    spec.redis = vec![None, Some(format!("redis://{redis_addr}/0"))];
+    // A small bound on changes waiting for the store, so the slowed store holds
+    // back the receiver's applies, and through them the link.
+    spec.extra_args = vec![vec![], vec!["--max-unstored-changes".into(), "500".into()]];
+    let cluster = start(spec).await;
+
+    // The receiver's Redis takes writes 10 ms of every 100.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let pauser = tokio::spawn(async move {
+        let client = redis::Client::open(format!("redis://{redis_addr}/")).expect("url");
+        let mut c = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis");
+        let mut pauses = 0u32;
+        while !*stop.borrow() {
+            let _: () = redis::cmd("CLIENT")
+                .arg("PAUSE")
+                .arg(90)
+                .arg("WRITE")
+                .query_async(&mut c)
+                .await
+                .expect("CLIENT PAUSE");
+            pauses += 1;
+            sleep(Duration::from_millis(100)).await;
+        }
+        pauses
+    });
+
+    // A sustained burst at the origin, pipelined.
+    const WRITES: usize = 20_000;
+    let mut c = cluster.connect(0).await.expect("connect");
+    for chunk in (0..WRITES).collect::<Vec<_>>().chunks(500) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            pipe.cmd("SET").arg(format!("{{b{i}}}:v")).arg(i).ignore();
+        }
+        let _: () = pipe.query_async(&mut c).await.expect("burst");
+    }
+    let behind = WRITES as u64 - applied_from(&cluster, 1, 0).await;
+    stop_tx.send_replace(true);
+    let pauses = pauser.await.expect("pauser");
+    assert!(pauses > 0);
+
+    let applied = match cluster.wait_applied(CONVERGE).await {
+        Ok(v) => v,
+        Err(e) => panic!("{e}\n{}", cluster.log_tail(1, 20)),
+    };
+    assert_eq!(applied["dc0"], WRITES as u64, "{applied:?}");
+    assert_exactly_once(&cluster, &applied, &[1]).await;
+    // Every value arrived, in the store the receiver reads from.
+    let mut r = cluster.connect(1).await.expect("connect");
+    for chunk in (0..WRITES).collect::<Vec<_>>().chunks(500) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            pipe.cmd("GET").arg(format!("{{b{i}}}:v"));
+        }
+        let got: Vec<Option<usize>> = pipe.query_async(&mut r).await.expect("read back");
+        for (i, v) in chunk.iter().zip(got) {
+            assert_eq!(v, Some(*i), "{{b{i}}}:v at the receiver");
+        }
+    }
+    eprintln!("the receiver was {behind} changes behind when the burst ended");
 }

@@ -59,6 +59,11 @@ pub struct ClusterSpec {
     pub fsync: String,
     /// Seed for the relays' loss and jitter.
     pub seed: u64,
+    /// A Redis URL per datacenter to use as its backend (missing or `None`: the
+    /// embedded store).
+    pub redis: Vec<Option<String>>,
+    /// Further `meridian run` arguments per datacenter.
+    pub extra_args: Vec<Vec<String>>,
 }
 
 impl ClusterSpec {
@@ -73,6 +78,8 @@ impl ClusterSpec {
             clock_offsets_ms: Vec::new(),
             fsync: "every-10ms".into(),
             seed: 1,
+            redis: Vec::new(),
+            extra_args: Vec::new(),
         }
     }
 
@@ -210,10 +217,14 @@ fn topology_text(spec: &ClusterSpec, tcp: &[u16], udp: &[u16]) -> String {
         }
     }
     for (i, id) in spec.dcs.iter().enumerate() {
+        let backend = match spec.redis.get(i) {
+            Some(Some(url)) => format!("{{ kind = \"redis\", url = {url:?} }}"),
+            _ => "{ kind = \"embedded\" }".to_owned(),
+        };
         let _ = writeln!(
             t,
             "\n[[datacenter]]\nid = {id:?}\nclient = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\n\
-             admin = \"127.0.0.1:{}\"\ndata_dir = \"data/{id}\"",
+             admin = \"127.0.0.1:{}\"\ndata_dir = \"data/{id}\"\nbackend = {backend}",
             tcp[2 * i],
             udp[i],
             tcp[2 * i + 1]
@@ -282,6 +293,7 @@ impl Cluster {
             if let Some(offset) = spec.clock_offsets_ms.get(i) {
                 args.push(format!("--clock-offset-ms={offset}"));
             }
+            args.extend(spec.extra_args.get(i).into_iter().flatten().cloned());
             dcs.push(Dc {
                 id: id.clone(),
                 client: SocketAddr::from(([127, 0, 0, 1], tcp[2 * i])),
@@ -473,6 +485,25 @@ impl Cluster {
         &self,
         timeout: Duration,
     ) -> Result<BTreeMap<String, u64>, HarnessError> {
+        let max = self.wait_applied(timeout).await?;
+        let mut digests = Vec::new();
+        for i in (0..self.len()).filter(|&i| self.is_running(i)) {
+            digests.push((self.id(i).to_owned(), self.digest(i).await?));
+        }
+        if digests.windows(2).all(|w| w[0].1 == w[1].1) {
+            return Ok(max);
+        }
+        Err(HarnessError::Timeout(format!(
+            "every datacenter applied {max:?} but their data differ: {digests:?}"
+        )))
+    }
+
+    /// Waits until every running datacenter has applied every change any running
+    /// datacenter has applied; returns the common applied vector.
+    pub async fn wait_applied(
+        &self,
+        timeout: Duration,
+    ) -> Result<BTreeMap<String, u64>, HarnessError> {
         let deadline = Instant::now() + timeout;
         let running: Vec<usize> = (0..self.len()).filter(|&i| self.is_running(i)).collect();
         loop {
@@ -488,16 +519,7 @@ impl Cluster {
                 }
             }
             if vectors.iter().all(|v| *v == max) {
-                let mut digests = Vec::new();
-                for &i in &running {
-                    digests.push((self.id(i).to_owned(), self.digest(i).await?));
-                }
-                if digests.windows(2).all(|w| w[0].1 == w[1].1) {
-                    return Ok(max);
-                }
-                return Err(HarnessError::Timeout(format!(
-                    "every datacenter applied {max:?} but their data differ: {digests:?}"
-                )));
+                return Ok(max);
             }
             if Instant::now() > deadline {
                 let table: Vec<String> = running

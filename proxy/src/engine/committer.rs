@@ -12,11 +12,6 @@ use super::backend::Target;
 use super::{OpenError, Shared};
 use crate::change::Change;
 
-/// Changes waiting for the committer before the writer waits (bounds the memtable).
-/// Counted in changes, not batches: at a few thousand small writes per second each
-/// write is a batch of its own, and a bound in batches would stall writes for as
-/// long as one durable checkpoint of the store takes.
-const MAX_QUEUED: usize = 256 * 1024;
 /// Most changes in one backend transaction.
 const MAX_CHANGES: usize = 16_384;
 /// A durable checkpoint at least this often while changes flow.
@@ -33,9 +28,14 @@ pub(super) struct Logged {
 }
 
 /// The writer's end of the queue to the committer.
+///
+/// Bounded in changes (the engine's `max_unstored`), not batches: at a few thousand
+/// small writes per second each write is a batch of its own, and a bound in batches
+/// would stall writes for as long as one durable checkpoint of the store takes.
 pub(super) struct Queue {
     tx: Sender<Logged>,
     budget: Arc<Budget>,
+    max: usize,
 }
 
 /// How many changes are queued, and whether the committer has stopped.
@@ -69,7 +69,7 @@ impl Queue {
     pub(super) fn send(&self, logged: Logged) -> Result<(), ()> {
         let n = logged.changes.len().max(1);
         let mut state = self.budget.state.lock().unwrap_or_else(|e| e.into_inner());
-        while !state.1 && state.0 > 0 && state.0 + n > MAX_QUEUED {
+        while !state.1 && state.0 > 0 && state.0 + n > self.max {
             state = self
                 .budget
                 .freed
@@ -85,7 +85,11 @@ impl Queue {
     }
 }
 
-pub(super) fn spawn(shared: Arc<Shared>, dc: &str) -> Result<(Queue, JoinHandle<()>), OpenError> {
+pub(super) fn spawn(
+    shared: Arc<Shared>,
+    dc: &str,
+    max: usize,
+) -> Result<(Queue, JoinHandle<()>), OpenError> {
     let (tx, rx) = channel();
     let budget = Arc::new(Budget::default());
     let stopped = Stopped(budget.clone());
@@ -97,7 +101,7 @@ pub(super) fn spawn(shared: Arc<Shared>, dc: &str) -> Result<(Queue, JoinHandle<
             span.in_scope(|| run(&shared, rx, &stopped.0));
         })
         .map_err(OpenError::Thread)?;
-    Ok((Queue { tx, budget }, handle))
+    Ok((Queue { tx, budget, max }, handle))
 }
 
 fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget) {

@@ -11,6 +11,7 @@ fn config() -> EngineConfig {
         max_drift: Duration::from_secs(5),
         backend: BackendConfig::Embedded,
         clock_offset_ms: 0,
+        max_unstored: super::DEFAULT_MAX_UNSTORED,
     }
 }
 

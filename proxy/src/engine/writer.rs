@@ -109,7 +109,7 @@ pub(super) fn spawn(
     config: EngineConfig,
 ) -> Result<mpsc::Sender<Msg>, OpenError> {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let committer = committer::spawn(shared.clone(), &config.dc)?;
+    let committer = committer::spawn(shared.clone(), &config.dc, config.max_unstored)?;
     let shared_backend_redis = match &shared.backend {
         Backend::Redis(store) => Some(store.clone()),
         Backend::Embedded(_) => None,
