@@ -15,6 +15,7 @@ mod backend;
 mod committer;
 mod memtable;
 mod replay;
+mod retention;
 mod writer;
 
 use std::path::Path;
@@ -126,6 +127,8 @@ struct Shared {
     /// The connection client reads use, with a Redis backend.
     reader: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
     stats: Stats,
+    /// What log retention may remove (see `retention`).
+    retention: retention::Retention,
 }
 
 impl Shared {
@@ -157,7 +160,14 @@ pub struct EngineConfig {
     /// Logged changes not yet in the store before writes and applies wait
     /// (bounds the memtable; see [`DEFAULT_MAX_UNSTORED`]).
     pub max_unstored: usize,
+    /// The most log kept for peers that have not acknowledged it, in bytes.
+    pub log_retention: u64,
+    /// Log segments are closed past this size (retention removes whole segments).
+    pub log_segment_bytes: u64,
 }
+
+/// Default of [`EngineConfig::log_segment_bytes`].
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 
 /// Default of [`EngineConfig::max_unstored`]: 256 Ki changes, some tens of MB.
 pub const DEFAULT_MAX_UNSTORED: usize = 256 * 1024;
@@ -169,14 +179,16 @@ impl Engine {
     /// Opens the log and the backend, replays what the backend lacks, and starts the
     /// writer and committer threads.
     pub fn open(data_dir: &Path, config: EngineConfig) -> Result<Engine, OpenError> {
-        let (log, recovered) = Log::open(&data_dir.join("log"))?;
+        let (log, recovered) = Log::open_sized(&data_dir.join("log"), config.log_segment_bytes)?;
+        let base = retention::decode_base(&recovered.base)?;
+        let log_start = base.0;
         tracing::debug!(
             records = recovered.records,
             truncated = recovered.truncated_bytes,
             "opened the replication log"
         );
         let backend = backend::Backend::open(data_dir, &config.backend)?;
-        let state = replay::replay(&backend, &config.dc, &log)?;
+        let state = replay::replay(&backend, &config.dc, &log, base)?;
         let shared = Arc::new(Shared {
             dc: config.dc.clone(),
             backend,
@@ -191,6 +203,7 @@ impl Engine {
             committed: watch::Sender::new(0),
             reader: tokio::sync::Mutex::new(None),
             stats: Stats::default(),
+            retention: retention::Retention::new(config.log_retention, log_start),
         });
         shared
             .stats
@@ -232,13 +245,64 @@ impl Engine {
 
     /// Where a peer that has applied `peer` must start reading the log: no record
     /// before it is missing from `peer`.
-    pub fn resume_lsn(&self, peer: &VersionVector) -> u64 {
+    /// `None` when the log no longer reaches back that far: the peer must bootstrap.
+    pub fn resume_lsn(&self, peer: &VersionVector) -> Option<u64> {
         let index = self.shared.index.lock().unwrap_or_else(|p| p.into_inner());
         index
             .iter()
             .rev()
             .find(|(_, vector)| peer.dominates(vector))
-            .map_or(0, |(lsn, _)| *lsn)
+            .map(|(lsn, _)| *lsn)
+    }
+
+    /// Installs a peer's snapshot (see the writer's `install_snapshot`); returns the
+    /// number of keys it changed here.
+    pub async fn install_snapshot(
+        &self,
+        vector: VersionVector,
+        entries: crate::store::Entries,
+    ) -> Result<u64, String> {
+        let (done, rx) = oneshot::channel();
+        if self
+            .writes
+            .send(writer::Msg::Snapshot(vector, entries, done))
+            .await
+            .is_err()
+        {
+            return Err("the proxy is shutting down".into());
+        }
+        rx.await
+            .map_err(|_| "the proxy is shutting down".to_owned())?
+    }
+
+    /// The store's data and the vector it reaches, read in one transaction, for a
+    /// peer to bootstrap from. Only the embedded store can give one.
+    pub async fn snapshot(&self) -> Result<(VersionVector, crate::store::Entries), String> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let Backend::Embedded(store) = &shared.backend else {
+                return Err("this datacenter stores its data in Redis, which gives no snapshot tied to a log position; bootstrap from a datacenter on the embedded store".to_owned());
+            };
+            let snapshot = store.snapshot().map_err(|e| e.to_string())?;
+            Ok((snapshot.applied().map_err(|e| e.to_string())?, snapshot.scan().map_err(|e| e.to_string())?))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Tells log retention the oldest position a peer still needs.
+    pub fn set_peers_need(&self, lsn: u64) {
+        self.shared
+            .retention
+            .peers_need
+            .store(lsn, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Where the log starts, and how many segments retention has removed.
+    pub fn log_start(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Acquire;
+        let r = &self.shared.retention;
+        (r.start.load(Acquire), r.removed.load(Acquire))
     }
 
     /// Timestamp of the newest change applied from each origin.

@@ -4,6 +4,11 @@
 //! starts with an 8-byte magic and holds records `[length u32 LE][crc32 u32 LE][payload]`.
 //! A log sequence number (LSN) counts records from the start of the log.
 //!
+//! Retention removes whole segments from the front. The file `base` then records
+//! where the log starts: the first kept LSN and an opaque description of everything
+//! before it (the engine stores the version vector those records reach). It is
+//! written, synced and renamed into place before any segment is removed.
+//!
 //! On open, a record cut short at the end of the newest segment (a torn write from a
 //! crash) is truncated with a warning; a damaged record with data after it is
 //! corruption, and opening fails naming the segment and offset, because silently
@@ -76,8 +81,11 @@ pub struct Log {
 /// What opening the log found.
 #[derive(Debug)]
 pub struct Recovered {
-    /// Records in the log (read them with [`Log::reader`]).
+    /// Records in the log (read them with [`Log::reader`]): the next LSN.
     pub records: u64,
+    /// Where the log starts and what its owner recorded of the records before it
+    /// (`(0, empty)` for a log never truncated).
+    pub base: (u64, Vec<u8>),
     /// Bytes cut from a torn tail, if any.
     pub truncated_bytes: u64,
 }
@@ -92,13 +100,30 @@ impl Log {
     /// [`Log::open`] with segments closed past `segment_bytes`.
     pub fn open_sized(dir: &Path, segment_bytes: u64) -> Result<(Log, Recovered), LogError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let base = read_base(dir)?;
         let mut segments = list_segments(dir)?;
-        if segments.is_empty() {
-            let path = segment_path(dir, 0);
-            create_segment(&path)?;
-            segments.push((0, path));
+        // Finish a truncation a crash interrupted: the base is written first.
+        while segments.len() > 1 && segments[1].0 <= base.0 {
+            let (_, path) = segments.remove(0);
+            fs::remove_file(&path).map_err(io_err(&path))?;
         }
-        let mut records = 0u64;
+        if segments.is_empty() {
+            let path = segment_path(dir, base.0);
+            create_segment(&path)?;
+            segments.push((base.0, path));
+        }
+        let mut records = segments[0].0;
+        if records != base.0 {
+            let what = format!(
+                "the log starts at record {records}, but its base file says {}",
+                base.0
+            );
+            return Err(LogError::Corrupt {
+                path: segments[0].1.clone(),
+                offset: 0,
+                what,
+            });
+        }
         let mut truncated_bytes = 0;
         let last = segments.len() - 1;
         for (i, (first_lsn, path)) in segments.iter().enumerate() {
@@ -144,6 +169,7 @@ impl Log {
             log,
             Recovered {
                 records,
+                base,
                 truncated_bytes,
             },
         ))
@@ -232,7 +258,11 @@ impl Log {
         Ok(Some((file, self.file_path.clone())))
     }
 
-    fn roll(&mut self) -> Result<(), LogError> {
+    /// Closes the current segment and starts the next at the current position.
+    pub fn roll(&mut self) -> Result<(), LogError> {
+        if self.file_len <= MAGIC.len() as u64 {
+            return Ok(()); // The current segment is empty: it already starts here.
+        }
         self.sync()?;
         let path = segment_path(&self.dir, self.next_lsn);
         create_segment(&path)?;
@@ -244,6 +274,100 @@ impl Log {
         self.file_len = MAGIC.len() as u64;
         Ok(())
     }
+}
+
+/// Removes the segments wholly before `lsn` (never the newest), after recording the
+/// new start and `describe(start)` of the records before it in `base`. Returns the
+/// new start, or `None` when no segment could go. Safe beside a running appender and
+/// readers: the appender only touches the newest segment, and a reader holding a
+/// removed segment open reads on to its end.
+pub fn truncate_before(
+    dir: &Path,
+    lsn: u64,
+    describe: impl FnOnce(u64) -> Result<Vec<u8>, String>,
+) -> Result<Option<u64>, LogError> {
+    let segments = list_segments(dir)?;
+    let Some(start) = segments
+        .iter()
+        .skip(1)
+        .map(|(first, _)| *first)
+        .take_while(|first| *first <= lsn)
+        .last()
+    else {
+        return Ok(None);
+    };
+    let bytes = describe(start).map_err(|what| LogError::Corrupt {
+        path: dir.to_owned(),
+        offset: 0,
+        what,
+    })?;
+    write_base(dir, start, &bytes)?;
+    for (_, path) in segments.iter().take_while(|(first, _)| *first < start) {
+        fs::remove_file(path).map_err(io_err(path))?;
+    }
+    Ok(Some(start))
+}
+
+/// The bytes the log's segments take.
+pub fn size(dir: &Path) -> Result<u64, LogError> {
+    let mut total = 0;
+    for (_, path) in list_segments(dir)? {
+        total += fs::metadata(&path).map_err(io_err(&path))?.len();
+    }
+    Ok(total)
+}
+
+/// The first LSN of each segment, oldest first, with its size in bytes.
+pub fn segments(dir: &Path) -> Result<Vec<(u64, u64)>, LogError> {
+    list_segments(dir)?
+        .into_iter()
+        .map(|(first, path)| Ok((first, fs::metadata(&path).map_err(io_err(&path))?.len())))
+        .collect()
+}
+
+const BASE_FILE: &str = "base";
+const BASE_MAGIC: &[u8; 8] = b"MRDNBAS1";
+
+fn read_base(dir: &Path) -> Result<(u64, Vec<u8>), LogError> {
+    let path = dir.join(BASE_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, Vec::new())),
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    let corrupt = |what: &str| LogError::Corrupt {
+        path: path.clone(),
+        offset: 0,
+        what: what.to_owned(),
+    };
+    if bytes.len() < 20 || &bytes[..8] != BASE_MAGIC {
+        return Err(corrupt("not a meridian log base file"));
+    }
+    let lsn = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default());
+    let crc = u32::from_le_bytes(bytes[16..20].try_into().unwrap_or_default());
+    let body = &bytes[20..];
+    if crc32fast::hash(body) != crc {
+        return Err(corrupt("checksum mismatch"));
+    }
+    Ok((lsn, body.to_vec()))
+}
+
+fn write_base(dir: &Path, lsn: u64, body: &[u8]) -> Result<(), LogError> {
+    let tmp = dir.join("base.tmp");
+    let mut bytes = BASE_MAGIC.to_vec();
+    bytes.extend_from_slice(&lsn.to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    bytes.extend_from_slice(body);
+    {
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(&bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    let path = dir.join(BASE_FILE);
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 pub(crate) fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {

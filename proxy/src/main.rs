@@ -60,6 +60,10 @@ enum Command {
         /// for it (bounds memory while the store is slow or down).
         #[arg(long, default_value_t = meridian_proxy::engine::DEFAULT_MAX_UNSTORED, value_parser = clap::value_parser!(usize))]
         max_unstored_changes: usize,
+        /// Close a log segment past this many bytes (retention removes whole
+        /// segments; small segments make it visible in tests).
+        #[arg(long, default_value_t = meridian_proxy::engine::DEFAULT_SEGMENT_BYTES, hide = true)]
+        log_segment_bytes: u64,
     },
     /// Create the cluster CA and every datacenter's certificate and key, at the
     /// paths the topology file's [tls] section names.
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
             dial,
             clock_offset_ms,
             max_unstored_changes,
+            log_segment_bytes,
         } => run::run(
             &config,
             &dc,
@@ -118,6 +123,7 @@ fn main() -> ExitCode {
                 dial,
                 clock_offset_ms,
                 max_unstored: max_unstored_changes.max(1),
+                log_segment_bytes: log_segment_bytes.max(4096),
             },
         ),
         Command::Bench(BenchCommand::Overhead(args)) => bench::overhead(&args),

@@ -80,9 +80,28 @@ pub struct Replication {
     live: watch::Sender<DcSet>,
     /// What each datacenter is known to have applied (gossip).
     known: watch::Sender<HashMap<String, VersionVector>>,
+    /// What each linked peer itself last said it has applied.
+    acked: Mutex<HashMap<String, VersionVector>>,
     peers: Mutex<HashMap<String, Arc<PeerStatus>>>,
     /// Connections made, to tell a replaced connection from the current one.
     next_conn: AtomicU64,
+}
+
+/// Keeps the engine's log retention told what the peers still need, at most once a
+/// second, as their acknowledgements arrive.
+async fn track_needs(repl: Arc<Replication>, mut stopped: watch::Receiver<bool>) {
+    let mut known = repl.known.subscribe();
+    loop {
+        repl.engine.set_peers_need(repl.oldest_need());
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = stopped.changed() => return,
+        }
+        tokio::select! {
+            r = known.changed() => if r.is_err() { return },
+            _ = stopped.changed() => return,
+        }
+    }
 }
 
 impl Replication {
@@ -98,14 +117,31 @@ impl Replication {
         let repl = Arc::new(Replication {
             live: watch::Sender::new(DcSet::one(config.me)),
             known: watch::Sender::new(known),
+            acked: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             engine,
             endpoint,
             config,
         });
-        links::spawn(repl.clone(), stopped);
+        links::spawn(repl.clone(), stopped.clone());
+        tokio::spawn(track_needs(repl.clone(), stopped));
         Ok(repl)
+    }
+
+    /// The oldest log position a linked peer still needs, from what it has
+    /// acknowledged; `u64::MAX` when none needs anything the log can give (a peer
+    /// the log no longer reaches back for bootstraps from a snapshot instead).
+    fn oldest_need(&self) -> u64 {
+        let topology = self.topology();
+        (0..topology.datacenters.len())
+            .map(|i| DcIdx(i as u8))
+            .filter(|&peer| {
+                peer != self.config.me && topology.router.may_link(self.config.me, peer)
+            })
+            .filter_map(|peer| self.engine.resume_lsn(&self.acked(self.id(peer))))
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     /// The address peers reach this proxy at.
@@ -138,6 +174,28 @@ impl Replication {
             *live = next;
             changed
         });
+    }
+
+    /// Records what `peer` itself says it has applied: in its handshake and in its
+    /// own entry of its acknowledgements. Unlike gossip this replaces what was
+    /// known, so a peer that lost its data (a new datacenter under an old name) is
+    /// served again from what it really has. Shippers resume from this.
+    fn acknowledged(&self, peer: &str, applied: &VersionVector) {
+        self.acked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer.to_owned(), applied.clone());
+        self.learn(peer, applied);
+    }
+
+    /// What `peer` last said it has applied.
+    pub fn acked(&self, peer: &str) -> VersionVector {
+        self.acked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Records what `dc` is known to have applied (a pointwise maximum).

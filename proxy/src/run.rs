@@ -25,6 +25,8 @@ pub(crate) struct Extra {
     pub(crate) clock_offset_ms: i64,
     /// Bound on logged changes not yet in the store.
     pub(crate) max_unstored: usize,
+    /// Size past which a log segment is closed.
+    pub(crate) log_segment_bytes: u64,
 }
 
 pub(crate) fn run(file: &Path, dc: &str, format: LogFormat, extra: &Extra) -> ExitCode {
@@ -45,6 +47,7 @@ pub(crate) fn run(file: &Path, dc: &str, format: LogFormat, extra: &Extra) -> Ex
     let mut config = ProxyConfig::from_topology(&topology, idx);
     config.clock_offset_ms = extra.clock_offset_ms;
     config.max_unstored = extra.max_unstored;
+    config.log_segment_bytes = extra.log_segment_bytes;
     if topology.datacenters.len() > 1 {
         match replication_config(file, topology, idx, &extra.dial) {
             Ok(rc) => config.replication = Some(rc),

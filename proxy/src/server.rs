@@ -53,6 +53,10 @@ pub struct ProxyConfig {
     pub clock_offset_ms: i64,
     /// Logged changes not yet in the store before writes and applies wait.
     pub max_unstored: usize,
+    /// The most log kept for peers that have not acknowledged it, in bytes.
+    pub log_retention: u64,
+    /// Log segments are closed past this size.
+    pub log_segment_bytes: u64,
 }
 
 impl ProxyConfig {
@@ -84,6 +88,8 @@ impl ProxyConfig {
             replication: None,
             clock_offset_ms: 0,
             max_unstored: crate::engine::DEFAULT_MAX_UNSTORED,
+            log_retention: topology.replication.log_retention_bytes,
+            log_segment_bytes: crate::engine::DEFAULT_SEGMENT_BYTES,
         }
     }
 }
@@ -142,6 +148,8 @@ impl Proxy {
             backend: config.backend.clone(),
             clock_offset_ms: config.clock_offset_ms,
             max_unstored: config.max_unstored,
+            log_retention: config.log_retention,
+            log_segment_bytes: config.log_segment_bytes,
         };
         let data_dir = config.data_dir.clone();
         let engine = tokio::task::spawn_blocking(move || Engine::open(&data_dir, engine_config))

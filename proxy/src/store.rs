@@ -68,6 +68,9 @@ pub struct Stored {
     pub origin: String,
 }
 
+/// Keys and their records, as a snapshot carries them.
+pub type Entries = Vec<(Vec<u8>, Stored)>;
+
 /// The embedded store.
 #[derive(Debug)]
 pub struct Store {
@@ -103,6 +106,7 @@ impl Store {
         let txn = try_engine!("read", self.db.begin_read());
         Ok(Snapshot {
             table: try_engine!("read", txn.open_table(DATA)),
+            meta: try_engine!("read", txn.open_table(META)),
         })
     }
 
@@ -153,9 +157,21 @@ impl Store {
 #[derive(Debug)]
 pub struct Snapshot {
     table: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    meta: redb::ReadOnlyTable<&'static str, &'static [u8]>,
 }
 
 impl Snapshot {
+    /// The applied vector the snapshot's data reaches.
+    pub fn applied(&self) -> Result<VersionVector, StoreError> {
+        match try_engine!("read", self.meta.get(APPLIED)) {
+            None => Ok(VersionVector::new()),
+            Some(bytes) => VersionVector::decode(bytes.value()).map_err(|e| StoreError::Damaged {
+                key: "(applied vector)".into(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
     /// The stored record of `key`, expired or not.
     pub fn get(&self, key: &[u8]) -> Result<Option<Stored>, StoreError> {
         let Some(bytes) = try_engine!("read", self.table.get(key)) else {

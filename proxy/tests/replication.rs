@@ -551,3 +551,77 @@ async fn a_receiver_with_a_slowed_backend_falls_behind_and_catches_up() {
     }
     eprintln!("the receiver was {behind} changes behind when the burst ended");
 }
+
+/// A field of INFO replication, as a number (0 when absent).
+async fn info_field(cluster: &Cluster, dc: usize, field: &str) -> u64 {
+    let info = cluster.replication_info(dc).await.expect("INFO");
+    info.get(field).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Snapshots dc `dc` installed, over all its peers.
+async fn snapshots_installed(cluster: &Cluster, dc: usize) -> u64 {
+    let info = cluster.replication_info(dc).await.expect("INFO");
+    info.iter()
+        .filter(|(k, _)| k.starts_with("peer_"))
+        .filter_map(|(_, v)| {
+            v.split(',')
+                .find_map(|kv| kv.strip_prefix("snapshots_installed="))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datacenter_behind_the_retained_log_or_new_bootstraps_from_a_snapshot() {
+    let mut spec = spec(3, Shape::AllToAll, 101);
+    spec.log_retention = Some("1MiB".into());
+    spec.extra_args = vec![vec!["--log-segment-bytes".into(), "65536".into()]; 3];
+    let mut cluster = start(spec).await;
+    write_everywhere(&cluster, 30, 101).await;
+    converged(&cluster).await;
+
+    // dc2 goes down; the others write far more than their logs may keep.
+    cluster.kill(2).expect("kill dc2");
+    let value = "x".repeat(1000);
+    for dc in 0..2 {
+        let mut c = cluster.connect(dc).await.expect("connect");
+        for chunk in (0..3000).collect::<Vec<_>>().chunks(100) {
+            let mut pipe = redis::pipe();
+            for i in chunk {
+                pipe.cmd("SET")
+                    .arg(format!("{{big{dc}-{}}}:v", i % 700))
+                    .arg(format!("{i}{value}"))
+                    .ignore();
+            }
+            let _: () = pipe.query_async(&mut c).await.expect("write");
+        }
+    }
+    until(
+        "dc0 and dc1 to remove log segments dc2 still needs",
+        || async {
+            info_field(&cluster, 0, "log_segments_removed").await > 0
+                && info_field(&cluster, 1, "log_segments_removed").await > 0
+        },
+    )
+    .await;
+    // Back, it gets snapshots, then the log from where they reach.
+    cluster.restart(2).await.expect("restart dc2");
+    converged(&cluster).await;
+    assert!(
+        snapshots_installed(&cluster, 2).await > 0,
+        "dc2 installed no snapshot"
+    );
+
+    // A datacenter that starts empty in the running cluster bootstraps the same way,
+    // and takes part in replication afterwards.
+    cluster.kill(2).expect("kill dc2");
+    std::fs::remove_dir_all(cluster.data_dir(2)).expect("wipe dc2");
+    cluster.restart(2).await.expect("start dc2 empty");
+    converged(&cluster).await;
+    assert!(
+        snapshots_installed(&cluster, 2).await > 0,
+        "the new dc2 installed no snapshot"
+    );
+    write_everywhere(&cluster, 30, 102).await;
+    converged(&cluster).await;
+}

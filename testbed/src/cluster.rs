@@ -57,6 +57,8 @@ pub struct ClusterSpec {
     pub clock_offsets_ms: Vec<i64>,
     /// The topology's `fsync` policy.
     pub fsync: String,
+    /// The topology's `log_retention` (`None`: its default).
+    pub log_retention: Option<String>,
     /// Seed for the relays' loss and jitter.
     pub seed: u64,
     /// A Redis URL per datacenter to use as its backend (missing or `None`: the
@@ -77,6 +79,7 @@ impl ClusterSpec {
             links: vec![vec![LinkShape::delay(Duration::from_millis(5)); n]; n],
             clock_offsets_ms: Vec::new(),
             fsync: "every-10ms".into(),
+            log_retention: None,
             seed: 1,
             redis: Vec::new(),
             extra_args: Vec::new(),
@@ -230,11 +233,11 @@ fn topology_text(spec: &ClusterSpec, tcp: &[u16], udp: &[u16]) -> String {
             tcp[2 * i + 1]
         );
     }
-    let _ = writeln!(
-        t,
-        "\n[replication]\nfsync = {:?}\n\n[tls]\nca = \"certs/ca.pem\"",
-        spec.fsync
-    );
+    let _ = writeln!(t, "\n[replication]\nfsync = {:?}", spec.fsync);
+    if let Some(retention) = &spec.log_retention {
+        let _ = writeln!(t, "log_retention = {retention:?}");
+    }
+    let _ = writeln!(t, "\n[tls]\nca = \"certs/ca.pem\"");
     t
 }
 
@@ -402,6 +405,11 @@ impl Cluster {
     /// The cluster's directory (topology, certificates, data, logs).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Datacenter `i`'s data directory (its replication log and store).
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join("data").join(&self.dcs[i].id)
     }
 
     /// The last lines of datacenter `i`'s log.

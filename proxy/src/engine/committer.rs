@@ -25,6 +25,10 @@ pub(super) struct Logged {
     pub(super) changes: Vec<Change>,
     /// The applied vector once these changes are in.
     pub(super) applied: VersionVector,
+    /// The log position after these changes.
+    pub(super) end_lsn: u64,
+    /// Commit durably at once (an installed snapshot).
+    pub(super) durable: bool,
 }
 
 /// The writer's end of the queue to the committer.
@@ -121,15 +125,21 @@ fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget) {
             }
         }
         let Some(last) = batches.last() else { continue };
-        let (batch, vector) = (last.batch, last.applied.clone());
+        let forced = batches.iter().any(|b| b.durable);
+        let (batch, vector, end_lsn) = (last.batch, last.applied.clone(), last.end_lsn);
         let queued: usize = batches.iter().map(|b| b.changes.len().max(1)).sum();
         let changes: Vec<Change> = batches.into_iter().flat_map(|b| b.changes).collect();
-        let checkpoint = last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
+        let checkpoint = forced || last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
         if !commit_until_done(shared, &mut target, &changes, &vector, checkpoint) {
             return;
         }
         if checkpoint {
             last_checkpoint = Instant::now();
+            shared
+                .retention
+                .durable
+                .store(end_lsn, std::sync::atomic::Ordering::Release);
+            shared.retain();
         }
         shared.memtable.committed(
             batch,

@@ -27,7 +27,12 @@ pub(super) struct Resume {
 
 /// Applies every logged change the store has not applied (those above its applied
 /// vector), in log order, and returns where the writer resumes.
-pub(super) fn replay(backend: &Backend, dc: &str, log: &Log) -> Result<Resume, OpenError> {
+pub(super) fn replay(
+    backend: &Backend,
+    dc: &str,
+    log: &Log,
+    base: (u64, VersionVector),
+) -> Result<Resume, OpenError> {
     let mut applied = backend.applied()?;
     let mut target = backend.target();
     let mut commit = |changes: &[Change], applied: &VersionVector, durable: bool| {
@@ -38,9 +43,9 @@ pub(super) fn replay(backend: &Backend, dc: &str, log: &Log) -> Result<Resume, O
     let mut last_hlc = Timestamp::default();
     let mut pending = Vec::new();
     let mut replayed = 0;
-    let mut reader = log.reader(0);
-    let mut seen = VersionVector::new();
-    let mut index = Vec::new();
+    let mut reader = log.reader(base.0);
+    let mut seen = base.1.clone();
+    let mut index = vec![base];
     let mut last_hlc_by_origin = std::collections::HashMap::new();
     while let Some((lsn, bytes)) = reader.next_record()? {
         let change = Change::decode(&bytes).map_err(|e| OpenError::BadRecord {
@@ -65,6 +70,11 @@ pub(super) fn replay(backend: &Backend, dc: &str, log: &Log) -> Result<Resume, O
     }
     replayed += pending.len() as u64;
     commit(&pending, &applied, true)?;
+    if !seen.dominates(&applied) {
+        // The store holds more than the log explains: a snapshot was installed and
+        // the log not yet cut. No record before the end describes what is here.
+        index = vec![(log.next_lsn(), applied.clone())];
+    }
     if replayed > 0 {
         tracing::info!(
             replayed,

@@ -12,6 +12,8 @@ fn config() -> EngineConfig {
         backend: BackendConfig::Embedded,
         clock_offset_ms: 0,
         max_unstored: super::DEFAULT_MAX_UNSTORED,
+        log_retention: 1 << 30,
+        log_segment_bytes: super::DEFAULT_SEGMENT_BYTES,
     }
 }
 

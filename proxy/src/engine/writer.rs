@@ -25,6 +25,7 @@ use crate::resp::Reply;
 use crate::store::Snapshot;
 
 mod apply;
+mod snapshot;
 
 /// Most writes taken into one batch.
 const MAX_BATCH: usize = 1024;
@@ -55,6 +56,11 @@ pub(super) type ApplyDone = oneshot::Sender<Result<Vec<Change>, String>>;
 pub(super) enum Msg {
     Write(Request),
     Apply(Vec<Change>, ApplyDone),
+    Snapshot(
+        VersionVector,
+        crate::store::Entries,
+        oneshot::Sender<Result<u64, String>>,
+    ),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -79,7 +85,7 @@ struct Writer {
 /// What the backend holds for a batch's keys.
 enum Base {
     /// The embedded store, as of the batch's start.
-    Snapshot(Snapshot),
+    Snapshot(Box<Snapshot>),
     /// Redis: every key the batch touches, fetched in one round trip.
     Fetched(HashMap<Vec<u8>, Fetched>),
 }
@@ -162,6 +168,16 @@ impl Writer {
                 match msg {
                     Msg::Write(request) => batch.push(request),
                     Msg::Apply(changes, done) => applies.push((changes, done)),
+                    Msg::Snapshot(vector, entries, done) => {
+                        // After the writes and applies taken so far, in order.
+                        if !batch.is_empty() {
+                            self.commit_batch(std::mem::take(&mut batch));
+                        }
+                        for (changes, done) in applies.drain(..) {
+                            let _ = done.send(self.apply_remote(changes));
+                        }
+                        let _ = done.send(self.install_snapshot(vector, entries));
+                    }
                     Msg::Shutdown(done) => shutdown = Some(done),
                 }
                 if batch.len() < MAX_BATCH && applies.len() < MAX_BATCH && shutdown.is_none() {
@@ -196,7 +212,7 @@ impl Writer {
         match &self.shared.backend {
             Backend::Embedded(store) => store
                 .snapshot()
-                .map(Base::Snapshot)
+                .map(|s| Base::Snapshot(Box::new(s)))
                 .map_err(|e| store_error(&e)),
             Backend::Redis(_) => {
                 let mut keys: Vec<Vec<u8>> = batch
@@ -395,6 +411,8 @@ impl Writer {
             batch: self.batch_no,
             changes,
             applied: self.applied.clone(),
+            end_lsn: next_lsn,
+            durable: false,
         };
         if let Some((committer, _)) = &self.committer {
             // Blocks while the committer is far behind: backpressure, never a dropped change.

@@ -4,7 +4,10 @@
 //! - kind 1, a change: the change exactly as the sender's log holds it;
 //! - kind 2, applied vectors: what the sender knows each datacenter has applied
 //!   (its own included), as `[(datacenter, vector bytes)]` in postcard;
-//! - kind 3, a heartbeat, with an empty body.
+//! - kind 3, a heartbeat, with an empty body;
+//! - kind 4, a snapshot begins: the version vector the sender's store reaches;
+//! - kind 5, snapshot entries: `[(key, stored record)]` in postcard;
+//! - kind 6, the snapshot ends; changes follow from the vector of kind 4 on.
 //!
 //! Change frames also travel, packed several to a datagram, as QUIC datagrams.
 //!
@@ -19,6 +22,9 @@ use crate::log::MAX_RECORD;
 pub(super) const CHANGE: u8 = 1;
 const APPLIED: u8 = 2;
 const HEARTBEAT: u8 = 3;
+const SNAPSHOT_BEGIN: u8 = 4;
+const SNAPSHOT_ENTRIES: u8 = 5;
+const SNAPSHOT_END: u8 = 6;
 /// The longest frame accepted: a change as large as the log accepts, plus its kind.
 pub(super) const MAX_FRAME: usize = MAX_RECORD + 1;
 
@@ -31,6 +37,12 @@ pub(super) enum Frame {
     Applied(Vec<(String, Vec<u8>)>),
     /// Nothing but liveness.
     Heartbeat,
+    /// A snapshot of the sender's store begins; the encoded vector it reaches.
+    SnapshotBegin(Vec<u8>),
+    /// Keys of the snapshot.
+    SnapshotEntries(crate::store::Entries),
+    /// The snapshot is complete.
+    SnapshotEnd,
 }
 
 /// A stream that broke the framing.
@@ -87,6 +99,31 @@ pub(super) fn push_heartbeat(out: &mut Vec<u8>) {
     out.push(HEARTBEAT);
 }
 
+fn push_frame(out: &mut Vec<u8>, kind: u8, body: &[u8]) {
+    out.extend_from_slice(&(body.len() as u32 + 1).to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(body);
+}
+
+/// Appends the frame that begins a snapshot reaching `vector` (encoded).
+pub(super) fn push_snapshot_begin(out: &mut Vec<u8>, vector: &[u8]) {
+    push_frame(out, SNAPSHOT_BEGIN, vector);
+}
+
+/// Appends a frame of snapshot entries.
+pub(super) fn push_snapshot_entries(
+    out: &mut Vec<u8>,
+    entries: &[(Vec<u8>, crate::store::Stored)],
+) {
+    let body = postcard::to_stdvec(entries).unwrap_or_default();
+    push_frame(out, SNAPSHOT_ENTRIES, &body);
+}
+
+/// Appends the frame that ends a snapshot.
+pub(super) fn push_snapshot_end(out: &mut Vec<u8>) {
+    push_frame(out, SNAPSHOT_END, &[]);
+}
+
 /// Reads the next frame; `Ok(None)` when the stream ended cleanly between frames.
 pub(super) async fn read<R: AsyncRead + Unpin>(
     stream: &mut R,
@@ -130,6 +167,11 @@ pub(super) async fn read<R: AsyncRead + Unpin>(
                 .map_err(|e| malformed(format!("an applied-vectors frame does not decode: {e}")))
         }
         HEARTBEAT => Ok(Some(Frame::Heartbeat)),
+        SNAPSHOT_BEGIN => Ok(Some(Frame::SnapshotBegin(body))),
+        SNAPSHOT_ENTRIES => postcard::from_bytes(&body)
+            .map(|e| Some(Frame::SnapshotEntries(e)))
+            .map_err(|e| malformed(format!("a snapshot frame does not decode: {e}"))),
+        SNAPSHOT_END => Ok(Some(Frame::SnapshotEnd)),
         other => Err(malformed(format!(
             "frame kind {other} is unknown to this build (a newer protocol?)"
         ))),

@@ -132,7 +132,7 @@ async fn run(repl: Arc<Replication>, link: Link, mut stopped: watch::Receiver<bo
     if let Some(old) = status.replace_connection(conn_id, connection.clone()) {
         old.close(0u32.into(), b"replaced by a newer connection");
     }
-    repl.learn(&peer.dc, &peer.applied);
+    repl.acknowledged(&peer.dc, &peer.applied);
     repl.set_live(idx, true);
     tracing::info!(peer = %peer.dc, rtt_ms = connection.rtt().as_millis() as u64, "linked");
     let span = tracing::info_span!("link", dc = %repl.dc(), peer = %peer.dc);

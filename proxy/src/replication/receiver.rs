@@ -73,6 +73,8 @@ pub(super) async fn run(
     let _echoes = AbortOnDrop(echoes);
     let mut applied_rx = repl.engine.watch_applied();
     let mut pending: BTreeMap<(String, u64), Change> = BTreeMap::new();
+    // A snapshot being received: the vector it reaches and its entries so far.
+    let mut snapshot: Option<(VersionVector, crate::store::Entries)> = None;
     let result = loop {
         let next = if pending.len() < MAX_BUFFERED {
             tokio::select! {
@@ -102,11 +104,42 @@ pub(super) async fn run(
             Some((_, Ok(Some(Frame::Applied(table))))) => {
                 for (dc, bytes) in table {
                     match VersionVector::decode(&bytes) {
+                        Ok(vv) if dc == peer_id => repl.acknowledged(&dc, &vv),
                         Ok(vv) if repl.topology().index_of(&dc).is_some() => repl.learn(&dc, &vv),
                         _ => {
                             tracing::warn!(peer = %peer_id, dc = %dc, "ignoring a malformed applied vector")
                         }
                     }
+                }
+            }
+            Some((_, Ok(Some(Frame::SnapshotBegin(bytes))))) => match VersionVector::decode(&bytes)
+            {
+                Ok(vector) => {
+                    tracing::info!(%vector, "receiving a snapshot from {peer_id}");
+                    pending.clear();
+                    snapshot = Some((vector, Vec::new()));
+                }
+                Err(e) => break Err(format!("{peer_id} began a snapshot with a bad vector: {e}")),
+            },
+            Some((_, Ok(Some(Frame::SnapshotEntries(entries))))) => match snapshot.as_mut() {
+                Some((_, all)) => all.extend(entries),
+                None => {
+                    break Err(format!(
+                        "{peer_id} sent snapshot entries outside a snapshot"
+                    ));
+                }
+            },
+            Some((_, Ok(Some(Frame::SnapshotEnd)))) => {
+                let Some((vector, entries)) = snapshot.take() else {
+                    break Err(format!("{peer_id} ended a snapshot it did not begin"));
+                };
+                let keys = entries.len();
+                match repl.engine.install_snapshot(vector, entries).await {
+                    Ok(changed) => {
+                        PeerStatus::add(&status.snapshots_installed, 1);
+                        tracing::info!(keys, changed, "installed the snapshot from {peer_id}");
+                    }
+                    Err(e) => break Err(format!("installing the snapshot from {peer_id}: {e}")),
                 }
             }
             Some((_, Ok(Some(Frame::Heartbeat)))) | None => {}

@@ -47,8 +47,19 @@ pub(super) async fn run(
     loop {
         // (Re)start from what the peer is known to have applied.
         let live = *live_rx.borrow_and_update();
-        let mut sent = repl.known(&peer_id);
-        let mut reader = repl.engine.log_reader(repl.engine.resume_lsn(&sent));
+        let mut sent = repl.acked(&peer_id);
+        let from = match repl.engine.resume_lsn(&sent) {
+            Some(lsn) => lsn,
+            None => {
+                // The log no longer reaches back to what the peer lacks.
+                let vector = send_snapshot(&repl, &mut send, &peer_id, &status).await?;
+                sent.merge(&vector);
+                repl.engine.resume_lsn(&vector).ok_or_else(|| {
+                    format!("the log does not reach back to the snapshot sent to {peer_id}")
+                })?
+            }
+        };
+        let mut reader = repl.engine.log_reader(from);
         PeerStatus::add(&status.restarts, 1);
         tracing::debug!(from = reader.next_lsn(), "shipping from the log");
         loop {
@@ -108,6 +119,46 @@ pub(super) async fn run(
         }
         tracing::debug!(live = ?live_rx.borrow().bits(), "routes changed; restarting from the peer's acknowledged position");
     }
+}
+
+/// Snapshot entries per frame.
+const SNAPSHOT_CHUNK: usize = 1024;
+
+/// Sends this datacenter's store to a peer that lacks changes the log no longer
+/// holds; returns the vector the snapshot reaches (shipping resumes there).
+async fn send_snapshot(
+    repl: &Replication,
+    send: &mut quinn::SendStream,
+    peer_id: &str,
+    status: &PeerStatus,
+) -> Result<VersionVector, String> {
+    let (vector, entries) = repl.engine.snapshot().await.map_err(|e| {
+        let why = format!("{peer_id} needs changes older than this log holds, and {e}");
+        status.set_error(&why);
+        why
+    })?;
+    tracing::info!(keys = entries.len(), %vector, "{peer_id} needs changes older than the log: sending a snapshot");
+    let mut encoded = Vec::new();
+    vector.encode(&mut encoded);
+    let mut buf = Vec::new();
+    frame::push_snapshot_begin(&mut buf, &encoded);
+    for chunk in entries.chunks(SNAPSHOT_CHUNK) {
+        frame::push_snapshot_entries(&mut buf, chunk);
+        if buf.len() >= WRITE_CHUNK {
+            send.write_all(&buf)
+                .await
+                .map_err(|e| format!("snapshot to {peer_id}: {e}"))?;
+            PeerStatus::add(&status.shipped_bytes, buf.len() as u64);
+            buf.clear();
+        }
+    }
+    frame::push_snapshot_end(&mut buf);
+    send.write_all(&buf)
+        .await
+        .map_err(|e| format!("snapshot to {peer_id}: {e}"))?;
+    PeerStatus::add(&status.shipped_bytes, buf.len() as u64);
+    PeerStatus::add(&status.snapshots_sent, 1);
+    Ok(vector)
 }
 
 /// Sends the change frames of `frames` as QUIC datagrams, twice, `ECHO_GAP` apart.

@@ -26,6 +26,10 @@ pub struct PeerStatus {
     pub buffered: AtomicU64,
     /// Changes from the peer that arrived before their dependencies and were held.
     pub held_for_deps: AtomicU64,
+    /// Snapshots sent to the peer.
+    pub snapshots_sent: AtomicU64,
+    /// Snapshots received from the peer and installed.
+    pub snapshots_installed: AtomicU64,
     /// Times the shipper restarted from the peer's acknowledged position.
     pub restarts: AtomicU64,
 }
@@ -41,6 +45,8 @@ impl PeerStatus {
             received: AtomicU64::new(0),
             buffered: AtomicU64::new(0),
             held_for_deps: AtomicU64::new(0),
+            snapshots_sent: AtomicU64::new(0),
+            snapshots_installed: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
         }
     }

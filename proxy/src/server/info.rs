@@ -84,7 +84,8 @@ fn replication(out: &mut String, ctx: &Context) {
         out,
         "# Replication\r\nrole:master\r\ndatacenter:{}\r\napplied:{applied}\r\nuncommitted_keys:{}\r\n\
          connected_peers:{}\r\nchanges_applied_remote:{}\r\nchanges_duplicate_skipped:{}\r\n\
-         conflicts_lww_lost:{}\r\nclock_drift_refusals:{}\r\nchanges_held_for_deps:{}\r\n",
+         conflicts_lww_lost:{}\r\nclock_drift_refusals:{}\r\nchanges_held_for_deps:{}\r\n\
+         log_start:{}\r\nlog_segments_removed:{}\r\n",
         ctx.config.dc,
         ctx.engine.uncommitted(),
         peers.iter().filter(|p| p.connected()).count(),
@@ -96,12 +97,14 @@ fn replication(out: &mut String, ctx: &Context) {
             .iter()
             .map(|p| p.held_for_deps.load(Ordering::Relaxed))
             .sum::<u64>(),
+        ctx.engine.log_start().0,
+        ctx.engine.log_start().1,
     );
     for p in &peers {
         let (rtt, lost) = p.path().unwrap_or_default();
         let _ = write!(
             out,
-            "peer_{}:state={},rtt_ms={:.1},lost_packets={lost},shipped={},shipped_bytes={},received={},buffered={},restarts={}\r\n",
+            "peer_{}:state={},rtt_ms={:.1},lost_packets={lost},shipped={},shipped_bytes={},received={},buffered={},restarts={},snapshots_sent={},snapshots_installed={}\r\n",
             p.dc,
             if p.connected() { "up" } else { "down" },
             rtt.as_secs_f64() * 1000.0,
@@ -110,6 +113,8 @@ fn replication(out: &mut String, ctx: &Context) {
             p.received.load(Ordering::Relaxed),
             p.buffered.load(Ordering::Relaxed),
             p.restarts.load(Ordering::Relaxed),
+            p.snapshots_sent.load(Ordering::Relaxed),
+            p.snapshots_installed.load(Ordering::Relaxed),
         );
     }
     if let Some(repl) = &ctx.replication {

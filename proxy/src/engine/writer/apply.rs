@@ -66,7 +66,7 @@ impl Writer {
     }
 
     /// Moves the clock past a remote timestamp, so later local writes order after it.
-    fn observe(&mut self, hlc: u64) {
+    pub(super) fn observe(&mut self, hlc: u64) {
         if let Err(e) = self
             .clock
             .observe(Timestamp::from_u64(hlc), self.clock_ms(wall_ms()))
@@ -81,7 +81,7 @@ impl Writer {
 
     /// The current version of every key the changes touch: the memtable's, else the
     /// backend's.
-    fn versions(
+    pub(super) fn versions(
         &mut self,
         changes: &[Change],
     ) -> Result<HashMap<Vec<u8>, Option<Version>>, String> {

@@ -1,0 +1,140 @@
+//! Log retention: the log keeps every record some peer still needs, bounded by
+//! `log_retention`, and never a record the store does not yet hold durably.
+//!
+//! After each durable checkpoint of the store, the committer asks what may go:
+//! whole segments before `min(durable, oldest need of a linked peer)`; if the log is
+//! still larger than `log_retention`, also older segments a peer still needs (never
+//! past the durable point): that peer then bootstraps from a snapshot. The log's new
+//! start and the version vector its removed records reached go to its base file, so
+//! start-up and `resume_lsn` know where the log begins.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use meridian_policies::VersionVector;
+
+use super::{OpenError, Shared};
+use crate::change::Change;
+use crate::log;
+
+/// What retention may remove.
+#[derive(Debug)]
+pub(super) struct Retention {
+    /// `log_retention`, in bytes.
+    bytes: u64,
+    /// Every record before this LSN is in the store durably.
+    pub(super) durable: AtomicU64,
+    /// The oldest LSN a linked peer still needs (`u64::MAX`: none does).
+    pub(super) peers_need: AtomicU64,
+    /// Where the log starts.
+    pub(super) start: AtomicU64,
+    /// Segments removed so far.
+    pub(super) removed: AtomicU64,
+}
+
+impl Retention {
+    pub(super) fn new(bytes: u64, start: u64) -> Retention {
+        Retention {
+            bytes,
+            durable: AtomicU64::new(0),
+            peers_need: AtomicU64::new(u64::MAX),
+            start: AtomicU64::new(start),
+            removed: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The log's base as the engine reads it: its first LSN and the vector the
+/// records before it reached.
+pub(super) fn decode_base(base: &(u64, Vec<u8>)) -> Result<(u64, VersionVector), OpenError> {
+    if base.1.is_empty() {
+        return Ok((base.0, VersionVector::new()));
+    }
+    VersionVector::decode(&base.1)
+        .map(|v| (base.0, v))
+        .map_err(|e| OpenError::BadRecord {
+            lsn: base.0,
+            message: format!("the log's base file does not decode: {e}"),
+        })
+}
+
+impl Shared {
+    /// Removes the log segments nobody needs any more (see the module's text).
+    pub(super) fn retain(&self) {
+        let r = &self.retention;
+        let durable = r.durable.load(Ordering::Acquire);
+        let need = r.peers_need.load(Ordering::Acquire);
+        let segments = match log::segments(&self.log_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "log retention: cannot list the segments");
+                return;
+            }
+        };
+        let mut remaining: u64 = segments.iter().map(|(_, len)| len).sum();
+        let mut size_cut = 0;
+        for pair in segments.windows(2) {
+            if remaining <= r.bytes {
+                break;
+            }
+            remaining -= pair[0].1;
+            size_cut = pair[1].0;
+        }
+        let keep_from = durable.min(need.max(size_cut));
+        if keep_from <= r.start.load(Ordering::Acquire) {
+            return;
+        }
+        let describe = |start: u64| {
+            self.vector_at(start).map(|v| {
+                let mut out = Vec::new();
+                v.encode(&mut out);
+                out
+            })
+        };
+        match log::truncate_before(&self.log_dir, keep_from, describe) {
+            Ok(Some(start)) => {
+                if start > need {
+                    tracing::warn!(
+                        start,
+                        need,
+                        limit = r.bytes,
+                        "the log outgrew log_retention: a peer that has not acknowledged \
+                         the removed changes will bootstrap from a snapshot"
+                    );
+                }
+                let removed = segments.iter().filter(|(first, _)| *first < start).count();
+                r.removed.fetch_add(removed as u64, Ordering::Relaxed);
+                r.start.store(start, Ordering::Release);
+                tracing::debug!(start, removed, "log retention removed segments");
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "log retention failed"),
+        }
+    }
+
+    /// The vector every record before `lsn` reaches, from the nearest checkpoint at
+    /// or before it; the index is cut to start there.
+    fn vector_at(&self, lsn: u64) -> Result<VersionVector, String> {
+        let (from, mut vector) = {
+            let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            index
+                .iter()
+                .rev()
+                .find(|(at, _)| *at <= lsn)
+                .cloned()
+                .ok_or_else(|| format!("no log checkpoint at or before record {lsn}"))?
+        };
+        let mut reader = log::LogReader::open(&self.log_dir, from);
+        while reader.next_lsn() < lsn {
+            let Some((at, bytes)) = reader.next_record().map_err(|e| e.to_string())? else {
+                return Err(format!("the log ends before record {lsn}"));
+            };
+            let change = Change::decode(&bytes)
+                .map_err(|e| format!("log record {at} does not decode: {e}"))?;
+            vector.advance(&change.origin, change.seq);
+        }
+        let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        index.retain(|(at, _)| *at > lsn);
+        index.insert(0, (lsn, vector.clone()));
+        Ok(vector)
+    }
+}

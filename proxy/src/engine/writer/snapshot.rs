@@ -1,0 +1,110 @@
+//! Installing a peer's snapshot: this datacenter lacked changes the peer's log no
+//! longer holds, so the peer sent its whole store, tied to the vector it reaches.
+
+use std::sync::Arc;
+
+use meridian_policies::VersionVector;
+
+use super::{Version, Writer};
+use crate::change::{Change, Op};
+use crate::engine::committer::Logged;
+
+impl Writer {
+    /// Merges `entries` (a peer's store at `vector`) key by key, last writer wins,
+    /// and raises the applied vector to include `vector`. The result goes to the
+    /// store in a durable checkpoint; this datacenter's log then restarts at the
+    /// current position with the merged vector as its base, since the records before
+    /// it no longer describe what it holds (peers that lack more bootstrap from here
+    /// in turn). A crash before the checkpoint leaves the old state, and the peer
+    /// sends its snapshot again.
+    pub(super) fn install_snapshot(
+        &mut self,
+        vector: VersionVector,
+        entries: crate::store::Entries,
+    ) -> Result<u64, String> {
+        if let Some(why) = self.shared.broken() {
+            return Err(why);
+        }
+        let probe: Vec<Change> = entries
+            .iter()
+            .map(|(key, _)| {
+                entry_change(
+                    String::new(),
+                    0,
+                    Op {
+                        key: key.clone(),
+                        value: None,
+                    },
+                )
+            })
+            .collect();
+        let current = self.versions(&probe)?;
+        let mut winners = Vec::new();
+        let mut newest = 0;
+        for (key, stored) in entries {
+            newest = newest.max(stored.hlc);
+            let version: Version = (stored.hlc, Arc::from(stored.origin.as_str()));
+            if matches!(current.get(&key), Some(Some(have)) if *have >= version) {
+                continue;
+            }
+            let op = Op {
+                key,
+                value: Some(stored.value),
+            };
+            winners.push(entry_change(stored.origin, stored.hlc, op));
+        }
+        if newest > 0 {
+            self.observe(newest);
+        }
+        self.applied.merge(&vector);
+        // Changes of this datacenter the peer has (from before it lost its data)
+        // keep their numbers: new ones follow them.
+        self.next_seq = self.next_seq.max(self.applied.get(&self.shared.dc) + 1);
+        self.log.roll().map_err(|e| e.to_string())?;
+        let lsn = self.log.next_lsn();
+        *self.shared.index.lock().unwrap_or_else(|p| p.into_inner()) =
+            vec![(lsn, self.applied.clone())];
+        self.batch_no += 1;
+        let ops = winners.iter().flat_map(|c| {
+            let origin: Arc<str> = Arc::from(c.origin.as_str());
+            c.ops
+                .iter()
+                .map(move |op| (op.key.clone(), op.value.clone(), (c.hlc, origin.clone())))
+        });
+        self.shared.memtable.insert(self.batch_no, ops);
+        let installed = winners.len() as u64;
+        self.shared.applied.send_replace(self.applied.clone());
+        let logged = Logged {
+            batch: self.batch_no,
+            changes: winners,
+            applied: self.applied.clone(),
+            end_lsn: lsn,
+            durable: true,
+        };
+        if let Some((committer, _)) = &self.committer {
+            committer
+                .send(logged)
+                .map_err(|()| "the committer stopped".to_owned())?;
+        }
+        tracing::info!(
+            keys = installed,
+            vector = %self.applied,
+            "installed a snapshot from a peer; the log restarts at record {lsn}"
+        );
+        Ok(installed)
+    }
+}
+
+/// One snapshot entry as a change the committer stores with its own version (it is
+/// never logged: `seq` 0 belongs to no origin's sequence).
+fn entry_change(origin: String, hlc: u64, op: Op) -> Change {
+    Change {
+        origin,
+        seq: 0,
+        hlc,
+        user: Vec::new(),
+        ops: vec![op],
+        deps: Vec::new(),
+        path: Vec::new(),
+    }
+}
