@@ -129,6 +129,9 @@ struct Shared {
     stats: Stats,
     /// What log retention may remove (see `retention`).
     retention: retention::Retention,
+    /// A peer holds this datacenter's own changes up to this number, which it
+    /// lacks (its data was lost): local writes wait until a snapshot restores them.
+    restoring: AtomicU64,
 }
 
 impl Shared {
@@ -204,6 +207,7 @@ impl Engine {
             reader: tokio::sync::Mutex::new(None),
             stats: Stats::default(),
             retention: retention::Retention::new(config.log_retention, log_start),
+            restoring: AtomicU64::new(0),
         });
         shared
             .stats
@@ -288,6 +292,24 @@ impl Engine {
         })
         .await
         .map_err(|e| e.to_string())?
+    }
+
+    /// A peer has this datacenter's own changes up to `seq`; if this datacenter
+    /// lacks them (it lost its data, or is new under an old name), local writes are
+    /// refused until a snapshot restores them, so no change number is used twice.
+    /// Returns whether writes are now held.
+    pub fn peer_has_own_changes(&self, seq: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        if seq <= self.applied().get(self.dc()) {
+            return false;
+        }
+        if self.shared.restoring.fetch_max(seq, Ordering::AcqRel) < seq {
+            tracing::warn!(
+                seq,
+                "a peer holds changes of this datacenter that it lacks: writes wait for a snapshot"
+            );
+        }
+        true
     }
 
     /// Tells log retention the oldest position a peer still needs.

@@ -625,3 +625,27 @@ async fn a_datacenter_behind_the_retained_log_or_new_bootstraps_from_a_snapshot(
     write_everywhere(&cluster, 30, 102).await;
     converged(&cluster).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datacenter_that_lost_its_data_gets_its_own_changes_back() {
+    let mut cluster = start(spec(3, Shape::AllToAll, 111)).await;
+    write_everywhere(&cluster, 40, 111).await;
+    let before = converged(&cluster).await;
+    // dc2's disk is lost; the others' logs are whole, but no log gives a datacenter
+    // its own changes back: they come in a snapshot.
+    cluster.kill(2).expect("kill dc2");
+    std::fs::remove_dir_all(cluster.data_dir(2)).expect("wipe dc2");
+    cluster.restart(2).await.expect("start dc2 empty");
+    let after = converged(&cluster).await;
+    assert_eq!(after, before);
+    assert!(snapshots_installed(&cluster, 2).await > 0);
+    // Its new writes continue its numbering, so the others take them.
+    let _: () = cluster
+        .cmd(2, &["SET", "{dave}:k", "new"])
+        .await
+        .expect("SET at dc2");
+    let after = converged(&cluster).await;
+    assert_eq!(after["dc2"], before["dc2"] + 1, "{after:?}");
+    let got: Option<String> = cluster.cmd(0, &["GET", "{dave}:k"]).await.expect("GET");
+    assert_eq!(got.as_deref(), Some("new"));
+}

@@ -248,6 +248,16 @@ impl Writer {
                 .for_each(|r| drop(r.reply.send(reply.clone())));
             return;
         }
+        let restoring = self.shared.restoring.load(Ordering::Acquire);
+        if restoring > self.applied.get(&self.shared.dc) {
+            let reply = Reply::error(format!(
+                "TRYAGAIN this datacenter is restoring its data from a peer: its own changes up to #{restoring} exist elsewhere but not here"
+            ));
+            batch
+                .into_iter()
+                .for_each(|r| drop(r.reply.send(reply.clone())));
+            return;
+        }
         let (changes, replies) = {
             // Read the backend under the view, as readers do (see memtable).
             let shared = self.shared.clone();

@@ -180,3 +180,87 @@ fn a_record_still_being_written_reads_as_not_yet() {
         "and is once complete"
     );
 }
+
+#[test]
+fn truncation_keeps_whole_segments_records_a_base_and_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open_sized(dir.path(), 200).unwrap();
+    let items = payloads(60);
+    for item in &items {
+        append_all(&mut log, std::slice::from_ref(item));
+    }
+    let before = segments(dir.path()).unwrap();
+    assert!(before.len() > 3, "{before:?}");
+    // Cut before record 30: the segments wholly before the one holding it go.
+    let start = truncate_before(dir.path(), 30, |lsn| {
+        Ok(format!("vector at {lsn}").into_bytes())
+    })
+    .unwrap()
+    .unwrap();
+    assert!(start <= 30 && start > 0, "{start}");
+    let after = segments(dir.path()).unwrap();
+    assert_eq!(after[0].0, start);
+    assert_eq!(all(&log, start)[0], (start, items[start as usize].clone()));
+    drop(log);
+    let (log, recovered) = Log::open_sized(dir.path(), 200).unwrap();
+    assert_eq!(
+        recovered.base,
+        (start, format!("vector at {start}").into_bytes())
+    );
+    assert_eq!(recovered.records, 60);
+    assert_eq!(all(&log, start).len(), 60 - start as usize);
+    // Nothing before the newest segment's start can go twice; the newest stays.
+    assert_eq!(
+        truncate_before(dir.path(), start, |_| Ok(Vec::new())).unwrap(),
+        None
+    );
+    truncate_before(dir.path(), u64::MAX, |_| Ok(Vec::new())).unwrap();
+    assert_eq!(segments(dir.path()).unwrap().len(), 1);
+}
+
+#[test]
+fn a_truncation_cut_short_by_a_crash_is_finished_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open_sized(dir.path(), 200).unwrap();
+    for item in &payloads(40) {
+        append_all(&mut log, std::slice::from_ref(item));
+    }
+    drop(log);
+    let second = segments(dir.path()).unwrap()[1].0;
+    // The base is written first; the crash came before any segment was removed.
+    write_base(dir.path(), second, b"v").unwrap();
+    let (log, recovered) = Log::open_sized(dir.path(), 200).unwrap();
+    assert_eq!(recovered.base.0, second);
+    assert_eq!(segments(dir.path()).unwrap()[0].0, second);
+    assert_eq!(all(&log, second).len(), 40 - second as usize);
+}
+
+#[test]
+fn a_damaged_base_or_a_gap_before_the_first_segment_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open_sized(dir.path(), 200).unwrap();
+    for item in &payloads(40) {
+        append_all(&mut log, std::slice::from_ref(item));
+    }
+    drop(log);
+    let start = truncate_before(dir.path(), 20, |_| Ok(b"v".to_vec()))
+        .unwrap()
+        .unwrap();
+    let base = dir.path().join("base");
+    let mut bytes = fs::read(&base).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&base, bytes).unwrap();
+    let err = Log::open_sized(dir.path(), 200).unwrap_err().to_string();
+    assert!(err.contains("base") && err.contains("checksum"), "{err}");
+    // Without its base file the log would start at `start` with no account of
+    // the records before it.
+    fs::remove_file(&base).unwrap();
+    let err = Log::open_sized(dir.path(), 200).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "the log starts at record {start}, but its base file says 0"
+        )),
+        "{err}"
+    );
+}

@@ -133,6 +133,8 @@ async fn run(repl: Arc<Replication>, link: Link, mut stopped: watch::Receiver<bo
         old.close(0u32.into(), b"replaced by a newer connection");
     }
     repl.acknowledged(&peer.dc, &peer.applied);
+    repl.engine
+        .peer_has_own_changes(peer.applied.get(repl.dc()));
     repl.set_live(idx, true);
     tracing::info!(peer = %peer.dc, rtt_ms = connection.rtt().as_millis() as u64, "linked");
     let span = tracing::info_span!("link", dc = %repl.dc(), peer = %peer.dc);

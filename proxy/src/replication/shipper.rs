@@ -44,11 +44,17 @@ pub(super) async fn run(
     let mut last_gossip = Instant::now() - GOSSIP_EVERY;
     let mut gossip_due = true;
     let mut echo_budget = (ECHO_BURST, Instant::now());
+    let mut first = true;
     loop {
         // (Re)start from what the peer is known to have applied.
         let live = *live_rx.borrow_and_update();
         let mut sent = repl.acked(&peer_id);
-        let from = match repl.engine.resume_lsn(&sent) {
+        // A peer whose handshake lacks changes of its own that we hold lost its
+        // data: no log gives them back (nobody relays a change to its origin), a
+        // snapshot does. (Later its acknowledgements may lag what we received.)
+        let lost_own = first && sent.get(&peer_id) < repl.engine.applied().get(&peer_id);
+        first = false;
+        let from = match repl.engine.resume_lsn(&sent).filter(|_| !lost_own) {
             Some(lsn) => lsn,
             None => {
                 // The log no longer reaches back to what the peer lacks.
