@@ -481,6 +481,39 @@ async fn wait_counts_the_datacenters_that_applied_the_write() {
     assert_eq!(n, 1);
     cluster.heal(0, 2);
     converged(&cluster).await;
+
+    // The same figures, per peer and origin, for Prometheus.
+    let metrics = http_get(cluster.admin_addr(0), "/metrics").await;
+    for line in [
+        "meridian_peer_up{peer=\"dc1\"} 1",
+        "meridian_peer_up{peer=\"dc2\"} 1",
+        "meridian_replication_lag_changes{origin=\"dc1\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in:\n{metrics}"
+        );
+    }
+    let shipped = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("meridian_peer_shipped_changes_total{peer=\"dc1\"} "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(shipped.is_some_and(|n| n >= 2.0), "{metrics}");
+}
+
+/// The body of an HTTP GET.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to admin");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,6 +166,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
 struct Dc {
     id: String,
     client: SocketAddr,
+    admin: SocketAddr,
     args: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
@@ -300,6 +301,7 @@ impl Cluster {
             dcs.push(Dc {
                 id: id.clone(),
                 client: SocketAddr::from(([127, 0, 0, 1], tcp[2 * i])),
+                admin: SocketAddr::from(([127, 0, 0, 1], tcp[2 * i + 1])),
                 args,
                 log: dir.path().join(format!("{id}.log")),
                 child: None,
@@ -395,6 +397,11 @@ impl Cluster {
     /// Where applications reach datacenter `i`.
     pub fn client_addr(&self, i: usize) -> SocketAddr {
         self.dcs[i].client
+    }
+
+    /// Datacenter `i`'s admin endpoint (`/metrics`, `/status`).
+    pub fn admin_addr(&self, i: usize) -> SocketAddr {
+        self.dcs[i].admin
     }
 
     /// The generated topology file.

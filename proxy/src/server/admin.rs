@@ -183,6 +183,7 @@ fn metrics(ctx: &Context) -> String {
     );
     ctx.commands.render(&mut out);
     engine.backend_stats().render(&mut out);
+    super::replicate::render_metrics(&mut out, ctx);
     out
 }
 

@@ -61,3 +61,153 @@ pub(super) async fn meridian(ctx: &Context, args: &[Bytes]) -> Reply {
         )),
     }
 }
+
+/// Replication's part of `/metrics`: totals, each peer's link and each origin's lag.
+pub(super) fn render_metrics(out: &mut String, ctx: &Context) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = ctx.engine.stats();
+    let (log_start, removed) = ctx.engine.log_start();
+    let totals = [
+        (
+            "meridian_changes_applied_remote_total",
+            "Changes of other datacenters applied here.",
+            "counter",
+            stats.applied_remote.load(Relaxed),
+        ),
+        (
+            "meridian_changes_duplicate_total",
+            "Changes received again and skipped.",
+            "counter",
+            stats.duplicates.load(Relaxed),
+        ),
+        (
+            "meridian_conflicts_lww_lost_total",
+            "Remote writes that lost last-writer-wins to a newer write of the key.",
+            "counter",
+            stats.conflicts.load(Relaxed),
+        ),
+        (
+            "meridian_clock_drift_refusals_total",
+            "Remote timestamps too far ahead of this clock.",
+            "counter",
+            stats.clock_drift_refusals.load(Relaxed),
+        ),
+        (
+            "meridian_log_start",
+            "The first record the replication log keeps.",
+            "gauge",
+            log_start,
+        ),
+        (
+            "meridian_log_segments_removed_total",
+            "Log segments removed by retention.",
+            "counter",
+            removed,
+        ),
+    ];
+    for (name, help, kind, value) in totals {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        );
+    }
+    let Some(repl) = &ctx.replication else {
+        return;
+    };
+    let peers = repl.peers();
+    type PeerValue = fn(&crate::replication::PeerStatus) -> f64;
+    let per_peer: [(&str, &str, &str, PeerValue); 10] = [
+        (
+            "meridian_peer_up",
+            "Whether the link to the peer is up.",
+            "gauge",
+            |p| f64::from(u8::from(p.connected())),
+        ),
+        (
+            "meridian_peer_rtt_seconds",
+            "Round-trip time of the link.",
+            "gauge",
+            |p| p.path().map_or(0.0, |(rtt, _)| rtt.as_secs_f64()),
+        ),
+        (
+            "meridian_peer_lost_packets_total",
+            "QUIC packets lost on the link.",
+            "counter",
+            |p| p.path().map_or(0.0, |(_, lost)| lost as f64),
+        ),
+        (
+            "meridian_peer_shipped_changes_total",
+            "Changes shipped to the peer.",
+            "counter",
+            |p| p.shipped.load(Relaxed) as f64,
+        ),
+        (
+            "meridian_peer_shipped_bytes_total",
+            "Bytes shipped to the peer.",
+            "counter",
+            |p| p.shipped_bytes.load(Relaxed) as f64,
+        ),
+        (
+            "meridian_peer_received_changes_total",
+            "Changes received from the peer and applied.",
+            "counter",
+            |p| p.received.load(Relaxed) as f64,
+        ),
+        (
+            "meridian_peer_buffered_changes",
+            "Changes from the peer waiting for their predecessors or dependencies.",
+            "gauge",
+            |p| p.buffered.load(Relaxed) as f64,
+        ),
+        (
+            "meridian_peer_held_for_deps_total",
+            "Changes from the peer that arrived before their dependencies.",
+            "counter",
+            |p| p.held_for_deps.load(Relaxed) as f64,
+        ),
+        (
+            "meridian_peer_snapshots_sent_total",
+            "Snapshots sent to the peer.",
+            "counter",
+            |p| p.snapshots_sent.load(Relaxed) as f64,
+        ),
+        (
+            "meridian_peer_snapshots_installed_total",
+            "Snapshots received from the peer and installed.",
+            "counter",
+            |p| p.snapshots_installed.load(Relaxed) as f64,
+        ),
+    ];
+    for (name, help, kind, value) in per_peer {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+        for p in &peers {
+            let _ = writeln!(out, "{name}{{peer=\"{}\"}} {}", p.dc, value(p));
+        }
+    }
+    let lags = repl.lag();
+    let _ = write!(
+        out,
+        "# HELP meridian_replication_lag_changes Changes of the origin known elsewhere and not yet applied here.\n\
+         # TYPE meridian_replication_lag_changes gauge\n"
+    );
+    for lag in &lags {
+        let _ = writeln!(
+            out,
+            "meridian_replication_lag_changes{{origin=\"{}\"}} {}",
+            lag.origin,
+            lag.known.saturating_sub(lag.applied)
+        );
+    }
+    let _ = write!(
+        out,
+        "# HELP meridian_replication_lag_seconds Age of the newest applied change of the origin, while behind.\n\
+         # TYPE meridian_replication_lag_seconds gauge\n"
+    );
+    for lag in &lags {
+        let _ = writeln!(
+            out,
+            "meridian_replication_lag_seconds{{origin=\"{}\"}} {:.3}",
+            lag.origin, lag.seconds_behind
+        );
+    }
+}
