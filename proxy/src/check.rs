@@ -15,9 +15,15 @@ const SAMPLE_USERS: usize = 100_000;
 pub(crate) fn run(file: &Path) -> ExitCode {
     match load(file) {
         Ok(topology) => {
-            print!("{}", Plan::of(&topology));
-            print!("{}", homes(&topology));
-            println!("\n{}: valid", file.display());
+            // A reader that stops early (`| head`) is no error of ours.
+            use std::io::Write as _;
+            let text = format!(
+                "{}{}\n{}: valid\n",
+                Plan::of(&topology),
+                homes(&topology),
+                file.display()
+            );
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
             ExitCode::SUCCESS
         }
         Err(LoadError::Unreadable(message)) => {
