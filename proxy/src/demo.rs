@@ -159,15 +159,17 @@ async fn run(args: &DemoArgs) -> Result<bool, String> {
         totals.writes, totals.reads, totals.errors
     );
 
-    println!("\nreplication visibility lag (written at the origin → readable in the region):");
+    println!(
+        "\nreplication visibility lag (written at the origin → readable in the region; route: the one-way delay along the topology's path):"
+    );
     println!(
         "{:<14} {:<14} {:>9} {:>8} {:>9} {:>9} {:>9}",
-        "from", "to", "one-way", "probes", "p50", "p99", "max"
+        "from", "to", "route", "probes", "p50", "p99", "max"
     );
     for from in 0..cluster.len() {
         for to in (0..cluster.len()).filter(|&to| to != from) {
             let Some(h) = &lags[from][to] else { continue };
-            let one_way = meridian_testbed::one_way_ms(regions[from], regions[to]);
+            let one_way = route_ms(args.topology, regions, from, to);
             println!(
                 "{:<14} {:<14} {:>6.1} ms {:>8} {:>6.1} ms {:>6.1} ms {:>6.1} ms",
                 ids[from],
@@ -219,6 +221,33 @@ async fn run(args: &DemoArgs) -> Result<bool, String> {
             }
             Ok(false)
         }
+    }
+}
+
+/// The one-way delay along the route a change takes from `from` to `to` with
+/// every region up: direct in all-to-all, around the ring in region order, through
+/// the first region in a star.
+fn route_ms(
+    topology: TopologyArg,
+    regions: &[meridian_testbed::Region],
+    from: usize,
+    to: usize,
+) -> f64 {
+    let d = |a: usize, b: usize| meridian_testbed::one_way_ms(regions[a], regions[b]);
+    match topology {
+        TopologyArg::AllToAll => d(from, to),
+        TopologyArg::Ring => {
+            let n = regions.len();
+            let mut total = 0.0;
+            let mut at = from;
+            while at != to {
+                total += d(at, (at + 1) % n);
+                at = (at + 1) % n;
+            }
+            total
+        }
+        TopologyArg::Star if from == 0 || to == 0 => d(from, to),
+        TopologyArg::Star => d(from, 0) + d(0, to),
     }
 }
 

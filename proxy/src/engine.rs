@@ -312,6 +312,12 @@ impl Engine {
         true
     }
 
+    /// Whether local writes wait for a snapshot (see [`Engine::peer_has_own_changes`]).
+    pub fn restoring(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.shared.restoring.load(Ordering::Acquire) > self.applied().get(self.dc())
+    }
+
     /// Tells log retention the oldest position a peer still needs.
     pub fn set_peers_need(&self, lsn: u64) {
         self.shared

@@ -65,37 +65,49 @@ pub(crate) async fn prober(
     }
 }
 
-/// Reads `origin`'s probe key at a datacenter until it has seen the last probe
-/// sent after `stop`, recording each new probe's lag in microseconds. Gives up
-/// `drain` after the stop.
+/// Reads the probe keys of `origins` at one datacenter, in one pipeline per poll,
+/// until it has seen the last probe of each sent after `stop`, recording each new
+/// probe's lag in microseconds per origin. Gives up `drain` after the stop.
 pub(crate) async fn watcher(
     mut conn: MultiplexedConnection,
-    origin: String,
-    sent: Arc<Sent>,
+    origins: Vec<(String, Arc<Sent>)>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
-) -> Result<Histogram<u64>, String> {
-    let key = key(&origin);
-    let mut lags =
-        Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).map_err(|e| e.to_string())?;
-    let mut seen = 0u64;
+) -> Result<Vec<Histogram<u64>>, String> {
+    let keys: Vec<String> = origins.iter().map(|(origin, _)| key(origin)).collect();
+    let mut lags = Vec::new();
+    for _ in &origins {
+        lags.push(
+            Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).map_err(|e| e.to_string())?,
+        );
+    }
+    let mut seen = vec![0u64; origins.len()];
     let mut deadline: Option<Instant> = None;
     loop {
-        let value: Option<u64> = redis::cmd("GET")
-            .arg(&key)
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.cmd("GET").arg(key);
+        }
+        let values: Vec<Option<u64>> = pipe
             .query_async(&mut conn)
             .await
-            .map_err(|e| format!("reading {key}: {e}"))?;
+            .map_err(|e| format!("reading the probes: {e}"))?;
         let now = Instant::now();
-        if let Some(n) = value.filter(|&n| n > seen) {
-            if let Some(at) = sent.get(n) {
-                lags.saturating_record(now.saturating_duration_since(at).as_micros() as u64);
+        for (i, value) in values.into_iter().enumerate() {
+            if let Some(n) = value.filter(|&n| n > seen[i]) {
+                if let Some(at) = origins[i].1.get(n) {
+                    lags[i].saturating_record(now.saturating_duration_since(at).as_micros() as u64);
+                }
+                seen[i] = n;
             }
-            seen = n;
         }
         if *stop.borrow_and_update() {
             let deadline = *deadline.get_or_insert(now + drain);
-            if seen >= sent.count() || now > deadline {
+            let done = origins
+                .iter()
+                .zip(&seen)
+                .all(|((_, sent), &s)| s >= sent.count());
+            if done || now > deadline {
                 return Ok(lags);
             }
         }
@@ -116,34 +128,57 @@ pub(crate) async fn measure(
 ) -> Result<LagTable, String> {
     let n = cluster.len();
     let mut probers = tokio::task::JoinSet::new();
-    let mut watchers = tokio::task::JoinSet::new();
+    let mut sent = Vec::new();
     for &from in origins {
-        let sent = Arc::new(Sent::default());
+        let probes = Arc::new(Sent::default());
         let origin = cluster.id(from).to_owned();
         let conn = cluster.connect(from).await.map_err(|e| e.to_string())?;
         probers.spawn(prober(
             conn,
             origin.clone(),
             every,
-            sent.clone(),
+            probes.clone(),
             stop.clone(),
         ));
-        for to in (0..n).filter(|&to| to != from) {
-            let conn = cluster.connect(to).await.map_err(|e| e.to_string())?;
-            let (origin, sent, stop) = (origin.clone(), sent.clone(), stop.clone());
-            watchers.spawn(async move {
-                let lags = watcher(conn, origin, sent, stop, Duration::from_secs(30)).await;
-                (from, to, lags)
-            });
+        sent.push((from, origin, probes));
+    }
+    let mut watchers = tokio::task::JoinSet::new();
+    for to in 0..n {
+        let watched: Vec<(usize, String, Arc<Sent>)> = sent
+            .iter()
+            .filter(|(from, _, _)| *from != to)
+            .cloned()
+            .collect();
+        if watched.is_empty() {
+            continue;
         }
+        let conn = cluster.connect(to).await.map_err(|e| e.to_string())?;
+        let stop = stop.clone();
+        watchers.spawn(async move {
+            let list = watched
+                .iter()
+                .map(|(_, o, s)| (o.clone(), s.clone()))
+                .collect();
+            let lags = watcher(conn, list, stop, Duration::from_secs(30)).await;
+            (
+                to,
+                watched
+                    .into_iter()
+                    .map(|(from, _, _)| from)
+                    .collect::<Vec<_>>(),
+                lags,
+            )
+        });
     }
     let mut table: LagTable = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
     while let Some(done) = probers.join_next().await {
         done.map_err(|e| e.to_string())??;
     }
     while let Some(done) = watchers.join_next().await {
-        let (from, to, lags) = done.map_err(|e| e.to_string())?;
-        table[from][to] = Some(lags?);
+        let (to, froms, lags) = done.map_err(|e| e.to_string())?;
+        for (from, h) in froms.into_iter().zip(lags?) {
+            table[from][to] = Some(h);
+        }
     }
     Ok(table)
 }

@@ -7,7 +7,9 @@
 //! - kind 3, a heartbeat, with an empty body;
 //! - kind 4, a snapshot begins: the version vector the sender's store reaches;
 //! - kind 5, snapshot entries: `[(key, stored record)]` in postcard;
-//! - kind 6, the snapshot ends; changes follow from the vector of kind 4 on.
+//! - kind 6, the snapshot ends; changes follow from the vector of kind 4 on;
+//! - kind 7, a snapshot request: the sender lost its data (its peers hold changes
+//!   of its own that it lacks) and asks for the receiver's store.
 //!
 //! Change frames also travel, packed several to a datagram, as QUIC datagrams.
 //!
@@ -25,6 +27,7 @@ const HEARTBEAT: u8 = 3;
 const SNAPSHOT_BEGIN: u8 = 4;
 const SNAPSHOT_ENTRIES: u8 = 5;
 const SNAPSHOT_END: u8 = 6;
+const SNAPSHOT_REQUEST: u8 = 7;
 /// The longest frame accepted: a change as large as the log accepts, plus its kind.
 pub(super) const MAX_FRAME: usize = MAX_RECORD + 1;
 
@@ -43,6 +46,8 @@ pub(super) enum Frame {
     SnapshotEntries(crate::store::Entries),
     /// The snapshot is complete.
     SnapshotEnd,
+    /// The sender asks for a snapshot.
+    SnapshotRequest,
 }
 
 /// A stream that broke the framing.
@@ -119,6 +124,11 @@ pub(super) fn push_snapshot_entries(
     push_frame(out, SNAPSHOT_ENTRIES, &body);
 }
 
+/// Appends a snapshot request.
+pub(super) fn push_snapshot_request(out: &mut Vec<u8>) {
+    push_frame(out, SNAPSHOT_REQUEST, &[]);
+}
+
 /// Appends the frame that ends a snapshot.
 pub(super) fn push_snapshot_end(out: &mut Vec<u8>) {
     push_frame(out, SNAPSHOT_END, &[]);
@@ -172,6 +182,7 @@ pub(super) async fn read<R: AsyncRead + Unpin>(
             .map(|e| Some(Frame::SnapshotEntries(e)))
             .map_err(|e| malformed(format!("a snapshot frame does not decode: {e}"))),
         SNAPSHOT_END => Ok(Some(Frame::SnapshotEnd)),
+        SNAPSHOT_REQUEST => Ok(Some(Frame::SnapshotRequest)),
         other => Err(malformed(format!(
             "frame kind {other} is unknown to this build (a newer protocol?)"
         ))),

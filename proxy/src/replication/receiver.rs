@@ -142,6 +142,11 @@ pub(super) async fn run(
                     Err(e) => break Err(format!("installing the snapshot from {peer_id}: {e}")),
                 }
             }
+            Some((_, Ok(Some(Frame::SnapshotRequest)))) => {
+                tracing::info!("{peer_id} lost its data and asks for a snapshot");
+                status.snapshot_requested.store(true, Ordering::Release);
+                status.restart_shipper.notify_one();
+            }
             Some((_, Ok(Some(Frame::Heartbeat)))) | None => {}
             Some((_, Ok(None))) => break Ok(()),
             Some((_, Err(e))) => break Err(e.to_string()),

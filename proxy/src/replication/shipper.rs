@@ -49,12 +49,20 @@ pub(super) async fn run(
         // (Re)start from what the peer is known to have applied.
         let live = *live_rx.borrow_and_update();
         let mut sent = repl.acked(&peer_id);
-        // A peer whose handshake lacks changes of its own that we hold lost its
-        // data: no log gives them back (nobody relays a change to its origin), a
-        // snapshot does. (Later its acknowledgements may lag what we received.)
-        let lost_own = first && sent.get(&peer_id) < repl.engine.applied().get(&peer_id);
+        if first && repl.engine.restoring() {
+            // This datacenter lost its data: no log gives a datacenter its own
+            // changes back (nobody relays a change to its origin); a snapshot does.
+            let mut request = Vec::new();
+            frame::push_snapshot_request(&mut request);
+            send.write_all(&request)
+                .await
+                .map_err(|e| format!("asking {peer_id} for a snapshot: {e}"))?;
+        }
         first = false;
-        let from = match repl.engine.resume_lsn(&sent).filter(|_| !lost_own) {
+        let requested = status
+            .snapshot_requested
+            .swap(false, std::sync::atomic::Ordering::AcqRel);
+        let from = match repl.engine.resume_lsn(&sent).filter(|_| !requested) {
             Some(lsn) => lsn,
             None => {
                 // The log no longer reaches back to what the peer lacks.
@@ -116,6 +124,7 @@ pub(super) async fn run(
                 _ = log_rx.changed() => {}
                 _ = applied_rx.changed() => gossip_due = true,
                 _ = live_rx.changed() => break,
+                _ = status.restart_shipper.notified() => break,
                 _ = tokio::time::sleep(repl.config.heartbeat) => {
                     let mut beat = Vec::new();
                     frame::push_heartbeat(&mut beat);

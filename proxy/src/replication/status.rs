@@ -28,6 +28,10 @@ pub struct PeerStatus {
     pub held_for_deps: AtomicU64,
     /// Snapshots sent to the peer.
     pub snapshots_sent: AtomicU64,
+    /// The peer asked for a snapshot; the shipper sends one when it restarts.
+    pub(super) snapshot_requested: std::sync::atomic::AtomicBool,
+    /// Wakes the shipper to restart (a snapshot was requested).
+    pub(super) restart_shipper: tokio::sync::Notify,
     /// Snapshots received from the peer and installed.
     pub snapshots_installed: AtomicU64,
     /// Times the shipper restarted from the peer's acknowledged position.
@@ -46,6 +50,8 @@ impl PeerStatus {
             buffered: AtomicU64::new(0),
             held_for_deps: AtomicU64::new(0),
             snapshots_sent: AtomicU64::new(0),
+            snapshot_requested: std::sync::atomic::AtomicBool::new(false),
+            restart_shipper: tokio::sync::Notify::new(),
             snapshots_installed: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
         }

@@ -11,7 +11,10 @@ use crate::engine::committer::Logged;
 
 impl Writer {
     /// Merges `entries` (a peer's store at `vector`) key by key, last writer wins,
-    /// and raises the applied vector to include `vector`. The result goes to the
+    /// and raises the applied vector to include `vector`. When `vector` covers all
+    /// this datacenter has applied, the snapshot replaces its data instead: keys it
+    /// lacks were deleted there (the store keeps no tombstones, so a merge would
+    /// keep them). The result goes to the
     /// store in a durable checkpoint; this datacenter's log then restarts at the
     /// current position with the merged vector as its base, since the records before
     /// it no longer describe what it holds (peers that lack more bootstrap from here
@@ -39,6 +42,12 @@ impl Writer {
             })
             .collect();
         let current = self.versions(&probe)?;
+        let replace = vector.dominates(&self.applied);
+        let gone = if replace {
+            self.keys_not_in(&entries)?
+        } else {
+            Vec::new()
+        };
         let mut winners = Vec::new();
         let mut newest = 0;
         for (key, stored) in entries {
@@ -55,6 +64,10 @@ impl Writer {
         }
         if newest > 0 {
             self.observe(newest);
+        }
+        let dc = self.shared.dc.to_string();
+        for key in gone {
+            winners.push(entry_change(dc.clone(), 0, Op { key, value: None }));
         }
         self.applied.merge(&vector);
         // Changes of this datacenter the peer has (from before it lost its data)
@@ -92,6 +105,33 @@ impl Writer {
             "installed a snapshot from a peer; the log restarts at record {lsn}"
         );
         Ok(installed)
+    }
+}
+
+impl Writer {
+    /// Keys this datacenter holds (memtable and embedded store) that `entries` lacks.
+    fn keys_not_in(&self, entries: &crate::store::Entries) -> Result<Vec<Vec<u8>>, String> {
+        let incoming: std::collections::HashSet<&[u8]> =
+            entries.iter().map(|(k, _)| k.as_slice()).collect();
+        let shared = self.shared.clone();
+        let view = shared.memtable.view();
+        let mut held: std::collections::BTreeSet<Vec<u8>> = view
+            .iter()
+            .filter(|(_, e)| e.value.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if let crate::engine::backend::Backend::Embedded(store) = &shared.backend {
+            let snapshot = store.snapshot().map_err(|e| e.to_string())?;
+            for (key, _) in snapshot.scan().map_err(|e| e.to_string())? {
+                if !matches!(view.get(&key), Some(e) if e.value.is_none()) {
+                    held.insert(key);
+                }
+            }
+        }
+        Ok(held
+            .into_iter()
+            .filter(|k| !incoming.contains(k.as_slice()))
+            .collect())
     }
 }
 
