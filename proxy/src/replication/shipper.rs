@@ -67,6 +67,10 @@ pub(super) async fn run(
             None => {
                 // The log no longer reaches back to what the peer lacks.
                 let vector = send_snapshot(&repl, &mut send, &peer_id, &status).await?;
+                // Requests that came in meanwhile are answered by this one.
+                status
+                    .snapshot_requested
+                    .store(false, std::sync::atomic::Ordering::Release);
                 sent.merge(&vector);
                 repl.engine.resume_lsn(&vector).ok_or_else(|| {
                     format!("the log does not reach back to the snapshot sent to {peer_id}")

@@ -28,6 +28,12 @@ impl Writer {
         if let Some(why) = self.shared.broken() {
             return Err(why);
         }
+        if self.applied.dominates(&vector) {
+            // Nothing in it is new here (a second peer answered the same request,
+            // say); merging it could only bring back keys deleted since.
+            tracing::info!(%vector, "ignored a snapshot this datacenter is already past");
+            return Ok(0);
+        }
         let probe: Vec<Change> = entries
             .iter()
             .map(|(key, _)| {
