@@ -129,6 +129,9 @@ struct Shared {
     stats: Stats,
     /// What log retention may remove (see `retention`).
     retention: retention::Retention,
+    /// Held around each backend commit, and by a snapshot of a Redis backend, which
+    /// is consistent only while nothing commits.
+    commit_lock: Mutex<()>,
     /// A peer holds this datacenter's own changes up to this number, which it
     /// lacks (its data was lost): local writes wait until a snapshot restores them.
     restoring: AtomicU64,
@@ -208,6 +211,7 @@ impl Engine {
             stats: Stats::default(),
             retention: retention::Retention::new(config.log_retention, log_start),
             restoring: AtomicU64::new(0),
+            commit_lock: Mutex::new(()),
         });
         shared
             .stats
@@ -279,16 +283,27 @@ impl Engine {
             .map_err(|_| "the proxy is shutting down".to_owned())?
     }
 
-    /// The store's data and the vector it reaches, read in one transaction, for a
-    /// peer to bootstrap from. Only the embedded store can give one.
+    /// The store's data and the vector it reaches, read in one transaction (the
+    /// embedded store) or with commits held off (Redis), for a peer to bootstrap from.
     pub async fn snapshot(&self) -> Result<(VersionVector, crate::store::Entries), String> {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            let Backend::Embedded(store) = &shared.backend else {
-                return Err("this datacenter stores its data in Redis, which gives no snapshot tied to a log position; bootstrap from a datacenter on the embedded store".to_owned());
+            let store = match &shared.backend {
+                Backend::Embedded(store) => store,
+                Backend::Redis(redis) => {
+                    let _commits_wait =
+                        shared.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+                    return redis
+                        .sync_conn()
+                        .snapshot(wall_ms())
+                        .map_err(|e| e.to_string());
+                }
             };
             let snapshot = store.snapshot().map_err(|e| e.to_string())?;
-            Ok((snapshot.applied().map_err(|e| e.to_string())?, snapshot.scan().map_err(|e| e.to_string())?))
+            Ok((
+                snapshot.applied().map_err(|e| e.to_string())?,
+                snapshot.scan().map_err(|e| e.to_string())?,
+            ))
         })
         .await
         .map_err(|e| e.to_string())?
@@ -569,20 +584,30 @@ impl Engine {
 
     /// A digest of the data (keys, values and expiry times, not versions) and the
     /// number of keys: datacenters holding the same data have the same digest.
-    /// Embedded store only.
+    /// Blocks: call it off the async workers.
     pub fn digest(&self) -> Result<(u64, u64), String> {
-        let Backend::Embedded(store) = &self.shared.backend else {
-            return Err("ERR MERIDIAN DIGEST needs the embedded store".into());
-        };
         let mut data: std::collections::BTreeMap<Vec<u8>, Value> = {
             let view = self.shared.memtable.view();
-            let snapshot = store.snapshot().map_err(|e| e.to_string())?;
-            let mut data: std::collections::BTreeMap<_, _> = snapshot
-                .scan()
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|(k, s)| (k, s.value))
-                .collect();
+            let stored = match &self.shared.backend {
+                Backend::Embedded(store) => {
+                    let snapshot = store.snapshot().map_err(|e| e.to_string())?;
+                    snapshot.scan().map_err(|e| e.to_string())?
+                }
+                Backend::Redis(redis) => {
+                    let _commits_wait = self
+                        .shared
+                        .commit_lock
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    redis
+                        .sync_conn()
+                        .snapshot(wall_ms())
+                        .map_err(|e| e.to_string())?
+                        .1
+                }
+            };
+            let mut data: std::collections::BTreeMap<_, _> =
+                stored.into_iter().map(|(k, s)| (k, s.value)).collect();
             for (key, entry) in view.iter() {
                 match &entry.value {
                     Some(v) => drop(data.insert(key.clone(), v.clone())),

@@ -207,6 +207,64 @@ impl SyncConn {
             .collect())
     }
 
+    /// Every key meridian holds in this Redis with its record, and the applied
+    /// vector they reach. Consistent only while nothing commits meanwhile (the
+    /// engine holds its commit lock around this).
+    pub fn snapshot(
+        &mut self,
+        now_ms: u64,
+    ) -> Result<(VersionVector, crate::store::Entries), RedisStoreError> {
+        let applied = self.applied()?;
+        let versions = self.all_versions()?;
+        let mut entries = Vec::with_capacity(versions.len());
+        for chunk in versions.chunks(512) {
+            let keys: Vec<&[u8]> = chunk.iter().map(|(k, _, _)| k.as_slice()).collect();
+            for ((key, hlc, origin), fetched) in chunk.iter().zip(self.fetch(&keys, now_ms)?) {
+                if let Fetched::Known(Some(value)) = fetched {
+                    let stored = crate::store::Stored {
+                        value,
+                        hlc: *hlc,
+                        origin: origin.clone(),
+                    };
+                    entries.push((key.clone(), stored));
+                }
+            }
+        }
+        Ok((applied, entries))
+    }
+
+    /// Every key meridian has written here (deleted ones too) with its version.
+    pub fn all_versions(&mut self) -> Result<Vec<(Vec<u8>, u64, String)>, RedisStoreError> {
+        let mut versions: Vec<(Vec<u8>, u64, String)> = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, items): (u64, Vec<(Vec<u8>, String)>) = self.with(|c| {
+                redis::cmd("HSCAN")
+                    .arg(META_KEY)
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg("v:*")
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(c)
+            })?;
+            for (field, version) in items {
+                let Some((hlc, origin)) = version.split_once('/') else {
+                    continue;
+                };
+                let (Some(key), Ok(hlc)) = (field.strip_prefix(b"v:"), hlc.parse()) else {
+                    continue;
+                };
+                versions.push((key.to_vec(), hlc, origin.to_owned()));
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        Ok(versions)
+    }
+
     /// The current state of `keys`, with expiries turned into absolute times at `now_ms`.
     pub fn fetch(&mut self, keys: &[&[u8]], now_ms: u64) -> Result<Vec<Fetched>, RedisStoreError> {
         if keys.is_empty() {

@@ -682,3 +682,35 @@ async fn a_datacenter_that_lost_its_data_gets_its_own_changes_back() {
     let got: Option<String> = cluster.cmd(0, &["GET", "{dave}:k"]).await.expect("GET");
     assert_eq!(got.as_deref(), Some("new"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datacenters_on_redis_replicate_and_bootstrap_from_each_other() {
+    let (_redis0, addr0) = support::start_redis();
+    let (_redis1, addr1) = support::start_redis();
+    let mut spec = spec(2, Shape::AllToAll, 121);
+    spec.redis = vec![
+        Some(format!("redis://{addr0}/0")),
+        Some(format!("redis://{addr1}/0")),
+    ];
+    let mut cluster = start(spec).await;
+    write_everywhere(&cluster, 60, 121).await;
+    let before = converged(&cluster).await;
+    // dc1 loses its Redis and its log; a snapshot of dc0's Redis restores it.
+    cluster.kill(1).expect("kill dc1");
+    let client = redis::Client::open(format!("redis://{addr1}/")).expect("url");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut c)
+        .await
+        .expect("FLUSHALL");
+    std::fs::remove_dir_all(cluster.data_dir(1)).expect("wipe dc1");
+    cluster.restart(1).await.expect("start dc1 empty");
+    let after = converged(&cluster).await;
+    assert_eq!(after, before);
+    assert!(snapshots_installed(&cluster, 1).await > 0);
+    write_everywhere(&cluster, 20, 122).await;
+    converged(&cluster).await;
+}

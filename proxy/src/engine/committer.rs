@@ -173,7 +173,11 @@ fn commit_until_done(
     let mut failures = 0u32;
     loop {
         let started = Instant::now();
-        let result = target.commit(changes, applied, durable);
+        let result = {
+            let _no_snapshot_meanwhile =
+                shared.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+            target.commit(changes, applied, durable)
+        };
         shared.backend_stats.record(started.elapsed());
         match result {
             Ok(()) => {

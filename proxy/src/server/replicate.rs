@@ -33,10 +33,14 @@ pub(super) async fn wait(ctx: &Context, args: &[Bytes]) -> Reply {
 pub(super) async fn meridian(ctx: &Context, args: &[Bytes]) -> Reply {
     let sub = args[1].to_ascii_uppercase();
     match (sub.as_slice(), args.len()) {
-        (b"DIGEST", 2) => match ctx.engine.digest() {
-            Ok((keys, digest)) => Reply::bulk(format!("{keys}:{digest:016x}")),
-            Err(e) => Reply::error(e),
-        },
+        (b"DIGEST", 2) => {
+            let engine = ctx.engine.clone();
+            match tokio::task::spawn_blocking(move || engine.digest()).await {
+                Ok(Ok((keys, digest))) => Reply::bulk(format!("{keys}:{digest:016x}")),
+                Ok(Err(e)) => Reply::error(format!("ERR {e}")),
+                Err(e) => Reply::error(format!("ERR {e}")),
+            }
+        }
         (b"APPLIED", 2) => Reply::bulk(ctx.engine.applied().to_string()),
         (b"LAG", 2) => {
             let mut out = String::new();

@@ -116,7 +116,7 @@ impl Writer {
 
 impl Writer {
     /// Keys this datacenter holds (memtable and embedded store) that `entries` lacks.
-    fn keys_not_in(&self, entries: &crate::store::Entries) -> Result<Vec<Vec<u8>>, String> {
+    fn keys_not_in(&mut self, entries: &crate::store::Entries) -> Result<Vec<Vec<u8>>, String> {
         let incoming: std::collections::HashSet<&[u8]> =
             entries.iter().map(|(k, _)| k.as_slice()).collect();
         let shared = self.shared.clone();
@@ -126,12 +126,25 @@ impl Writer {
             .filter(|(_, e)| e.value.is_some())
             .map(|(k, _)| k.clone())
             .collect();
-        if let crate::engine::backend::Backend::Embedded(store) = &shared.backend {
-            let snapshot = store.snapshot().map_err(|e| e.to_string())?;
-            for (key, _) in snapshot.scan().map_err(|e| e.to_string())? {
-                if !matches!(view.get(&key), Some(e) if e.value.is_none()) {
-                    held.insert(key);
-                }
+        let stored: Vec<Vec<u8>> = match &shared.backend {
+            crate::engine::backend::Backend::Embedded(store) => {
+                let snapshot = store.snapshot().map_err(|e| e.to_string())?;
+                let all = snapshot.scan().map_err(|e| e.to_string())?;
+                all.into_iter().map(|(key, _)| key).collect()
+            }
+            // Every key meridian wrote there (deleting one already gone is harmless).
+            crate::engine::backend::Backend::Redis(_) => {
+                let conn = self
+                    .redis
+                    .as_mut()
+                    .ok_or("internal error: no redis connection")?;
+                let versions = conn.all_versions().map_err(|e| e.to_string())?;
+                versions.into_iter().map(|(key, _, _)| key).collect()
+            }
+        };
+        for key in stored {
+            if !matches!(view.get(&key), Some(e) if e.value.is_none()) {
+                held.insert(key);
             }
         }
         Ok(held
