@@ -1,7 +1,10 @@
 //! The embedded store: a redb database in the datacenter's data directory.
 //!
 //! Table `data` maps each key to its value and version (the timestamp and origin of
-//! the change that wrote it); table `meta` holds the applied version vector. A batch
+//! the change that wrote it); table `deleted` keeps the version of each deleted key
+//! (a tombstone), so a write older than the delete, arriving from another
+//! datacenter later, loses to it as it would to a value; table `meta` holds the
+//! applied version vector. A batch
 //! of changes updates both in one transaction, so the vector always describes exactly
 //! the data beside it.
 //!
@@ -19,6 +22,8 @@ use crate::change::{Change, Value};
 
 const DATA: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("data");
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+/// Deleted keys: `[hlc u64 LE][origin]`.
+const DELETED: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("deleted");
 const APPLIED: &str = "applied";
 /// Format version of stored records.
 const RECORD_FORMAT: u8 = 1;
@@ -84,6 +89,7 @@ impl Store {
         let txn = try_engine!("open", db.begin_write());
         try_engine!("open", txn.open_table(DATA));
         try_engine!("open", txn.open_table(META));
+        try_engine!("open", txn.open_table(DELETED));
         try_engine!("open", txn.commit());
         Ok(Store { db })
     }
@@ -107,6 +113,7 @@ impl Store {
         Ok(Snapshot {
             table: try_engine!("read", txn.open_table(DATA)),
             meta: try_engine!("read", txn.open_table(META)),
+            deleted: try_engine!("read", txn.open_table(DELETED)),
         })
     }
 
@@ -126,12 +133,19 @@ impl Store {
         });
         {
             let mut data = try_engine!("write", txn.open_table(DATA));
+            let mut deleted = try_engine!("write", txn.open_table(DELETED));
             let mut buf = Vec::new();
             for change in changes {
                 for op in &change.ops {
                     match &op.value {
                         None => {
                             try_engine!("write", data.remove(op.key.as_slice()));
+                            let mut tomb = change.hlc.to_le_bytes().to_vec();
+                            tomb.extend_from_slice(change.origin.as_bytes());
+                            try_engine!(
+                                "write",
+                                deleted.insert(op.key.as_slice(), tomb.as_slice())
+                            );
                         }
                         Some(value) => {
                             let stored = Stored {
@@ -141,6 +155,7 @@ impl Store {
                             };
                             encode_record(&stored, &mut buf);
                             try_engine!("write", data.insert(op.key.as_slice(), buf.as_slice()));
+                            try_engine!("write", deleted.remove(op.key.as_slice()));
                         }
                     }
                 }
@@ -158,9 +173,32 @@ impl Store {
 pub struct Snapshot {
     table: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
     meta: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    deleted: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
 }
 
 impl Snapshot {
+    /// The version `(hlc, origin)` of the change that last wrote `key`, a delete
+    /// included; `None` for a key never written.
+    pub fn version(&self, key: &[u8]) -> Result<Option<(u64, String)>, StoreError> {
+        if let Some(stored) = self.get(key)? {
+            return Ok(Some((stored.hlc, stored.origin)));
+        }
+        let Some(tomb) = try_engine!("read", self.deleted.get(key)) else {
+            return Ok(None);
+        };
+        let bytes = tomb.value();
+        match bytes.split_first_chunk::<8>() {
+            Some((hlc, origin)) => Ok(Some((
+                u64::from_le_bytes(*hlc),
+                String::from_utf8_lossy(origin).into_owned(),
+            ))),
+            None => Err(StoreError::Damaged {
+                key: String::from_utf8_lossy(key).into_owned(),
+                message: "a tombstone shorter than its timestamp".into(),
+            }),
+        }
+    }
+
     /// The applied vector the snapshot's data reaches.
     pub fn applied(&self) -> Result<VersionVector, StoreError> {
         match try_engine!("read", self.meta.get(APPLIED)) {

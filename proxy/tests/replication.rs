@@ -714,3 +714,35 @@ async fn datacenters_on_redis_replicate_and_bootstrap_from_each_other() {
     write_everywhere(&cluster, 20, 122).await;
     converged(&cluster).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_beats_an_older_write_that_arrives_after_it() {
+    // dc1's clock runs 40 ms ahead of dc0's, and it writes later.
+    let cluster = start(spec(2, Shape::AllToAll, 131)).await;
+    cluster.cut(0, 1);
+    let _: () = cluster
+        .cmd(0, &["SET", "{erin}:k", "old"])
+        .await
+        .expect("SET at dc0");
+    let _: () = cluster
+        .cmd(1, &["SET", "{erin}:k", "new"])
+        .await
+        .expect("SET at dc1");
+    let deleted: i64 = cluster
+        .cmd(1, &["DEL", "{erin}:k"])
+        .await
+        .expect("DEL at dc1");
+    assert_eq!(deleted, 1);
+    // The delete is in dc1's store, not only in memory, before dc0's write arrives.
+    until("dc1 to store its delete", || async {
+        info_field(&cluster, 1, "uncommitted_keys").await == 0
+    })
+    .await;
+    cluster.heal(0, 1);
+    converged(&cluster).await;
+    for dc in 0..2 {
+        let got: Option<String> = cluster.cmd(dc, &["GET", "{erin}:k"]).await.expect("GET");
+        assert_eq!(got, None, "at {}", cluster.id(dc));
+    }
+    assert!(info_field(&cluster, 1, "conflicts_lww_lost").await > 0);
+}

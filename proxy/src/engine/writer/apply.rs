@@ -105,8 +105,10 @@ impl Writer {
             Backend::Embedded(store) => {
                 let snapshot = store.snapshot().map_err(|e| e.to_string())?;
                 for key in missing {
-                    if let Some(stored) = snapshot.get(&key).map_err(|e| e.to_string())? {
-                        versions.insert(key, Some((stored.hlc, Arc::from(stored.origin))));
+                    if let Some((hlc, origin)) =
+                        snapshot.version(&key).map_err(|e| e.to_string())?
+                    {
+                        versions.insert(key, Some((hlc, Arc::from(origin))));
                     }
                 }
             }
