@@ -1,7 +1,7 @@
 //! The committer thread: moves logged changes from the memtable into the backend in
 //! large transactions, with the applied vector they reach.
 
-use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -112,7 +112,24 @@ fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget) {
     let mut target = shared.backend.target();
     let mut last_checkpoint = Instant::now();
     let mut applied = None;
-    while let Ok(first) = rx.recv() {
+    // What the last commit reached, while no checkpoint has made it durable.
+    let mut since_checkpoint: Option<(VersionVector, u64)> = None;
+    loop {
+        let first = match rx.recv_timeout(CHECKPOINT_EVERY) {
+            Ok(first) => first,
+            Err(RecvTimeoutError::Timeout) => {
+                // Writes stopped: checkpoint what came last, so retention can proceed.
+                if let Some((vector, end_lsn)) = since_checkpoint.take() {
+                    if !commit_until_done(shared, &mut target, &[], &vector, true) {
+                        return;
+                    }
+                    last_checkpoint = Instant::now();
+                    checkpointed(shared, end_lsn);
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         let mut batches = vec![first];
         let mut count = batches[0].changes.len();
         while count < MAX_CHANGES {
@@ -135,11 +152,10 @@ fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget) {
         }
         if checkpoint {
             last_checkpoint = Instant::now();
-            shared
-                .retention
-                .durable
-                .store(end_lsn, std::sync::atomic::Ordering::Release);
-            shared.retain();
+            checkpointed(shared, end_lsn);
+            since_checkpoint = None;
+        } else {
+            since_checkpoint = Some((vector.clone(), end_lsn));
         }
         shared.memtable.committed(
             batch,
@@ -157,6 +173,15 @@ fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget) {
             tracing::error!(error = %e.message, "final checkpoint failed; the log will be replayed at start-up");
         }
     }
+}
+
+/// After a durable checkpoint reaching `end_lsn`: the log before it may go.
+fn checkpointed(shared: &Shared, end_lsn: u64) {
+    shared
+        .retention
+        .durable
+        .store(end_lsn, std::sync::atomic::Ordering::Release);
+    shared.retain();
 }
 
 /// Commits, retrying while the backend is unreachable (Redis restarting, say). The
