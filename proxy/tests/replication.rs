@@ -474,7 +474,7 @@ async fn wait_counts_the_datacenters_that_applied_the_write() {
         .expect("SET");
     let n: i64 = redis::cmd("WAIT")
         .arg(2)
-        .arg(500)
+        .arg(3000)
         .query_async(&mut c)
         .await
         .expect("WAIT");
