@@ -55,13 +55,10 @@ enum TopologyArg {
 }
 
 pub(crate) fn demo(args: &DemoArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("meridian demo: cannot start the runtime: {e}");
+            eprintln!("meridian demo: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -82,8 +79,7 @@ pub(crate) async fn start_regions(
     loss: f64,
     tweak: impl FnOnce(&mut ClusterSpec),
 ) -> Result<Cluster, String> {
-    let binary = std::env::current_exe()
-        .map_err(|e| format!("cannot find this program's path to start the proxies: {e}"))?;
+    let binary = crate::this_binary()?;
     let mut spec = ClusterSpec::preset(binary, preset, shape, loss);
     spec.name = "demo".into();
     tweak(&mut spec);

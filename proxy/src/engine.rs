@@ -138,6 +138,42 @@ struct Shared {
 }
 
 impl Shared {
+    /// The store's data and the vector it reaches, consistent: one read transaction
+    /// (embedded) or commits held off meanwhile (Redis). `memtable` reads the
+    /// memtable at a moment that, with the data, gives what clients read: the
+    /// memtable holds whatever the store does not yet.
+    fn stored<T>(
+        &self,
+        memtable: impl FnOnce(&memtable::View<'_>) -> T,
+    ) -> Result<(VersionVector, crate::store::Entries, T), String> {
+        match &self.backend {
+            Backend::Embedded(store) => {
+                // The read transaction begins while the memtable cannot change, so
+                // the two describe one moment; the scan runs without holding writes.
+                let (overlay, snapshot) = {
+                    let view = self.memtable.view();
+                    (
+                        memtable(&view),
+                        store.snapshot().map_err(|e| e.to_string())?,
+                    )
+                };
+                let applied = snapshot.applied().map_err(|e| e.to_string())?;
+                let entries = snapshot.scan().map_err(|e| e.to_string())?;
+                Ok((applied, entries, overlay))
+            }
+            Backend::Redis(redis) => {
+                let _commits_wait = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+                let (applied, entries) = redis
+                    .sync_conn()
+                    .snapshot(wall_ms())
+                    .map_err(|e| e.to_string())?;
+                // Still no commit: the memtable holds what Redis lacks.
+                let overlay = memtable(&self.memtable.view());
+                Ok((applied, entries, overlay))
+            }
+        }
+    }
+
     fn set_broken(&self, why: String) {
         *self.broken.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
     }
@@ -288,22 +324,9 @@ impl Engine {
     pub async fn snapshot(&self) -> Result<(VersionVector, crate::store::Entries), String> {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            let store = match &shared.backend {
-                Backend::Embedded(store) => store,
-                Backend::Redis(redis) => {
-                    let _commits_wait =
-                        shared.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-                    return redis
-                        .sync_conn()
-                        .snapshot(wall_ms())
-                        .map_err(|e| e.to_string());
-                }
-            };
-            let snapshot = store.snapshot().map_err(|e| e.to_string())?;
-            Ok((
-                snapshot.applied().map_err(|e| e.to_string())?,
-                snapshot.scan().map_err(|e| e.to_string())?,
-            ))
+            shared
+                .stored(|_| ())
+                .map(|(applied, entries, ())| (applied, entries))
         })
         .await
         .map_err(|e| e.to_string())?
@@ -586,36 +609,21 @@ impl Engine {
     /// number of keys: datacenters holding the same data have the same digest.
     /// Blocks: call it off the async workers.
     pub fn digest(&self) -> Result<(u64, u64), String> {
-        let mut data: std::collections::BTreeMap<Vec<u8>, Value> = {
-            let view = self.shared.memtable.view();
-            let stored = match &self.shared.backend {
-                Backend::Embedded(store) => {
-                    let snapshot = store.snapshot().map_err(|e| e.to_string())?;
-                    snapshot.scan().map_err(|e| e.to_string())?
-                }
-                Backend::Redis(redis) => {
-                    let _commits_wait = self
-                        .shared
-                        .commit_lock
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner());
-                    redis
-                        .sync_conn()
-                        .snapshot(wall_ms())
-                        .map_err(|e| e.to_string())?
-                        .1
-                }
-            };
-            let mut data: std::collections::BTreeMap<_, _> =
-                stored.into_iter().map(|(k, s)| (k, s.value)).collect();
-            for (key, entry) in view.iter() {
-                match &entry.value {
-                    Some(v) => drop(data.insert(key.clone(), v.clone())),
-                    None => drop(data.remove(key)),
-                }
+        // What the store holds, then the memtable's newer state over it.
+        let (_, stored, overlay) = self.shared.stored(|memtable| {
+            memtable
+                .iter()
+                .map(|(key, entry)| (key.clone(), entry.value.clone()))
+                .collect::<Vec<_>>()
+        })?;
+        let mut data: std::collections::BTreeMap<Vec<u8>, Value> =
+            stored.into_iter().map(|(k, s)| (k, s.value)).collect();
+        for (key, value) in overlay {
+            match value {
+                Some(v) => drop(data.insert(key, v)),
+                None => drop(data.remove(&key)),
             }
-            data
-        };
+        }
         let now = wall_ms();
         data.retain(|_, v| !v.expired(now));
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();

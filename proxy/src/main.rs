@@ -141,6 +141,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// The multi-threaded runtime the long-running commands use; the error says why
+/// there is none, for the command to report.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+/// This program's own path, to start proxies (the testbed runs them as processes).
+fn this_binary() -> Result<std::path::PathBuf, String> {
+    std::env::current_exe()
+        .map_err(|e| format!("cannot find this program's path to start the proxies: {e}"))
+}
+
 /// Exit code for output files that cannot be created (EX_CANTCREAT).
 const EX_CANTCREAT: u8 = 73;
 

@@ -57,13 +57,10 @@ pub(crate) fn run(file: &Path, dc: &str, format: LogFormat, extra: &Extra) -> Ex
             }
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
+            eprintln!("meridian: {e}");
             return ExitCode::from(EX_SOFTWARE);
         }
     };

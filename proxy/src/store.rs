@@ -96,15 +96,7 @@ impl Store {
 
     /// The applied version vector.
     pub fn applied(&self) -> Result<VersionVector, StoreError> {
-        let txn = try_engine!("read", self.db.begin_read());
-        let meta = try_engine!("read", txn.open_table(META));
-        match try_engine!("read", meta.get(APPLIED)) {
-            None => Ok(VersionVector::new()),
-            Some(bytes) => VersionVector::decode(bytes.value()).map_err(|e| StoreError::Damaged {
-                key: "(applied vector)".into(),
-                message: e.to_string(),
-            }),
-        }
+        self.snapshot()?.applied()
     }
 
     /// A consistent snapshot for reading.
@@ -112,8 +104,8 @@ impl Store {
         let txn = try_engine!("read", self.db.begin_read());
         Ok(Snapshot {
             table: try_engine!("read", txn.open_table(DATA)),
-            meta: try_engine!("read", txn.open_table(META)),
-            deleted: try_engine!("read", txn.open_table(DELETED)),
+            deleted: std::cell::OnceCell::new(),
+            txn,
         })
     }
 
@@ -171,9 +163,10 @@ impl Store {
 /// A read-only view of the data at one point in time.
 #[derive(Debug)]
 pub struct Snapshot {
+    txn: redb::ReadTransaction,
     table: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
-    meta: redb::ReadOnlyTable<&'static str, &'static [u8]>,
-    deleted: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    /// Opened on first use: most snapshots (a write batch's) never look at tombstones.
+    deleted: std::cell::OnceCell<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
 }
 
 impl Snapshot {
@@ -183,7 +176,14 @@ impl Snapshot {
         if let Some(stored) = self.get(key)? {
             return Ok(Some((stored.hlc, stored.origin)));
         }
-        let Some(tomb) = try_engine!("read", self.deleted.get(key)) else {
+        let deleted = match self.deleted.get() {
+            Some(table) => table,
+            None => {
+                let table = try_engine!("read", self.txn.open_table(DELETED));
+                self.deleted.get_or_init(|| table)
+            }
+        };
+        let Some(tomb) = try_engine!("read", deleted.get(key)) else {
             return Ok(None);
         };
         let bytes = tomb.value();
@@ -201,7 +201,8 @@ impl Snapshot {
 
     /// The applied vector the snapshot's data reaches.
     pub fn applied(&self) -> Result<VersionVector, StoreError> {
-        match try_engine!("read", self.meta.get(APPLIED)) {
+        let meta = try_engine!("read", self.txn.open_table(META));
+        match try_engine!("read", meta.get(APPLIED)) {
             None => Ok(VersionVector::new()),
             Some(bytes) => VersionVector::decode(bytes.value()).map_err(|e| StoreError::Damaged {
                 key: "(applied vector)".into(),

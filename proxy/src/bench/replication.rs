@@ -50,13 +50,10 @@ const WRITERS: usize = 4;
 const PIPELINE: usize = 256;
 
 pub(crate) fn replication(args: &ReplicationArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("meridian bench replication: cannot start the runtime: {e}");
+            eprintln!("meridian bench replication: {e}");
             return ExitCode::from(EX_SOFTWARE);
         }
     };
@@ -73,8 +70,7 @@ async fn run(args: &ReplicationArgs) -> Result<(), String> {
     if !(0.0..1.0).contains(&args.loss) {
         return Err(format!("--loss {} is not a fraction below 1", args.loss));
     }
-    let binary = std::env::current_exe()
-        .map_err(|e| format!("cannot find this program's path to start the proxies: {e}"))?;
+    let binary = crate::this_binary()?;
     let one_way = Duration::from_millis(args.rtt_ms) / 2;
     let mut spec = ClusterSpec::new(binary, 2, Shape::AllToAll);
     spec.dcs = vec!["origin".into(), "receiver".into()];

@@ -83,15 +83,21 @@ impl Shared {
         if keep_from <= r.start.load(Ordering::Acquire) {
             return;
         }
+        let mut base = None;
         let describe = |start: u64| {
-            self.vector_at(start).map(|v| {
-                let mut out = Vec::new();
-                v.encode(&mut out);
-                out
-            })
+            let vector = self.vector_at(start)?;
+            let mut out = Vec::new();
+            vector.encode(&mut out);
+            base = Some(vector);
+            Ok(out)
         };
         match log::truncate_before(&self.log_dir, keep_from, describe) {
             Ok(Some(start)) => {
+                if let Some(vector) = base {
+                    let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+                    index.retain(|(at, _)| *at > start);
+                    index.insert(0, (start, vector));
+                }
                 if start > need {
                     tracing::warn!(
                         start,
@@ -112,7 +118,7 @@ impl Shared {
     }
 
     /// The vector every record before `lsn` reaches, from the nearest checkpoint at
-    /// or before it; the index is cut to start there.
+    /// or before it.
     fn vector_at(&self, lsn: u64) -> Result<VersionVector, String> {
         let (from, mut vector) = {
             let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
@@ -132,9 +138,6 @@ impl Shared {
                 .map_err(|e| format!("log record {at} does not decode: {e}"))?;
             vector.advance(&change.origin, change.seq);
         }
-        let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
-        index.retain(|(at, _)| *at > lsn);
-        index.insert(0, (lsn, vector.clone()));
         Ok(vector)
     }
 }

@@ -239,24 +239,21 @@ impl Writer {
 
     /// Runs the batch's commands, logs their changes, publishes them, replies.
     fn commit_batch(&mut self, batch: Vec<Request>) {
-        if let Some(why) = self.shared.broken() {
-            let reply = Reply::error(format!(
-                "ERR writes are stopped until the proxy restarts: {why}"
-            ));
+        let refuse = |batch: Vec<Request>, reply: Reply| {
             batch
                 .into_iter()
                 .for_each(|r| drop(r.reply.send(reply.clone())));
-            return;
+        };
+        if let Some(why) = self.shared.broken() {
+            let reply = format!("ERR writes are stopped until the proxy restarts: {why}");
+            return refuse(batch, Reply::error(reply));
         }
         let restoring = self.shared.restoring.load(Ordering::Acquire);
         if restoring > self.applied.get(&self.shared.dc) {
-            let reply = Reply::error(format!(
+            let reply = format!(
                 "TRYAGAIN this datacenter is restoring its data from a peer: its own changes up to #{restoring} exist elsewhere but not here"
-            ));
-            batch
-                .into_iter()
-                .for_each(|r| drop(r.reply.send(reply.clone())));
-            return;
+            );
+            return refuse(batch, Reply::error(reply));
         }
         let (changes, replies) = {
             // Read the backend under the view, as readers do (see memtable).
@@ -264,12 +261,7 @@ impl Writer {
             let view = shared.memtable.view();
             match self.base(&batch, &view) {
                 Ok(base) => self.run_commands(batch, &view, &base),
-                Err(reply) => {
-                    batch
-                        .into_iter()
-                        .for_each(|r| drop(r.reply.send(reply.clone())));
-                    return;
-                }
+                Err(reply) => return refuse(batch, reply),
             }
         };
         match self.publish(changes, true) {

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::log::MAX_RECORD;
 
-pub(super) const CHANGE: u8 = 1;
+const CHANGE: u8 = 1;
 const APPLIED: u8 = 2;
 const HEARTBEAT: u8 = 3;
 const SNAPSHOT_BEGIN: u8 = 4;
@@ -83,9 +83,7 @@ pub(super) enum FrameError {
 
 /// Appends a change frame around an encoded change.
 pub(super) fn push_change(out: &mut Vec<u8>, change: &[u8]) {
-    out.extend_from_slice(&(change.len() as u32 + 1).to_le_bytes());
-    out.push(CHANGE);
-    out.extend_from_slice(change);
+    push_frame(out, CHANGE, change);
 }
 
 /// Appends an applied-vectors frame.
@@ -93,15 +91,12 @@ pub(super) fn push_applied(out: &mut Vec<u8>, table: &[(String, Vec<u8>)]) {
     #[derive(Serialize)]
     struct Table<'a>(&'a [(String, Vec<u8>)]);
     let body = postcard::to_stdvec(&Table(table)).unwrap_or_default();
-    out.extend_from_slice(&(body.len() as u32 + 1).to_le_bytes());
-    out.push(APPLIED);
-    out.extend_from_slice(&body);
+    push_frame(out, APPLIED, &body);
 }
 
 /// Appends a heartbeat frame.
 pub(super) fn push_heartbeat(out: &mut Vec<u8>) {
-    out.extend_from_slice(&1u32.to_le_bytes());
-    out.push(HEARTBEAT);
+    push_frame(out, HEARTBEAT, &[]);
 }
 
 fn push_frame(out: &mut Vec<u8>, kind: u8, body: &[u8]) {

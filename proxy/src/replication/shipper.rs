@@ -82,7 +82,8 @@ pub(super) async fn run(
         tracing::debug!(from = reader.next_lsn(), "shipping from the log");
         loop {
             let mut buf = Vec::new();
-            let mut count = 0;
+            // Where each change frame in `buf` ends.
+            let mut ends = Vec::new();
             let mut at_tail = false;
             while buf.len() < WRITE_CHUNK {
                 let record = reader.next_record().map_err(|e| e.to_string())?;
@@ -94,16 +95,17 @@ pub(super) async fn run(
                     .map_err(|e| format!("log record {lsn} does not decode: {e}"))?;
                 if routes_to(&repl, &change, peer, live, &mut sent) {
                     frame::push_change(&mut buf, &bytes);
-                    count += 1;
+                    ends.push(buf.len());
                 }
             }
+            let count = ends.len() as u64;
             if at_tail && count > 0 && buf.len() <= ECHO_MAX {
                 let (budget, last) = &mut echo_budget;
                 *budget = (*budget + last.elapsed().as_secs_f64() * ECHO_RATE).min(ECHO_BURST);
                 *last = Instant::now();
                 if *budget >= buf.len() as f64 {
                     *budget -= buf.len() as f64;
-                    echo(&connection, &buf);
+                    echo(&connection, &buf, &ends);
                 }
             }
             if gossip_due || last_gossip.elapsed() >= GOSSIP_EVERY {
@@ -180,7 +182,8 @@ async fn send_snapshot(
     Ok(vector)
 }
 
-/// Sends the change frames of `frames` as QUIC datagrams, twice, `ECHO_GAP` apart.
+/// Sends the change frames of `frames` (ending at `ends`) as QUIC datagrams, as many
+/// to a datagram as fit, twice, `ECHO_GAP` apart.
 ///
 /// The stream alone delivers every change, in order, but one lost packet holds back
 /// everything behind it for a retransmission (more than a round trip): at 1% loss
@@ -189,29 +192,29 @@ async fn send_snapshot(
 /// one-way delay; the receiver applies each change once whichever copy arrives first.
 /// Only rounds shipped while following the log's tail are echoed, so bulk catch-up
 /// costs nothing extra; a datagram the path cannot carry is simply not sent.
-fn echo(connection: &quinn::Connection, frames: &[u8]) {
+fn echo(connection: &quinn::Connection, frames: &[u8], ends: &[usize]) {
     let Some(max) = connection.max_datagram_size() else {
         return;
     };
     let mut datagrams = Vec::new();
-    let mut current = Vec::new();
-    let mut rest = frames;
-    while rest.len() >= 5 {
-        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize + 4;
-        let Some((frame, tail)) = rest.split_at_checked(len) else {
-            break;
-        };
-        rest = tail;
-        if frame[4] != frame::CHANGE || frame.len() > max {
+    let (mut start, mut at) = (0, 0);
+    for &end in ends {
+        if end - at > max {
+            // Too large for any datagram: flush what is gathered, skip this one.
+            if at > start {
+                datagrams.push(bytes::Bytes::copy_from_slice(&frames[start..at]));
+            }
+            (start, at) = (end, end);
             continue;
         }
-        if current.len() + frame.len() > max {
-            datagrams.push(bytes::Bytes::from(std::mem::take(&mut current)));
+        if end - start > max {
+            datagrams.push(bytes::Bytes::copy_from_slice(&frames[start..at]));
+            start = at;
         }
-        current.extend_from_slice(frame);
+        at = end;
     }
-    if !current.is_empty() {
-        datagrams.push(bytes::Bytes::from(current));
+    if at > start {
+        datagrams.push(bytes::Bytes::copy_from_slice(&frames[start..at]));
     }
     for d in &datagrams {
         let _ = connection.send_datagram(d.clone());

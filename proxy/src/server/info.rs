@@ -80,6 +80,7 @@ fn replication(out: &mut String, ctx: &Context) {
         .as_ref()
         .map(|r| r.peers())
         .unwrap_or_default();
+    let (log_start, segments_removed) = ctx.engine.log_start();
     let _ = write!(
         out,
         "# Replication\r\nrole:master\r\ndatacenter:{}\r\napplied:{applied}\r\nuncommitted_keys:{}\r\n\
@@ -97,8 +98,8 @@ fn replication(out: &mut String, ctx: &Context) {
             .iter()
             .map(|p| p.held_for_deps.load(Ordering::Relaxed))
             .sum::<u64>(),
-        ctx.engine.log_start().0,
-        ctx.engine.log_start().1,
+        log_start,
+        segments_removed,
     );
     for p in &peers {
         let (rtt, lost) = p.path().unwrap_or_default();

@@ -38,7 +38,10 @@ impl Writer {
         if ready.is_empty() {
             return Ok(waiting);
         }
-        let mut versions = self.versions(&ready)?;
+        let keys = ready
+            .iter()
+            .flat_map(|c| c.ops.iter().map(|op| op.key.as_slice()));
+        let mut versions = self.versions(keys)?;
         for change in &mut ready {
             self.observe(change.hlc);
             let version: Version = (change.hlc, Arc::from(change.origin.as_str()));
@@ -81,23 +84,23 @@ impl Writer {
 
     /// The current version of every key the changes touch: the memtable's, else the
     /// backend's.
-    pub(super) fn versions(
+    pub(super) fn versions<'k>(
         &mut self,
-        changes: &[Change],
+        keys: impl IntoIterator<Item = &'k [u8]>,
     ) -> Result<HashMap<Vec<u8>, Option<Version>>, String> {
         let shared = self.shared.clone();
         let view = shared.memtable.view();
         let mut versions: HashMap<Vec<u8>, Option<Version>> = HashMap::new();
         let mut missing = Vec::new();
-        for op in changes.iter().flat_map(|c| &c.ops) {
-            if versions.contains_key(&op.key) {
+        for key in keys {
+            if versions.contains_key(key) {
                 continue;
             }
-            match view.get(&op.key) {
-                Some(entry) => drop(versions.insert(op.key.clone(), Some(entry.version.clone()))),
+            match view.get(key) {
+                Some(entry) => drop(versions.insert(key.to_vec(), Some(entry.version.clone()))),
                 None => {
-                    versions.insert(op.key.clone(), None);
-                    missing.push(op.key.clone());
+                    versions.insert(key.to_vec(), None);
+                    missing.push(key.to_vec());
                 }
             }
         }

@@ -34,20 +34,7 @@ impl Writer {
             tracing::info!(%vector, "ignored a snapshot this datacenter is already past");
             return Ok(0);
         }
-        let probe: Vec<Change> = entries
-            .iter()
-            .map(|(key, _)| {
-                entry_change(
-                    String::new(),
-                    0,
-                    Op {
-                        key: key.clone(),
-                        value: None,
-                    },
-                )
-            })
-            .collect();
-        let current = self.versions(&probe)?;
+        let current = self.versions(entries.iter().map(|(key, _)| key.as_slice()))?;
         let replace = vector.dominates(&self.applied);
         let gone = if replace {
             self.keys_not_in(&entries)?
