@@ -183,26 +183,60 @@ pub struct Cluster {
     relays: BTreeMap<(usize, usize), Relay>,
 }
 
-/// Free loopback ports: all sockets are held until every port is picked, so no
-/// port is handed out twice.
+/// Loopback ports for the proxies' listeners, each free for both TCP and UDP.
+///
+/// The proxies bind them later, in processes of their own, so a port must not be
+/// taken in between. Ports handed out by the kernel for port 0 (the relays', QUIC's
+/// and clients' sockets, here and in tests running beside) come from the ephemeral
+/// range; these are taken below it, in turn from a counter shared by the process,
+/// so neither those sockets nor another cluster of the same test run can get them.
 fn free_ports(tcp: usize, udp: usize) -> Result<(Vec<u16>, Vec<u16>), HarnessError> {
-    let t: Vec<TcpListener> = (0..tcp)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()
-        .map_err(io("binding a free TCP port"))?;
-    let u: Vec<UdpSocket> = (0..udp)
-        .map(|_| UdpSocket::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()
-        .map_err(io("binding a free UDP port"))?;
-    let port = |a: std::io::Result<SocketAddr>| a.map(|a| a.port()).map_err(io("local address"));
-    Ok((
-        t.iter()
-            .map(|s| port(s.local_addr()))
-            .collect::<Result<_, _>>()?,
-        u.iter()
-            .map(|s| port(s.local_addr()))
-            .collect::<Result<_, _>>()?,
-    ))
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = below_ephemeral();
+    let span = u32::from(high - low);
+    // Test binaries run one after another; start each at its own place anyway.
+    let _ = NEXT.compare_exchange(
+        0,
+        std::process::id() % span + 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    let mut held = Vec::new();
+    let mut ports = Vec::with_capacity(tcp + udp);
+    for _ in 0..span {
+        if ports.len() == tcp + udp {
+            break;
+        }
+        let port = low + (NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if let (Ok(t), Ok(u)) = (TcpListener::bind(addr), UdpSocket::bind(addr)) {
+            held.push((t, u));
+            ports.push(port);
+        }
+    }
+    if ports.len() < tcp + udp {
+        return Err(HarnessError::Io {
+            what: format!("finding free loopback ports in {low}..{high}"),
+            source: std::io::Error::other("too few are free"),
+        });
+    }
+    let udp_ports = ports.split_off(tcp);
+    Ok((ports, udp_ports))
+}
+
+/// A port range the kernel does not hand out for port 0.
+fn below_ephemeral() -> (u16, u16) {
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if first_ephemeral > 12_000 {
+        (10_000, first_ephemeral)
+    } else {
+        // Everything above the privileged ports is ephemeral: no range is safe.
+        (20_000, 30_000)
+    }
 }
 
 fn topology_text(spec: &ClusterSpec, tcp: &[u16], udp: &[u16]) -> String {
