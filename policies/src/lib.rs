@@ -10,16 +10,25 @@
 //!   backwards even when the wall clock does.
 //! - [`Rendezvous`]: highest-random-weight hashing of user ids over datacenters, so each
 //!   user has one home and a stable order of successors.
+//! - [`Version`]: which write a key's state comes from, and [`Version::merge`], the
+//!   last-writer-wins rule (by timestamp, origin breaking ties) that settles
+//!   concurrent writes the same way in every datacenter.
+//! - [`readiness`]: causal delivery, whether a change may be applied given what a
+//!   datacenter has applied.
 //! - [`SessionToken`]: a client's write timestamp in a text form that fits in a RESP
 //!   bulk string.
 
+mod causal;
 mod hlc;
 mod rendezvous;
 mod token;
 mod varint;
+mod version;
 mod vv;
 
+pub use causal::{Readiness, dependencies_met, readiness};
 pub use hlc::{ClockError, Hlc, Timestamp};
 pub use rendezvous::{Candidate, Rendezvous, RendezvousError};
 pub use token::{SessionToken, TokenError};
+pub use version::{Resolution, Version, VersionDecodeError};
 pub use vv::{DecodeError, MAX_ID_LEN, VersionVector, is_valid_id as is_valid_dc_id};

@@ -5,6 +5,7 @@
 //! new state, so applying a change twice, or applying it on another datacenter, gives
 //! the same result (idempotent apply).
 
+use meridian_policies::{Timestamp, Version, VersionVector};
 use serde::{Deserialize, Serialize};
 
 /// Format version of encoded changes. A reader refuses versions it does not know
@@ -25,9 +26,10 @@ pub struct Change {
     /// The new state of each key it touched, in command order.
     pub ops: Vec<Op>,
     /// Causal dependencies: what the origin had applied of other datacenters when the
-    /// change was made (`origin -> seq`). A receiver applies the change only once it
-    /// has applied all of them.
-    pub deps: Vec<(String, u64)>,
+    /// change was made. A receiver applies the change only once it has applied all
+    /// of them. On the wire and in the log: a sequence of `(origin, seq)` pairs.
+    #[serde(with = "deps")]
+    pub deps: VersionVector,
     /// The datacenters the change has passed, the origin first (loop-prevention tags).
     /// In a log it ends with the datacenter that logged it.
     pub path: Vec<String>,
@@ -71,6 +73,14 @@ pub enum Data {
 }
 
 impl Value {
+    /// Bytes of data it holds (fields and values of a hash).
+    pub fn size(&self) -> usize {
+        match &self.data {
+            Data::String(s) => s.len(),
+            Data::Hash(fields) => fields.iter().map(|(f, v)| f.len() + v.len()).sum(),
+        }
+    }
+
     /// Whether the value has expired at `now_ms`.
     pub fn expired(&self, now_ms: u64) -> bool {
         self.expire_at_ms.is_some_and(|at| at <= now_ms)
@@ -92,6 +102,11 @@ pub enum ChangeDecodeError {
 }
 
 impl Change {
+    /// The version its writes give the keys they touch.
+    pub fn version(&self) -> Version {
+        Version::new(Timestamp::from_u64(self.hlc), self.origin.as_str())
+    }
+
     /// Appends the encoded change (format byte, then the body) to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.push(CHANGE_FORMAT);
@@ -114,11 +129,34 @@ impl Change {
                     hlc: v1.hlc,
                     user: v1.user,
                     ops: v1.ops,
-                    deps: Vec::new(),
+                    deps: VersionVector::new(),
                 })
             }
             Some((&other, _)) => Err(ChangeDecodeError::UnknownFormat(other)),
         }
+    }
+}
+
+/// `deps` as a sequence of `(origin, seq)` pairs, the form format 2 has always had.
+mod deps {
+    use meridian_policies::{VersionVector, is_valid_dc_id};
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(deps: &VersionVector, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(deps.iter())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VersionVector, D::Error> {
+        let pairs = Vec::<(String, u64)>::deserialize(d)?;
+        let mut deps = VersionVector::new();
+        for (origin, seq) in pairs {
+            if !is_valid_dc_id(&origin) {
+                return Err(D::Error::custom("a dependency names an invalid datacenter"));
+            }
+            deps.advance(&origin, seq);
+        }
+        Ok(deps)
     }
 }
 
@@ -146,7 +184,7 @@ mod tests {
                     value: None,
                 },
             ],
-            deps: vec![("eu-west".into(), 3)],
+            deps: "eu-west:3".parse().unwrap(),
             path: vec!["us-east".into(), "eu-west".into()],
         };
         let mut bytes = Vec::new();

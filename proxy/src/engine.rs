@@ -29,14 +29,12 @@ use meridian_policies::VersionVector;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::change::Value;
-use crate::command::{DataFn, Keyspace, Spec};
+use crate::command::{DataFn, Spec};
 use crate::log::{Log, LogError};
-use crate::redis_store::{self, RedisStore};
 use crate::resp::Reply;
-use crate::store::{Snapshot, Store, StoreError};
-use backend::Backend;
+use backend::{Backend, ReadContext};
 
-pub use backend::BackendConfig;
+pub use backend::{BackendConfig, BackendError, Entries, Stored};
 pub use writer::Fsync;
 
 /// Wall time in milliseconds since the Unix epoch.
@@ -52,12 +50,9 @@ pub enum OpenError {
     /// The replication log could not be opened.
     #[error(transparent)]
     Log(#[from] LogError),
-    /// The store could not be opened.
+    /// The backend could not be opened, reached, or holds damaged data.
     #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The Redis backend could not be reached or holds damaged metadata.
-    #[error(transparent)]
-    Redis(#[from] crate::redis_store::RedisStoreError),
+    Backend(#[from] BackendError),
     /// A log record that is intact but does not decode as a change.
     #[error("replication log record {lsn} is not a change this build can read: {message}")]
     BadRecord {
@@ -105,7 +100,7 @@ pub struct Engine {
 #[derive(Debug)]
 struct Shared {
     dc: String,
-    backend: backend::Backend,
+    backend: Arc<dyn Backend>,
     memtable: memtable::Memtable,
     /// Everything logged (and so acknowledged), committed to the backend or not.
     applied: watch::Sender<VersionVector>,
@@ -124,54 +119,32 @@ struct Shared {
     backend_stats: crate::metrics::BackendStats,
     /// The newest writer batch committed to the backend.
     committed: watch::Sender<u64>,
-    /// The connection client reads use, with a Redis backend.
-    reader: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
     stats: Stats,
     /// What log retention may remove (see `retention`).
     retention: retention::Retention,
-    /// Held around each backend commit, and by a snapshot of a Redis backend, which
-    /// is consistent only while nothing commits.
-    commit_lock: Mutex<()>,
     /// A peer holds this datacenter's own changes up to this number, which it
     /// lacks (its data was lost): local writes wait until a snapshot restores them.
     restoring: AtomicU64,
 }
 
 impl Shared {
-    /// The store's data and the vector it reaches, consistent: one read transaction
-    /// (embedded) or commits held off meanwhile (Redis). `memtable` reads the
-    /// memtable at a moment that, with the data, gives what clients read: the
-    /// memtable holds whatever the store does not yet.
+    /// The store's data and the vector it reaches, and what `memtable` reads of the
+    /// memtable at the same moment: together they give what clients read.
     fn stored<T>(
         &self,
         memtable: impl FnOnce(&memtable::View<'_>) -> T,
-    ) -> Result<(VersionVector, crate::store::Entries, T), String> {
-        match &self.backend {
-            Backend::Embedded(store) => {
-                // The read transaction begins while the memtable cannot change, so
-                // the two describe one moment; the scan runs without holding writes.
-                let (overlay, snapshot) = {
-                    let view = self.memtable.view();
-                    (
-                        memtable(&view),
-                        store.snapshot().map_err(|e| e.to_string())?,
-                    )
-                };
-                let applied = snapshot.applied().map_err(|e| e.to_string())?;
-                let entries = snapshot.scan().map_err(|e| e.to_string())?;
-                Ok((applied, entries, overlay))
+    ) -> Result<(VersionVector, Entries, T), BackendError> {
+        let mut memtable = Some(memtable);
+        let mut overlay = None;
+        let (applied, entries) = self.backend.snapshot(&self.memtable, &mut |view| {
+            if let Some(read) = memtable.take() {
+                overlay = Some(read(view));
             }
-            Backend::Redis(redis) => {
-                let _commits_wait = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-                let (applied, entries) = redis
-                    .sync_conn()
-                    .snapshot(wall_ms())
-                    .map_err(|e| e.to_string())?;
-                // Still no commit: the memtable holds what Redis lacks.
-                let overlay = memtable(&self.memtable.view());
-                Ok((applied, entries, overlay))
-            }
-        }
+        })?;
+        let overlay = overlay.ok_or_else(|| {
+            BackendError::Refused("ERR internal error: the snapshot skipped the memtable".into())
+        })?;
+        Ok((applied, entries, overlay))
     }
 
     fn set_broken(&self, why: String) {
@@ -214,9 +187,6 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 /// Default of [`EngineConfig::max_unstored`]: 256 Ki changes, some tens of MB.
 pub const DEFAULT_MAX_UNSTORED: usize = 256 * 1024;
 
-/// How long a read waits for the committer before answering that the backend is behind.
-const READ_WAIT: Duration = Duration::from_secs(5);
-
 impl Engine {
     /// Opens the log and the backend, replays what the backend lacks, and starts the
     /// writer and committer threads.
@@ -229,8 +199,8 @@ impl Engine {
             truncated = recovered.truncated_bytes,
             "opened the replication log"
         );
-        let backend = backend::Backend::open(data_dir, &config.backend)?;
-        let state = replay::replay(&backend, &config.dc, &log, base)?;
+        let backend = backend::open(data_dir, &config.backend)?;
+        let state = replay::replay(backend.as_ref(), &config.dc, &log, base)?;
         let shared = Arc::new(Shared {
             dc: config.dc.clone(),
             backend,
@@ -243,11 +213,9 @@ impl Engine {
             broken: Mutex::new(None),
             backend_stats: crate::metrics::BackendStats::default(),
             committed: watch::Sender::new(0),
-            reader: tokio::sync::Mutex::new(None),
             stats: Stats::default(),
             retention: retention::Retention::new(config.log_retention, log_start),
             restoring: AtomicU64::new(0),
-            commit_lock: Mutex::new(()),
         });
         shared
             .stats
@@ -304,7 +272,7 @@ impl Engine {
     pub async fn install_snapshot(
         &self,
         vector: VersionVector,
-        entries: crate::store::Entries,
+        entries: Entries,
     ) -> Result<u64, String> {
         let (done, rx) = oneshot::channel();
         if self
@@ -321,7 +289,7 @@ impl Engine {
 
     /// The store's data and the vector it reaches, read in one transaction (the
     /// embedded store) or with commits held off (Redis), for a peer to bootstrap from.
-    pub async fn snapshot(&self) -> Result<(VersionVector, crate::store::Entries), String> {
+    pub async fn snapshot(&self) -> Result<(VersionVector, Entries), BackendError> {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             shared
@@ -329,7 +297,7 @@ impl Engine {
                 .map(|(applied, entries, ())| (applied, entries))
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| BackendError::Refused(format!("ERR the snapshot task failed: {e}")))?
     }
 
     /// A peer has this datacenter's own changes up to `seq`; if this datacenter
@@ -412,10 +380,7 @@ impl Engine {
 
     /// The backend, for people: `embedded` or the Redis URL.
     pub fn backend_name(&self) -> String {
-        match &self.shared.backend {
-            Backend::Embedded(_) => "embedded".into(),
-            Backend::Redis(redis) => redis.url().to_owned(),
-        }
+        self.shared.backend.name()
     }
 
     /// Keys written but not yet committed to the backend.
@@ -431,184 +396,26 @@ impl Engine {
             .unwrap_or(Reply::Null)
     }
 
-    fn read_embedded(&self, store: &Store, f: DataFn, args: &[Bytes]) -> Reply {
-        // The snapshot must be taken while the memtable view is held (see memtable).
-        let view = self.shared.memtable.view();
-        match store.snapshot() {
-            Ok(snapshot) => {
-                let mut ks = ViewKeyspace {
-                    view: &view,
-                    snapshot: Some(&snapshot),
-                    now_ms: wall_ms(),
-                };
-                f(&mut ks, args).unwrap_or_else(|e| e)
-            }
-            Err(e) => store_error(&e),
-        }
-    }
-
-    /// Runs consecutive read commands of one connection, in order. With Redis behind,
-    /// those that go to Redis travel as one pipeline: one round trip, order kept.
+    /// Runs consecutive read commands of one connection, in order (with Redis
+    /// behind, those that go to Redis travel as one pipeline).
     pub async fn read_many(&self, reads: &[(&Spec, DataFn, &[Bytes])]) -> Vec<Reply> {
-        let redis = match &self.shared.backend {
-            Backend::Embedded(store) => {
-                return reads
-                    .iter()
-                    .map(|(_, f, args)| self.read_embedded(store, *f, args))
-                    .collect();
-            }
-            Backend::Redis(redis) => redis,
+        let ctx = ReadContext {
+            memtable: &self.shared.memtable,
+            committed: &self.shared.committed,
         };
-        let mut replies: Vec<Option<Reply>> = Vec::with_capacity(reads.len());
-        let mut wait_for = None;
-        {
-            let view = self.shared.memtable.view();
-            for (spec, f, args) in reads {
-                let batches: Vec<Option<u64>> = spec
-                    .keys(args)
-                    .map(|k| view.get(k).map(|e| e.batch))
-                    .collect();
-                if batches.iter().all(Option::is_none) {
-                    replies.push(None);
-                } else if batches.iter().all(Option::is_some) {
-                    let mut ks = ViewKeyspace {
-                        view: &view,
-                        snapshot: None,
-                        now_ms: wall_ms(),
-                    };
-                    replies.push(Some(f(&mut ks, args).unwrap_or_else(|e| e)));
-                } else {
-                    wait_for = wait_for.max(batches.into_iter().flatten().max());
-                    replies.push(None);
-                }
-            }
-        }
-        if let Some(batch) = wait_for {
-            let mut committed = self.shared.committed.subscribe();
-            if tokio::time::timeout(READ_WAIT, committed.wait_for(|c| *c >= batch))
-                .await
-                .is_err()
-            {
-                let behind = Reply::error(format!(
-                    "ERR redis backend {} is behind this proxy's writes; retry later",
-                    redis.url()
-                ));
-                return replies
-                    .into_iter()
-                    .map(|r| r.unwrap_or_else(|| behind.clone()))
-                    .collect();
-            }
-        }
-        let forward: Vec<&[Bytes]> = reads
-            .iter()
-            .zip(&replies)
-            .filter(|(_, r)| r.is_none())
-            .map(|(read, _)| read.2)
-            .collect();
-        let mut forwarded = self.forward_many(redis, &forward).await.into_iter();
-        replies
-            .into_iter()
-            .map(|r| r.or_else(|| forwarded.next()).unwrap_or(Reply::Null))
-            .collect()
-    }
-
-    /// Sends commands to the Redis backend as they are, in one pipeline.
-    async fn forward_many(&self, redis: &RedisStore, commands: &[&[Bytes]]) -> Vec<Reply> {
-        if commands.is_empty() {
-            return Vec::new();
-        }
-        let mut conn = match self.reader(redis).await {
-            Ok(conn) => conn,
-            Err(reply) => return commands.iter().map(|_| reply.clone()).collect(),
-        };
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for args in commands {
-            let cmd = pipe.cmd(&String::from_utf8_lossy(&args[0]));
-            for arg in &args[1..] {
-                cmd.arg(&arg[..]);
-            }
-        }
-        match pipe
-            .query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut conn)
-            .await
-        {
-            Ok(results) => results
-                .into_iter()
-                .zip(commands)
-                .map(|(result, args)| match result {
-                    Ok(value) => {
-                        redis_store::to_reply(value, args[0].eq_ignore_ascii_case(b"HGETALL"))
-                    }
-                    Err(e) => redis_store::error_reply(redis.url(), &e),
-                })
-                .collect(),
-            Err(e) => {
-                self.drop_reader_if_broken(&e).await;
-                let reply = redis_store::error_reply(redis.url(), &e);
-                commands.iter().map(|_| reply.clone()).collect()
-            }
-        }
-    }
-
-    /// The shared connection for client reads, connecting if needed.
-    async fn reader(&self, redis: &RedisStore) -> Result<redis::aio::MultiplexedConnection, Reply> {
-        let mut slot = self.shared.reader.lock().await;
-        match slot.as_ref() {
-            Some(conn) => Ok(conn.clone()),
-            None => match redis.async_conn().await {
-                Ok(conn) => Ok(slot.insert(conn).clone()),
-                Err(e) => Err(Reply::error(format!("ERR {e}"))),
-            },
-        }
-    }
-
-    async fn drop_reader_if_broken(&self, e: &redis::RedisError) {
-        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-            *self.shared.reader.lock().await = None;
-        }
+        self.shared.backend.read_many(ctx, reads).await
     }
 
     /// Number of keys, expired ones included until they are removed (meridian's own
-    /// metadata key not counted).
-    pub async fn key_count(&self) -> Result<u64, String> {
-        match &self.shared.backend {
-            Backend::Embedded(store) => {
-                let view = self.shared.memtable.view();
-                let snapshot = store.snapshot().map_err(|e| e.to_string())?;
-                let mut count = snapshot.len().map_err(|e| e.to_string())? as i64;
-                for (key, entry) in view.iter() {
-                    let stored = snapshot.get(key).map_err(|e| e.to_string())?.is_some();
-                    count += i64::from(entry.value.is_some()) - i64::from(stored);
-                }
-                Ok(count.max(0) as u64)
-            }
-            Backend::Redis(redis) => {
-                let dbsize = [Bytes::from_static(b"DBSIZE")];
-                let meta = [
-                    Bytes::from_static(b"EXISTS"),
-                    Bytes::from_static(redis_store::META_KEY.as_bytes()),
-                ];
-                let mut replies = self
-                    .forward_many(redis, &[&dbsize, &meta])
-                    .await
-                    .into_iter();
-                match (
-                    replies.next().unwrap_or(Reply::Null),
-                    replies.next().unwrap_or(Reply::Null),
-                ) {
-                    (Reply::Integer(n), Reply::Integer(m)) => Ok((n - m).max(0) as u64),
-                    (Reply::Error(e), _) | (_, Reply::Error(e)) => Err(e),
-                    _ => Err("unexpected reply to DBSIZE".into()),
-                }
-            }
-        }
+    /// metadata not counted).
+    pub async fn key_count(&self) -> Result<u64, BackendError> {
+        self.shared.backend.key_count(&self.shared.memtable).await
     }
 
     /// A digest of the data (keys, values and expiry times, not versions) and the
     /// number of keys: datacenters holding the same data have the same digest.
     /// Blocks: call it off the async workers.
-    pub fn digest(&self) -> Result<(u64, u64), String> {
+    pub fn digest(&self) -> Result<(u64, u64), BackendError> {
         // What the store holds, then the memtable's newer state over it.
         let (_, stored, overlay) = self.shared.stored(|memtable| {
             memtable
@@ -669,39 +476,6 @@ impl Engine {
         if self.writes.send(writer::Msg::Shutdown(done)).await.is_ok() {
             let _ = rx.await;
         }
-    }
-}
-
-fn store_error(e: &StoreError) -> Reply {
-    Reply::error(format!("ERR backend: {e}"))
-}
-
-/// The newest data: the memtable over a store snapshot (none: the memtable alone).
-struct ViewKeyspace<'a, 'v> {
-    view: &'a memtable::View<'v>,
-    snapshot: Option<&'a Snapshot>,
-    now_ms: u64,
-}
-
-impl Keyspace for ViewKeyspace<'_, '_> {
-    fn get(&mut self, key: &[u8]) -> Result<Option<Value>, Reply> {
-        let value = match (self.view.get(key), self.snapshot) {
-            (Some(entry), _) => entry.value.clone(),
-            (None, Some(snapshot)) => snapshot
-                .get(key)
-                .map_err(|e| store_error(&e))?
-                .map(|s| s.value),
-            (None, None) => None,
-        };
-        Ok(value.filter(|v| !v.expired(self.now_ms)))
-    }
-
-    fn put(&mut self, _key: &[u8], _value: Option<Value>) {
-        debug_assert!(false, "a read command tried to write");
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.now_ms
     }
 }
 

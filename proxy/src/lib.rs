@@ -12,8 +12,6 @@ pub mod engine;
 pub mod link;
 pub mod log;
 pub mod metrics;
-pub mod redis_store;
 pub mod replication;
 pub mod resp;
 pub mod server;
-pub mod store;

@@ -5,7 +5,10 @@
 //! datacenter the certificate names, and then runs the handshake: the client sends a
 //! hello (protocol version, cluster, datacenter, applied version vector); the server
 //! checks it against the certificate and the topology and answers with its own hello,
-//! or with a refusal that says which check failed. ALPN is `meridian/1`.
+//! or with a refusal that says which check failed. ALPN is `meridian/2`. Every
+//! frame on a link, the handshake's included, uses the one codec of [`frame`].
+
+pub mod frame;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,16 +19,14 @@ use meridian_policies::VersionVector;
 use meridian_topology::Topology;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use serde::{Deserialize, Serialize};
+
+use frame::{Frame, FrameError, Hello};
 
 /// The application protocol spoken on links.
-pub const ALPN: &[u8] = b"meridian/1";
-/// The link protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
-/// The largest handshake frame accepted.
-const MAX_FRAME: usize = 64 << 10;
-/// Format byte of handshake frames.
-const FRAME_FORMAT: u8 = 1;
+pub const ALPN: &[u8] = b"meridian/2";
+/// The link protocol version this build speaks (2: one little-endian frame codec
+/// for the handshake and replication).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Why a link could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -65,14 +66,29 @@ pub enum LinkError {
         /// Why.
         reason: String,
     },
-    /// A malformed or oversized handshake frame.
-    #[error("bad handshake frame from {peer}: {message}")]
+    /// A malformed, oversized or unexpected handshake frame.
+    #[error("bad handshake from {peer}: {message}")]
     Frame {
         /// The peer.
         peer: String,
         /// What is wrong.
         message: String,
     },
+}
+
+impl From<FrameError> for LinkError {
+    fn from(e: FrameError) -> LinkError {
+        let peer = match &e {
+            FrameError::Io { peer, .. }
+            | FrameError::UnknownType { peer, .. }
+            | FrameError::Oversized { peer, .. }
+            | FrameError::Malformed { peer, .. } => peer.clone(),
+        };
+        LinkError::Frame {
+            peer,
+            message: e.to_string(),
+        }
+    }
 }
 
 /// Who a proxy is, as the handshake tells it.
@@ -93,19 +109,6 @@ pub struct Link {
     pub peer: Identity,
     /// The QUIC connection.
     pub connection: quinn::Connection,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-enum Frame {
-    Hello {
-        version: u16,
-        cluster: String,
-        dc: String,
-        applied: Vec<u8>,
-    },
-    Refused {
-        reason: String,
-    },
 }
 
 /// The TLS side of a proxy's endpoint.
@@ -254,22 +257,18 @@ pub async fn connect(
         .map_err(|e| fail(&e))?;
     let _ = send.finish();
     let peer = match read_frame(&mut recv, peer_dc).await? {
-        Frame::Refused { reason } => {
+        Frame::Refused(reason) => {
             return Err(LinkError::Refused {
                 peer: peer_dc.to_owned(),
                 reason,
             });
         }
-        Frame::Hello {
+        Frame::Hello(Hello {
             version,
             cluster,
             dc,
             applied,
-        } => {
-            let applied = VersionVector::decode(&applied).map_err(|e| LinkError::Frame {
-                peer: peer_dc.to_owned(),
-                message: e.to_string(),
-            })?;
+        }) => {
             if version != PROTOCOL_VERSION || cluster != me.cluster || dc != peer_dc {
                 let reason =
                     format!("answered as {dc:?} of cluster {cluster:?} speaking version {version}");
@@ -284,6 +283,12 @@ pub async fn connect(
                 dc,
                 applied,
             }
+        }
+        other => {
+            return Err(LinkError::Frame {
+                peer: peer_dc.to_owned(),
+                message: format!("a {} frame instead of a hello", other.name()),
+            });
         }
     };
     Ok(Link { peer, connection })
@@ -315,13 +320,7 @@ pub async fn accept(
             Ok(Link { peer, connection })
         }
         Err(reason) => {
-            let _ = write_frame(
-                &mut send,
-                &Frame::Refused {
-                    reason: reason.clone(),
-                },
-            )
-            .await;
+            let _ = write_frame(&mut send, &Frame::Refused(reason.clone())).await;
             let _ = send.finish();
             // Let the refusal reach the peer before the connection goes.
             let _ = send.stopped().await;
@@ -360,14 +359,14 @@ fn check_hello(
     me: &Identity,
     topology: &Topology,
 ) -> Result<Identity, String> {
-    let Frame::Hello {
+    let Frame::Hello(Hello {
         version,
         cluster,
         dc,
         applied,
-    } = frame
+    }) = frame
     else {
-        return Err("it sent a refusal instead of a hello".into());
+        return Err("it sent something other than a hello".into());
     };
     if version != PROTOCOL_VERSION {
         return Err(format!(
@@ -394,8 +393,6 @@ fn check_hello(
             me.dc
         ));
     }
-    let applied = VersionVector::decode(&applied)
-        .map_err(|e| format!("its applied vector is malformed: {e}"))?;
     Ok(Identity {
         cluster,
         dc,
@@ -404,46 +401,31 @@ fn check_hello(
 }
 
 fn hello(me: &Identity) -> Frame {
-    Frame::Hello {
+    Frame::Hello(Hello {
         version: PROTOCOL_VERSION,
         cluster: me.cluster.clone(),
         dc: me.dc.clone(),
-        applied: me.applied.to_bytes(),
-    }
+        applied: me.applied.clone(),
+    })
 }
 
 async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), quinn::WriteError> {
-    let mut body = vec![FRAME_FORMAT];
-    body.extend_from_slice(&postcard::to_stdvec(frame).unwrap_or_default());
-    let mut out = (body.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
+    let mut out = Vec::new();
+    frame.encode(&mut out);
     send.write_all(&out).await
 }
 
+/// Reads the one handshake frame; only a hello or a refusal is expected there.
 async fn read_frame(recv: &mut quinn::RecvStream, peer: &str) -> Result<Frame, LinkError> {
-    let bad = |message: String| LinkError::Frame {
-        peer: peer.to_owned(),
-        message,
-    };
-    let mut len = [0u8; 4];
-    recv.read_exact(&mut len)
-        .await
-        .map_err(|e| bad(format!("no frame length: {e}")))?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(bad(format!(
-            "a frame of {len} bytes is over the limit of {MAX_FRAME}"
-        )));
-    }
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| bad(format!("frame cut short: {e}")))?;
-    match body.split_first() {
-        Some((&FRAME_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| bad(e.to_string())),
-        Some((&other, _)) => Err(bad(format!(
-            "frame format {other} is unknown to this build"
-        ))),
-        None => Err(bad("empty frame".into())),
+    match frame::read(recv, peer).await? {
+        Some(frame @ (Frame::Hello(_) | Frame::Refused(_))) => Ok(frame),
+        Some(other) => Err(LinkError::Frame {
+            peer: peer.to_owned(),
+            message: format!("a {} frame where the handshake belongs", other.name()),
+        }),
+        None => Err(LinkError::Frame {
+            peer: peer.to_owned(),
+            message: "the stream ended before the handshake".into(),
+        }),
     }
 }

@@ -23,7 +23,6 @@
 //!   recomputes its routes (ring and star route around it) and every shipper
 //!   restarts from what its peer has acknowledged, so nothing falls between routes.
 
-mod frame;
 mod links;
 mod receiver;
 mod shipper;
@@ -215,12 +214,12 @@ impl Replication {
     }
 
     /// What every datacenter is known to have applied, this one's own vector fresh.
-    fn known_table(&self) -> Vec<(String, Vec<u8>)> {
+    fn known_table(&self) -> Vec<(String, VersionVector)> {
         self.learn(self.engine.dc(), &self.engine.applied());
         self.known
             .borrow()
             .iter()
-            .map(|(dc, vv)| (dc.clone(), vv.to_bytes()))
+            .map(|(dc, vv)| (dc.clone(), vv.clone()))
             .collect()
     }
 

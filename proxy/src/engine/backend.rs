@@ -1,13 +1,34 @@
-//! The two backends behind the engine: the embedded store and a Redis server.
+//! The interface between the engine and a database, and the one place that picks
+//! an adapter for the configured kind.
+//!
+//! The engine needs the same few things of every database: the applied vector it
+//! holds; per thread (writer, committer, start-up replay) a [`Session`] that reads a
+//! batch's keys, reads keys' versions, lists its keys, and commits a batch of changes
+//! with the applied vector atomically; a consistent snapshot of the whole store (for
+//! peers bootstrapping and DIGEST); and client reads. Each adapter lives in a file of
+//! its own: [`embedded`] (redb in the data directory) and [`redis`] (a Redis server).
+//! Nothing outside this module and its adapters knows which one runs.
 
+pub(super) mod embedded;
+pub(super) mod redis;
+
+use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 
-use meridian_policies::VersionVector;
+use bytes::Bytes;
+use meridian_policies::{Version, VersionVector};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
-use super::OpenError;
-use crate::change::Change;
-use crate::redis_store::{RedisStore, SyncConn};
-use crate::store::Store;
+use super::memtable::{Memtable, View};
+use crate::change::{Change, Value};
+use crate::command::{DataFn, Spec};
+use crate::resp::Reply;
+
+pub use embedded::StoreError;
+pub use redis::RedisStoreError;
 
 /// Which database holds this datacenter's data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,73 +42,226 @@ pub enum BackendConfig {
     },
 }
 
-#[derive(Debug)]
-pub(super) enum Backend {
-    Embedded(Store),
-    Redis(RedisStore),
+/// A failure of the database behind the proxy.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// The embedded store failed or holds damaged data (retrying does not help).
+    #[error(transparent)]
+    Embedded(#[from] StoreError),
+    /// The Redis server failed or is unreachable.
+    #[error(transparent)]
+    Redis(#[from] RedisStoreError),
+    /// The database answered with an error of its own (its words, as a client of
+    /// it would see them).
+    #[error("{0}")]
+    Refused(String),
 }
 
-/// Why a commit failed, and whether trying again later can succeed.
-#[derive(Debug)]
-pub(super) struct CommitError {
-    pub(super) message: String,
-    pub(super) retryable: bool,
-}
-
-/// Where the committer (and start-up replay) writes.
-pub(super) enum Target<'a> {
-    Embedded(&'a Store),
-    Redis(Box<SyncConn>),
-}
-
-impl Backend {
-    pub(super) fn open(data_dir: &Path, config: &BackendConfig) -> Result<Backend, OpenError> {
-        Ok(match config {
-            BackendConfig::Embedded => {
-                Backend::Embedded(Store::open(&data_dir.join("store.redb"))?)
-            }
-            BackendConfig::Redis { url } => Backend::Redis(RedisStore::new(url)?),
-        })
-    }
-
-    /// The applied vector the backend holds.
-    pub(super) fn applied(&self) -> Result<VersionVector, OpenError> {
-        Ok(match self {
-            Backend::Embedded(store) => store.applied()?,
-            Backend::Redis(redis) => redis.sync_conn().applied()?,
-        })
-    }
-
-    pub(super) fn target(&self) -> Target<'_> {
+impl BackendError {
+    /// Whether trying again later can succeed (a database restarting, say).
+    pub fn retryable(&self) -> bool {
         match self {
-            Backend::Embedded(store) => Target::Embedded(store),
-            Backend::Redis(redis) => Target::Redis(Box::new(redis.sync_conn())),
+            BackendError::Embedded(_) => false,
+            BackendError::Redis(e) => e.retryable,
+            BackendError::Refused(_) => false,
+        }
+    }
+
+    /// The error reply a client gets: the database's own words when it refused,
+    /// otherwise a backend error naming the database.
+    pub fn reply(&self) -> Reply {
+        match self {
+            BackendError::Refused(text) => Reply::Error(text.clone()),
+            BackendError::Redis(e) => Reply::error(format!("ERR {e}")),
+            BackendError::Embedded(e) => Reply::error(format!("ERR backend: {e}")),
         }
     }
 }
 
-impl Target<'_> {
-    /// Writes `changes` and `applied` atomically; `durable` asks the embedded store
-    /// for a synced checkpoint (Redis persists by its own configuration).
-    pub(super) fn commit(
+/// A key's value with the version of the change that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The value.
+    pub value: Value,
+    /// Which change wrote it.
+    pub version: Version,
+}
+
+/// Keys and their records, as a snapshot carries them.
+pub type Entries = Vec<(Vec<u8>, Stored)>;
+
+/// The format byte of [`Stored::encode`]. Format 1 (postcard of value, timestamp
+/// and origin) is still read.
+const RECORD_FORMAT: u8 = 2;
+
+impl Stored {
+    /// Appends the record: `[format 2][version][postcard value]`. The same bytes
+    /// are the embedded store's records and a snapshot's entries on the wire.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(RECORD_FORMAT);
+        self.version.encode(out);
+        // Serialising plain owned data into a Vec cannot fail.
+        out.extend_from_slice(&postcard::to_stdvec(&self.value).unwrap_or_default());
+    }
+
+    /// Reads a record written by [`Stored::encode`] (or by format 1).
+    pub fn decode(bytes: &[u8]) -> Result<Stored, String> {
+        #[derive(Deserialize, Serialize)]
+        struct V1 {
+            value: Value,
+            hlc: u64,
+            origin: String,
+        }
+        match bytes.split_first() {
+            Some((&RECORD_FORMAT, mut rest)) => {
+                let version = Version::decode_prefix(&mut rest).map_err(|e| e.to_string())?;
+                let value = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+                Ok(Stored { value, version })
+            }
+            Some((1, body)) => {
+                let v1: V1 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+                if !meridian_policies::is_valid_dc_id(&v1.origin) {
+                    return Err("a record names an invalid origin datacenter".into());
+                }
+                Ok(Stored {
+                    value: v1.value,
+                    version: Version::new(
+                        meridian_policies::Timestamp::from_u64(v1.hlc),
+                        v1.origin,
+                    ),
+                })
+            }
+            Some((&v, _)) => Err(format!("record format {v} is not known to this build")),
+            None => Err("empty record".into()),
+        }
+    }
+}
+
+/// What a key holds in the database, as the writer needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fetched {
+    /// A value meridian understands (`None`: absent).
+    Known(Option<Value>),
+    /// A type meridian does not handle (a list written by another tool, say).
+    Foreign(String),
+}
+
+/// A read command: its spec, the function that runs it, its arguments.
+pub type Read<'a> = (&'a Spec, DataFn, &'a [Bytes]);
+
+/// A boxed future borrowing the backend (trait objects cannot have async methods).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What client reads need of the engine besides the backend.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ReadContext<'a> {
+    /// Writes logged but not yet in the backend.
+    pub(super) memtable: &'a Memtable,
+    /// The newest writer batch committed to the backend.
+    pub(super) committed: &'a watch::Sender<u64>,
+}
+
+/// A database behind the engine.
+pub(super) trait Backend: Send + Sync + std::fmt::Debug {
+    /// The database, for people: `embedded` or the Redis URL.
+    fn name(&self) -> String;
+
+    /// A connection for one thread: the writer, the committer, start-up replay.
+    fn session(&self) -> Box<dyn Session>;
+
+    /// The whole store and the vector it reaches, consistent with the memtable as
+    /// `overlay` sees it: whatever the store lacks of the memtable's state is in
+    /// the memtable at that moment. Blocks; call it off the async workers.
+    fn snapshot(
+        &self,
+        memtable: &Memtable,
+        overlay: &mut dyn FnMut(&View<'_>),
+    ) -> Result<(VersionVector, Entries), BackendError>;
+
+    /// Runs consecutive read commands of one connection against the newest data
+    /// (the memtable over the store), in order.
+    fn read_many<'a>(
+        &'a self,
+        ctx: ReadContext<'a>,
+        reads: &'a [Read<'a>],
+    ) -> BoxFuture<'a, Vec<Reply>>;
+
+    /// Number of keys clients see, expired ones included until they are removed.
+    fn key_count<'a>(&'a self, memtable: &'a Memtable) -> BoxFuture<'a, Result<u64, BackendError>>;
+}
+
+/// One thread's connection to the database.
+pub(super) trait Session: Send {
+    /// The applied version vector the database holds.
+    fn applied(&mut self) -> Result<VersionVector, BackendError>;
+
+    /// The current state of `keys`, expiry times made absolute at `now_ms`.
+    fn fetch(
+        &mut self,
+        keys: Vec<Vec<u8>>,
+        now_ms: u64,
+    ) -> Result<HashMap<Vec<u8>, Fetched>, BackendError>;
+
+    /// The version of the change that last wrote each key, deletions included;
+    /// `None` for a key never written.
+    fn versions(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Version>>, BackendError>;
+
+    /// Every key the database may hold (keys already deleted may be among them).
+    fn keys(&mut self) -> Result<Vec<Vec<u8>>, BackendError>;
+
+    /// Writes `changes` (each op replacing its key's state, versions included) and
+    /// `applied` atomically; `durable` asks for a synced checkpoint where the
+    /// database has a choice.
+    fn commit(
         &mut self,
         changes: &[Change],
         applied: &VersionVector,
         durable: bool,
-    ) -> Result<(), CommitError> {
-        match self {
-            Target::Embedded(store) => {
-                store
-                    .commit(changes, applied, durable)
-                    .map_err(|e| CommitError {
-                        message: e.to_string(),
-                        retryable: false,
-                    })
-            }
-            Target::Redis(conn) => conn.commit(changes, applied).map_err(|e| CommitError {
-                message: e.to_string(),
-                retryable: e.retryable,
-            }),
+    ) -> Result<(), BackendError>;
+}
+
+/// Opens the configured database: the one place that knows which kinds exist.
+pub(super) fn open(
+    data_dir: &Path,
+    config: &BackendConfig,
+) -> Result<std::sync::Arc<dyn Backend>, BackendError> {
+    Ok(match config {
+        BackendConfig::Embedded => {
+            std::sync::Arc::new(embedded::Embedded::open(&data_dir.join("store.redb"))?)
         }
+        BackendConfig::Redis { url } => std::sync::Arc::new(redis::RedisBackend::new(url)?),
+    })
+}
+
+/// Reads a key from a store as of one moment.
+pub(super) trait KeyReader {
+    /// The stored value of `key`, expired or not.
+    fn value(&self, key: &[u8]) -> Result<Option<Value>, Reply>;
+}
+
+/// The newest data as a read command sees it: the memtable over a store (none: the
+/// memtable alone).
+pub(super) struct ReadKeyspace<'a, 'v> {
+    pub(super) view: &'a View<'v>,
+    pub(super) store: Option<&'a dyn KeyReader>,
+    pub(super) now_ms: u64,
+}
+
+impl crate::command::Keyspace for ReadKeyspace<'_, '_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Value>, Reply> {
+        let value = match (self.view.get(key), self.store) {
+            (Some(entry), _) => entry.value.clone(),
+            (None, Some(store)) => store.value(key)?,
+            (None, None) => None,
+        };
+        Ok(value.filter(|v| !v.expired(self.now_ms)))
+    }
+
+    fn put(&mut self, _key: &[u8], _value: Option<Value>) {
+        debug_assert!(false, "a read command tried to write");
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.now_ms
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use meridian_policies::VersionVector;
 
-use super::backend::Target;
+use super::backend::Session;
 use super::{OpenError, Shared};
 use crate::change::Change;
 
@@ -109,7 +109,7 @@ pub(super) fn spawn(
 }
 
 fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget) {
-    let mut target = shared.backend.target();
+    let mut target = shared.backend.session();
     let mut last_checkpoint = Instant::now();
     let mut applied = None;
     // What the last commit reached, while no checkpoint has made it durable.
@@ -170,7 +170,7 @@ fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget) {
     // The writer is gone: make everything committed durable.
     if let Some(vector) = applied {
         if let Err(e) = target.commit(&[], &vector, true) {
-            tracing::error!(error = %e.message, "final checkpoint failed; the log will be replayed at start-up");
+            tracing::error!(error = %e, "final checkpoint failed; the log will be replayed at start-up");
         }
     }
 }
@@ -189,7 +189,7 @@ fn checkpointed(shared: &Shared, end_lsn: u64) {
 /// a failure that retrying cannot fix: writes then stop until a restart replays the log.
 fn commit_until_done(
     shared: &Shared,
-    target: &mut Target<'_>,
+    target: &mut Box<dyn Session>,
     changes: &[Change],
     applied: &VersionVector,
     durable: bool,
@@ -198,11 +198,7 @@ fn commit_until_done(
     let mut failures = 0u32;
     loop {
         let started = Instant::now();
-        let result = {
-            let _no_snapshot_meanwhile =
-                shared.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-            target.commit(changes, applied, durable)
-        };
+        let result = target.commit(changes, applied, durable);
         shared.backend_stats.record(started.elapsed());
         match result {
             Ok(()) => {
@@ -214,9 +210,9 @@ fn commit_until_done(
                 }
                 return true;
             }
-            Err(e) if e.retryable => {
+            Err(e) if e.retryable() => {
                 if failures == 0 {
-                    tracing::warn!(error = %e.message, "the backend is unreachable; logged writes wait in memory and are retried");
+                    tracing::warn!(error = %e, "the backend is unreachable; logged writes wait in memory and are retried");
                 }
                 failures += 1;
                 std::thread::sleep(backoff);
@@ -224,8 +220,7 @@ fn commit_until_done(
             }
             Err(e) => {
                 let why = format!(
-                    "the backend failed ({}); logged writes will be applied when the proxy restarts",
-                    e.message
+                    "the backend failed ({e}); logged writes will be applied when the proxy restarts"
                 );
                 tracing::error!("{why}");
                 shared.set_broken(why);

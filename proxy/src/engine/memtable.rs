@@ -21,9 +21,7 @@ pub(super) struct Entry {
     pub(super) version: Version,
 }
 
-/// Which write a key's state comes from: `(hlc, origin)`. Last-writer-wins keeps the
-/// greater one; the origin breaks timestamp ties, so every datacenter picks the same.
-pub(crate) type Version = (u64, std::sync::Arc<str>);
+use meridian_policies::Version;
 
 #[derive(Debug, Default)]
 pub(super) struct Memtable {

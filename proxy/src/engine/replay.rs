@@ -28,17 +28,17 @@ pub(super) struct Resume {
 /// Applies every logged change the store has not applied (those above its applied
 /// vector), in log order, and returns where the writer resumes.
 pub(super) fn replay(
-    backend: &Backend,
+    backend: &dyn Backend,
     dc: &str,
     log: &Log,
     base: (u64, VersionVector),
 ) -> Result<Resume, OpenError> {
-    let mut applied = backend.applied()?;
-    let mut target = backend.target();
+    let mut target = backend.session();
+    let mut applied = target.applied()?;
     let mut commit = |changes: &[Change], applied: &VersionVector, durable: bool| {
         target
             .commit(changes, applied, durable)
-            .map_err(|e| OpenError::Replay(e.message))
+            .map_err(|e| OpenError::Replay(e.to_string()))
     };
     let mut last_hlc = Timestamp::default();
     let mut pending = Vec::new();

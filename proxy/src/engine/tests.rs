@@ -79,7 +79,7 @@ async fn changes_the_store_missed_are_replayed_from_the_log() {
             key: b"{u}:a".to_vec(),
             value: Some(value),
         }],
-        deps: Vec::new(),
+        deps: meridian_policies::VersionVector::new(),
         path: vec!["us-east".into()],
     };
     let mut bytes = Vec::new();

@@ -10,19 +10,16 @@ use bytes::Bytes;
 use meridian_policies::{Hlc, VersionVector};
 use tokio::sync::{mpsc, oneshot};
 
-use super::backend::Backend;
+use super::backend::{Entries, Fetched, Session};
 use super::committer::{self, Logged, Queue};
-use super::memtable::Version;
 use super::memtable::View;
 use super::replay::{INDEX_EVERY, Resume};
-use super::{EngineConfig, OpenError, Shared, store_error, wall_ms};
+use super::{EngineConfig, OpenError, Shared, wall_ms};
 use crate::change::{Change, Op, Value};
 use crate::command::{DataFn, Keyspace};
 use crate::command::{lookup, wrong_type};
 use crate::log::Log;
-use crate::redis_store::{self, Fetched, RedisStore, SyncConn};
 use crate::resp::Reply;
-use crate::store::Snapshot;
 
 mod apply;
 mod snapshot;
@@ -56,11 +53,7 @@ pub(super) type ApplyDone = oneshot::Sender<Result<Vec<Change>, String>>;
 pub(super) enum Msg {
     Write(Request),
     Apply(Vec<Change>, ApplyDone),
-    Snapshot(
-        VersionVector,
-        crate::store::Entries,
-        oneshot::Sender<Result<u64, String>>,
-    ),
+    Snapshot(VersionVector, Entries, oneshot::Sender<Result<u64, String>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -78,32 +71,22 @@ struct Writer {
     last_sync: Instant,
     syncer: Syncer,
     committer: Option<(Queue, JoinHandle<()>)>,
-    /// The writer's own connection, with a Redis backend.
-    redis: Option<SyncConn>,
+    /// The writer's own connection to the backend.
+    session: Box<dyn Session>,
 }
 
-/// What the backend holds for a batch's keys.
-enum Base {
-    /// The embedded store, as of the batch's start.
-    Snapshot(Box<Snapshot>),
-    /// Redis: every key the batch touches, fetched in one round trip.
-    Fetched(HashMap<Vec<u8>, Fetched>),
-}
+/// What the backend holds for the keys a batch reads (those not in the memtable),
+/// fetched at the batch's start in one go (one round trip to Redis).
+struct Base(HashMap<Vec<u8>, Fetched>);
 
 impl Base {
     fn get(&self, key: &[u8]) -> Result<Option<Value>, Reply> {
-        match self {
-            Base::Snapshot(snapshot) => Ok(snapshot
-                .get(key)
-                .map_err(|e| store_error(&e))?
-                .map(|s| s.value)),
-            Base::Fetched(map) => match map.get(key) {
-                Some(Fetched::Known(value)) => Ok(value.clone()),
-                Some(Fetched::Foreign(_)) => Err(wrong_type()),
-                None => Err(Reply::error(
-                    "ERR internal error: a key the command touches was not fetched",
-                )),
-            },
+        match self.0.get(key) {
+            Some(Fetched::Known(value)) => Ok(value.clone()),
+            Some(Fetched::Foreign(_)) => Err(wrong_type()),
+            None => Err(Reply::error(
+                "ERR internal error: a key the command touches was not fetched",
+            )),
         }
     }
 }
@@ -116,11 +99,8 @@ pub(super) fn spawn(
 ) -> Result<mpsc::Sender<Msg>, OpenError> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let committer = committer::spawn(shared.clone(), &config.dc, config.max_unstored)?;
-    let shared_backend_redis = match &shared.backend {
-        Backend::Redis(store) => Some(store.clone()),
-        Backend::Embedded(_) => None,
-    };
     let writer = Writer {
+        session: shared.backend.session(),
         dc: Arc::from(shared.dc.as_str()),
         shared,
         log,
@@ -132,7 +112,6 @@ pub(super) fn spawn(
         clock_offset_ms: config.clock_offset_ms,
         last_sync: Instant::now(),
         syncer: Syncer::spawn(&config.dc)?,
-        redis: shared_backend_redis.as_ref().map(RedisStore::sync_conn),
         committer: Some(committer),
     };
     let span = tracing::info_span!("writer", dc = %config.dc);
@@ -206,35 +185,22 @@ impl Writer {
         self.finish();
     }
 
-    /// What the backend holds for the batch: a store snapshot, or the batch's keys
-    /// (those not in the memtable) fetched from Redis.
+    /// What the backend holds for the keys the batch's commands read, those the
+    /// memtable does not hold.
     fn base(&mut self, batch: &[Request], view: &View<'_>) -> Result<Base, Reply> {
-        match &self.shared.backend {
-            Backend::Embedded(store) => store
-                .snapshot()
-                .map(|s| Base::Snapshot(Box::new(s)))
-                .map_err(|e| store_error(&e)),
-            Backend::Redis(_) => {
-                let mut keys: Vec<Vec<u8>> = batch
-                    .iter()
-                    .filter_map(|r| lookup(&r.args[0]).map(|spec| (spec, &r.args)))
-                    .filter(|(spec, args)| spec.reads_state(args))
-                    .flat_map(|(spec, args)| {
-                        spec.keys(args).map(<[u8]>::to_vec).collect::<Vec<_>>()
-                    })
-                    .filter(|k| !view.contains_key(k))
-                    .collect();
-                keys.sort_unstable();
-                keys.dedup();
-                let conn = self
-                    .redis
-                    .as_mut()
-                    .ok_or_else(|| Reply::error("ERR internal error: no redis connection"))?;
-                redis_store::fetch_map(conn, keys, wall_ms())
-                    .map(Base::Fetched)
-                    .map_err(|e| Reply::error(format!("ERR {e}")))
-            }
-        }
+        let mut keys: Vec<Vec<u8>> = batch
+            .iter()
+            .filter_map(|r| lookup(&r.args[0]).map(|spec| (spec, &r.args)))
+            .filter(|(spec, args)| spec.reads_state(args))
+            .flat_map(|(spec, args)| spec.keys(args).map(<[u8]>::to_vec).collect::<Vec<_>>())
+            .filter(|k| !view.contains_key(k))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        self.session
+            .fetch(keys, wall_ms())
+            .map(Base)
+            .map_err(|e| e.reply())
     }
 
     /// Runs the batch's commands, logs their changes, publishes them, replies.
@@ -268,9 +234,12 @@ impl Writer {
             Ok(()) => replies
                 .into_iter()
                 .for_each(|(tx, reply)| drop(tx.send(reply))),
-            Err(reply) => replies
-                .into_iter()
-                .for_each(|(tx, _)| drop(tx.send(reply.clone()))),
+            Err(e) => {
+                let reply = Reply::error(format!("ERR {e}"));
+                replies
+                    .into_iter()
+                    .for_each(|(tx, _)| drop(tx.send(reply.clone())));
+            }
         }
     }
 
@@ -309,12 +278,7 @@ impl Writer {
                     hlc,
                     user,
                     ops,
-                    deps: self
-                        .applied
-                        .iter()
-                        .filter(|(origin, _)| *origin != &*self.dc)
-                        .map(|(origin, seq)| (origin.to_owned(), seq))
-                        .collect(),
+                    deps: self.deps(),
                     path: vec![self.shared.dc.clone()],
                 });
                 self.next_seq += 1;
@@ -327,7 +291,7 @@ impl Writer {
     /// Appends `changes` to the log, makes them visible, and queues them for the store.
     /// `local`: they are this datacenter's own (a failure hands their sequence
     /// numbers back).
-    fn publish(&mut self, changes: Vec<Change>, local: bool) -> Result<(), Reply> {
+    fn publish(&mut self, changes: Vec<Change>, local: bool) -> Result<(), LogWriteError> {
         if changes.is_empty() {
             return Ok(());
         }
@@ -353,9 +317,7 @@ impl Writer {
                 if local {
                     self.next_seq = changes[0].seq;
                 }
-                return Err(Reply::error(format!(
-                    "ERR could not write the replication log; nothing was written: {e}"
-                )));
+                return Err(LogWriteError(e));
             }
         };
         if self.fsync == Fsync::Always {
@@ -397,14 +359,10 @@ impl Writer {
         }
         self.batch_no += 1;
         let ops = changes.iter().flat_map(|c| {
-            let origin: Arc<str> = if c.origin == *self.dc {
-                self.dc.clone()
-            } else {
-                Arc::from(c.origin.as_str())
-            };
+            let version = apply::shared_version(&self.dc, c);
             c.ops
                 .iter()
-                .map(move |op| (op.key.clone(), op.value.clone(), (c.hlc, origin.clone())))
+                .map(move |op| (op.key.clone(), op.value.clone(), version.clone()))
         });
         self.shared.memtable.insert(self.batch_no, ops);
         self.shared.applied.send_replace(self.applied.clone());
@@ -425,6 +383,18 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// A new local change's dependencies: what this datacenter has applied of the
+    /// others.
+    fn deps(&self) -> VersionVector {
+        let mut deps = VersionVector::new();
+        for (origin, seq) in self.applied.iter() {
+            if origin != &*self.dc {
+                deps.advance(origin, seq);
+            }
+        }
+        deps
     }
 
     /// This datacenter's physical clock: the wall clock plus the configured offset.
@@ -472,6 +442,12 @@ impl Writer {
         }
     }
 }
+
+/// A batch could not be appended to the log: nothing of it was written, and the
+/// writes may be retried.
+#[derive(Debug, thiserror::Error)]
+#[error("could not write the replication log; nothing was written: {0}")]
+pub(super) struct LogWriteError(crate::log::LogError);
 
 /// The thread that runs timed log syncs.
 struct Syncer {

@@ -1,25 +1,52 @@
 //! The receiver of one peer's stream: skips what is applied, buffers what must wait
 //! for its origin's earlier changes or its dependencies, and applies the rest in
-//! batches, in causal order.
+//! batches, in causal order (`meridian_policies::readiness` decides).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use meridian_policies::{VersionVector, is_valid_dc_id};
+use meridian_policies::{Readiness, VersionVector, dependencies_met, is_valid_dc_id, readiness};
 use meridian_topology::DcIdx;
-
 use tokio::sync::mpsc;
 
 use super::Replication;
-use super::frame::{self, Frame};
 use super::status::PeerStatus;
 use crate::change::Change;
+use crate::engine::Entries;
+use crate::link::frame::{self, Frame, FrameError};
 
 /// Changes held per stream before reading stops (the sender then waits on flow control).
 const MAX_BUFFERED: usize = 16_384;
 /// Most changes handed to the writer at once.
 const APPLY_BATCH: usize = 4096;
+/// Frames read ahead of the apply loop.
+const FRAME_QUEUE: usize = 1024;
+
+/// What the readers hand the apply loop.
+enum Incoming {
+    /// A frame of the ordered stream.
+    Stream(Frame),
+    /// A change frame copied in a datagram (see the shipper's echo).
+    Echo(Frame),
+    /// The stream ended cleanly.
+    Ended,
+    /// The stream broke or sent a frame that does not decode.
+    Failed(FrameError),
+}
+
+/// Buffered changes, by origin and sequence.
+type Pending = BTreeMap<(String, u64), Change>;
+
+/// One peer's receiving side.
+struct Receiver {
+    repl: Arc<Replication>,
+    status: Arc<PeerStatus>,
+    peer: String,
+    pending: Pending,
+    /// A snapshot being received: the vector it reaches and its entries so far.
+    snapshot: Option<(VersionVector, Entries)>,
+}
 
 /// Receives from `peer` until its stream ends or breaks.
 pub(super) async fn run(
@@ -28,239 +55,260 @@ pub(super) async fn run(
     connection: quinn::Connection,
 ) -> Result<(), String> {
     let peer_id = repl.id(peer).to_owned();
-    let status = repl.peer_status(&peer_id);
     let recv = connection
         .accept_uni()
         .await
         .map_err(|e| format!("{peer_id} opened no stream: {e}"))?;
-    let mut recv = tokio::io::BufReader::with_capacity(256 << 10, recv);
-    // Frames are read by a task of their own: a frame read is not cancel-safe, and
-    // the loop below also waits for the applied vector to move. When the loop stops
-    // taking frames, the task stops reading and QUIC flow control holds the peer.
-    let (frames_tx, mut frames) = mpsc::channel(FRAME_QUEUE);
-    let echo_tx = frames_tx.clone();
-    let reader = {
-        let peer_id = peer_id.clone();
-        tokio::spawn(async move {
-            loop {
-                let frame = frame::read(&mut recv, &peer_id).await;
-                let last = !matches!(frame, Ok(Some(_)));
-                if frames_tx.send((false, frame)).await.is_err() || last {
-                    return;
-                }
-            }
-        })
+    let (tx, mut incoming) = mpsc::channel(FRAME_QUEUE);
+    let _stream = AbortOnDrop(tokio::spawn(read_stream(recv, peer_id.clone(), tx.clone())));
+    let _echoes = AbortOnDrop(tokio::spawn(read_echoes(connection, peer_id.clone(), tx)));
+    let mut receiver = Receiver {
+        status: repl.peer_status(&peer_id),
+        repl,
+        peer: peer_id,
+        pending: BTreeMap::new(),
+        snapshot: None,
     };
-    let _reader = AbortOnDrop(reader);
-    // Datagram copies of changes (see the shipper's echo): best effort, in any order.
-    let echoes = {
-        let (frames_tx, peer_id, connection) = (echo_tx, peer_id.clone(), connection.clone());
-        tokio::spawn(async move {
-            while let Ok(datagram) = connection.read_datagram().await {
-                let mut rest = &datagram[..];
-                while let Ok(Some(frame)) = frame::read(&mut rest, &peer_id).await {
-                    // Dropped when the loop is behind: the stream has them too.
-                    if matches!(frame, Frame::Change(_))
-                        && let Err(mpsc::error::TrySendError::Closed(_)) =
-                            frames_tx.try_send((true, Ok(Some(frame))))
-                    {
-                        return;
-                    }
-                }
-            }
-        })
-    };
-    let _echoes = AbortOnDrop(echoes);
-    let mut applied_rx = repl.engine.watch_applied();
-    let mut pending: BTreeMap<(String, u64), Change> = BTreeMap::new();
-    // A snapshot being received: the vector it reaches and its entries so far.
-    let mut snapshot: Option<(VersionVector, crate::store::Entries)> = None;
-    let result = loop {
-        let next = if pending.len() < MAX_BUFFERED {
-            tokio::select! {
-                f = frames.recv() => Some(f.unwrap_or((false, Ok(None)))),
-                _ = applied_rx.changed() => None,
-            }
-        } else {
-            // Full: wait for other streams to fill the gaps.
-            if applied_rx.changed().await.is_err() {
-                break Ok(());
-            }
-            None
-        };
-        match next {
-            // Echoes fill at most half the buffer, so they never crowd out the
-            // stream's changes that close the gaps.
-            Some((true, _)) if pending.len() >= MAX_BUFFERED / 2 => {}
-            Some((_, Ok(Some(Frame::Change(bytes))))) => {
-                if let Err(e) = accept_change(&repl, &status, &peer_id, &bytes, &mut pending) {
-                    break Err(e);
-                }
-                // Take what else has arrived before applying, to apply in batches.
-                if !frames.is_empty() && pending.len() < APPLY_BATCH {
-                    continue;
-                }
-            }
-            Some((_, Ok(Some(Frame::Applied(table))))) => {
-                for (dc, bytes) in table {
-                    match VersionVector::decode(&bytes) {
-                        Ok(vv) if dc == peer_id => repl.acknowledged(&dc, &vv),
-                        Ok(vv) if repl.topology().index_of(&dc).is_some() => repl.learn(&dc, &vv),
-                        _ => {
-                            tracing::warn!(peer = %peer_id, dc = %dc, "ignoring a malformed applied vector")
-                        }
-                    }
-                }
-            }
-            Some((_, Ok(Some(Frame::SnapshotBegin(bytes))))) => match VersionVector::decode(&bytes)
-            {
-                Ok(vector) => {
-                    tracing::info!(%vector, "receiving a snapshot from {peer_id}");
-                    pending.clear();
-                    snapshot = Some((vector, Vec::new()));
-                }
-                Err(e) => break Err(format!("{peer_id} began a snapshot with a bad vector: {e}")),
-            },
-            Some((_, Ok(Some(Frame::SnapshotEntries(entries))))) => match snapshot.as_mut() {
-                Some((_, all)) => all.extend(entries),
-                None => {
-                    break Err(format!(
-                        "{peer_id} sent snapshot entries outside a snapshot"
-                    ));
-                }
-            },
-            Some((_, Ok(Some(Frame::SnapshotEnd)))) => {
-                let Some((vector, entries)) = snapshot.take() else {
-                    break Err(format!("{peer_id} ended a snapshot it did not begin"));
-                };
-                let keys = entries.len();
-                match repl.engine.install_snapshot(vector, entries).await {
-                    Ok(changed) => {
-                        PeerStatus::add(&status.snapshots_installed, 1);
-                        tracing::info!(keys, changed, "installed the snapshot from {peer_id}");
-                    }
-                    Err(e) => break Err(format!("installing the snapshot from {peer_id}: {e}")),
-                }
-            }
-            Some((_, Ok(Some(Frame::SnapshotRequest)))) => {
-                tracing::info!("{peer_id} lost its data and asks for a snapshot");
-                status.snapshot_requested.store(true, Ordering::Release);
-                status.restart_shipper.notify_one();
-            }
-            Some((_, Ok(Some(Frame::Heartbeat)))) | None => {}
-            Some((_, Ok(None))) => break Ok(()),
-            Some((_, Err(e))) => break Err(e.to_string()),
-        }
-        if let Err(e) = drain(&repl, &status, &mut pending).await {
-            break Err(e);
-        }
-    };
-    status.buffered.store(0, Ordering::Relaxed);
+    let result = receiver.run(&mut incoming).await;
+    receiver.status.buffered.store(0, Ordering::Relaxed);
     result
 }
 
-/// Decodes and checks a change from the peer; keeps it unless already applied.
-fn accept_change(
-    repl: &Replication,
-    status: &PeerStatus,
-    peer: &str,
-    bytes: &[u8],
-    pending: &mut BTreeMap<(String, u64), Change>,
-) -> Result<(), String> {
-    let change = Change::decode(bytes).map_err(|e| format!("{peer} sent a change that {e}"))?;
-    if !is_valid_dc_id(&change.origin) || repl.topology().index_of(&change.origin).is_none() {
-        return Err(format!(
-            "{peer} sent a change from {:?}, which is not a datacenter of this cluster",
-            change.origin
-        ));
+/// Reads the ordered stream's frames, in a task of its own: a frame read is not
+/// cancel-safe, and the apply loop also waits for the applied vector to move. When
+/// the loop stops taking frames, this stops reading and QUIC flow control holds
+/// the peer.
+async fn read_stream(recv: quinn::RecvStream, peer: String, tx: mpsc::Sender<Incoming>) {
+    let mut recv = tokio::io::BufReader::with_capacity(256 << 10, recv);
+    loop {
+        let (item, last) = match frame::read(&mut recv, &peer).await {
+            Ok(Some(frame)) => (Incoming::Stream(frame), false),
+            Ok(None) => (Incoming::Ended, true),
+            Err(e) => (Incoming::Failed(e), true),
+        };
+        if tx.send(item).await.is_err() || last {
+            return;
+        }
     }
-    if change.seq == 0 || change.deps.iter().any(|(dc, _)| !is_valid_dc_id(dc)) {
-        return Err(format!(
-            "{peer} sent a malformed change ({} #{})",
-            change.origin, change.seq
-        ));
-    }
-    if change.origin == repl.dc() || change.path.iter().any(|dc| dc == repl.dc()) {
-        // Loop prevention: it has been here.
-        repl.engine
-            .stats()
-            .duplicates
-            .fetch_add(1, Ordering::Relaxed);
-        return Ok(());
-    }
-    if change.seq <= repl.engine.applied().get(&change.origin) {
-        repl.engine
-            .stats()
-            .duplicates
-            .fetch_add(1, Ordering::Relaxed);
-        return Ok(());
-    }
-    let applied = repl.engine.applied();
-    if change.deps.iter().any(|(dc, s)| applied.get(dc) < *s) {
-        PeerStatus::add(&status.held_for_deps, 1);
-    }
-    pending.insert((change.origin.clone(), change.seq), change);
-    Ok(())
 }
 
-/// Frames read ahead of the apply loop.
-const FRAME_QUEUE: usize = 1024;
+/// Reads datagram copies of changes: best effort, in any order; dropped when the
+/// apply loop is behind (the stream carries them too).
+async fn read_echoes(connection: quinn::Connection, peer: String, tx: mpsc::Sender<Incoming>) {
+    while let Ok(datagram) = connection.read_datagram().await {
+        let Ok(frames) = frame::decode_all(&datagram, &peer) else {
+            continue;
+        };
+        for frame in frames.into_iter().filter(|f| matches!(f, Frame::Change(_))) {
+            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Incoming::Echo(frame)) {
+                return;
+            }
+        }
+    }
+}
 
-/// Stops the frame reader when the link's receiver ends.
+impl Receiver {
+    async fn run(&mut self, incoming: &mut mpsc::Receiver<Incoming>) -> Result<(), String> {
+        let mut applied_rx = self.repl.engine.watch_applied();
+        loop {
+            let next = if self.pending.len() < MAX_BUFFERED {
+                tokio::select! {
+                    item = incoming.recv() => Some(item.unwrap_or(Incoming::Ended)),
+                    _ = applied_rx.changed() => None,
+                }
+            } else {
+                // Full: wait for other streams to fill the gaps.
+                if applied_rx.changed().await.is_err() {
+                    return Ok(());
+                }
+                None
+            };
+            match next {
+                // Echoes fill at most half the buffer, so they never crowd out the
+                // stream's changes that close the gaps.
+                Some(Incoming::Echo(_)) if self.pending.len() >= MAX_BUFFERED / 2 => {}
+                Some(Incoming::Stream(frame) | Incoming::Echo(frame)) => {
+                    let batching = matches!(frame, Frame::Change(_));
+                    self.on_frame(frame).await?;
+                    // Take what else has arrived before applying, to apply in batches.
+                    if batching && !incoming.is_empty() && self.pending.len() < APPLY_BATCH {
+                        continue;
+                    }
+                }
+                Some(Incoming::Ended) => return Ok(()),
+                Some(Incoming::Failed(e)) => return Err(e.to_string()),
+                None => {}
+            }
+            self.drain().await?;
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Frame) -> Result<(), String> {
+        match frame {
+            Frame::Change(bytes) => self.accept_change(&bytes),
+            Frame::Applied(table) => {
+                self.on_applied(table);
+                Ok(())
+            }
+            Frame::SnapshotBegin(vector) => {
+                tracing::info!(%vector, "receiving a snapshot from {}", self.peer);
+                self.pending.clear();
+                self.snapshot = Some((vector, Vec::new()));
+                Ok(())
+            }
+            Frame::SnapshotEntries(entries) => match self.snapshot.as_mut() {
+                Some((_, all)) => {
+                    all.extend(entries);
+                    Ok(())
+                }
+                None => Err(format!(
+                    "{} sent snapshot entries outside a snapshot",
+                    self.peer
+                )),
+            },
+            Frame::SnapshotEnd => self.install_snapshot().await,
+            Frame::SnapshotRequest => {
+                tracing::info!("{} lost its data and asks for a snapshot", self.peer);
+                self.status
+                    .snapshot_requested
+                    .store(true, Ordering::Release);
+                self.status.restart_shipper.notify_one();
+                Ok(())
+            }
+            Frame::Heartbeat => Ok(()),
+            Frame::Hello(_) | Frame::Refused(_) => Err(format!(
+                "{} sent a {} frame on its replication stream",
+                self.peer,
+                frame.name()
+            )),
+        }
+    }
+
+    /// Records what the peer knows each datacenter has applied: the peer's own
+    /// entry is its acknowledgement, the others are gossip.
+    fn on_applied(&self, table: Vec<(String, VersionVector)>) {
+        for (dc, vector) in table {
+            if dc == self.peer {
+                self.repl.acknowledged(&dc, &vector);
+            } else if self.repl.topology().index_of(&dc).is_some() {
+                self.repl.learn(&dc, &vector);
+            } else {
+                tracing::warn!(peer = %self.peer, dc = %dc, "ignoring the applied vector of a datacenter not in this cluster");
+            }
+        }
+    }
+
+    async fn install_snapshot(&mut self) -> Result<(), String> {
+        let Some((vector, entries)) = self.snapshot.take() else {
+            return Err(format!("{} ended a snapshot it did not begin", self.peer));
+        };
+        let keys = entries.len();
+        let changed = self
+            .repl
+            .engine
+            .install_snapshot(vector, entries)
+            .await
+            .map_err(|e| format!("installing the snapshot from {}: {e}", self.peer))?;
+        PeerStatus::add(&self.status.snapshots_installed, 1);
+        tracing::info!(keys, changed, "installed the snapshot from {}", self.peer);
+        Ok(())
+    }
+
+    /// Decodes and checks a change from the peer; keeps it unless already applied
+    /// or already here (loop prevention).
+    fn accept_change(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let (repl, peer) = (&self.repl, &self.peer);
+        let change = Change::decode(bytes).map_err(|e| format!("{peer} sent a change that {e}"))?;
+        if !is_valid_dc_id(&change.origin) || repl.topology().index_of(&change.origin).is_none() {
+            return Err(format!(
+                "{peer} sent a change from {:?}, which is not a datacenter of this cluster",
+                change.origin
+            ));
+        }
+        if change.seq == 0 {
+            return Err(format!(
+                "{peer} sent a malformed change ({} #{})",
+                change.origin, change.seq
+            ));
+        }
+        let looped = change.origin == repl.dc() || change.path.iter().any(|dc| dc == repl.dc());
+        let applied = repl.engine.applied();
+        let state = readiness(&applied, &change.origin, change.seq, &change.deps);
+        if looped || state == Readiness::Applied {
+            repl.engine
+                .stats()
+                .duplicates
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if !dependencies_met(&applied, &change.deps) {
+            PeerStatus::add(&self.status.held_for_deps, 1);
+        }
+        self.pending
+            .insert((change.origin.clone(), change.seq), change);
+        Ok(())
+    }
+
+    /// Applies every buffered change that is ready, in causal order.
+    async fn drain(&mut self) -> Result<(), String> {
+        loop {
+            let batch = take_ready(&mut self.pending, self.repl.engine.applied());
+            self.status
+                .buffered
+                .store(self.pending.len() as u64, Ordering::Relaxed);
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let count = batch.len() as u64;
+            let waiting = self.repl.engine.apply(batch).await?;
+            PeerStatus::add(&self.status.received, count - waiting.len() as u64);
+            let stuck = !waiting.is_empty();
+            for change in waiting {
+                self.pending
+                    .insert((change.origin.clone(), change.seq), change);
+            }
+            if stuck {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Takes from `pending` the changes that may be applied after `reached`, in an
+/// order that applies each after its predecessor and dependencies (at most
+/// [`APPLY_BATCH`]); drops those already applied.
+fn take_ready(pending: &mut Pending, mut reached: VersionVector) -> Vec<Change> {
+    pending.retain(|(origin, seq), _| *seq > reached.get(origin));
+    let mut batch = Vec::new();
+    let mut progress = true;
+    while progress && batch.len() < APPLY_BATCH {
+        progress = false;
+        let mut origins: Vec<String> = pending.keys().map(|(o, _)| o.clone()).collect();
+        origins.dedup();
+        for origin in origins {
+            // Take this origin's changes in sequence while they are ready.
+            while batch.len() < APPLY_BATCH {
+                let key = (origin.clone(), reached.get(&origin) + 1);
+                let ready = pending.get(&key).is_some_and(|c| {
+                    readiness(&reached, &c.origin, c.seq, &c.deps) == Readiness::Ready
+                });
+                let Some(change) = ready.then(|| pending.remove(&key)).flatten() else {
+                    break;
+                };
+                reached.advance(&change.origin, change.seq);
+                batch.push(change);
+                progress = true;
+            }
+        }
+    }
+    batch
+}
+
+/// Stops a reader task when the link's receiver ends.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// Applies every buffered change that is ready, in causal order.
-async fn drain(
-    repl: &Replication,
-    status: &PeerStatus,
-    pending: &mut BTreeMap<(String, u64), Change>,
-) -> Result<(), String> {
-    loop {
-        let mut reached = repl.engine.applied();
-        pending.retain(|(origin, seq), _| *seq > reached.get(origin));
-        let mut batch = Vec::new();
-        let mut progress = true;
-        while progress && batch.len() < APPLY_BATCH {
-            progress = false;
-            let mut origins: Vec<String> = pending.keys().map(|(o, _)| o.clone()).collect();
-            origins.dedup();
-            for origin in origins {
-                // Take this origin's changes in sequence while their dependencies hold.
-                while batch.len() < APPLY_BATCH {
-                    let key = (origin.clone(), reached.get(&origin) + 1);
-                    let ready = pending
-                        .get(&key)
-                        .is_some_and(|c| c.deps.iter().all(|(dc, s)| reached.get(dc) >= *s));
-                    let Some(change) = ready.then(|| pending.remove(&key)).flatten() else {
-                        break;
-                    };
-                    reached.advance(&change.origin, change.seq);
-                    batch.push(change);
-                    progress = true;
-                }
-            }
-        }
-        status
-            .buffered
-            .store(pending.len() as u64, Ordering::Relaxed);
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let count = batch.len() as u64;
-        let waiting = repl.engine.apply(batch).await?;
-        PeerStatus::add(&status.received, count - waiting.len() as u64);
-        let stuck = !waiting.is_empty();
-        for change in waiting {
-            pending.insert((change.origin.clone(), change.seq), change);
-        }
-        if stuck {
-            return Ok(());
-        }
     }
 }

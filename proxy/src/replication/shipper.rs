@@ -2,14 +2,16 @@
 //! and sends what the topology routes to the peer from here.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use meridian_policies::VersionVector;
 use meridian_topology::{DcIdx, DcSet};
 
+use super::Replication;
 use super::status::PeerStatus;
-use super::{Replication, frame};
 use crate::change::Change;
+use crate::link::frame::{self, Frame};
 
 /// Bytes of frames gathered before a write.
 const WRITE_CHUNK: usize = 256 << 10;
@@ -26,6 +28,36 @@ const ECHO_GAP: Duration = Duration::from_millis(2);
 const ECHO_RATE: f64 = 1.0e6;
 const ECHO_BURST: f64 = 128.0 * 1024.0;
 
+/// One peer's shipping side.
+struct Shipper {
+    repl: Arc<Replication>,
+    peer: DcIdx,
+    peer_id: String,
+    status: Arc<PeerStatus>,
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    last_gossip: Instant,
+    gossip_due: bool,
+    /// Bytes of echoes that may go now, and when that was last topped up.
+    echo_budget: (f64, Instant),
+}
+
+/// What stopped a round of shipping from one log position.
+enum Stop {
+    /// The routes changed or a snapshot was requested: restart from what the peer
+    /// has acknowledged.
+    Restart,
+}
+
+/// One write's worth of frames read from the log.
+struct Chunk {
+    buf: Vec<u8>,
+    /// Where each change frame in `buf` ends.
+    ends: Vec<usize>,
+    /// The log had nothing more.
+    at_tail: bool,
+}
+
 /// Ships to `peer` until the connection fails.
 pub(super) async fn run(
     repl: Arc<Replication>,
@@ -33,117 +65,199 @@ pub(super) async fn run(
     connection: quinn::Connection,
 ) -> Result<(), String> {
     let peer_id = repl.id(peer).to_owned();
-    let status = repl.peer_status(&peer_id);
-    let mut send = connection
+    let send = connection
         .open_uni()
         .await
         .map_err(|e| format!("cannot open a stream: {e}"))?;
-    let mut live_rx = repl.live.subscribe();
-    let mut log_rx = repl.engine.watch_log();
-    let mut applied_rx = repl.engine.watch_applied();
-    let mut last_gossip = Instant::now() - GOSSIP_EVERY;
-    let mut gossip_due = true;
-    let mut echo_budget = (ECHO_BURST, Instant::now());
-    let mut first = true;
+    let mut shipper = Shipper {
+        status: repl.peer_status(&peer_id),
+        repl,
+        peer,
+        peer_id,
+        connection,
+        send,
+        last_gossip: Instant::now() - GOSSIP_EVERY,
+        gossip_due: true,
+        echo_budget: (ECHO_BURST, Instant::now()),
+    };
+    if shipper.repl.engine.restoring() {
+        // This datacenter lost its data: no log gives a datacenter its own changes
+        // back (nobody relays a change to its origin); a snapshot does.
+        shipper
+            .write(&[Frame::SnapshotRequest], "asking for a snapshot")
+            .await?;
+    }
+    let mut live_rx = shipper.repl.live.subscribe();
     loop {
-        // (Re)start from what the peer is known to have applied.
         let live = *live_rx.borrow_and_update();
-        let mut sent = repl.acked(&peer_id);
-        if first && repl.engine.restoring() {
-            // This datacenter lost its data: no log gives a datacenter its own
-            // changes back (nobody relays a change to its origin); a snapshot does.
-            let mut request = Vec::new();
-            frame::push_snapshot_request(&mut request);
-            send.write_all(&request)
-                .await
-                .map_err(|e| format!("asking {peer_id} for a snapshot: {e}"))?;
-        }
-        first = false;
-        let requested = status
-            .snapshot_requested
-            .swap(false, std::sync::atomic::Ordering::AcqRel);
-        let from = match repl.engine.resume_lsn(&sent).filter(|_| !requested) {
-            Some(lsn) => lsn,
-            None => {
-                // The log no longer reaches back to what the peer lacks.
-                let vector = send_snapshot(&repl, &mut send, &peer_id, &status).await?;
-                // Requests that came in meanwhile are answered by this one.
-                status
-                    .snapshot_requested
-                    .store(false, std::sync::atomic::Ordering::Release);
-                sent.merge(&vector);
-                repl.engine.resume_lsn(&vector).ok_or_else(|| {
-                    format!("the log does not reach back to the snapshot sent to {peer_id}")
-                })?
-            }
-        };
-        let mut reader = repl.engine.log_reader(from);
-        PeerStatus::add(&status.restarts, 1);
-        tracing::debug!(from = reader.next_lsn(), "shipping from the log");
-        loop {
-            let mut buf = Vec::new();
-            // Where each change frame in `buf` ends.
-            let mut ends = Vec::new();
-            let mut at_tail = false;
-            while buf.len() < WRITE_CHUNK {
-                let record = reader.next_record().map_err(|e| e.to_string())?;
-                let Some((lsn, bytes)) = record else {
-                    at_tail = true;
-                    break;
-                };
-                let change = Change::decode(&bytes)
-                    .map_err(|e| format!("log record {lsn} does not decode: {e}"))?;
-                if routes_to(&repl, &change, peer, live, &mut sent) {
-                    frame::push_change(&mut buf, &bytes);
-                    ends.push(buf.len());
-                }
-            }
-            let count = ends.len() as u64;
-            if at_tail && count > 0 && buf.len() <= ECHO_MAX {
-                let (budget, last) = &mut echo_budget;
-                *budget = (*budget + last.elapsed().as_secs_f64() * ECHO_RATE).min(ECHO_BURST);
-                *last = Instant::now();
-                if *budget >= buf.len() as f64 {
-                    *budget -= buf.len() as f64;
-                    echo(&connection, &buf, &ends);
-                }
-            }
-            if gossip_due || last_gossip.elapsed() >= GOSSIP_EVERY {
-                frame::push_applied(&mut buf, &repl.known_table());
-                last_gossip = Instant::now();
-                gossip_due = false;
-            }
-            if !buf.is_empty() {
-                send.write_all(&buf)
-                    .await
-                    .map_err(|e| format!("shipping to {peer_id}: {e}"))?;
-                PeerStatus::add(&status.shipped, count);
-                PeerStatus::add(&status.shipped_bytes, buf.len() as u64);
-            }
-            if count > 0 {
-                continue;
-            }
-            if live_rx.has_changed().unwrap_or(false) {
-                break;
-            }
-            tokio::select! {
-                _ = log_rx.changed() => {}
-                _ = applied_rx.changed() => gossip_due = true,
-                _ = live_rx.changed() => break,
-                _ = status.restart_shipper.notified() => break,
-                _ = tokio::time::sleep(repl.config.heartbeat) => {
-                    let mut beat = Vec::new();
-                    frame::push_heartbeat(&mut beat);
-                    send.write_all(&beat).await.map_err(|e| format!("heartbeat to {peer_id}: {e}"))?;
-                }
-            }
-        }
+        let (from, sent) = shipper.start().await?;
+        let Stop::Restart = shipper.follow(from, sent, live, &mut live_rx).await?;
         tracing::debug!(live = ?live_rx.borrow().bits(), "routes changed; restarting from the peer's acknowledged position");
     }
 }
 
-/// Snapshot entries per frame.
-const SNAPSHOT_CHUNK: usize = 1024;
+impl Shipper {
+    /// Where shipping (re)starts: from what the peer is known to have applied, or,
+    /// when the log no longer reaches back that far or the peer asked, after a
+    /// snapshot. Returns the log position and what the peer has.
+    async fn start(&mut self) -> Result<(u64, VersionVector), String> {
+        let mut sent = self.repl.acked(&self.peer_id);
+        let requested = self.status.snapshot_requested.swap(false, Ordering::AcqRel);
+        if let Some(lsn) = self.repl.engine.resume_lsn(&sent).filter(|_| !requested) {
+            return Ok((lsn, sent));
+        }
+        let vector = send_snapshot(&self.repl, &mut self.send, &self.peer_id, &self.status).await?;
+        // Requests that came in meanwhile are answered by this one.
+        self.status
+            .snapshot_requested
+            .store(false, Ordering::Release);
+        sent.merge(&vector);
+        let lsn = self.repl.engine.resume_lsn(&vector).ok_or_else(|| {
+            format!(
+                "the log does not reach back to the snapshot sent to {}",
+                self.peer_id
+            )
+        })?;
+        Ok((lsn, sent))
+    }
+
+    /// Ships what the log holds from `from` on, then follows its tail, until the
+    /// routes change or a restart is asked for.
+    async fn follow(
+        &mut self,
+        from: u64,
+        mut sent: VersionVector,
+        live: DcSet,
+        live_rx: &mut tokio::sync::watch::Receiver<DcSet>,
+    ) -> Result<Stop, String> {
+        let mut reader = self.repl.engine.log_reader(from);
+        PeerStatus::add(&self.status.restarts, 1);
+        tracing::debug!(from = reader.next_lsn(), "shipping from the log");
+        let mut log_rx = self.repl.engine.watch_log();
+        let mut applied_rx = self.repl.engine.watch_applied();
+        loop {
+            let chunk = self.read_chunk(&mut reader, live, &mut sent)?;
+            let count = chunk.ends.len() as u64;
+            self.ship(chunk).await?;
+            if count > 0 {
+                continue;
+            }
+            if live_rx.has_changed().unwrap_or(false) {
+                return Ok(Stop::Restart);
+            }
+            tokio::select! {
+                _ = log_rx.changed() => {}
+                _ = applied_rx.changed() => self.gossip_due = true,
+                _ = live_rx.changed() => return Ok(Stop::Restart),
+                _ = self.status.restart_shipper.notified() => return Ok(Stop::Restart),
+                _ = tokio::time::sleep(self.repl.config.heartbeat) => {
+                    self.write(&[Frame::Heartbeat], "heartbeat").await?;
+                }
+            }
+        }
+    }
+
+    /// Reads up to a write's worth of the changes routed to the peer.
+    fn read_chunk(
+        &self,
+        reader: &mut crate::log::LogReader,
+        live: DcSet,
+        sent: &mut VersionVector,
+    ) -> Result<Chunk, String> {
+        let mut chunk = Chunk {
+            buf: Vec::new(),
+            ends: Vec::new(),
+            at_tail: false,
+        };
+        while chunk.buf.len() < WRITE_CHUNK {
+            let Some((lsn, bytes)) = reader.next_record().map_err(|e| e.to_string())? else {
+                chunk.at_tail = true;
+                break;
+            };
+            let change = Change::decode(&bytes)
+                .map_err(|e| format!("log record {lsn} does not decode: {e}"))?;
+            if routes_to(&self.repl, &change, self.peer, live, sent) {
+                frame::push_change(&mut chunk.buf, &bytes);
+                chunk.ends.push(chunk.buf.len());
+            }
+        }
+        Ok(chunk)
+    }
+
+    /// Sends a chunk (echoed as datagrams when it was read at the log's tail), with
+    /// an acknowledgement when one is due.
+    async fn ship(&mut self, mut chunk: Chunk) -> Result<(), String> {
+        let count = chunk.ends.len() as u64;
+        if chunk.at_tail
+            && count > 0
+            && chunk.buf.len() <= ECHO_MAX
+            && self.echo_allowed(chunk.buf.len())
+        {
+            echo(&self.connection, &chunk.buf, &chunk.ends);
+        }
+        if self.gossip_due || self.last_gossip.elapsed() >= GOSSIP_EVERY {
+            Frame::Applied(self.repl.known_table()).encode(&mut chunk.buf);
+            self.last_gossip = Instant::now();
+            self.gossip_due = false;
+        }
+        if chunk.buf.is_empty() {
+            return Ok(());
+        }
+        self.send
+            .write_all(&chunk.buf)
+            .await
+            .map_err(|e| format!("shipping to {}: {e}", self.peer_id))?;
+        PeerStatus::add(&self.status.shipped, count);
+        PeerStatus::add(&self.status.shipped_bytes, chunk.buf.len() as u64);
+        Ok(())
+    }
+
+    /// Whether `bytes` of echoes fit the rate limit now (and takes them from it).
+    fn echo_allowed(&mut self, bytes: usize) -> bool {
+        let (budget, last) = &mut self.echo_budget;
+        *budget = (*budget + last.elapsed().as_secs_f64() * ECHO_RATE).min(ECHO_BURST);
+        *last = Instant::now();
+        if *budget < bytes as f64 {
+            return false;
+        }
+        *budget -= bytes as f64;
+        true
+    }
+
+    async fn write(&mut self, frames: &[Frame], what: &str) -> Result<(), String> {
+        let mut buf = Vec::new();
+        for frame in frames {
+            frame.encode(&mut buf);
+        }
+        self.send
+            .write_all(&buf)
+            .await
+            .map_err(|e| format!("{what} to {}: {e}", self.peer_id))
+    }
+}
+
+/// Most snapshot entries per frame, and the bytes of keys and values past which a
+/// frame is closed (one entry larger than that travels alone).
+const SNAPSHOT_CHUNK: (usize, usize) = (1024, 1 << 20);
+
+/// `entries` cut into frames' worth.
+fn snapshot_chunks(
+    entries: &[(Vec<u8>, crate::engine::Stored)],
+) -> Vec<&[(Vec<u8>, crate::engine::Stored)]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (key, stored)) in entries.iter().enumerate() {
+        if i > start && (i - start >= SNAPSHOT_CHUNK.0 || bytes >= SNAPSHOT_CHUNK.1) {
+            chunks.push(&entries[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += key.len() + stored.value.size();
+    }
+    if start < entries.len() {
+        chunks.push(&entries[start..]);
+    }
+    chunks
+}
 
 /// Sends this datacenter's store to a peer that lacks changes the log no longer
 /// holds; returns the vector the snapshot reaches (shipping resumes there).
@@ -159,11 +273,9 @@ async fn send_snapshot(
         why
     })?;
     tracing::info!(keys = entries.len(), %vector, "{peer_id} needs changes older than the log: sending a snapshot");
-    let mut encoded = Vec::new();
-    vector.encode(&mut encoded);
     let mut buf = Vec::new();
-    frame::push_snapshot_begin(&mut buf, &encoded);
-    for chunk in entries.chunks(SNAPSHOT_CHUNK) {
+    Frame::SnapshotBegin(vector.clone()).encode(&mut buf);
+    for chunk in snapshot_chunks(&entries) {
         frame::push_snapshot_entries(&mut buf, chunk);
         if buf.len() >= WRITE_CHUNK {
             send.write_all(&buf)
@@ -173,7 +285,7 @@ async fn send_snapshot(
             buf.clear();
         }
     }
-    frame::push_snapshot_end(&mut buf);
+    Frame::SnapshotEnd.encode(&mut buf);
     send.write_all(&buf)
         .await
         .map_err(|e| format!("snapshot to {peer_id}: {e}"))?;

@@ -318,11 +318,7 @@ impl Conn {
             }
             "DBSIZE" => match self.ctx.engine.key_count().await {
                 Ok(n) => Reply::Integer(n as i64),
-                Err(e) => Reply::error(if e.starts_with("ERR") {
-                    e
-                } else {
-                    format!("ERR backend: {e}")
-                }),
+                Err(e) => e.reply(),
             },
             "WAIT" => super::replicate::wait(&self.ctx, args).await,
             "MERIDIAN" => super::replicate::meridian(&self.ctx, args).await,

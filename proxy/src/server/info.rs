@@ -21,7 +21,11 @@ pub(super) fn shows(section: Option<&Bytes>, name: &str) -> bool {
 }
 
 /// The INFO text: sections server, clients, stats, replication, keyspace.
-pub(super) fn info(ctx: &Context, section: Option<&Bytes>, keys: Result<u64, String>) -> String {
+pub(super) fn info(
+    ctx: &Context,
+    section: Option<&Bytes>,
+    keys: Result<u64, crate::engine::BackendError>,
+) -> String {
     let show = |name: &str| shows(section, name);
     let mut out = String::new();
     let stats = ctx.engine.stats();

@@ -1,52 +1,85 @@
 //! Applying changes of other datacenters: in order per origin, after their causal
-//! dependencies, once each, and last-writer-wins per key.
+//! dependencies, once each, and last-writer-wins per key (the rules are
+//! `meridian_policies::readiness` and `Version::resolve`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use meridian_policies::{Timestamp, VersionVector};
+use meridian_policies::{Readiness, Resolution, Timestamp, Version, readiness};
 
-use super::{Version, Writer, wall_ms};
+use super::{Writer, wall_ms};
 use crate::change::Change;
-use crate::engine::backend::Backend;
 
 impl Writer {
     /// Applies what it can of `changes` (in order), skipping those already applied,
     /// and hands back those that must wait: a gap in their origin's sequence or
-    /// dependencies not yet applied.
+    /// dependencies not yet applied. (Receivers offer only changes that were ready
+    /// when they looked, so what comes back is what another receiver applied first.)
     pub(super) fn apply_remote(&mut self, changes: Vec<Change>) -> Result<Vec<Change>, String> {
         if let Some(why) = self.shared.broken() {
             return Err(why);
         }
-        let shared = self.shared.clone();
-        let stats = &shared.stats;
+        let (mut ready, waiting) = self.ready(changes);
+        if ready.is_empty() {
+            return Ok(waiting);
+        }
+        let keys: Vec<&[u8]> = ready
+            .iter()
+            .flat_map(|c| c.ops.iter().map(|op| op.key.as_slice()))
+            .collect();
+        let mut versions = self.versions(keys).map_err(|e| e.to_string())?;
+        for change in &mut ready {
+            self.observe(change.hlc);
+            self.resolve(change, &mut versions);
+            change.path.push(self.shared.dc.clone());
+        }
+        self.publish(ready, false).map_err(|e| e.to_string())?;
+        Ok(waiting)
+    }
+
+    /// Splits `changes` into those that may be applied now, in order, and those
+    /// that must wait; those already applied are counted and dropped.
+    fn ready(&self, changes: Vec<Change>) -> (Vec<Change>, Vec<Change>) {
         let mut reached = self.applied.clone();
         let mut ready = Vec::with_capacity(changes.len());
         let mut waiting = Vec::new();
         for change in changes {
-            let have = reached.get(&change.origin);
-            if change.origin == *self.dc || change.seq <= have {
-                stats.duplicates.fetch_add(1, Ordering::Relaxed);
-            } else if change.seq == have + 1 && deps_met(&reached, &change.deps) {
-                reached.advance(&change.origin, change.seq);
-                ready.push(change);
-            } else {
-                waiting.push(change);
+            let own = change.origin == *self.dc;
+            match readiness(&reached, &change.origin, change.seq, &change.deps) {
+                _ if own => self.duplicate(),
+                Readiness::Applied => self.duplicate(),
+                Readiness::Ready => {
+                    reached.advance(&change.origin, change.seq);
+                    ready.push(change);
+                }
+                Readiness::AwaitsPredecessor | Readiness::AwaitsDependencies => {
+                    waiting.push(change);
+                }
             }
         }
-        if ready.is_empty() {
-            return Ok(waiting);
-        }
-        let keys = ready
-            .iter()
-            .flat_map(|c| c.ops.iter().map(|op| op.key.as_slice()));
-        let mut versions = self.versions(keys)?;
-        for change in &mut ready {
-            self.observe(change.hlc);
-            let version: Version = (change.hlc, Arc::from(change.origin.as_str()));
-            change.ops.retain(|op| match versions.get(&op.key) {
-                Some(Some(current)) if *current > version => {
+        (ready, waiting)
+    }
+
+    fn duplicate(&self) {
+        self.shared.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Keeps the change's ops that win last-writer-wins against the keys' current
+    /// versions (and records their new versions); counts and logs those that lose.
+    fn resolve(&self, change: &mut Change, versions: &mut HashMap<Vec<u8>, Option<Version>>) {
+        let version = change.version();
+        let stats = &self.shared.stats;
+        change.ops.retain(|op| {
+            let current = versions.get(&op.key).and_then(Option::as_ref);
+            match version.resolve(current) {
+                Resolution::Wins => {
+                    versions.insert(op.key.clone(), Some(version.clone()));
+                    true
+                }
+                // The same write again: harmless to store once more.
+                Resolution::Same => true,
+                Resolution::Loses => {
                     stats.conflicts.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(
                         key = %String::from_utf8_lossy(&op.key),
@@ -56,16 +89,8 @@ impl Writer {
                     );
                     false
                 }
-                _ => {
-                    versions.insert(op.key.clone(), Some(version.clone()));
-                    true
-                }
-            });
-            change.path.push(self.shared.dc.clone());
-        }
-        self.publish(ready, false)
-            .map_err(|reply| format!("{reply:?}"))?;
-        Ok(waiting)
+            }
+        });
     }
 
     /// Moves the clock past a remote timestamp, so later local writes order after it.
@@ -82,12 +107,11 @@ impl Writer {
         }
     }
 
-    /// The current version of every key the changes touch: the memtable's, else the
-    /// backend's.
-    pub(super) fn versions<'k>(
+    /// The current version of every key in `keys`: the memtable's, else the backend's.
+    pub(super) fn versions(
         &mut self,
-        keys: impl IntoIterator<Item = &'k [u8]>,
-    ) -> Result<HashMap<Vec<u8>, Option<Version>>, String> {
+        keys: Vec<&[u8]>,
+    ) -> Result<HashMap<Vec<u8>, Option<Version>>, crate::engine::BackendError> {
         let shared = self.shared.clone();
         let view = shared.memtable.view();
         let mut versions: HashMap<Vec<u8>, Option<Version>> = HashMap::new();
@@ -96,41 +120,28 @@ impl Writer {
             if versions.contains_key(key) {
                 continue;
             }
-            match view.get(key) {
-                Some(entry) => drop(versions.insert(key.to_vec(), Some(entry.version.clone()))),
-                None => {
-                    versions.insert(key.to_vec(), None);
-                    missing.push(key.to_vec());
-                }
+            let version = view.get(key).map(|entry| entry.version.clone());
+            if version.is_none() {
+                missing.push(key.to_vec());
             }
+            versions.insert(key.to_vec(), version);
         }
-        match &shared.backend {
-            Backend::Embedded(store) => {
-                let snapshot = store.snapshot().map_err(|e| e.to_string())?;
-                for key in missing {
-                    if let Some((hlc, origin)) =
-                        snapshot.version(&key).map_err(|e| e.to_string())?
-                    {
-                        versions.insert(key, Some((hlc, Arc::from(origin))));
-                    }
-                }
-            }
-            Backend::Redis(_) => {
-                let conn = self
-                    .redis
-                    .as_mut()
-                    .ok_or("internal error: no redis connection")?;
-                let found = conn.versions(&missing).map_err(|e| e.to_string())?;
-                for (key, version) in missing.into_iter().zip(found) {
-                    versions.insert(key, version.map(|(hlc, origin)| (hlc, Arc::from(origin))));
-                }
-            }
-        }
+        let found = self.session.versions(&missing)?;
+        versions.extend(missing.into_iter().zip(found));
         Ok(versions)
     }
 }
 
-/// Whether everything in `deps` is applied.
-fn deps_met(applied: &VersionVector, deps: &[(String, u64)]) -> bool {
-    deps.iter().all(|(origin, seq)| applied.get(origin) >= *seq)
+/// The version of a key's state as the memtable holds it: shares this
+/// datacenter's id among its own writes instead of allocating one per key.
+pub(super) fn shared_version(dc: &Arc<str>, change: &Change) -> Version {
+    let origin = if change.origin == **dc {
+        dc.clone()
+    } else {
+        Arc::from(change.origin.as_str())
+    };
+    Version {
+        hlc: Timestamp::from_u64(change.hlc),
+        origin,
+    }
 }

@@ -1,12 +1,11 @@
 //! Installing a peer's snapshot: this datacenter lacked changes the peer's log no
 //! longer holds, so the peer sent its whole store, tied to the vector it reaches.
 
-use std::sync::Arc;
+use meridian_policies::{Resolution, VersionVector};
 
-use meridian_policies::VersionVector;
-
-use super::{Version, Writer};
+use super::Writer;
 use crate::change::{Change, Op};
+use crate::engine::backend::{Entries, Stored};
 use crate::engine::committer::Logged;
 
 impl Writer {
@@ -23,7 +22,7 @@ impl Writer {
     pub(super) fn install_snapshot(
         &mut self,
         vector: VersionVector,
-        entries: crate::store::Entries,
+        entries: Entries,
     ) -> Result<u64, String> {
         if let Some(why) = self.shared.broken() {
             return Err(why);
@@ -34,7 +33,8 @@ impl Writer {
             tracing::info!(%vector, "ignored a snapshot this datacenter is already past");
             return Ok(0);
         }
-        let current = self.versions(entries.iter().map(|(key, _)| key.as_slice()))?;
+        let keys = entries.iter().map(|(key, _)| key.as_slice()).collect();
+        let current = self.versions(keys).map_err(|e| e.to_string())?;
         let replace = vector.dominates(&self.applied);
         let gone = if replace {
             self.keys_not_in(&entries)?
@@ -43,17 +43,21 @@ impl Writer {
         };
         let mut winners = Vec::new();
         let mut newest = 0;
-        for (key, stored) in entries {
-            newest = newest.max(stored.hlc);
-            let version: Version = (stored.hlc, Arc::from(stored.origin.as_str()));
-            if matches!(current.get(&key), Some(Some(have)) if *have >= version) {
+        for (key, Stored { value, version }) in entries {
+            newest = newest.max(version.hlc.as_u64());
+            let have = current.get(&key).and_then(Option::as_ref);
+            if version.resolve(have) != Resolution::Wins {
                 continue;
             }
             let op = Op {
                 key,
-                value: Some(stored.value),
+                value: Some(value),
             };
-            winners.push(entry_change(stored.origin, stored.hlc, op));
+            winners.push(entry_change(
+                version.origin.to_string(),
+                version.hlc.as_u64(),
+                op,
+            ));
         }
         if newest > 0 {
             self.observe(newest);
@@ -72,10 +76,10 @@ impl Writer {
             vec![(lsn, self.applied.clone())];
         self.batch_no += 1;
         let ops = winners.iter().flat_map(|c| {
-            let origin: Arc<str> = Arc::from(c.origin.as_str());
+            let version = c.version();
             c.ops
                 .iter()
-                .map(move |op| (op.key.clone(), op.value.clone(), (c.hlc, origin.clone())))
+                .map(move |op| (op.key.clone(), op.value.clone(), version.clone()))
         });
         self.shared.memtable.insert(self.batch_no, ops);
         let installed = winners.len() as u64;
@@ -103,7 +107,7 @@ impl Writer {
 
 impl Writer {
     /// Keys this datacenter holds (memtable and embedded store) that `entries` lacks.
-    fn keys_not_in(&mut self, entries: &crate::store::Entries) -> Result<Vec<Vec<u8>>, String> {
+    fn keys_not_in(&mut self, entries: &Entries) -> Result<Vec<Vec<u8>>, String> {
         let incoming: std::collections::HashSet<&[u8]> =
             entries.iter().map(|(k, _)| k.as_slice()).collect();
         let shared = self.shared.clone();
@@ -113,22 +117,7 @@ impl Writer {
             .filter(|(_, e)| e.value.is_some())
             .map(|(k, _)| k.clone())
             .collect();
-        let stored: Vec<Vec<u8>> = match &shared.backend {
-            crate::engine::backend::Backend::Embedded(store) => {
-                let snapshot = store.snapshot().map_err(|e| e.to_string())?;
-                let all = snapshot.scan().map_err(|e| e.to_string())?;
-                all.into_iter().map(|(key, _)| key).collect()
-            }
-            // Every key meridian wrote there (deleting one already gone is harmless).
-            crate::engine::backend::Backend::Redis(_) => {
-                let conn = self
-                    .redis
-                    .as_mut()
-                    .ok_or("internal error: no redis connection")?;
-                let versions = conn.all_versions().map_err(|e| e.to_string())?;
-                versions.into_iter().map(|(key, _, _)| key).collect()
-            }
-        };
+        let stored = self.session.keys().map_err(|e| e.to_string())?;
         for key in stored {
             if !matches!(view.get(&key), Some(e) if e.value.is_none()) {
                 held.insert(key);
@@ -150,7 +139,7 @@ fn entry_change(origin: String, hlc: u64, op: Op) -> Change {
         hlc,
         user: Vec::new(),
         ops: vec![op],
-        deps: Vec::new(),
+        deps: VersionVector::new(),
         path: Vec::new(),
     }
 }

@@ -3,21 +3,28 @@
 //! Values live at their own key names in Redis's native types (strings and hashes,
 //! with native expiry), so existing tools can read them. Meridian's metadata lives
 //! beside them in one hash, `__meridian:meta`: field `applied` holds the applied
-//! version vector, and field `v:<key>` the version (timestamp and origin) of each key.
+//! version vector, and field `v:<key>` the [`Version`] of each key in its binary
+//! encoding (earlier builds wrote `timestamp/origin` as text, still read).
 //! A batch of changes and the new applied vector go to Redis in one MULTI/EXEC, so
 //! data, versions and vector change together.
 //!
-//! The writer and committer threads use blocking connections; client reads use a
-//! multiplexed async connection. All reconnect after Redis restarts.
+//! The writer and committer threads use blocking connections; client reads (see
+//! [`reads`]) use a multiplexed async connection. All reconnect after Redis restarts.
+
+mod reads;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use meridian_policies::VersionVector;
+use meridian_policies::{Timestamp, Version, VersionVector};
 use redis::Value as RValue;
 
+use super::{
+    Backend, BackendError, BoxFuture, Entries, Fetched, Read, ReadContext, Session, Stored,
+};
 use crate::change::{Change, Data, Value};
+use crate::engine::memtable::{Memtable, View};
 use crate::resp::Reply;
 
 /// The hash holding meridian's metadata in the Redis database.
@@ -52,15 +59,6 @@ pub struct RedisStoreError {
     pub message: String,
     /// Whether it is a connection problem (Redis down or restarting): retrying later can help.
     pub retryable: bool,
-}
-
-/// What a key holds in Redis, as the writer needs it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Fetched {
-    /// A string or hash meridian understands (`None`: absent).
-    Known(Option<Value>),
-    /// A type meridian does not handle (a list written by another tool, say).
-    Foreign(String),
 }
 
 /// The Redis backend.
@@ -104,7 +102,16 @@ impl RedisStore {
         &self.url
     }
 
-    pub(crate) fn error(&self, e: &redis::RedisError) -> RedisStoreError {
+    /// A failure that retrying will not fix, in our words.
+    fn failure(&self, message: &str) -> RedisStoreError {
+        RedisStoreError {
+            url: self.url.clone(),
+            message: message.to_owned(),
+            retryable: false,
+        }
+    }
+
+    fn error(&self, e: &redis::RedisError) -> RedisStoreError {
         let retryable = e.is_io_error()
             || e.is_connection_refusal()
             || e.is_timeout()
@@ -181,12 +188,9 @@ impl SyncConn {
             })
     }
 
-    /// The version `(hlc, origin)` of the change that last wrote each key, deletions
-    /// included; `None` for a key meridian never wrote.
-    pub fn versions(
-        &mut self,
-        keys: &[Vec<u8>],
-    ) -> Result<Vec<Option<(u64, String)>>, RedisStoreError> {
+    /// The version of the change that last wrote each key, deletions included;
+    /// `None` for a key meridian never wrote.
+    pub fn versions(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Version>>, RedisStoreError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -195,38 +199,26 @@ impl SyncConn {
         for key in keys {
             cmd.arg([b"v:".as_slice(), key].concat());
         }
-        let found: Vec<Option<String>> = self.with(|c| cmd.query(c))?;
+        let found: Vec<Option<Vec<u8>>> = self.with(|c| cmd.query(c))?;
         Ok(found
             .into_iter()
-            .map(|v| {
-                v.and_then(|text| {
-                    let (hlc, origin) = text.split_once('/')?;
-                    Some((hlc.parse().ok()?, origin.to_owned()))
-                })
-            })
+            .map(|v| v.and_then(|bytes| stored_version(&bytes)))
             .collect())
     }
 
     /// Every key meridian holds in this Redis with its record, and the applied
     /// vector they reach. Consistent only while nothing commits meanwhile (the
     /// engine holds its commit lock around this).
-    pub fn snapshot(
-        &mut self,
-        now_ms: u64,
-    ) -> Result<(VersionVector, crate::store::Entries), RedisStoreError> {
+    pub fn snapshot(&mut self, now_ms: u64) -> Result<(VersionVector, Entries), RedisStoreError> {
         let applied = self.applied()?;
         let versions = self.all_versions()?;
         let mut entries = Vec::with_capacity(versions.len());
         for chunk in versions.chunks(512) {
-            let keys: Vec<&[u8]> = chunk.iter().map(|(k, _, _)| k.as_slice()).collect();
-            for ((key, hlc, origin), fetched) in chunk.iter().zip(self.fetch(&keys, now_ms)?) {
+            let keys: Vec<&[u8]> = chunk.iter().map(|(k, _)| k.as_slice()).collect();
+            for ((key, version), fetched) in chunk.iter().zip(self.fetch(&keys, now_ms)?) {
                 if let Fetched::Known(Some(value)) = fetched {
-                    let stored = crate::store::Stored {
-                        value,
-                        hlc: *hlc,
-                        origin: origin.clone(),
-                    };
-                    entries.push((key.clone(), stored));
+                    let version = version.clone();
+                    entries.push((key.clone(), Stored { value, version }));
                 }
             }
         }
@@ -234,11 +226,11 @@ impl SyncConn {
     }
 
     /// Every key meridian has written here (deleted ones too) with its version.
-    pub fn all_versions(&mut self) -> Result<Vec<(Vec<u8>, u64, String)>, RedisStoreError> {
-        let mut versions: Vec<(Vec<u8>, u64, String)> = Vec::new();
+    pub fn all_versions(&mut self) -> Result<Vec<(Vec<u8>, Version)>, RedisStoreError> {
+        let mut versions: Vec<(Vec<u8>, Version)> = Vec::new();
         let mut cursor = 0u64;
         loop {
-            let (next, items): (u64, Vec<(Vec<u8>, String)>) = self.with(|c| {
+            let (next, items): (u64, Vec<Field>) = self.with(|c| {
                 redis::cmd("HSCAN")
                     .arg(META_KEY)
                     .arg(cursor)
@@ -249,13 +241,12 @@ impl SyncConn {
                     .query(c)
             })?;
             for (field, version) in items {
-                let Some((hlc, origin)) = version.split_once('/') else {
+                let (Some(key), Some(version)) =
+                    (field.strip_prefix(b"v:"), stored_version(&version))
+                else {
                     continue;
                 };
-                let (Some(key), Ok(hlc)) = (field.strip_prefix(b"v:"), hlc.parse()) else {
-                    continue;
-                };
-                versions.push((key.to_vec(), hlc, origin.to_owned()));
+                versions.push((key.to_vec(), version));
             }
             cursor = next;
             if cursor == 0 {
@@ -288,8 +279,9 @@ impl SyncConn {
         let mut pipe = redis::pipe();
         pipe.atomic();
         // Each key's newest version, written with the applied vector in one HSET.
-        let mut versions: HashMap<Vec<u8>, String> = HashMap::new();
+        let mut versions: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
         for change in changes {
+            let version = change.version().to_bytes();
             for op in &change.ops {
                 match &op.value {
                     None => {
@@ -297,10 +289,7 @@ impl SyncConn {
                     }
                     Some(value) => write_value(&mut pipe, &op.key, value),
                 }
-                versions.insert(
-                    [b"v:".as_slice(), &op.key].concat(),
-                    format!("{}/{}", change.hlc, change.origin),
-                );
+                versions.insert([b"v:".as_slice(), &op.key].concat(), version.clone());
             }
         }
         let meta = pipe
@@ -309,7 +298,7 @@ impl SyncConn {
             .arg("applied")
             .arg(applied.to_string());
         for (field, version) in &versions {
-            meta.arg(field.as_slice()).arg(version);
+            meta.arg(field.as_slice()).arg(version.as_slice());
         }
         meta.ignore();
         self.with(|c| pipe.query::<()>(c))
@@ -384,62 +373,136 @@ fn fetched(row: RValue, now_ms: u64) -> Fetched {
     }))
 }
 
-/// A Redis reply as the client's reply; `map_pairs` turns a flat array into a map
-/// (HGETALL for a RESP3 client).
-pub fn to_reply(value: RValue, map_pairs: bool) -> Reply {
-    match value {
-        RValue::Nil => Reply::Null,
-        RValue::Int(n) => Reply::Integer(n),
-        RValue::BulkString(b) => Reply::Bulk(Bytes::from(b)),
-        RValue::Array(items) if map_pairs => {
-            let mut pairs = Vec::with_capacity(items.len() / 2);
-            let mut it = items.into_iter();
-            while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                pairs.push((to_reply(k, false), to_reply(v, false)));
-            }
-            Reply::Map(pairs)
-        }
-        RValue::Array(items) | RValue::Set(items) => {
-            Reply::Array(items.into_iter().map(|v| to_reply(v, false)).collect())
-        }
-        RValue::SimpleString(s) => Reply::Status(s),
-        RValue::Okay => Reply::OK,
-        RValue::Map(pairs) => Reply::Map(
-            pairs
-                .into_iter()
-                .map(|(k, v)| (to_reply(k, false), to_reply(v, false)))
-                .collect(),
-        ),
-        RValue::Double(d) => Reply::Double(d),
-        RValue::Boolean(b) => Reply::Integer(i64::from(b)),
-        RValue::VerbatimString { text, .. } => Reply::Verbatim(text),
-        RValue::ServerError(e) => Reply::Error(match e.details() {
-            Some(detail) => format!("{} {detail}", e.code()),
-            None => e.code().to_owned(),
-        }),
-        other => Reply::error(format!(
-            "ERR unexpected reply from the redis backend: {other:?}"
-        )),
+/// A field of a hash and its value, as HSCAN returns them.
+type Field = (Vec<u8>, Vec<u8>);
+
+/// A key's version as the metadata hash holds it: the binary encoding, or the
+/// `timestamp/origin` text of earlier builds. `None` for anything else.
+fn stored_version(bytes: &[u8]) -> Option<Version> {
+    if let Ok(version) = Version::decode(bytes) {
+        return Some(version);
+    }
+    let (hlc, origin) = std::str::from_utf8(bytes).ok()?.split_once('/')?;
+    let hlc = Timestamp::from_u64(hlc.parse().ok()?);
+    meridian_policies::is_valid_dc_id(origin).then(|| Version::new(hlc, origin))
+}
+
+/// A Redis server as the engine's backend.
+#[derive(Debug)]
+pub(in crate::engine) struct RedisBackend {
+    store: RedisStore,
+    /// The connection client reads use.
+    reader: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// Held around each commit and by a snapshot, which is consistent only while
+    /// nothing commits.
+    commit_lock: Arc<Mutex<()>>,
+}
+
+/// One thread's blocking connection, sharing the backend's commit lock.
+#[derive(Debug)]
+struct RedisSession {
+    conn: SyncConn,
+    commit_lock: Arc<Mutex<()>>,
+}
+
+impl RedisBackend {
+    pub(in crate::engine) fn new(url: &str) -> Result<RedisBackend, RedisStoreError> {
+        Ok(RedisBackend {
+            store: RedisStore::new(url)?,
+            reader: tokio::sync::Mutex::new(None),
+            commit_lock: Arc::new(Mutex::new(())),
+        })
     }
 }
 
-/// A Redis error as the client's error reply: Redis's own words when Redis refused
-/// the command, otherwise a backend error naming the server.
-pub fn error_reply(url: &str, e: &redis::RedisError) -> Reply {
-    match (e.code(), e.detail()) {
-        (Some(code), Some(detail)) => Reply::Error(format!("{code} {detail}")),
-        (Some(code), None) => Reply::Error(code.to_owned()),
-        _ => Reply::Error(format!("ERR redis backend {url} unavailable: {e}")),
+impl Backend for RedisBackend {
+    fn name(&self) -> String {
+        self.store.url().to_owned()
+    }
+
+    fn session(&self) -> Box<dyn Session> {
+        Box::new(RedisSession {
+            conn: self.store.sync_conn(),
+            commit_lock: self.commit_lock.clone(),
+        })
+    }
+
+    fn snapshot(
+        &self,
+        memtable: &Memtable,
+        overlay: &mut dyn FnMut(&View<'_>),
+    ) -> Result<(VersionVector, Entries), BackendError> {
+        let _commits_wait = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let snapshot = self.store.sync_conn().snapshot(crate::engine::wall_ms())?;
+        // Still no commit: the memtable holds what Redis lacks.
+        overlay(&memtable.view());
+        Ok(snapshot)
+    }
+
+    fn read_many<'a>(
+        &'a self,
+        ctx: ReadContext<'a>,
+        reads: &'a [Read<'a>],
+    ) -> BoxFuture<'a, Vec<Reply>> {
+        Box::pin(self.read_many(ctx, reads))
+    }
+
+    fn key_count<'a>(
+        &'a self,
+        _memtable: &'a Memtable,
+    ) -> BoxFuture<'a, Result<u64, BackendError>> {
+        Box::pin(self.key_count())
     }
 }
 
-/// Fetches several keys' states into a map (for the writer's batch).
-pub fn fetch_map(
-    conn: &mut SyncConn,
-    keys: Vec<Vec<u8>>,
-    now_ms: u64,
-) -> Result<HashMap<Vec<u8>, Fetched>, RedisStoreError> {
-    let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-    let fetched = conn.fetch(&refs, now_ms)?;
-    Ok(keys.into_iter().zip(fetched).collect())
+impl Session for RedisSession {
+    fn applied(&mut self) -> Result<VersionVector, BackendError> {
+        Ok(self.conn.applied()?)
+    }
+
+    fn fetch(
+        &mut self,
+        keys: Vec<Vec<u8>>,
+        now_ms: u64,
+    ) -> Result<HashMap<Vec<u8>, Fetched>, BackendError> {
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let fetched = self.conn.fetch(&refs, now_ms)?;
+        Ok(keys.into_iter().zip(fetched).collect())
+    }
+
+    fn versions(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Version>>, BackendError> {
+        Ok(self.conn.versions(keys)?)
+    }
+
+    fn keys(&mut self) -> Result<Vec<Vec<u8>>, BackendError> {
+        // Every key meridian wrote there (deleting one already gone is harmless).
+        let versions = self.conn.all_versions()?;
+        Ok(versions.into_iter().map(|(key, _)| key).collect())
+    }
+
+    fn commit(
+        &mut self,
+        changes: &[Change],
+        applied: &VersionVector,
+        _durable: bool,
+    ) -> Result<(), BackendError> {
+        // Redis persists by its own configuration.
+        let _no_snapshot_meanwhile = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(self.conn.commit(changes, applied)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_in_both_encodings_are_read() {
+        let v = Version::new(Timestamp::from_u64(1234), "us-east");
+        assert_eq!(stored_version(&v.to_bytes()), Some(v.clone()));
+        assert_eq!(stored_version(b"1234/us-east"), Some(v));
+        assert_eq!(stored_version(b"1234/"), None);
+        assert_eq!(stored_version(b"x/us-east"), None);
+        assert_eq!(stored_version(b""), None);
+    }
 }

@@ -1,0 +1,446 @@
+//! The embedded store: a redb database in the datacenter's data directory.
+//!
+//! Table `data` maps each key to its record (value and [`Version`]); table
+//! `tombstones` keeps the version of each deleted key, so a write older than the
+//! delete, arriving from another datacenter later, loses to it as it would to a
+//! value; table `meta` holds the applied version vector. A batch of changes updates
+//! them in one transaction, so the vector always describes exactly the data beside it.
+//!
+//! Durability comes from the replication log, which is written first. Commits here are
+//! cheap (not synced) except at checkpoints; after a crash the store may be behind the
+//! log, and start-up replays the difference (see the applied vector).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use meridian_policies::{Timestamp, Version, VersionVector};
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use super::{
+    Backend, BackendError, BoxFuture, Entries, Fetched, KeyReader, Read, ReadContext, ReadKeyspace,
+    Session, Stored,
+};
+use crate::change::{Change, Value};
+use crate::engine::memtable::{Memtable, View};
+use crate::engine::wall_ms;
+use crate::resp::Reply;
+
+const DATA: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("data");
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+/// Deleted keys: their [`Version`], encoded.
+const TOMBSTONES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("tombstones");
+/// Deleted keys as earlier builds kept them: `[hlc u64 LE][origin]`; moved into
+/// `tombstones` when the store is opened.
+const OLD_TOMBSTONES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("deleted");
+const APPLIED: &str = "applied";
+
+/// A failure of the embedded store. Retrying does not help with a damaged database.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// redb refused an operation.
+    #[error("embedded store {what}: {message}")]
+    Engine {
+        /// What was being done.
+        what: &'static str,
+        /// redb's description.
+        message: String,
+    },
+    /// A stored record that does not decode.
+    #[error("embedded store holds a damaged record for key {key:?}: {message}")]
+    Damaged {
+        /// The key, lossily printed.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn engine(what: &'static str) -> impl FnOnce(&dyn std::fmt::Display) -> StoreError {
+    move |e| StoreError::Engine {
+        what,
+        message: e.to_string(),
+    }
+}
+
+macro_rules! try_engine {
+    ($what:literal, $e:expr) => {
+        $e.map_err(|e| engine($what)(&e))?
+    };
+}
+
+fn damaged(key: &[u8], message: impl Into<String>) -> StoreError {
+    StoreError::Damaged {
+        key: String::from_utf8_lossy(key).into_owned(),
+        message: message.into(),
+    }
+}
+
+/// The embedded store.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Opens or creates the store at `path`; tombstones an earlier build kept move
+    /// to the current table.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = try_engine!("open", Database::create(path));
+        let txn = try_engine!("open", db.begin_write());
+        try_engine!("open", txn.open_table(DATA));
+        try_engine!("open", txn.open_table(META));
+        {
+            let mut tombstones = try_engine!("open", txn.open_table(TOMBSTONES));
+            let old = try_engine!("open", txn.open_table(OLD_TOMBSTONES));
+            for entry in try_engine!("open", old.iter()) {
+                let (key, tomb) = try_engine!("open", entry);
+                let version = old_tombstone(key.value(), tomb.value())?;
+                try_engine!(
+                    "open",
+                    tombstones.insert(key.value(), version.to_bytes().as_slice())
+                );
+            }
+        }
+        try_engine!("open", txn.delete_table(OLD_TOMBSTONES));
+        try_engine!("open", txn.commit());
+        Ok(Store { db })
+    }
+
+    /// A consistent snapshot for reading.
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let txn = try_engine!("read", self.db.begin_read());
+        Ok(Snapshot {
+            table: try_engine!("read", txn.open_table(DATA)),
+            tombstones: std::cell::OnceCell::new(),
+            txn,
+        })
+    }
+
+    /// Writes `changes` and the new `applied` vector in one transaction. Each op
+    /// replaces its key's state. `durable` forces the commit to disk (a checkpoint).
+    pub fn commit(
+        &self,
+        changes: &[Change],
+        applied: &VersionVector,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let mut txn = try_engine!("write", self.db.begin_write());
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        });
+        {
+            let mut data = try_engine!("write", txn.open_table(DATA));
+            let mut tombstones = try_engine!("write", txn.open_table(TOMBSTONES));
+            let mut buf = Vec::new();
+            for change in changes {
+                let version = change.version();
+                for op in &change.ops {
+                    let key = op.key.as_slice();
+                    buf.clear();
+                    match &op.value {
+                        None => {
+                            try_engine!("write", data.remove(key));
+                            version.encode(&mut buf);
+                            try_engine!("write", tombstones.insert(key, buf.as_slice()));
+                        }
+                        Some(value) => {
+                            let stored = Stored {
+                                value: value.clone(),
+                                version: version.clone(),
+                            };
+                            stored.encode(&mut buf);
+                            try_engine!("write", data.insert(key, buf.as_slice()));
+                            try_engine!("write", tombstones.remove(key));
+                        }
+                    }
+                }
+            }
+            let mut meta = try_engine!("write", txn.open_table(META));
+            try_engine!("write", meta.insert(APPLIED, applied.to_bytes().as_slice()));
+        }
+        try_engine!("commit", txn.commit());
+        Ok(())
+    }
+}
+
+/// A tombstone as earlier builds wrote it.
+fn old_tombstone(key: &[u8], bytes: &[u8]) -> Result<Version, StoreError> {
+    let (hlc, origin) = bytes
+        .split_first_chunk::<8>()
+        .ok_or_else(|| damaged(key, "a tombstone shorter than its timestamp"))?;
+    let origin = std::str::from_utf8(origin)
+        .ok()
+        .filter(|o| meridian_policies::is_valid_dc_id(o))
+        .ok_or_else(|| damaged(key, "a tombstone names an invalid origin"))?;
+    Ok(Version::new(
+        Timestamp::from_u64(u64::from_le_bytes(*hlc)),
+        origin,
+    ))
+}
+
+/// A read-only view of the data at one point in time.
+#[derive(Debug)]
+pub struct Snapshot {
+    txn: redb::ReadTransaction,
+    table: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    /// Opened on first use: most snapshots (a write batch's) never look at tombstones.
+    tombstones: std::cell::OnceCell<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
+}
+
+impl Snapshot {
+    /// The version of the change that last wrote `key`, a delete included; `None`
+    /// for a key never written.
+    pub fn version(&self, key: &[u8]) -> Result<Option<Version>, StoreError> {
+        if let Some(stored) = self.get(key)? {
+            return Ok(Some(stored.version));
+        }
+        let tombstones = match self.tombstones.get() {
+            Some(table) => table,
+            None => {
+                let table = try_engine!("read", self.txn.open_table(TOMBSTONES));
+                self.tombstones.get_or_init(|| table)
+            }
+        };
+        match try_engine!("read", tombstones.get(key)) {
+            None => Ok(None),
+            Some(bytes) => Version::decode(bytes.value())
+                .map(Some)
+                .map_err(|e| damaged(key, format!("its tombstone: {e}"))),
+        }
+    }
+
+    /// The applied vector the snapshot's data reaches.
+    pub fn applied(&self) -> Result<VersionVector, StoreError> {
+        let meta = try_engine!("read", self.txn.open_table(META));
+        match try_engine!("read", meta.get(APPLIED)) {
+            None => Ok(VersionVector::new()),
+            Some(bytes) => VersionVector::decode(bytes.value())
+                .map_err(|e| damaged(b"(applied vector)", e.to_string())),
+        }
+    }
+
+    /// The stored record of `key`, expired or not.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Stored>, StoreError> {
+        let Some(bytes) = try_engine!("read", self.table.get(key)) else {
+            return Ok(None);
+        };
+        Stored::decode(bytes.value())
+            .map(Some)
+            .map_err(|message| damaged(key, message))
+    }
+
+    /// Number of keys stored (expired ones included until they are removed).
+    pub fn len(&self) -> Result<u64, StoreError> {
+        Ok(try_engine!("read", self.table.len()))
+    }
+
+    /// Every key and record, in key order (for digests and snapshots).
+    pub fn scan(&self) -> Result<Entries, StoreError> {
+        let mut out = Vec::new();
+        for entry in try_engine!("scan", self.table.iter()) {
+            let (k, v) = try_engine!("scan", entry);
+            let key = k.value().to_vec();
+            let stored = Stored::decode(v.value()).map_err(|message| damaged(&key, message))?;
+            out.push((key, stored));
+        }
+        Ok(out)
+    }
+}
+
+impl KeyReader for Snapshot {
+    fn value(&self, key: &[u8]) -> Result<Option<Value>, Reply> {
+        self.get(key)
+            .map(|s| s.map(|s| s.value))
+            .map_err(|e| Reply::error(format!("ERR backend: {e}")))
+    }
+}
+
+/// The embedded store as the engine's backend.
+#[derive(Debug, Clone)]
+pub(in crate::engine) struct Embedded {
+    store: Arc<Store>,
+}
+
+impl Embedded {
+    pub(in crate::engine) fn open(path: &Path) -> Result<Embedded, StoreError> {
+        Ok(Embedded {
+            store: Arc::new(Store::open(path)?),
+        })
+    }
+
+    fn read(&self, view: &View<'_>, read: &Read<'_>) -> Reply {
+        // The snapshot is taken while the memtable view is held (see memtable).
+        match self.store.snapshot() {
+            Ok(snapshot) => {
+                let mut ks = ReadKeyspace {
+                    view,
+                    store: Some(&snapshot),
+                    now_ms: wall_ms(),
+                };
+                (read.1)(&mut ks, read.2).unwrap_or_else(|e| e)
+            }
+            Err(e) => Reply::error(format!("ERR backend: {e}")),
+        }
+    }
+
+    fn count(&self, memtable: &Memtable) -> Result<u64, StoreError> {
+        let view = memtable.view();
+        let snapshot = self.store.snapshot()?;
+        let mut count = snapshot.len()? as i64;
+        for (key, entry) in view.iter() {
+            let stored = snapshot.get(key)?.is_some();
+            count += i64::from(entry.value.is_some()) - i64::from(stored);
+        }
+        Ok(count.max(0) as u64)
+    }
+}
+
+impl Backend for Embedded {
+    fn name(&self) -> String {
+        "embedded".into()
+    }
+
+    fn session(&self) -> Box<dyn Session> {
+        Box::new(self.clone())
+    }
+
+    fn snapshot(
+        &self,
+        memtable: &Memtable,
+        overlay: &mut dyn FnMut(&View<'_>),
+    ) -> Result<(VersionVector, Entries), BackendError> {
+        // The read transaction begins while the memtable cannot change, so the two
+        // describe one moment; the scan runs without holding writes.
+        let snapshot = {
+            let view = memtable.view();
+            overlay(&view);
+            self.store.snapshot()?
+        };
+        Ok((snapshot.applied()?, snapshot.scan()?))
+    }
+
+    fn read_many<'a>(
+        &'a self,
+        ctx: ReadContext<'a>,
+        reads: &'a [Read<'a>],
+    ) -> BoxFuture<'a, Vec<Reply>> {
+        let view = ctx.memtable.view();
+        let replies = reads.iter().map(|read| self.read(&view, read)).collect();
+        drop(view);
+        Box::pin(std::future::ready(replies))
+    }
+
+    fn key_count<'a>(&'a self, memtable: &'a Memtable) -> BoxFuture<'a, Result<u64, BackendError>> {
+        Box::pin(std::future::ready(
+            self.count(memtable).map_err(BackendError::from),
+        ))
+    }
+}
+
+impl Session for Embedded {
+    fn applied(&mut self) -> Result<VersionVector, BackendError> {
+        Ok(self.store.snapshot()?.applied()?)
+    }
+
+    fn fetch(
+        &mut self,
+        keys: Vec<Vec<u8>>,
+        _now_ms: u64,
+    ) -> Result<HashMap<Vec<u8>, Fetched>, BackendError> {
+        let snapshot = self.store.snapshot()?;
+        let mut out = HashMap::with_capacity(keys.len());
+        for key in keys {
+            let value = snapshot.get(&key)?.map(|s| s.value);
+            out.insert(key, Fetched::Known(value));
+        }
+        Ok(out)
+    }
+
+    fn versions(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Version>>, BackendError> {
+        let snapshot = self.store.snapshot()?;
+        keys.iter()
+            .map(|key| snapshot.version(key).map_err(BackendError::from))
+            .collect()
+    }
+
+    fn keys(&mut self) -> Result<Vec<Vec<u8>>, BackendError> {
+        let snapshot = self.store.snapshot()?;
+        Ok(snapshot.scan()?.into_iter().map(|(key, _)| key).collect())
+    }
+
+    fn commit(
+        &mut self,
+        changes: &[Change],
+        applied: &VersionVector,
+        durable: bool,
+    ) -> Result<(), BackendError> {
+        Ok(self.store.commit(changes, applied, durable)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::Data;
+
+    /// A store an earlier build wrote (format-1 records, tombstones as
+    /// `[hlc LE][origin]` in table `deleted`) opens with both read as versions.
+    #[test]
+    fn reads_what_earlier_builds_wrote() {
+        #[derive(serde::Serialize)]
+        struct V1 {
+            value: Value,
+            hlc: u64,
+            origin: String,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut data = txn.open_table(DATA).unwrap();
+                let value = Value {
+                    data: Data::String(b"v".to_vec()),
+                    expire_at_ms: None,
+                };
+                let mut record = vec![1];
+                record.extend(
+                    postcard::to_stdvec(&V1 {
+                        value,
+                        hlc: 5,
+                        origin: "eu-west".into(),
+                    })
+                    .unwrap(),
+                );
+                data.insert(b"{u}:a".as_slice(), record.as_slice()).unwrap();
+                let mut old = txn.open_table(OLD_TOMBSTONES).unwrap();
+                let mut tomb = 9u64.to_le_bytes().to_vec();
+                tomb.extend_from_slice(b"us-east");
+                old.insert(b"{u}:gone".as_slice(), tomb.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let snapshot = store.snapshot().unwrap();
+        let version = |t: u64, dc: &str| Some(Version::new(Timestamp::from_u64(t), dc));
+        assert_eq!(snapshot.version(b"{u}:a").unwrap(), version(5, "eu-west"));
+        assert_eq!(
+            snapshot.version(b"{u}:gone").unwrap(),
+            version(9, "us-east")
+        );
+        assert_eq!(snapshot.version(b"{u}:never").unwrap(), None);
+        drop(snapshot);
+        drop(store);
+        // Opened again: the old table is gone, the tombstone stays.
+        let store = Store::open(&path).unwrap();
+        let snapshot = store.snapshot().unwrap();
+        assert_eq!(
+            snapshot.version(b"{u}:gone").unwrap(),
+            version(9, "us-east")
+        );
+    }
+}

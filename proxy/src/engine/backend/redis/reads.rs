@@ -1,0 +1,198 @@
+//! Client reads on the Redis backend: what the memtable holds whole is answered
+//! from it, the rest goes to Redis as it is, one pipeline per run of reads.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::Value as RValue;
+
+use super::{META_KEY, RedisBackend, RedisStoreError};
+use crate::engine::backend::BackendError;
+use crate::engine::backend::{Read, ReadContext, ReadKeyspace};
+use crate::engine::wall_ms;
+use crate::resp::Reply;
+
+/// How long a read waits for the committer before answering that Redis is behind.
+const READ_WAIT: Duration = Duration::from_secs(5);
+
+impl RedisBackend {
+    /// Runs consecutive read commands of one connection, in order: those whose keys
+    /// the memtable holds are answered from it; those whose keys it lacks go to Redis
+    /// as one pipeline (one round trip, order kept); a read of keys partly in the
+    /// memtable waits until they are committed, then goes to Redis.
+    pub(super) async fn read_many(&self, ctx: ReadContext<'_>, reads: &[Read<'_>]) -> Vec<Reply> {
+        let (mut replies, wait_for) = from_memtable(ctx, reads);
+        if let Some(batch) = wait_for {
+            let mut committed = ctx.committed.subscribe();
+            if tokio::time::timeout(READ_WAIT, committed.wait_for(|c| *c >= batch))
+                .await
+                .is_err()
+            {
+                let behind = Reply::error(format!(
+                    "ERR redis backend {} is behind this proxy's writes; retry later",
+                    self.store.url()
+                ));
+                return replies
+                    .into_iter()
+                    .map(|r| r.unwrap_or_else(|| behind.clone()))
+                    .collect();
+            }
+        }
+        let forward: Vec<&[Bytes]> = reads
+            .iter()
+            .zip(&replies)
+            .filter(|(_, r)| r.is_none())
+            .map(|(read, _)| read.2)
+            .collect();
+        let mut forwarded = self.forward_many(&forward).await.into_iter();
+        replies
+            .iter_mut()
+            .map(|r| r.take().or_else(|| forwarded.next()).unwrap_or(Reply::Null))
+            .collect()
+    }
+
+    /// Keys clients see in Redis: DBSIZE less meridian's metadata key.
+    pub(super) async fn key_count(&self) -> Result<u64, BackendError> {
+        let dbsize = [Bytes::from_static(b"DBSIZE")];
+        let meta = [
+            Bytes::from_static(b"EXISTS"),
+            Bytes::from_static(META_KEY.as_bytes()),
+        ];
+        let replies = self.forward_many(&[&dbsize, &meta]).await;
+        match replies.as_slice() {
+            [Reply::Integer(n), Reply::Integer(m)] => Ok((n - m).max(0) as u64),
+            [Reply::Error(e), _] | [_, Reply::Error(e)] => Err(BackendError::Refused(e.clone())),
+            _ => Err(self.store.failure("unexpected reply to DBSIZE").into()),
+        }
+    }
+
+    /// Sends commands to Redis as they are, in one pipeline.
+    async fn forward_many(&self, commands: &[&[Bytes]]) -> Vec<Reply> {
+        if commands.is_empty() {
+            return Vec::new();
+        }
+        let mut conn = match self.reader().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                let reply = Reply::error(format!("ERR {e}"));
+                return commands.iter().map(|_| reply.clone()).collect();
+            }
+        };
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for args in commands {
+            let cmd = pipe.cmd(&String::from_utf8_lossy(&args[0]));
+            for arg in &args[1..] {
+                cmd.arg(&arg[..]);
+            }
+        }
+        let url = self.store.url();
+        match pipe
+            .query_async::<Vec<redis::RedisResult<RValue>>>(&mut conn)
+            .await
+        {
+            Ok(results) => results
+                .into_iter()
+                .zip(commands)
+                .map(|(result, args)| match result {
+                    Ok(value) => to_reply(value, args[0].eq_ignore_ascii_case(b"HGETALL")),
+                    Err(e) => error_reply(url, &e),
+                })
+                .collect(),
+            Err(e) => {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+                    *self.reader.lock().await = None;
+                }
+                let reply = error_reply(url, &e);
+                commands.iter().map(|_| reply.clone()).collect()
+            }
+        }
+    }
+
+    /// The shared connection for client reads, connecting if needed.
+    async fn reader(&self) -> Result<redis::aio::MultiplexedConnection, RedisStoreError> {
+        let mut slot = self.reader.lock().await;
+        match slot.as_ref() {
+            Some(conn) => Ok(conn.clone()),
+            None => Ok(slot.insert(self.store.async_conn().await?).clone()),
+        }
+    }
+}
+
+/// Answers the reads whose keys the memtable holds whole (`Some`), leaves the others
+/// for Redis (`None`), and says which batch must be committed first when a read's
+/// keys are partly in the memtable.
+fn from_memtable(ctx: ReadContext<'_>, reads: &[Read<'_>]) -> (Vec<Option<Reply>>, Option<u64>) {
+    let view = ctx.memtable.view();
+    let mut replies = Vec::with_capacity(reads.len());
+    let mut wait_for = None;
+    for (spec, f, args) in reads {
+        let batches: Vec<Option<u64>> = spec
+            .keys(args)
+            .map(|k| view.get(k).map(|e| e.batch))
+            .collect();
+        if batches.iter().all(Option::is_none) {
+            replies.push(None);
+        } else if batches.iter().all(Option::is_some) {
+            let mut ks = ReadKeyspace {
+                view: &view,
+                store: None,
+                now_ms: wall_ms(),
+            };
+            replies.push(Some(f(&mut ks, args).unwrap_or_else(|e| e)));
+        } else {
+            wait_for = wait_for.max(batches.into_iter().flatten().max());
+            replies.push(None);
+        }
+    }
+    (replies, wait_for)
+}
+
+/// A Redis reply as the client's reply; `map_pairs` turns a flat array into a map
+/// (HGETALL for a RESP3 client).
+fn to_reply(value: RValue, map_pairs: bool) -> Reply {
+    match value {
+        RValue::Nil => Reply::Null,
+        RValue::Int(n) => Reply::Integer(n),
+        RValue::BulkString(b) => Reply::Bulk(Bytes::from(b)),
+        RValue::Array(items) if map_pairs => {
+            let mut pairs = Vec::with_capacity(items.len() / 2);
+            let mut it = items.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                pairs.push((to_reply(k, false), to_reply(v, false)));
+            }
+            Reply::Map(pairs)
+        }
+        RValue::Array(items) | RValue::Set(items) => {
+            Reply::Array(items.into_iter().map(|v| to_reply(v, false)).collect())
+        }
+        RValue::SimpleString(s) => Reply::Status(s),
+        RValue::Okay => Reply::OK,
+        RValue::Map(pairs) => Reply::Map(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (to_reply(k, false), to_reply(v, false)))
+                .collect(),
+        ),
+        RValue::Double(d) => Reply::Double(d),
+        RValue::Boolean(b) => Reply::Integer(i64::from(b)),
+        RValue::VerbatimString { text, .. } => Reply::Verbatim(text),
+        RValue::ServerError(e) => Reply::Error(match e.details() {
+            Some(detail) => format!("{} {detail}", e.code()),
+            None => e.code().to_owned(),
+        }),
+        other => Reply::error(format!(
+            "ERR unexpected reply from the redis backend: {other:?}"
+        )),
+    }
+}
+
+/// A Redis error as the client's error reply: Redis's own words when Redis refused
+/// the command, otherwise a backend error naming the server.
+fn error_reply(url: &str, e: &redis::RedisError) -> Reply {
+    match (e.code(), e.detail()) {
+        (Some(code), Some(detail)) => Reply::Error(format!("{code} {detail}")),
+        (Some(code), None) => Reply::Error(code.to_owned()),
+        _ => Reply::Error(format!("ERR redis backend {url} unavailable: {e}")),
+    }
+}

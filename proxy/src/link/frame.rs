@@ -1,0 +1,377 @@
+//! The one frame codec of every link: the handshake, replication, snapshots.
+//!
+//! A frame is `[length u32 LE][type u8][body]`, the length counting the type byte
+//! and the body. Every integer of the framing is little-endian. The link protocol
+//! version is [`super::PROTOCOL_VERSION`] (in the hello and the ALPN id); a type
+//! this build does not know ends the link with an error naming the peer.
+//!
+//! | type | frame | body | limit |
+//! |---|---|---|---|
+//! | 1 | change | the change exactly as the sender's log holds it | [`MAX_RECORD`] + 1 |
+//! | 2 | applied | what the sender knows each datacenter has applied: `[(dc, vector)]`, postcard, vectors in their binary form | 1 MiB |
+//! | 3 | heartbeat | empty | 1 |
+//! | 4 | snapshot begins | the vector the sender's store reaches (binary form) | 64 KiB |
+//! | 5 | snapshot entries | `[(key, record)]`, postcard, records as the embedded store writes them | [`MAX_RECORD`] + 64 KiB |
+//! | 6 | snapshot ends | empty; changes follow from the vector of type 4 on | 1 |
+//! | 7 | snapshot request | empty: the sender lost its data and asks for the receiver's store | 1 |
+//! | 8 | hello | `(version, cluster, dc, applied vector)`, postcard | 64 KiB |
+//! | 9 | refused | the reason, postcard | 64 KiB |
+//!
+//! Types 10 and 11 are kept for requests forwarded to a user's home and their
+//! replies. The length is checked against the type's limit before the body is
+//! read, and the body's buffer grows only as bytes arrive, so a peer cannot make
+//! the proxy allocate more than it has sent. Change frames also travel, several to
+//! a datagram, as QUIC datagrams ([`decode_all`]).
+
+use meridian_policies::VersionVector;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::engine::{Entries, Stored};
+use crate::log::MAX_RECORD;
+
+/// A frame type's number on the wire and its body's limit in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameType {
+    /// The type byte.
+    pub code: u8,
+    /// Its name, for errors.
+    pub name: &'static str,
+    /// The longest frame of this type (type byte included).
+    pub limit: usize,
+}
+
+const fn ty(code: u8, name: &'static str, limit: usize) -> FrameType {
+    FrameType { code, name, limit }
+}
+
+/// Every frame type this build reads, by code.
+pub const TYPES: [FrameType; 9] = [
+    ty(1, "change", MAX_RECORD + 1),
+    ty(2, "applied", 1 << 20),
+    ty(3, "heartbeat", 1),
+    ty(4, "snapshot-begin", 64 << 10),
+    ty(5, "snapshot-entries", MAX_RECORD + (64 << 10)),
+    ty(6, "snapshot-end", 1),
+    ty(7, "snapshot-request", 1),
+    ty(8, "hello", 64 << 10),
+    ty(9, "refused", 64 << 10),
+];
+
+/// The first bytes of the body read before the buffer grows with what arrives.
+const FIRST_READ: usize = 64 << 10;
+
+/// A frame as decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// An encoded change (decoded by its receiver, which knows the log's format).
+    Change(Vec<u8>),
+    /// Applied vectors by datacenter.
+    Applied(Vec<(String, VersionVector)>),
+    /// Nothing but liveness.
+    Heartbeat,
+    /// A snapshot of the sender's store begins, reaching this vector.
+    SnapshotBegin(VersionVector),
+    /// Keys of the snapshot.
+    SnapshotEntries(Entries),
+    /// The snapshot is complete.
+    SnapshotEnd,
+    /// The sender asks for a snapshot.
+    SnapshotRequest,
+    /// The handshake: who the sender is.
+    Hello(Hello),
+    /// The handshake was refused, and why.
+    Refused(String),
+}
+
+/// What a proxy says of itself in the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// The link protocol version it speaks.
+    pub version: u16,
+    /// Its cluster.
+    pub cluster: String,
+    /// Its datacenter.
+    pub dc: String,
+    /// What it has applied.
+    pub applied: VersionVector,
+}
+
+/// A frame that could not be read: the link is closed with this reason.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The stream failed or ended inside a frame.
+    #[error("link stream from {peer} failed: {source}")]
+    Io {
+        /// The peer.
+        peer: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A frame type this build does not know.
+    #[error("{peer} sent a frame of type {code}, unknown to this build (a newer protocol?)")]
+    UnknownType {
+        /// The peer.
+        peer: String,
+        /// The type byte.
+        code: u8,
+    },
+    /// A frame longer than its type allows.
+    #[error("{peer} sent a {name} frame of {len} bytes, over the limit of {limit}")]
+    Oversized {
+        /// The peer.
+        peer: String,
+        /// The frame type.
+        name: &'static str,
+        /// The announced length.
+        len: usize,
+        /// The type's limit.
+        limit: usize,
+    },
+    /// A frame whose body does not decode.
+    #[error("{peer} sent a malformed {name} frame: {what}")]
+    Malformed {
+        /// The peer.
+        peer: String,
+        /// The frame type.
+        name: &'static str,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+impl FrameError {
+    fn malformed(peer: &str, name: &'static str, what: impl ToString) -> FrameError {
+        FrameError::Malformed {
+            peer: peer.to_owned(),
+            name,
+            what: what.to_string(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct HelloBody {
+    version: u16,
+    cluster: String,
+    dc: String,
+    applied: Vec<u8>,
+}
+
+impl Frame {
+    /// The frame type's name, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        TYPES
+            .iter()
+            .find(|t| t.code == self.code())
+            .map_or("unknown", |t| t.name)
+    }
+
+    fn code(&self) -> u8 {
+        match self {
+            Frame::Change(_) => 1,
+            Frame::Applied(_) => 2,
+            Frame::Heartbeat => 3,
+            Frame::SnapshotBegin(_) => 4,
+            Frame::SnapshotEntries(_) => 5,
+            Frame::SnapshotEnd => 6,
+            Frame::SnapshotRequest => 7,
+            Frame::Hello(_) => 8,
+            Frame::Refused(_) => 9,
+        }
+    }
+
+    /// Appends the frame to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        out.push(self.code());
+        match self {
+            Frame::Change(bytes) => out.extend_from_slice(bytes),
+            Frame::Applied(table) => {
+                let table: Vec<(&str, Vec<u8>)> = table
+                    .iter()
+                    .map(|(dc, v)| (dc.as_str(), v.to_bytes()))
+                    .collect();
+                append_postcard(out, &table);
+            }
+            Frame::SnapshotBegin(vector) => vector.encode(out),
+            Frame::SnapshotEntries(entries) => encode_entries(out, entries),
+            Frame::Hello(hello) => append_postcard(
+                out,
+                &HelloBody {
+                    version: hello.version,
+                    cluster: hello.cluster.clone(),
+                    dc: hello.dc.clone(),
+                    applied: hello.applied.to_bytes(),
+                },
+            ),
+            Frame::Refused(reason) => append_postcard(out, reason),
+            Frame::Heartbeat | Frame::SnapshotEnd | Frame::SnapshotRequest => {}
+        }
+        let len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    }
+
+    /// Decodes the body of a frame of type `code`.
+    pub fn decode(code: u8, body: &[u8], peer: &str) -> Result<Frame, FrameError> {
+        let ty = frame_type(code, peer)?;
+        let bad = |what: &dyn std::fmt::Display| FrameError::malformed(peer, ty.name, what);
+        let empty = |frame: Frame| match body.is_empty() {
+            true => Ok(frame),
+            false => Err(bad(&"a body where none belongs")),
+        };
+        match code {
+            1 => Ok(Frame::Change(body.to_vec())),
+            2 => {
+                let table: Vec<(String, Vec<u8>)> =
+                    postcard::from_bytes(body).map_err(|e| bad(&e))?;
+                let mut out = Vec::with_capacity(table.len());
+                for (dc, bytes) in table {
+                    let vector = VersionVector::decode(&bytes)
+                        .map_err(|e| bad(&format!("the vector of {dc:?}: {e}")))?;
+                    out.push((dc, vector));
+                }
+                Ok(Frame::Applied(out))
+            }
+            4 => VersionVector::decode(body)
+                .map(Frame::SnapshotBegin)
+                .map_err(|e| bad(&e)),
+            5 => {
+                let raw: Vec<(Vec<u8>, Vec<u8>)> =
+                    postcard::from_bytes(body).map_err(|e| bad(&e))?;
+                let mut entries = Vec::with_capacity(raw.len());
+                for (key, record) in raw {
+                    let stored = Stored::decode(&record).map_err(|e| bad(&e))?;
+                    entries.push((key, stored));
+                }
+                Ok(Frame::SnapshotEntries(entries))
+            }
+            8 => {
+                let hello: HelloBody = postcard::from_bytes(body).map_err(|e| bad(&e))?;
+                let applied = VersionVector::decode(&hello.applied).map_err(|e| bad(&e))?;
+                Ok(Frame::Hello(Hello {
+                    version: hello.version,
+                    cluster: hello.cluster,
+                    dc: hello.dc,
+                    applied,
+                }))
+            }
+            9 => postcard::from_bytes(body)
+                .map(Frame::Refused)
+                .map_err(|e| bad(&e)),
+            3 => empty(Frame::Heartbeat),
+            6 => empty(Frame::SnapshotEnd),
+            _ => empty(Frame::SnapshotRequest),
+        }
+    }
+}
+
+/// The type of code `code`, or the error naming it.
+fn frame_type(code: u8, peer: &str) -> Result<FrameType, FrameError> {
+    TYPES
+        .iter()
+        .find(|t| t.code == code)
+        .copied()
+        .ok_or_else(|| FrameError::UnknownType {
+            peer: peer.to_owned(),
+            code,
+        })
+}
+
+/// Checks a frame's announced length against its type's limit.
+fn check_len(len: usize, code: u8, peer: &str) -> Result<FrameType, FrameError> {
+    let ty = frame_type(code, peer)?;
+    if len == 0 || len > ty.limit {
+        return Err(FrameError::Oversized {
+            peer: peer.to_owned(),
+            name: ty.name,
+            len,
+            limit: ty.limit,
+        });
+    }
+    Ok(ty)
+}
+
+/// Reads the next frame; `Ok(None)` when the stream ended cleanly between frames.
+pub async fn read<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    peer: &str,
+) -> Result<Option<Frame>, FrameError> {
+    let io = |source| FrameError::Io {
+        peer: peer.to_owned(),
+        source,
+    };
+    let mut head = [0u8; 5];
+    match stream.read_exact(&mut head[..1]).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(io(e)),
+    }
+    stream.read_exact(&mut head[1..]).await.map_err(io)?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    check_len(len, head[4], peer)?;
+    let body_len = len - 1;
+    let mut body = Vec::with_capacity(body_len.min(FIRST_READ));
+    let read = (&mut *stream)
+        .take(body_len as u64)
+        .read_to_end(&mut body)
+        .await
+        .map_err(io)?;
+    if read < body_len {
+        return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    Frame::decode(head[4], &body, peer).map(Some)
+}
+
+/// Decodes every frame of `bytes` (a datagram), in order.
+pub fn decode_all(mut bytes: &[u8], peer: &str) -> Result<Vec<Frame>, FrameError> {
+    let mut frames = Vec::new();
+    while !bytes.is_empty() {
+        let cut = || FrameError::malformed(peer, "datagram", "a frame cut short");
+        let (head, rest) = bytes.split_first_chunk::<5>().ok_or_else(cut)?;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        check_len(len, head[4], peer)?;
+        let (body, rest) = rest.split_at_checked(len - 1).ok_or_else(cut)?;
+        frames.push(Frame::decode(head[4], body, peer)?);
+        bytes = rest;
+    }
+    Ok(frames)
+}
+
+/// Appends a change frame around an encoded change, without copying it first.
+pub fn push_change(out: &mut Vec<u8>, change: &[u8]) {
+    out.extend_from_slice(&(change.len() as u32 + 1).to_le_bytes());
+    out.push(1);
+    out.extend_from_slice(change);
+}
+
+/// Appends a snapshot-entries frame without copying the entries into a frame first.
+pub fn push_snapshot_entries(out: &mut Vec<u8>, entries: &[(Vec<u8>, Stored)]) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.push(5);
+    encode_entries(out, entries);
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+fn encode_entries(out: &mut Vec<u8>, entries: &[(Vec<u8>, Stored)]) {
+    let entries: Vec<(&[u8], Vec<u8>)> = entries
+        .iter()
+        .map(|(key, stored)| {
+            let mut record = Vec::new();
+            stored.encode(&mut record);
+            (key.as_slice(), record)
+        })
+        .collect();
+    append_postcard(out, &entries);
+}
+
+fn append_postcard<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // Serialising plain owned data into a Vec cannot fail.
+    out.extend_from_slice(&postcard::to_stdvec(value).unwrap_or_default());
+}
+
+#[cfg(test)]
+mod tests;
