@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the decision primitives on hot paths: every write assigns a
 //! home, every read compares a token with the applied vector, every ack merges vectors.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 use std::hint::black_box;
 

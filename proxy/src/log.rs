@@ -25,7 +25,9 @@ pub use reader::LogReader;
 /// Identifies a meridian log segment, format 1.
 pub(crate) const MAGIC: &[u8; 8] = b"MRDNLOG1";
 pub(crate) const RECORD_HEADER: usize = 8;
-/// A segment is closed and a new one started past this size.
+/// A segment is closed and a new one started past this size (tests; the engine
+/// passes its own setting).
+#[cfg(test)]
 const SEGMENT_BYTES: u64 = 64 << 20;
 /// The largest record the log accepts (a change of a few large values).
 pub const MAX_RECORD: usize = 512 << 20;
@@ -93,6 +95,7 @@ pub struct Recovered {
 impl Log {
     /// Opens (or creates) the log in `dir`, checking every record, truncating a torn
     /// tail and refusing a damaged log.
+    #[cfg(test)]
     pub fn open(dir: &Path) -> Result<(Log, Recovered), LogError> {
         Self::open_sized(dir, SEGMENT_BYTES)
     }
@@ -183,11 +186,6 @@ impl Log {
     /// The LSN the next record will get.
     pub fn next_lsn(&self) -> u64 {
         self.next_lsn
-    }
-
-    /// Total bytes in the current segment (for metrics).
-    pub fn segment_len(&self) -> u64 {
-        self.file_len
     }
 
     /// Appends `payloads` with one write; returns the LSN of the first. The records
@@ -306,15 +304,6 @@ pub fn truncate_before(
         fs::remove_file(path).map_err(io_err(path))?;
     }
     Ok(Some(start))
-}
-
-/// The bytes the log's segments take.
-pub fn size(dir: &Path) -> Result<u64, LogError> {
-    let mut total = 0;
-    for (_, path) in list_segments(dir)? {
-        total += fs::metadata(&path).map_err(io_err(&path))?.len();
-    }
-    Ok(total)
 }
 
 /// The first LSN of each segment, oldest first, with its size in bytes.

@@ -58,11 +58,11 @@ enum Command {
         clock_offset_ms: i64,
         /// Logged changes not yet in the store before writes and remote applies wait
         /// for it (bounds memory while the store is slow or down).
-        #[arg(long, default_value_t = meridian_proxy::engine::DEFAULT_MAX_UNSTORED, value_parser = clap::value_parser!(usize))]
+        #[arg(long, default_value_t = meridian_proxy::DEFAULT_MAX_UNSTORED, value_parser = clap::value_parser!(usize))]
         max_unstored_changes: usize,
         /// Close a log segment past this many bytes (retention removes whole
         /// segments; small segments make it visible in tests).
-        #[arg(long, default_value_t = meridian_proxy::engine::DEFAULT_SEGMENT_BYTES, hide = true)]
+        #[arg(long, default_value_t = meridian_proxy::DEFAULT_SEGMENT_BYTES, hide = true)]
         log_segment_bytes: u64,
     },
     /// Create the cluster CA and every datacenter's certificate and key, at the
@@ -132,10 +132,7 @@ fn main() -> ExitCode {
         Command::Version => {
             println!("meridian {}", env!("CARGO_PKG_VERSION"));
             println!("session token format: mt1");
-            println!(
-                "change record format: {}",
-                meridian_proxy::change::CHANGE_FORMAT
-            );
+            println!("change record format: {}", meridian_proxy::CHANGE_FORMAT);
             ExitCode::SUCCESS
         }
     }
@@ -164,7 +161,7 @@ fn certs(file: &std::path::Path, force: bool) -> ExitCode {
         Ok(t) => t,
         Err(code) => return code,
     };
-    match meridian_proxy::certs::generate(&topology, force) {
+    match meridian_proxy::generate_certs(&topology, force) {
         Ok(written) => {
             for path in written {
                 println!("wrote {}", path.display());

@@ -41,7 +41,7 @@ use tokio::sync::watch;
 use crate::engine::Engine;
 use crate::link::LinkTls;
 
-pub use status::{OriginLag, PeerStatus};
+pub use status::PeerStatus;
 
 /// How a proxy replicates.
 #[derive(Debug, Clone)]

@@ -5,4 +5,4 @@ mod reply;
 mod request;
 
 pub use reply::{Protocol, Reply};
-pub use request::{Limits, ProtocolError, RequestParser};
+pub use request::{Limits, RequestParser};

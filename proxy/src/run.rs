@@ -6,11 +6,11 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use meridian_proxy::link::LinkTls;
-use meridian_proxy::replication::ReplicationConfig;
+use meridian_proxy::LinkTls;
+use meridian_proxy::ReplicationConfig;
 use meridian_topology::{DcIdx, Topology};
 
-use meridian_proxy::server::{Proxy, ProxyConfig};
+use meridian_proxy::{Proxy, ProxyConfig};
 use tracing_subscriber::EnvFilter;
 
 use crate::check::load_or_exit;

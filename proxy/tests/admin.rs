@@ -1,4 +1,5 @@
 //! The admin endpoint: /metrics and /status.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod support;
 

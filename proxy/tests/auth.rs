@@ -1,4 +1,5 @@
 //! Clients must AUTH when the topology file names users.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod support;
 

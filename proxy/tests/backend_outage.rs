@@ -1,5 +1,6 @@
 //! A Redis backend that goes down and comes back: clients get clear errors meanwhile,
 //! the proxy stays up and reconnects.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod support;
 

@@ -1,4 +1,5 @@
 //! `meridian certs`: a CA and per-datacenter certificates that openssl accepts.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 use std::path::Path;
 use std::process::{Command, Output};

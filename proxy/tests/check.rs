@@ -1,4 +1,5 @@
 //! `meridian check` and `meridian version`, run as a user runs them.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 use std::path::Path;
 use std::process::{Command, Output};

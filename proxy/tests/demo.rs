@@ -1,4 +1,5 @@
 //! `meridian demo`, the README's main command, end to end (short).
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 use std::process::Command;
 

@@ -1,4 +1,5 @@
 //! A proxy killed with SIGKILL right after acknowledging writes loses none of them.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod support;
 

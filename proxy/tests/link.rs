@@ -1,10 +1,13 @@
 //! Links over real QUIC with mutual TLS: who is accepted, who is refused and why.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 use std::path::Path;
 
 use meridian_policies::VersionVector;
-use meridian_proxy::certs;
-use meridian_proxy::link::{self, Identity, Link, LinkError, LinkTls};
+
+use meridian_proxy::{
+    Identity, Link, LinkError, LinkTls, accept_link, connect_link, generate_certs,
+};
 use meridian_topology::Topology;
 
 /// A star around `a` without fallback: b and c may not link to each other.
@@ -21,7 +24,7 @@ fn topology(dir: &Path, cluster: &str) -> Topology {
         );
     }
     let t = Topology::parse(&text, "test.toml", dir).unwrap();
-    certs::generate(&t, false).unwrap();
+    generate_certs(&t, false).unwrap();
     t
 }
 
@@ -57,10 +60,10 @@ async fn attempt(
         let topology = topology.clone();
         tokio::spawn(async move {
             let incoming = server_ep.accept().await.expect("an incoming connection");
-            link::accept(incoming, &me, &topology).await
+            accept_link(incoming, &me, &topology).await
         })
     };
-    let client = link::connect(&client_ep, addr, server, &client_id).await;
+    let client = connect_link(&client_ep, addr, server, &client_id).await;
     (client, accepting.await.unwrap())
 }
 

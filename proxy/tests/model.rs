@@ -1,5 +1,6 @@
 //! The model test: random sequences of the supported commands get the same replies
 //! from meridian (embedded store) as from a real Redis.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod support;
 

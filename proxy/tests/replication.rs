@@ -1,5 +1,6 @@
 //! Replication between datacenters, each proxy its own process, every link through
 //! the testbed's WAN emulator with delay, jitter and loss.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod support;
 

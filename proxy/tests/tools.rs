@@ -1,4 +1,5 @@
 //! Real Redis tools against the proxy, and hostile clients.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod support;
 

@@ -1,6 +1,7 @@
 //! The WAN emulator on real loopback UDP sockets. Delays are checked as lower bounds
 //! (the relay can never deliver early); absence is proven with a marker datagram that
 //! follows on a FIFO link, never by waiting.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

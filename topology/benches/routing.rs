@@ -1,4 +1,5 @@
 //! Micro-benchmark of `next_hops`, asked once per change per datacenter it passes.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 use std::hint::black_box;
 
