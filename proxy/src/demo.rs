@@ -12,7 +12,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, interval};
 
-use crate::visibility::{self, ms};
+use meridian_testbed::visibility::{self, ms};
 
 /// Options of `meridian demo`.
 #[derive(Debug, Args)]
@@ -118,7 +118,9 @@ async fn run(args: &DemoArgs) -> Result<bool, String> {
     let offsets: Vec<i64> = (0..ids.len() as i64).map(|i| (i % 3 - 1) * 20).collect();
     let started = Instant::now();
     let cluster = start_regions(preset, shape, args.loss, |spec| {
-        spec.clock_offsets_ms = offsets.clone();
+        for (dc, offset) in spec.dcs.iter_mut().zip(&offsets) {
+            dc.clock_offset_ms = *offset;
+        }
     })
     .await?;
     println!(
@@ -198,7 +200,7 @@ async fn run(args: &DemoArgs) -> Result<bool, String> {
             println!(
                 "\nconverged: yes, {:.2} s after the workload stopped: every region applied {} changes ({}) and holds identical data ({keys} keys, digest {digest})",
                 waited.elapsed().as_secs_f64(),
-                applied.values().sum::<u64>(),
+                applied.iter().map(|(_, seq)| seq).sum::<u64>(),
                 applied
                     .iter()
                     .map(|(dc, n)| format!("{dc} {n}"))

@@ -5,11 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-mod bench;
 mod check;
 mod demo;
 mod run;
-mod visibility;
 
 /// Exit code for a configuration that is wrong (BSD sysexits EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -77,20 +75,6 @@ enum Command {
     },
     /// Print the version and the formats this build speaks.
     Version,
-    /// Benchmarks.
-    #[command(subcommand)]
-    Bench(BenchCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// Compare Redis direct, twemproxy, meridian over Redis and meridian over the
-    /// embedded store under redis-benchmark (needs redis-server, redis-benchmark and,
-    /// for the twemproxy column, nutcracker).
-    Overhead(bench::OverheadArgs),
-    /// Replication over one emulated link (100 ms round trip, 1% loss by default):
-    /// catch-up and streaming throughput, and visibility lag under a steady load.
-    Replication(bench::ReplicationArgs),
 }
 
 /// How logs are written to standard error.
@@ -126,8 +110,6 @@ fn main() -> ExitCode {
                 log_segment_bytes: log_segment_bytes.max(4096),
             },
         ),
-        Command::Bench(BenchCommand::Overhead(args)) => bench::overhead(&args),
-        Command::Bench(BenchCommand::Replication(args)) => bench::replication(&args),
         Command::Certs { config, force } => certs(&config, force),
         Command::Version => {
             println!("meridian {}", env!("CARGO_PKG_VERSION"));

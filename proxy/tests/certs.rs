@@ -25,17 +25,15 @@ fn openssl(args: &[&str]) -> String {
 }
 
 fn topology(dir: &Path) -> std::path::PathBuf {
-    let mut text = String::from("[cluster]\nname = \"shop\"\n[tls]\nca = \"pki/ca.pem\"\n");
+    let mut file = meridian_testbed::TopologyFile::new("shop");
+    file.tls = Some(meridian_testbed::TlsSection {
+        ca: "pki/ca.pem".into(),
+    });
     for (i, id) in ["us-east", "eu-west"].iter().enumerate() {
-        text += &format!(
-            "[[datacenter]]\nid = \"{id}\"\nclient = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n",
-            7001 + i,
-            7101 + i,
-            7201 + i
-        );
+        file.datacenter(id, [7001 + i as u16, 7101 + i as u16, 7201 + i as u16]);
     }
     let path = dir.join("topology.toml");
-    std::fs::write(&path, text).unwrap();
+    file.write(&path).unwrap();
     path
 }
 

@@ -12,18 +12,17 @@ use meridian_topology::Topology;
 
 /// A star around `a` without fallback: b and c may not link to each other.
 fn topology(dir: &Path, cluster: &str) -> Topology {
-    let mut text = format!(
-        "[cluster]\nname = \"{cluster}\"\ntopology = \"star\"\nhub = \"a\"\nstar_fallback = \"none\"\n[tls]\nca = \"pki/ca.pem\"\n"
-    );
+    let mut file = meridian_testbed::TopologyFile::new(cluster);
+    file.cluster.topology = Some("star".into());
+    file.cluster.hub = Some("a".into());
+    file.cluster.star_fallback = Some("none".into());
+    file.tls = Some(meridian_testbed::TlsSection {
+        ca: "pki/ca.pem".into(),
+    });
     for (i, id) in ["a", "b", "c"].iter().enumerate() {
-        text += &format!(
-            "[[datacenter]]\nid = \"{id}\"\nclient = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n",
-            7001 + i,
-            7101 + i,
-            7201 + i
-        );
+        file.datacenter(id, [7001 + i as u16, 7101 + i as u16, 7201 + i as u16]);
     }
-    let t = Topology::parse(&text, "test.toml", dir).unwrap();
+    let t = Topology::parse(&file.to_toml(), "test.toml", dir).unwrap();
     generate_certs(&t, false).unwrap();
     t
 }

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use meridian_policies::VersionVector;
 use std::time::Duration;
 
 use meridian_testbed::{Cluster, ClusterSpec, LinkShape, Shape};
@@ -32,7 +32,9 @@ fn spec(n: usize, shape: Shape, seed: u64) -> ClusterSpec {
     spec.set_links(lossy);
     spec.seed = seed;
     // Skewed clocks exercise the hybrid logical clock.
-    spec.clock_offsets_ms = (0..n as i64).map(|i| (i - 1) * 40).collect();
+    for (i, dc) in spec.dcs.iter_mut().enumerate() {
+        dc.clock_offset_ms = (i as i64 - 1) * 40;
+    }
     spec
 }
 
@@ -43,7 +45,7 @@ async fn start(spec: ClusterSpec) -> Cluster {
     }
 }
 
-async fn converged(cluster: &Cluster) -> BTreeMap<String, u64> {
+async fn converged(cluster: &Cluster) -> VersionVector {
     match cluster.wait_converged(CONVERGE).await {
         Ok(v) => v,
         Err(e) => {
@@ -137,7 +139,7 @@ async fn info_u64(cluster: &Cluster, dc: usize, field: &str) -> u64 {
 
 /// Every change applied exactly once: a datacenter that ran throughout applied,
 /// from others, exactly the changes the others logged.
-async fn assert_exactly_once(cluster: &Cluster, applied: &BTreeMap<String, u64>, dcs: &[usize]) {
+async fn assert_exactly_once(cluster: &Cluster, applied: &VersionVector, dcs: &[usize]) {
     for &dc in dcs {
         let from_others: u64 = applied
             .iter()
@@ -160,7 +162,7 @@ async fn converges(n: usize, shape: Shape, seed: u64) {
     let applied = converged(&cluster).await;
     for dc in 0..n {
         assert!(
-            applied.get(cluster.id(dc)).copied().unwrap_or(0) > 0,
+            applied.get(cluster.id(dc)) > 0,
             "{} logged nothing: {applied:?}",
             cluster.id(dc)
         );
@@ -265,7 +267,7 @@ where
 
 async fn applied_from(cluster: &Cluster, dc: usize, origin: usize) -> u64 {
     let applied = cluster.applied(dc).await.expect("MERIDIAN APPLIED");
-    applied.get(cluster.id(origin)).copied().unwrap_or(0)
+    applied.get(cluster.id(origin))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,7 +301,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_write_and_applies_nothing_twic
     cluster.restart(0).await.expect("restart dc0");
 
     let applied = converged(&cluster).await;
-    assert!(applied["dc0"] >= acked.len() as u64, "{applied:?}");
+    assert!(applied.get("dc0") >= acked.len() as u64, "{applied:?}");
     assert_all_present(&cluster, &[0, 1, 2], &acked).await;
     // dc2 ran throughout: it applied each of dc0's changes once.
     assert_exactly_once(&cluster, &applied, &[2]).await;
@@ -333,7 +335,7 @@ async fn a_ring_with_a_datacenter_down_delivers_to_the_others() {
     cluster.kill(2).expect("kill dc2");
     let counters = write_everywhere_but(&cluster, 2, 60, 51).await;
     let applied = converged(&cluster).await;
-    assert!(!applied.contains_key("dc2"), "{applied:?}");
+    assert_eq!(applied.get("dc2"), 0, "{applied:?}");
     assert!(counters.iter().sum::<i64>() > 0);
     // Back on the configured route once dc2 returns.
     cluster.restart(2).await.expect("restart dc2");
@@ -521,10 +523,10 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 async fn a_receiver_with_a_slowed_backend_falls_behind_and_catches_up() {
     let (_redis, redis_addr) = support::start_redis();
     let mut spec = spec(2, Shape::AllToAll, 91);
-    spec.redis = vec![None, Some(format!("redis://{redis_addr}/0"))];
+    spec.dcs[1].redis = Some(format!("redis://{redis_addr}/0"));
     // A small bound on changes waiting for the store, so the slowed store holds
     // back the receiver's applies, and through them the link.
-    spec.extra_args = vec![vec![], vec!["--max-unstored-changes".into(), "500".into()]];
+    spec.dcs[1].extra_args = vec!["--max-unstored-changes".into(), "500".into()];
     let cluster = start(spec).await;
 
     // The receiver's Redis takes writes 10 ms of every 100.
@@ -569,7 +571,7 @@ async fn a_receiver_with_a_slowed_backend_falls_behind_and_catches_up() {
         Ok(v) => v,
         Err(e) => panic!("{e}\n{}", cluster.log_tail(1, 20)),
     };
-    assert_eq!(applied["dc0"], WRITES as u64, "{applied:?}");
+    assert_eq!(applied.get("dc0"), WRITES as u64, "{applied:?}");
     assert_exactly_once(&cluster, &applied, &[1]).await;
     // Every value arrived, in the store the receiver reads from.
     let mut r = cluster.connect(1).await.expect("connect");
@@ -609,7 +611,9 @@ async fn snapshots_installed(cluster: &Cluster, dc: usize) -> u64 {
 async fn a_datacenter_behind_the_retained_log_or_new_bootstraps_from_a_snapshot() {
     let mut spec = spec(3, Shape::AllToAll, 101);
     spec.log_retention = Some("1MiB".into());
-    spec.extra_args = vec![vec!["--log-segment-bytes".into(), "65536".into()]; 3];
+    for dc in &mut spec.dcs {
+        dc.extra_args = vec!["--log-segment-bytes".into(), "65536".into()];
+    }
     let mut cluster = start(spec).await;
     write_everywhere(&cluster, 30, 101).await;
     converged(&cluster).await;
@@ -679,7 +683,7 @@ async fn a_datacenter_that_lost_its_data_gets_its_own_changes_back() {
         .await
         .expect("SET at dc2");
     let after = converged(&cluster).await;
-    assert_eq!(after["dc2"], before["dc2"] + 1, "{after:?}");
+    assert_eq!(after.get("dc2"), before.get("dc2") + 1, "{after:?}");
     let got: Option<String> = cluster.cmd(0, &["GET", "{dave}:k"]).await.expect("GET");
     assert_eq!(got.as_deref(), Some("new"));
 }
@@ -689,10 +693,8 @@ async fn datacenters_on_redis_replicate_and_bootstrap_from_each_other() {
     let (_redis0, addr0) = support::start_redis();
     let (_redis1, addr1) = support::start_redis();
     let mut spec = spec(2, Shape::AllToAll, 121);
-    spec.redis = vec![
-        Some(format!("redis://{addr0}/0")),
-        Some(format!("redis://{addr1}/0")),
-    ];
+    spec.dcs[0].redis = Some(format!("redis://{addr0}/0"));
+    spec.dcs[1].redis = Some(format!("redis://{addr1}/0"));
     let mut cluster = start(spec).await;
     write_everywhere(&cluster, 60, 121).await;
     let before = converged(&cluster).await;

@@ -10,17 +10,19 @@
 //! (`MERIDIAN DIGEST`) once all have applied the same changes (`MERIDIAN APPLIED`).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use meridian_policies::VersionVector;
 use redis::aio::MultiplexedConnection;
 use tokio::time::{Instant, sleep};
 
+use crate::ports::{PortError, free_ports};
 use crate::presets::{Preset, one_way_ms};
 use crate::relay::{Direction, LinkShape, Relay, RelayError};
+use crate::topology_file::{TlsSection, TopologyFile};
 
 /// How changes flow between the datacenters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +41,31 @@ pub enum Shape {
     },
 }
 
+/// One datacenter to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DcSpec {
+    /// Its id.
+    pub id: String,
+    /// Its clock's offset from the machine's, in milliseconds.
+    pub clock_offset_ms: i64,
+    /// A Redis URL to use as its backend (`None`: the embedded store).
+    pub redis: Option<String>,
+    /// Further `meridian run` arguments.
+    pub extra_args: Vec<String>,
+}
+
+impl DcSpec {
+    /// A datacenter on the embedded store, its clock unskewed.
+    pub fn new(id: impl Into<String>) -> DcSpec {
+        DcSpec {
+            id: id.into(),
+            clock_offset_ms: 0,
+            redis: None,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
@@ -46,26 +73,19 @@ pub struct ClusterSpec {
     pub binary: PathBuf,
     /// Cluster name.
     pub name: String,
-    /// Datacenter ids, in topology order.
-    pub dcs: Vec<String>,
+    /// The datacenters, in topology order.
+    pub dcs: Vec<DcSpec>,
     /// How changes flow.
     pub shape: Shape,
     /// The emulated link from datacenter `i` to datacenter `j` (one direction) is
     /// `links[i][j]`.
     pub links: Vec<Vec<LinkShape>>,
-    /// Clock offset of each datacenter in milliseconds (empty: none).
-    pub clock_offsets_ms: Vec<i64>,
     /// The topology's `fsync` policy.
     pub fsync: String,
     /// The topology's `log_retention` (`None`: its default).
     pub log_retention: Option<String>,
     /// Seed for the relays' loss and jitter.
     pub seed: u64,
-    /// A Redis URL per datacenter to use as its backend (missing or `None`: the
-    /// embedded store).
-    pub redis: Vec<Option<String>>,
-    /// Further `meridian run` arguments per datacenter.
-    pub extra_args: Vec<Vec<String>>,
 }
 
 impl ClusterSpec {
@@ -74,15 +94,12 @@ impl ClusterSpec {
         ClusterSpec {
             binary: binary.into(),
             name: "testbed".into(),
-            dcs: (0..n).map(|i| format!("dc{i}")).collect(),
+            dcs: (0..n).map(|i| DcSpec::new(format!("dc{i}"))).collect(),
             shape,
             links: vec![vec![LinkShape::delay(Duration::from_millis(5)); n]; n],
-            clock_offsets_ms: Vec::new(),
             fsync: "every-10ms".into(),
             log_retention: None,
             seed: 1,
-            redis: Vec::new(),
-            extra_args: Vec::new(),
         }
     }
 
@@ -96,7 +113,7 @@ impl ClusterSpec {
     ) -> ClusterSpec {
         let regions = preset.regions();
         let mut spec = ClusterSpec::new(binary, regions.len(), shape);
-        spec.dcs = regions.iter().map(|r| r.id().to_owned()).collect();
+        spec.dcs = regions.iter().map(|r| DcSpec::new(r.id())).collect();
         spec.set_links(|i, j| {
             let one_way = Duration::from_secs_f64(one_way_ms(regions[i], regions[j]) / 1000.0);
             LinkShape {
@@ -133,6 +150,9 @@ pub enum HarnessError {
     /// A relay could not start.
     #[error(transparent)]
     Relay(#[from] RelayError),
+    /// No free ports for the proxies.
+    #[error(transparent)]
+    Ports(#[from] PortError),
     /// A proxy did not start or answer.
     #[error("datacenter {dc}: {message}\n--- last lines of its log ---\n{log}")]
     Proxy {
@@ -183,97 +203,49 @@ pub struct Cluster {
     relays: BTreeMap<(usize, usize), Relay>,
 }
 
-/// Loopback ports for the proxies' listeners, each free for both TCP and UDP.
-///
-/// The proxies bind them later, in processes of their own, so a port must not be
-/// taken in between. Ports handed out by the kernel for port 0 (the relays', QUIC's
-/// and clients' sockets, here and in tests running beside) come from the ephemeral
-/// range; these are taken below it, in turn from a counter shared by the process,
-/// so neither those sockets nor another cluster of the same test run can get them.
-fn free_ports(tcp: usize, udp: usize) -> Result<(Vec<u16>, Vec<u16>), HarnessError> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let (low, high) = below_ephemeral();
-    let span = u32::from(high - low);
-    // Test binaries run one after another; start each at its own place anyway.
-    let _ = NEXT.compare_exchange(
-        0,
-        std::process::id() % span + 1,
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    );
-    let mut held = Vec::new();
-    let mut ports = Vec::with_capacity(tcp + udp);
-    for _ in 0..span {
-        if ports.len() == tcp + udp {
-            break;
-        }
-        let port = low + (NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        if let (Ok(t), Ok(u)) = (TcpListener::bind(addr), UdpSocket::bind(addr)) {
-            held.push((t, u));
-            ports.push(port);
-        }
-    }
-    if ports.len() < tcp + udp {
-        return Err(HarnessError::Io {
-            what: format!("finding free loopback ports in {low}..{high}"),
-            source: std::io::Error::other("too few are free"),
-        });
-    }
-    let udp_ports = ports.split_off(tcp);
-    Ok((ports, udp_ports))
+/// The loopback ports of one datacenter's listeners.
+#[derive(Debug, Clone, Copy)]
+struct DcPorts {
+    client: u16,
+    admin: u16,
+    peer: u16,
 }
 
-/// A port range the kernel does not hand out for port 0.
-fn below_ephemeral() -> (u16, u16) {
-    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    if first_ephemeral > 12_000 {
-        (10_000, first_ephemeral)
-    } else {
-        // Everything above the privileged ports is ephemeral: no range is safe.
-        (20_000, 30_000)
-    }
+fn dc_ports(n: usize) -> Result<Vec<DcPorts>, PortError> {
+    let ports = free_ports(3 * n)?;
+    Ok(ports
+        .chunks_exact(3)
+        .map(|p| DcPorts {
+            client: p[0],
+            admin: p[1],
+            peer: p[2],
+        })
+        .collect())
 }
 
-fn topology_text(spec: &ClusterSpec, tcp: &[u16], udp: &[u16]) -> String {
-    let mut t = String::new();
-    let _ = writeln!(t, "[cluster]\nname = {:?}", spec.name);
+fn topology_file(spec: &ClusterSpec, ports: &[DcPorts]) -> TopologyFile {
+    let mut file = TopologyFile::new(&spec.name);
+    let id = |i: usize| spec.dcs[i].id.clone();
     match &spec.shape {
-        Shape::AllToAll => t.push_str("topology = \"all-to-all\"\n"),
-        Shape::Ring => t.push_str("topology = \"ring\"\n"),
+        Shape::AllToAll => file.cluster.topology = Some("all-to-all".into()),
+        Shape::Ring => file.cluster.topology = Some("ring".into()),
         Shape::Star { hub, direct } => {
-            let _ = writeln!(
-                t,
-                "topology = \"star\"\nhub = {:?}\nstar_fallback = {:?}",
-                spec.dcs[*hub],
-                if *direct { "direct" } else { "none" }
-            );
+            file.cluster.topology = Some("star".into());
+            file.cluster.hub = Some(id(*hub));
+            file.cluster.star_fallback = Some(if *direct { "direct" } else { "none" }.into());
         }
     }
-    for (i, id) in spec.dcs.iter().enumerate() {
-        let backend = match spec.redis.get(i) {
-            Some(Some(url)) => format!("{{ kind = \"redis\", url = {url:?} }}"),
-            _ => "{ kind = \"embedded\" }".to_owned(),
-        };
-        let _ = writeln!(
-            t,
-            "\n[[datacenter]]\nid = {id:?}\nclient = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\n\
-             admin = \"127.0.0.1:{}\"\ndata_dir = \"data/{id}\"\nbackend = {backend}",
-            tcp[2 * i],
-            udp[i],
-            tcp[2 * i + 1]
-        );
+    for (dc, p) in spec.dcs.iter().zip(ports) {
+        file.datacenter(&dc.id, [p.client, p.peer, p.admin])
+            .data_dir(Path::new("data").join(&dc.id))
+            .redis(dc.redis.as_deref());
     }
-    let _ = writeln!(t, "\n[replication]\nfsync = {:?}", spec.fsync);
-    if let Some(retention) = &spec.log_retention {
-        let _ = writeln!(t, "log_retention = {retention:?}");
-    }
-    let _ = writeln!(t, "\n[tls]\nca = \"certs/ca.pem\"");
-    t
+    file.replication.fsync = Some(spec.fsync.clone());
+    file.replication.log_retention = spec.log_retention.clone();
+    file.tls = Some(TlsSection {
+        ca: "certs/ca.pem".into(),
+    });
+    file
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -291,9 +263,10 @@ impl Cluster {
             .prefix("meridian-testbed-")
             .tempdir()
             .map_err(io("creating a temporary directory"))?;
-        let (tcp, udp) = free_ports(2 * n, n)?;
+        let ports = dc_ports(n)?;
         let topology = dir.path().join("topology.toml");
-        std::fs::write(&topology, topology_text(&spec, &tcp, &udp))
+        topology_file(&spec, &ports)
+            .write(&topology)
             .map_err(io(format!("writing {}", topology.display())))?;
         let certs = Command::new(&spec.binary)
             .args(["certs", "--config"])
@@ -308,36 +281,34 @@ impl Cluster {
         }
         let mut relays = BTreeMap::new();
         for i in 0..n {
-            for (j, &port) in udp.iter().enumerate().skip(i + 1) {
-                let far = SocketAddr::from(([127, 0, 0, 1], port));
+            for (j, p) in ports.iter().enumerate().skip(i + 1) {
+                let far = SocketAddr::from(([127, 0, 0, 1], p.peer));
                 let seed = spec.seed ^ ((i as u64) << 32 | j as u64);
                 let relay = Relay::start(far, spec.links[i][j], spec.links[j][i], seed).await?;
                 relays.insert((i, j), relay);
             }
         }
         let mut dcs = Vec::with_capacity(n);
-        for (i, id) in spec.dcs.iter().enumerate() {
+        for (i, (dc, p)) in spec.dcs.iter().zip(&ports).enumerate() {
             let mut args = vec![
                 "run".to_owned(),
                 "--config".to_owned(),
                 topology.display().to_string(),
                 "--dc".to_owned(),
-                id.clone(),
+                dc.id.clone(),
+                format!("--clock-offset-ms={}", dc.clock_offset_ms),
             ];
             for j in i + 1..n {
                 args.push("--dial".into());
-                args.push(format!("{}={}", spec.dcs[j], relays[&(i, j)].addr()));
+                args.push(format!("{}={}", spec.dcs[j].id, relays[&(i, j)].addr()));
             }
-            if let Some(offset) = spec.clock_offsets_ms.get(i) {
-                args.push(format!("--clock-offset-ms={offset}"));
-            }
-            args.extend(spec.extra_args.get(i).into_iter().flatten().cloned());
+            args.extend(dc.extra_args.iter().cloned());
             dcs.push(Dc {
-                id: id.clone(),
-                client: SocketAddr::from(([127, 0, 0, 1], tcp[2 * i])),
-                admin: SocketAddr::from(([127, 0, 0, 1], tcp[2 * i + 1])),
+                id: dc.id.clone(),
+                client: SocketAddr::from(([127, 0, 0, 1], p.client)),
+                admin: SocketAddr::from(([127, 0, 0, 1], p.admin)),
                 args,
-                log: dir.path().join(format!("{id}.log")),
+                log: dir.path().join(format!("{}.log", dc.id)),
                 child: None,
             });
         }
@@ -499,14 +470,14 @@ impl Cluster {
             })
     }
 
-    /// Datacenter `i`'s applied version vector: origin id to sequence number.
-    pub async fn applied(&self, i: usize) -> Result<BTreeMap<String, u64>, HarnessError> {
+    /// Datacenter `i`'s applied version vector.
+    pub async fn applied(&self, i: usize) -> Result<VersionVector, HarnessError> {
         let text: String = self.cmd(i, &["MERIDIAN", "APPLIED"]).await?;
-        Ok(text
-            .split(',')
-            .filter_map(|e| e.split_once(':'))
-            .filter_map(|(dc, seq)| Some((dc.to_owned(), seq.parse().ok()?)))
-            .collect())
+        text.parse().map_err(|e| HarnessError::Proxy {
+            dc: self.dcs[i].id.clone(),
+            message: format!("MERIDIAN APPLIED answered {text:?}, not a version vector: {e}"),
+            log: String::new(),
+        })
     }
 
     /// A digest of datacenter `i`'s data (`keys:hash`).
@@ -530,10 +501,7 @@ impl Cluster {
     /// Waits until every running datacenter has applied every change any running
     /// datacenter has applied, then checks that their digests agree. Returns the
     /// common applied vector.
-    pub async fn wait_converged(
-        &self,
-        timeout: Duration,
-    ) -> Result<BTreeMap<String, u64>, HarnessError> {
+    pub async fn wait_converged(&self, timeout: Duration) -> Result<VersionVector, HarnessError> {
         let max = self.wait_applied(timeout).await?;
         let mut digests = Vec::new();
         for i in (0..self.len()).filter(|&i| self.is_running(i)) {
@@ -543,16 +511,13 @@ impl Cluster {
             return Ok(max);
         }
         Err(HarnessError::Timeout(format!(
-            "every datacenter applied {max:?} but their data differ: {digests:?}"
+            "every datacenter applied {max} but their data differ: {digests:?}"
         )))
     }
 
     /// Waits until every running datacenter has applied every change any running
     /// datacenter has applied; returns the common applied vector.
-    pub async fn wait_applied(
-        &self,
-        timeout: Duration,
-    ) -> Result<BTreeMap<String, u64>, HarnessError> {
+    pub async fn wait_applied(&self, timeout: Duration) -> Result<VersionVector, HarnessError> {
         let deadline = Instant::now() + timeout;
         let running: Vec<usize> = (0..self.len()).filter(|&i| self.is_running(i)).collect();
         loop {
@@ -560,12 +525,9 @@ impl Cluster {
             for &i in &running {
                 vectors.push(self.applied(i).await?);
             }
-            let mut max: BTreeMap<String, u64> = BTreeMap::new();
+            let mut max = VersionVector::new();
             for v in &vectors {
-                for (dc, &seq) in v {
-                    let e = max.entry(dc.clone()).or_default();
-                    *e = (*e).max(seq);
-                }
+                max.merge(v);
             }
             if vectors.iter().all(|v| *v == max) {
                 return Ok(max);
@@ -574,7 +536,7 @@ impl Cluster {
                 let table: Vec<String> = running
                     .iter()
                     .zip(&vectors)
-                    .map(|(&i, v)| format!("{}: {v:?}", self.id(i)))
+                    .map(|(&i, v)| format!("{}: {v}", self.id(i)))
                     .collect();
                 return Err(HarnessError::Timeout(format!(
                     "not converged after {timeout:?}; applied vectors: {}",

@@ -6,13 +6,24 @@
 //! link's one-way delay plus random jitter (so datagrams reorder, as on a real path),
 //! drops datagrams at the link's loss rate, optionally caps bandwidth, and can be cut
 //! and healed while running. [`presets`] holds measured inter-region delays.
-//! [`Cluster`] starts N proxies, each its own process, wired through relays.
+//! [`Cluster`] starts N proxies, each its own process, wired through relays, from a
+//! typed [`ClusterSpec`] (a [`DcSpec`] per datacenter). [`TopologyFile`] builds
+//! topology files, and [`free_ports`] is the one allocator of loopback ports, for
+//! the cluster, the proxy's tests and the benchmarks alike. [`visibility`] measures
+//! replication lag end to end through a running cluster.
 
 mod cluster;
+mod ports;
 mod presets;
 mod relay;
 mod rng;
+mod topology_file;
+pub mod visibility;
 
-pub use cluster::{Cluster, ClusterSpec, HarnessError, Shape};
+pub use cluster::{Cluster, ClusterSpec, DcSpec, HarnessError, Shape};
+pub use ports::{PortError, free_port, free_ports};
 pub use presets::{Preset, Region, one_way_ms};
 pub use relay::{Direction, LinkShape, Relay, RelayError, RelayStats};
+pub use topology_file::{
+    BackendEntry, ClusterSection, DatacenterEntry, ReplicationSection, TlsSection, TopologyFile,
+};

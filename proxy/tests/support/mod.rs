@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -86,26 +86,10 @@ impl Client {
     }
 }
 
-/// A free loopback port, for a server a test starts.
-///
-/// Ports come from below the kernel's ephemeral range (32768 and up on Linux), so the
-/// client connections tests open can never take one between this check and the
-/// server's bind; a counter keeps this test binary's parallel tests apart (cargo runs
-/// test binaries one at a time).
+/// A free loopback port for a server the test starts (the testbed's allocator:
+/// below the ephemeral range, free for TCP and UDP).
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = std::process::id() % SPAN;
-    for _ in 0..SPAN {
-        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
-        let tcp = TcpListener::bind(("127.0.0.1", port)).is_ok();
-        if tcp && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port between {LOW} and {}", LOW + SPAN);
+    meridian_testbed::free_port().unwrap()
 }
 
 /// Waits until `condition` holds, checking it every few milliseconds, for at most
@@ -134,28 +118,26 @@ pub fn wait_listening(addr: SocketAddr, child: &mut Child) {
 /// Writes a one-datacenter topology file in `dir` on the embedded store and returns
 /// its path and client address.
 pub fn single_dc_topology(dir: &Path, fsync: &str) -> (PathBuf, SocketAddr) {
-    topology_with_backend(dir, fsync, "{ kind = \"embedded\" }")
+    topology_with_backend(dir, fsync, None)
 }
 
 /// The same, with the Redis at `redis` behind the proxy.
 pub fn redis_dc_topology(dir: &Path, fsync: &str, redis: SocketAddr) -> (PathBuf, SocketAddr) {
-    topology_with_backend(
-        dir,
-        fsync,
-        &format!("{{ kind = \"redis\", url = \"redis://{redis}/0\" }}"),
-    )
+    topology_with_backend(dir, fsync, Some(&format!("redis://{redis}/0")))
 }
 
-fn topology_with_backend(dir: &Path, fsync: &str, backend: &str) -> (PathBuf, SocketAddr) {
-    let (client, peer, admin) = (free_port(), free_port(), free_port());
-    let text = format!(
-        "[cluster]\nname = \"test\"\n\n[[datacenter]]\nid = \"dc1\"\nclient = \"127.0.0.1:{client}\"\n\
-         peer = \"127.0.0.1:{peer}\"\nadmin = \"127.0.0.1:{admin}\"\ndata_dir = \"data\"\nbackend = {backend}\n\n\
-         [replication]\nfsync = \"{fsync}\"\n"
-    );
+fn topology_with_backend(dir: &Path, fsync: &str, redis: Option<&str>) -> (PathBuf, SocketAddr) {
+    let ports = meridian_testbed::free_ports(3).unwrap();
+    let mut file = meridian_testbed::TopologyFile::new("test");
+    let client = file
+        .datacenter("dc1", [ports[0], ports[1], ports[2]])
+        .data_dir("data")
+        .redis(redis)
+        .client;
+    file.replication.fsync = Some(fsync.to_owned());
     let path = dir.join("topology.toml");
-    std::fs::write(&path, text).unwrap();
-    (path, format!("127.0.0.1:{client}").parse().unwrap())
+    file.write(&path).unwrap();
+    (path, client)
 }
 
 /// A child process killed when dropped.

@@ -1,4 +1,4 @@
-//! `meridian bench replication`: replication over one emulated wide-area link.
+//! `meridian-benches replication`: replication over one emulated wide-area link.
 //!
 //! Two datacenters, each a meridian process on the embedded store, joined through
 //! the testbed's WAN emulator (by default 100 ms round trip, 1% loss each way).
@@ -11,18 +11,15 @@
 //! - visibility: under a moderate steady load, how long a write at the origin takes
 //!   to become readable at the receiver (p50, p99, max), beside the one-way delay.
 
-use std::process::ExitCode;
 use std::time::Duration;
 
-use meridian_testbed::{Cluster, ClusterSpec, LinkShape, Shape};
+use meridian_testbed::visibility::{self, ms};
+use meridian_testbed::{Cluster, ClusterSpec, DcSpec, LinkShape, Shape};
 use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep};
 
-use crate::EX_SOFTWARE;
-use crate::visibility::{self, ms};
-
-/// Settings of `meridian bench replication`.
+/// Settings of the replication benchmark.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ReplicationArgs {
     /// Round-trip time of the link, in milliseconds.
@@ -49,31 +46,19 @@ pub(crate) struct ReplicationArgs {
 const WRITERS: usize = 4;
 const PIPELINE: usize = 256;
 
-pub(crate) fn replication(args: &ReplicationArgs) -> ExitCode {
-    let runtime = match crate::runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("meridian bench replication: {e}");
-            return ExitCode::from(EX_SOFTWARE);
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("meridian bench replication: {e}");
-            ExitCode::from(EX_SOFTWARE)
-        }
-    }
+/// Runs the benchmark and prints its figures.
+pub(crate) fn run(args: &ReplicationArgs) -> Result<(), String> {
+    let binary = crate::binary::meridian()?;
+    crate::binary::runtime()?.block_on(measure(args, binary))
 }
 
-async fn run(args: &ReplicationArgs) -> Result<(), String> {
+async fn measure(args: &ReplicationArgs, binary: std::path::PathBuf) -> Result<(), String> {
     if !(0.0..1.0).contains(&args.loss) {
         return Err(format!("--loss {} is not a fraction below 1", args.loss));
     }
-    let binary = crate::this_binary()?;
     let one_way = Duration::from_millis(args.rtt_ms) / 2;
     let mut spec = ClusterSpec::new(binary, 2, Shape::AllToAll);
-    spec.dcs = vec!["origin".into(), "receiver".into()];
+    spec.dcs = vec![DcSpec::new("origin"), DcSpec::new("receiver")];
     spec.name = "bench".into();
     let loss = args.loss;
     spec.set_links(move |_, _| LinkShape {
@@ -168,7 +153,7 @@ async fn run(args: &ReplicationArgs) -> Result<(), String> {
 /// The origin's own sequence number: how many changes it has logged.
 async fn origin_seq(cluster: &Cluster) -> Result<u64, String> {
     let applied = cluster.applied(0).await.map_err(|e| e.to_string())?;
-    Ok(applied.get("origin").copied().unwrap_or(0))
+    Ok(applied.get("origin"))
 }
 
 /// Waits until the receiver has applied the origin's change `seq`; returns when.
@@ -176,7 +161,7 @@ async fn wait_applied(cluster: &Cluster, seq: u64) -> Result<Instant, String> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let applied = cluster.applied(1).await.map_err(|e| e.to_string())?;
-        if applied.get("origin").copied().unwrap_or(0) >= seq {
+        if applied.get("origin") >= seq {
             return Ok(Instant::now());
         }
         if Instant::now() > deadline {

@@ -7,15 +7,15 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::Cluster;
 use hdrhistogram::Histogram;
-use meridian_testbed::Cluster;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep};
 
 /// Send times of one origin's probes, indexed by probe number.
 #[derive(Debug, Default)]
-pub(crate) struct Sent(Mutex<Vec<Instant>>);
+pub struct Sent(Mutex<Vec<Instant>>);
 
 impl Sent {
     fn push(&self, at: Instant) -> u64 {
@@ -40,7 +40,7 @@ fn key(origin: &str) -> String {
 }
 
 /// Writes probe 1, 2, ... at `origin` every `every` until `stop` turns true.
-pub(crate) async fn prober(
+pub async fn prober(
     mut conn: MultiplexedConnection,
     origin: String,
     every: Duration,
@@ -68,7 +68,7 @@ pub(crate) async fn prober(
 /// Reads the probe keys of `origins` at one datacenter, in one pipeline per poll,
 /// until it has seen the last probe of each sent after `stop`, recording each new
 /// probe's lag in microseconds per origin. Gives up `drain` after the stop.
-pub(crate) async fn watcher(
+pub async fn watcher(
     mut conn: MultiplexedConnection,
     origins: Vec<(String, Arc<Sent>)>,
     mut stop: watch::Receiver<bool>,
@@ -116,11 +116,11 @@ pub(crate) async fn watcher(
 }
 
 /// Lags of every directed pair of datacenters, `lags[from][to]`.
-pub(crate) type LagTable = Vec<Vec<Option<Histogram<u64>>>>;
+pub type LagTable = Vec<Vec<Option<Histogram<u64>>>>;
 
 /// Runs probers at every datacenter in `origins` and watchers at every other one
 /// until `stop` turns true; returns the lags once the watchers have drained.
-pub(crate) async fn measure(
+pub async fn measure(
     cluster: &Cluster,
     origins: &[usize],
     every: Duration,
@@ -184,6 +184,6 @@ pub(crate) async fn measure(
 }
 
 /// Milliseconds, from microseconds.
-pub(crate) fn ms(micros: u64) -> f64 {
+pub fn ms(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }

@@ -1,4 +1,4 @@
-//! `meridian bench overhead`: what a proxy costs in front of Redis.
+//! `meridian-benches overhead`: what a proxy costs in front of Redis.
 //!
 //! Starts a redis-server, twemproxy (nutcracker) in front of it, meridian over that
 //! Redis and meridian over the embedded store, all on free loopback ports, then runs
@@ -6,16 +6,12 @@
 //! in the machine's speed spreads over all of them) and prints requests per second,
 //! p50 and p99 for each, with its ratio to direct Redis.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::EX_SOFTWARE;
-
-mod replication;
-
-pub(crate) use replication::{ReplicationArgs, replication};
+use meridian_testbed::{TopologyFile, free_port, free_ports};
 
 /// Settings of one benchmark run.
 #[derive(Debug, Clone, clap::Args)]
@@ -56,17 +52,8 @@ struct Figures {
     p99_ms: f64,
 }
 
-pub(crate) fn overhead(args: &OverheadArgs) -> ExitCode {
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("meridian bench overhead: {e}");
-            ExitCode::from(EX_SOFTWARE)
-        }
-    }
-}
-
-fn run(args: &OverheadArgs) -> Result<(), String> {
+/// Runs the benchmark and prints its figures.
+pub(crate) fn run(args: &OverheadArgs) -> Result<(), String> {
     for tool in ["redis-server", "redis-benchmark"] {
         if Command::new(tool).arg("--version").output().is_err() {
             return Err(format!(
@@ -74,8 +61,9 @@ fn run(args: &OverheadArgs) -> Result<(), String> {
             ));
         }
     }
+    let binary = crate::binary::meridian()?;
     let dir = tempfile_dir()?;
-    let redis_port = free_port()?;
+    let redis_port = free_port().map_err(|e| e.to_string())?;
     let _redis = spawn(
         Command::new("redis-server").args([
             "--port",
@@ -106,14 +94,12 @@ fn run(args: &OverheadArgs) -> Result<(), String> {
             "nutcracker (twemproxy) is not installed: its column is left out (apt-get install nutcracker)"
         ),
     }
-    for (name, backend) in [
-        (
-            "meridian + redis",
-            format!("{{ kind = \"redis\", url = \"redis://127.0.0.1:{redis_port}/0\" }}"),
-        ),
-        ("meridian + embedded", "{ kind = \"embedded\" }".to_owned()),
+    let redis_url = format!("redis://127.0.0.1:{redis_port}/0");
+    for (name, redis) in [
+        ("meridian + redis", Some(redis_url.as_str())),
+        ("meridian + embedded", None),
     ] {
-        let (guard, port) = start_meridian(&dir, name, &backend)?;
+        let (guard, port) = start_meridian(&binary, &dir, name, redis)?;
         guards.push(guard);
         targets.push(Target { name, port });
     }
@@ -236,7 +222,8 @@ fn start_twemproxy(dir: &Path, redis_port: u16) -> Result<Option<(Guard, u16)>, 
     {
         return Ok(None);
     }
-    let (port, stats) = (free_port()?, free_port()?);
+    let ports = free_ports(2).map_err(|e| e.to_string())?;
+    let (port, stats) = (ports[0], ports[1]);
     let conf = dir.join("twemproxy.yml");
     let yaml = format!(
         "bench:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  distribution: ketama\n  redis: true\n  servers:\n    - 127.0.0.1:{redis_port}:1\n"
@@ -255,17 +242,24 @@ fn start_twemproxy(dir: &Path, redis_port: u16) -> Result<Option<(Guard, u16)>, 
     Ok(Some((spawn(&mut cmd, port)?, port)))
 }
 
-fn start_meridian(dir: &Path, name: &str, backend: &str) -> Result<(Guard, u16), String> {
-    let (client, peer, admin) = (free_port()?, free_port()?, free_port()?);
+fn start_meridian(
+    binary: &Path,
+    dir: &Path,
+    name: &str,
+    redis: Option<&str>,
+) -> Result<(Guard, u16), String> {
+    let ports = free_ports(3).map_err(|e| e.to_string())?;
     let slug: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
     let file = dir.join(format!("{slug}.toml"));
-    let text = format!(
-        "[cluster]\nname = \"bench\"\n\n[[datacenter]]\nid = \"bench\"\nclient = \"127.0.0.1:{client}\"\npeer = \"127.0.0.1:{peer}\"\n\
-         admin = \"127.0.0.1:{admin}\"\ndata_dir = \"data-{slug}\"\nbackend = {backend}\n"
-    );
-    std::fs::write(&file, text).map_err(|e| format!("writing {}: {e}", file.display()))?;
-    let exe = std::env::current_exe().map_err(|e| format!("finding the meridian binary: {e}"))?;
-    let mut cmd = Command::new(exe);
+    let mut topology = TopologyFile::new("bench");
+    topology
+        .datacenter("bench", [ports[0], ports[1], ports[2]])
+        .data_dir(format!("data-{slug}"))
+        .redis(redis);
+    topology
+        .write(&file)
+        .map_err(|e| format!("writing {}: {e}", file.display()))?;
+    let mut cmd = Command::new(binary);
     cmd.args([
         "run",
         "--config",
@@ -274,7 +268,7 @@ fn start_meridian(dir: &Path, name: &str, backend: &str) -> Result<(Guard, u16),
         "bench",
     ])
     .env("MERIDIAN_LOG", "warn");
-    Ok((spawn(&mut cmd, client)?, client))
+    Ok((spawn(&mut cmd, ports[0])?, ports[0]))
 }
 
 fn spawn(cmd: &mut Command, port: u16) -> Result<Guard, String> {
@@ -300,13 +294,6 @@ fn spawn(cmd: &mut Command, port: u16) -> Result<Guard, String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(guard)
-}
-
-fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("finding a free port: {e}"))
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf, String> {

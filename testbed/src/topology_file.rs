@@ -1,0 +1,200 @@
+//! Topology files for the testbed, the tests and the benchmarks, built from typed
+//! values and written by the TOML serializer: the one place outside the topology
+//! crate that knows the file's shape.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// A topology file.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopologyFile {
+    /// `[cluster]`.
+    pub cluster: ClusterSection,
+    /// `[[datacenter]]`, in order.
+    #[serde(rename = "datacenter")]
+    pub datacenters: Vec<DatacenterEntry>,
+    /// `[replication]`.
+    #[serde(skip_serializing_if = "ReplicationSection::is_empty")]
+    pub replication: ReplicationSection,
+    /// `[tls]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSection>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterSection {
+    /// The cluster's name.
+    pub name: String,
+    /// `all-to-all`, `ring` or `star` (absent: the default, all-to-all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology: Option<String>,
+    /// The star's hub.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
+    /// `direct` or `none`, for a star.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub star_fallback: Option<String>,
+}
+
+/// One `[[datacenter]]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatacenterEntry {
+    /// Its id.
+    pub id: String,
+    /// Where clients reach it.
+    pub client: SocketAddr,
+    /// Where peers reach it.
+    pub peer: SocketAddr,
+    /// Its admin endpoint.
+    pub admin: SocketAddr,
+    /// Its data directory, relative to the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Its database.
+    pub backend: BackendEntry,
+}
+
+/// A datacenter's database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum BackendEntry {
+    /// The embedded store.
+    Embedded,
+    /// A Redis server.
+    Redis {
+        /// `redis://host:port/db`.
+        url: String,
+    },
+}
+
+/// `[replication]`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplicationSection {
+    /// The log's fsync policy (`always`, `every-10ms`, `never`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsync: Option<String>,
+    /// The most log kept for peers (`64MiB`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_retention: Option<String>,
+}
+
+impl ReplicationSection {
+    fn is_empty(&self) -> bool {
+        self.fsync.is_none() && self.log_retention.is_none()
+    }
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsSection {
+    /// The cluster CA's certificate, relative to the file.
+    pub ca: PathBuf,
+}
+
+impl TopologyFile {
+    /// A cluster named `name` with no datacenters yet.
+    pub fn new(name: &str) -> TopologyFile {
+        TopologyFile {
+            cluster: ClusterSection {
+                name: name.to_owned(),
+                topology: None,
+                hub: None,
+                star_fallback: None,
+            },
+            datacenters: Vec::new(),
+            replication: ReplicationSection::default(),
+            tls: None,
+        }
+    }
+
+    /// Adds a datacenter listening on loopback ports for clients, peers and its
+    /// admin endpoint.
+    pub fn datacenter(
+        &mut self,
+        id: &str,
+        [client, peer, admin]: [u16; 3],
+    ) -> &mut DatacenterEntry {
+        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        self.datacenters.push(DatacenterEntry {
+            id: id.to_owned(),
+            client: loopback(client),
+            peer: loopback(peer),
+            admin: loopback(admin),
+            data_dir: None,
+            backend: BackendEntry::Embedded,
+        });
+        let last = self.datacenters.len() - 1;
+        &mut self.datacenters[last]
+    }
+
+    /// The file's text.
+    pub fn to_toml(&self) -> String {
+        // Plain strings, numbers and tables: serialising them cannot fail.
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// Writes the file at `path`.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::write(path, self.to_toml())
+    }
+}
+
+impl DatacenterEntry {
+    /// Sets the data directory.
+    pub fn data_dir(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Puts a Redis server behind the datacenter (`None`: the embedded store).
+    pub fn redis(&mut self, url: Option<&str>) -> &mut Self {
+        self.backend = match url {
+            Some(url) => BackendEntry::Redis {
+                url: url.to_owned(),
+            },
+            None => BackendEntry::Embedded,
+        };
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_the_sections_the_topology_file_has() {
+        let mut file = TopologyFile::new("shop");
+        file.cluster.topology = Some("star".into());
+        file.cluster.hub = Some("a".into());
+        file.datacenter("a", [7001, 7101, 7201]).data_dir("data/a");
+        file.datacenter("b", [7002, 7102, 7202])
+            .redis(Some("redis://127.0.0.1:6379/0"));
+        file.replication.fsync = Some("always".into());
+        file.tls = Some(TlsSection {
+            ca: "certs/ca.pem".into(),
+        });
+        let text = file.to_toml();
+        let value: toml::Table = text.parse().unwrap();
+        assert_eq!(value["cluster"]["hub"].as_str(), Some("a"));
+        let dcs = value["datacenter"].as_array().unwrap();
+        assert_eq!(dcs[0]["client"].as_str(), Some("127.0.0.1:7001"));
+        assert_eq!(dcs[0]["backend"]["kind"].as_str(), Some("embedded"));
+        assert_eq!(
+            dcs[1]["backend"]["url"].as_str(),
+            Some("redis://127.0.0.1:6379/0")
+        );
+        assert!(dcs[1].get("data_dir").is_none());
+        assert_eq!(value["replication"]["fsync"].as_str(), Some("always"));
+        assert_eq!(value["tls"]["ca"].as_str(), Some("certs/ca.pem"));
+        // And the topology crate reads it as the cluster described.
+        let dir = std::env::temp_dir();
+        let topology = meridian_topology::Topology::parse(&text, "built.toml", &dir)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(topology.datacenters.len(), 2);
+        assert_eq!(topology.cluster_name, "shop");
+    }
+}
