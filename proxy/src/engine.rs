@@ -32,6 +32,7 @@ use crate::change::Value;
 use crate::command::{DataFn, Spec};
 use crate::log::{Log, LogError};
 use crate::resp::Reply;
+use crate::workers::Workers;
 use backend::{Backend, ReadContext};
 
 pub use backend::{BackendConfig, BackendError, Entries, Stored};
@@ -125,6 +126,8 @@ struct Shared {
     /// A peer holds this datacenter's own changes up to this number, which it
     /// lacks (its data was lost): local writes wait until a snapshot restores them.
     restoring: AtomicU64,
+    /// Every background worker of this proxy, the engine's threads included.
+    workers: Arc<Workers>,
 }
 
 impl Shared {
@@ -200,6 +203,7 @@ impl Engine {
             "opened the replication log"
         );
         let backend = backend::open(data_dir, &config.backend)?;
+        let workers = Arc::new(Workers::new(&config.dc));
         let state = replay::replay(backend.as_ref(), &config.dc, &log, base)?;
         let shared = Arc::new(Shared {
             dc: config.dc.clone(),
@@ -214,8 +218,13 @@ impl Engine {
             backend_stats: crate::metrics::BackendStats::default(),
             committed: watch::Sender::new(0),
             stats: Stats::default(),
-            retention: retention::Retention::new(config.log_retention, log_start),
+            retention: retention::Retention::new(
+                config.log_retention,
+                log_start,
+                workers.register("retention", None),
+            ),
             restoring: AtomicU64::new(0),
+            workers: workers.clone(),
         });
         shared
             .stats
@@ -228,6 +237,11 @@ impl Engine {
     /// This datacenter's id.
     pub fn dc(&self) -> &str {
         &self.shared.dc
+    }
+
+    /// Every background worker of this proxy.
+    pub(crate) fn workers(&self) -> &Arc<Workers> {
+        &self.shared.workers
     }
 
     /// The counters.
@@ -369,7 +383,7 @@ impl Engine {
     }
 
     /// Backend commit latencies.
-    pub fn backend_stats(&self) -> &crate::metrics::BackendStats {
+    pub(crate) fn backend_stats(&self) -> &crate::metrics::BackendStats {
         &self.shared.backend_stats
     }
 

@@ -20,6 +20,7 @@ mod metrics;
 mod replication;
 mod resp;
 mod server;
+mod workers;
 
 pub use certs::{CertsError, generate as generate_certs};
 pub use change::CHANGE_FORMAT;

@@ -41,7 +41,7 @@ use tokio::sync::watch;
 use crate::engine::Engine;
 use crate::link::LinkTls;
 
-pub use status::PeerStatus;
+pub use status::{OriginLag, PeerStatus};
 
 /// How a proxy replicates.
 #[derive(Debug, Clone)]
@@ -124,7 +124,11 @@ impl Replication {
             config,
         });
         links::spawn(repl.clone(), stopped.clone());
-        tokio::spawn(track_needs(repl.clone(), stopped));
+        let needs = repl.clone();
+        repl.engine.workers().spawn("peer-needs", None, |worker| {
+            worker.set(crate::workers::State::Idle);
+            track_needs(needs, stopped)
+        });
         Ok(repl)
     }
 
@@ -256,7 +260,7 @@ impl Replication {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(dc.to_owned())
-            .or_insert_with(|| Arc::new(PeerStatus::new(dc)))
+            .or_insert_with(|| Arc::new(PeerStatus::new(dc, self.engine.workers())))
             .clone()
     }
 

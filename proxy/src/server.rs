@@ -4,6 +4,7 @@
 mod admin;
 mod conn;
 mod info;
+mod observe;
 mod replicate;
 
 use std::net::SocketAddr;
@@ -129,6 +130,16 @@ pub(crate) struct Context {
     pub(crate) replication: Option<Arc<crate::replication::Replication>>,
 }
 
+impl Context {
+    /// Every peer's link status (none without replication).
+    pub(crate) fn peers(&self) -> Vec<Arc<crate::replication::PeerStatus>> {
+        self.replication
+            .as_ref()
+            .map(|r| r.peers())
+            .unwrap_or_default()
+    }
+}
+
 /// A running proxy.
 #[derive(Debug)]
 pub struct Proxy {
@@ -202,8 +213,11 @@ impl Proxy {
         });
         let span = tracing::info_span!("proxy", dc = %ctx.config.dc);
         if let Some(admin) = admin {
-            let span = tracing::info_span!("admin", dc = %ctx.config.dc);
-            tokio::spawn(admin::serve(admin, ctx.clone(), stopped.clone()).instrument(span));
+            let (admin_ctx, stopped) = (ctx.clone(), stopped.clone());
+            ctx.engine.workers().spawn("admin", None, |worker| {
+                worker.set(crate::workers::State::Idle);
+                admin::serve(admin, admin_ctx, stopped)
+            });
         }
         let accept = tokio::spawn(accept_loop(listener, ctx.clone(), stopped).instrument(span));
         tracing::info!(dc = %ctx.config.dc, %addr, "serving Redis clients");
@@ -231,13 +245,15 @@ impl Proxy {
     }
 
     /// Stops accepting, lets connections finish their in-flight commands (bounded by
-    /// the grace period), then syncs the log and checkpoints the store.
+    /// the grace period), closes the links and joins every worker (bounded by the
+    /// grace period too), then syncs the log and checkpoints the store.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.accept.await;
         if let Some(repl) = &self.ctx.replication {
             repl.close();
         }
+        self.ctx.engine.workers().join(self.ctx.config.grace).await;
         self.ctx.engine.shutdown().await;
     }
 }

@@ -49,7 +49,19 @@ fn metrics_and_status_describe_the_proxy() {
     assert_eq!(json["datacenter"], "dc1");
     assert_eq!(json["backend"], "embedded");
     assert_eq!(json["applied"], "dc1:2");
-    assert_eq!(json["workers"][0]["state"], "running");
+    // Every worker of a proxy without peers, each idle or busy and without errors.
+    let workers = json["workers"].as_array().unwrap();
+    for name in ["writer", "committer", "log-sync", "retention", "admin"] {
+        let worker = workers
+            .iter()
+            .find(|w| w["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {workers:?}"));
+        let state = worker["state"].as_str().unwrap();
+        assert!(["idle", "busy"].contains(&state), "{name} is {state}");
+        assert_eq!(worker["errors"], 0, "{worker}");
+    }
+    assert_eq!(json["metrics"]["meridian_changes_committed_total"], 2.0);
+    assert_eq!(json["metrics"]["meridian_commands_total"]["set"], 2.0);
 
     assert_eq!(http(admin, "GET", "/nope").0, "HTTP/1.1 404 Not Found");
     assert_eq!(

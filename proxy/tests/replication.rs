@@ -502,6 +502,50 @@ async fn wait_counts_the_datacenters_that_applied_the_write() {
         .find_map(|l| l.strip_prefix("meridian_peer_shipped_changes_total{peer=\"dc1\"} "))
         .and_then(|v| v.parse::<f64>().ok());
     assert!(shipped.is_some_and(|n| n >= 2.0), "{metrics}");
+
+    // Every worker is in /status with its state: the engine's, and per peer its
+    // link (up: busy), shipper and receiver.
+    let status: serde_json::Value =
+        serde_json::from_str(&http_get(cluster.admin_addr(0), "/status").await).expect("JSON");
+    let workers = status["workers"].as_array().expect("a workers list");
+    let find = |name: &str, peer: Option<&str>| {
+        workers
+            .iter()
+            .find(|w| w["name"] == name && w["peer"].as_str() == peer)
+            .unwrap_or_else(|| panic!("no worker {name} {peer:?} in {workers:?}"))
+    };
+    for name in [
+        "writer",
+        "committer",
+        "log-sync",
+        "retention",
+        "accept",
+        "peer-needs",
+        "admin",
+    ] {
+        let state = find(name, None)["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            ["idle", "busy"].contains(&state.as_str()),
+            "{name} is {state}"
+        );
+    }
+    for peer in ["dc1", "dc2"] {
+        assert_eq!(find("link", Some(peer))["state"], "busy", "{workers:?}");
+        for name in ["shipper", "receiver"] {
+            let state = find(name, Some(peer))["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            assert!(
+                ["idle", "busy"].contains(&state.as_str()),
+                "{name} {peer} is {state}"
+            );
+        }
+    }
+    assert_eq!(status["metrics"]["meridian_peer_up"]["dc1"], 1.0);
 }
 
 /// The body of an HTTP GET.

@@ -11,6 +11,7 @@ use meridian_policies::VersionVector;
 use super::backend::Session;
 use super::{OpenError, Shared};
 use crate::change::Change;
+use crate::workers::{State, Worker};
 
 /// Most changes in one backend transaction.
 const MAX_CHANGES: usize = 16_384;
@@ -97,19 +98,31 @@ pub(super) fn spawn(
     let (tx, rx) = channel();
     let budget = Arc::new(Budget::default());
     let stopped = Stopped(budget.clone());
-    let span = tracing::info_span!("committer", dc = %dc);
+    let span = tracing::info_span!("worker", dc = %dc, worker = "committer");
+    let worker = shared.workers.register("committer", None);
     let handle = std::thread::Builder::new()
         .name(format!("committer-{dc}"))
         .spawn(move || {
             let stopped = stopped;
-            span.in_scope(|| run(&shared, rx, &stopped.0));
+            span.in_scope(|| run(&shared, rx, &stopped.0, &worker));
+            if worker.state() != State::Failed {
+                worker.set(State::Done);
+            }
         })
         .map_err(OpenError::Thread)?;
     Ok((Queue { tx, budget, max }, handle))
 }
 
-fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget) {
+fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget, worker: &Worker) {
     let mut target = shared.backend.session();
+    let commit =
+        |target: &mut Box<dyn Session>, changes: &[Change], vector: &VersionVector, durable| {
+            worker.set(State::Busy);
+            let done = commit_until_done(shared, target, changes, vector, durable, worker);
+            worker.set(if done { State::Idle } else { State::Failed });
+            done
+        };
+    worker.set(State::Idle);
     let mut last_checkpoint = Instant::now();
     let mut applied = None;
     // What the last commit reached, while no checkpoint has made it durable.
@@ -120,7 +133,7 @@ fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget) {
             Err(RecvTimeoutError::Timeout) => {
                 // Writes stopped: checkpoint what came last, so retention can proceed.
                 if let Some((vector, end_lsn)) = since_checkpoint.take() {
-                    if !commit_until_done(shared, &mut target, &[], &vector, true) {
+                    if !commit(&mut target, &[], &vector, true) {
                         return;
                     }
                     last_checkpoint = Instant::now();
@@ -147,7 +160,7 @@ fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget) {
         let queued: usize = batches.iter().map(|b| b.changes.len().max(1)).sum();
         let changes: Vec<Change> = batches.into_iter().flat_map(|b| b.changes).collect();
         let checkpoint = forced || last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
-        if !commit_until_done(shared, &mut target, &changes, &vector, checkpoint) {
+        if !commit(&mut target, &changes, &vector, checkpoint) {
             return;
         }
         if checkpoint {
@@ -193,6 +206,7 @@ fn commit_until_done(
     changes: &[Change],
     applied: &VersionVector,
     durable: bool,
+    worker: &Worker,
 ) -> bool {
     let mut backoff = Duration::from_millis(50);
     let mut failures = 0u32;
@@ -211,6 +225,8 @@ fn commit_until_done(
                 return true;
             }
             Err(e) if e.retryable() => {
+                worker.set(State::Throttled);
+                worker.error(&e);
                 if failures == 0 {
                     tracing::warn!(error = %e, "the backend is unreachable; logged writes wait in memory and are retried");
                 }
@@ -223,6 +239,7 @@ fn commit_until_done(
                     "the backend failed ({e}); logged writes will be applied when the proxy restarts"
                 );
                 tracing::error!("{why}");
+                worker.error(&why);
                 shared.set_broken(why);
                 return false;
             }

@@ -8,6 +8,7 @@
 //! start and the version vector its removed records reached go to its base file, so
 //! start-up and `resume_lsn` know where the log begins.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use meridian_policies::VersionVector;
@@ -15,6 +16,7 @@ use meridian_policies::VersionVector;
 use super::{OpenError, Shared};
 use crate::change::Change;
 use crate::log;
+use crate::workers::{State, Worker};
 
 /// What retention may remove.
 #[derive(Debug)]
@@ -29,16 +31,20 @@ pub(super) struct Retention {
     pub(super) start: AtomicU64,
     /// Segments removed so far.
     pub(super) removed: AtomicU64,
+    /// How retention shows in `/status`.
+    worker: Arc<Worker>,
 }
 
 impl Retention {
-    pub(super) fn new(bytes: u64, start: u64) -> Retention {
+    pub(super) fn new(bytes: u64, start: u64, worker: Arc<Worker>) -> Retention {
+        worker.set(State::Idle);
         Retention {
             bytes,
             durable: AtomicU64::new(0),
             peers_need: AtomicU64::new(u64::MAX),
             start: AtomicU64::new(start),
             removed: AtomicU64::new(0),
+            worker,
         }
     }
 }
@@ -60,6 +66,13 @@ pub(super) fn decode_base(base: &(u64, Vec<u8>)) -> Result<(u64, VersionVector),
 impl Shared {
     /// Removes the log segments nobody needs any more (see the module's text).
     pub(super) fn retain(&self) {
+        let worker = &self.retention.worker;
+        worker.set(State::Busy);
+        self.remove_segments();
+        worker.set(State::Idle);
+    }
+
+    fn remove_segments(&self) {
         let r = &self.retention;
         let durable = r.durable.load(Ordering::Acquire);
         let need = r.peers_need.load(Ordering::Acquire);
@@ -67,6 +80,7 @@ impl Shared {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "log retention: cannot list the segments");
+                r.worker.error(&e);
                 return;
             }
         };
@@ -113,7 +127,10 @@ impl Shared {
                 tracing::debug!(start, removed, "log retention removed segments");
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "log retention failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "log retention failed");
+                r.worker.error(&e);
+            }
         }
     }
 

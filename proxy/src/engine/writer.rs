@@ -20,6 +20,7 @@ use crate::command::{DataFn, Keyspace};
 use crate::command::{lookup, wrong_type};
 use crate::log::Log;
 use crate::resp::Reply;
+use crate::workers::{State, Worker};
 
 mod apply;
 mod snapshot;
@@ -57,8 +58,17 @@ pub(super) enum Msg {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// Messages taken together by one turn of the writer.
+struct Taken {
+    batch: Vec<Request>,
+    applies: Vec<(Vec<Change>, ApplyDone)>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
 struct Writer {
     shared: Arc<Shared>,
+    /// How the writer shows in `/status`.
+    worker: Arc<Worker>,
     /// This datacenter's id, shared by the versions of its writes.
     dc: Arc<str>,
     log: Log,
@@ -69,7 +79,8 @@ struct Writer {
     clock_offset_ms: i64,
     fsync: Fsync,
     last_sync: Instant,
-    syncer: Syncer,
+    /// `None` once stopped.
+    syncer: Option<Syncer>,
     committer: Option<(Queue, JoinHandle<()>)>,
     /// The writer's own connection to the backend.
     session: Box<dyn Session>,
@@ -99,7 +110,9 @@ pub(super) fn spawn(
 ) -> Result<mpsc::Sender<Msg>, OpenError> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let committer = committer::spawn(shared.clone(), &config.dc, config.max_unstored)?;
+    let syncer = Syncer::spawn(&config.dc, shared.workers.register("log-sync", None))?;
     let writer = Writer {
+        worker: shared.workers.register("writer", None),
         session: shared.backend.session(),
         dc: Arc::from(shared.dc.as_str()),
         shared,
@@ -111,10 +124,10 @@ pub(super) fn spawn(
         fsync: config.fsync,
         clock_offset_ms: config.clock_offset_ms,
         last_sync: Instant::now(),
-        syncer: Syncer::spawn(&config.dc)?,
+        syncer: Some(syncer),
         committer: Some(committer),
     };
-    let span = tracing::info_span!("writer", dc = %config.dc);
+    let span = tracing::info_span!("worker", dc = %config.dc, worker = "writer");
     std::thread::Builder::new()
         .name(format!("writer-{}", config.dc))
         .spawn(move || span.in_scope(|| writer.run(rx)))
@@ -124,57 +137,25 @@ pub(super) fn spawn(
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
-            let first = match self.fsync {
-                // Wake up in time for the timed sync even when no writes come.
-                Fsync::Every(period) if self.log.is_dirty() => {
-                    match recv_timeout(&mut rx, period.saturating_sub(self.last_sync.elapsed())) {
-                        Ok(msg) => msg,
-                        Err(Timeout) => {
-                            self.sync_in_background();
-                            continue;
-                        }
-                    }
-                }
-                _ => rx.blocking_recv(),
+            self.worker.set(State::Idle);
+            let Some(first) = self.next_message(&mut rx) else {
+                break;
             };
-            let Some(first) = first else { break };
-            let mut shutdown = None;
-            let mut applies = Vec::new();
-            let mut next = Some(first);
-            while let Some(msg) = next.take() {
-                match msg {
-                    Msg::Write(request) => batch.push(request),
-                    Msg::Apply(changes, done) => applies.push((changes, done)),
-                    Msg::Snapshot(vector, entries, done) => {
-                        // After the writes and applies taken so far, in order.
-                        if !batch.is_empty() {
-                            self.commit_batch(std::mem::take(&mut batch));
-                        }
-                        for (changes, done) in applies.drain(..) {
-                            let _ = done.send(self.apply_remote(changes));
-                        }
-                        let _ = done.send(self.install_snapshot(vector, entries));
-                    }
-                    Msg::Shutdown(done) => shutdown = Some(done),
-                }
-                if batch.len() < MAX_BATCH && applies.len() < MAX_BATCH && shutdown.is_none() {
-                    next = rx.try_recv().ok();
-                }
+            self.worker.set(State::Busy);
+            let taken = self.take_messages(first, &mut rx);
+            if !taken.batch.is_empty() {
+                self.commit_batch(taken.batch);
             }
-            if !batch.is_empty() {
-                self.commit_batch(std::mem::take(&mut batch));
-            }
-            for (changes, done) in applies {
+            for (changes, done) in taken.applies {
                 let _ = done.send(self.apply_remote(changes));
             }
-            if let Fsync::Every(period) = self.fsync {
-                if self.last_sync.elapsed() >= period {
-                    self.sync_in_background();
-                }
+            if let Fsync::Every(period) = self.fsync
+                && self.last_sync.elapsed() >= period
+            {
+                self.sync_in_background();
             }
-            if let Some(done) = shutdown {
+            if let Some(done) = taken.shutdown {
                 self.finish();
                 // Release the store before saying so: whoever waits may reopen it at once.
                 drop(self);
@@ -183,6 +164,57 @@ impl Writer {
             }
         }
         self.finish();
+    }
+
+    /// Waits for the next message, running the timed log sync when it falls due
+    /// meanwhile; `None` when every sender is gone.
+    fn next_message(&mut self, rx: &mut mpsc::Receiver<Msg>) -> Option<Msg> {
+        loop {
+            let Fsync::Every(period) = self.fsync else {
+                return rx.blocking_recv();
+            };
+            if !self.log.is_dirty() {
+                return rx.blocking_recv();
+            }
+            // Wake up in time for the timed sync even when no writes come.
+            match recv_timeout(rx, period.saturating_sub(self.last_sync.elapsed())) {
+                Ok(msg) => return msg,
+                Err(Timeout) => self.sync_in_background(),
+            }
+        }
+    }
+
+    /// Takes `first` and whatever else is queued, up to a batch: writes and applies
+    /// to run together, and a shutdown request. A snapshot to install is installed
+    /// at once, after the writes and applies taken before it, in order.
+    fn take_messages(&mut self, first: Msg, rx: &mut mpsc::Receiver<Msg>) -> Taken {
+        let mut taken = Taken {
+            batch: Vec::with_capacity(MAX_BATCH),
+            applies: Vec::new(),
+            shutdown: None,
+        };
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Write(request) => taken.batch.push(request),
+                Msg::Apply(changes, done) => taken.applies.push((changes, done)),
+                Msg::Snapshot(vector, entries, done) => {
+                    if !taken.batch.is_empty() {
+                        self.commit_batch(std::mem::take(&mut taken.batch));
+                    }
+                    for (changes, done) in taken.applies.drain(..) {
+                        let _ = done.send(self.apply_remote(changes));
+                    }
+                    let _ = done.send(self.install_snapshot(vector, entries));
+                }
+                Msg::Shutdown(done) => taken.shutdown = Some(done),
+            }
+            let full = taken.batch.len() >= MAX_BATCH || taken.applies.len() >= MAX_BATCH;
+            if !full && taken.shutdown.is_none() {
+                next = rx.try_recv().ok();
+            }
+        }
+        taken
     }
 
     /// What the backend holds for the keys the batch's commands read, those the
@@ -235,6 +267,7 @@ impl Writer {
                 .into_iter()
                 .for_each(|(tx, reply)| drop(tx.send(reply))),
             Err(e) => {
+                self.worker.error(&e);
                 let reply = Reply::error(format!("ERR {e}"));
                 replies
                     .into_iter()
@@ -415,31 +448,42 @@ impl Writer {
     /// While a sync is still running the next one waits for a later period.
     fn sync_in_background(&mut self) {
         self.last_sync = Instant::now();
-        if self.syncer.busy.load(Ordering::Acquire) {
+        let Some(syncer) = &self.syncer else {
+            return self.sync();
+        };
+        if syncer.busy.load(Ordering::Acquire) {
             return;
         }
         match self.log.take_sync() {
             Ok(Some(handle)) => {
-                self.syncer.busy.store(true, Ordering::Release);
-                if self.syncer.tx.send(handle).is_err() {
-                    self.syncer.busy.store(false, Ordering::Release);
+                syncer.busy.store(true, Ordering::Release);
+                if syncer.tx.send(handle).is_err() {
+                    syncer.busy.store(false, Ordering::Release);
                     self.sync();
                 }
             }
             Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, "syncing the replication log failed"),
+            Err(e) => {
+                tracing::error!(error = %e, "syncing the replication log failed");
+                self.worker.error(&e);
+            }
         }
     }
 
     /// Syncs the log and waits for the committer to store everything.
     fn finish(&mut self) {
+        if let Some(syncer) = self.syncer.take() {
+            syncer.stop();
+        }
         if let Err(e) = self.log.sync_now() {
             tracing::error!(error = %e, "syncing the replication log failed");
+            self.worker.error(&e);
         }
         if let Some((sender, handle)) = self.committer.take() {
             drop(sender);
             let _ = handle.join();
         }
+        self.worker.set(State::Done);
     }
 }
 
@@ -453,25 +497,39 @@ pub(super) struct LogWriteError(crate::log::LogError);
 struct Syncer {
     tx: std::sync::mpsc::Sender<(std::fs::File, std::path::PathBuf)>,
     busy: Arc<std::sync::atomic::AtomicBool>,
+    thread: JoinHandle<()>,
 }
 
 impl Syncer {
-    fn spawn(dc: &str) -> Result<Syncer, OpenError> {
+    fn spawn(dc: &str, worker: Arc<Worker>) -> Result<Syncer, OpenError> {
         let (tx, rx) = std::sync::mpsc::channel::<(std::fs::File, std::path::PathBuf)>();
         let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = busy.clone();
-        std::thread::Builder::new()
+        let span = tracing::info_span!("worker", dc = %dc, worker = "log-sync");
+        worker.set(State::Idle);
+        let thread = std::thread::Builder::new()
             .name(format!("log-sync-{dc}"))
             .spawn(move || {
+                let _span = span.enter();
                 for (file, path) in rx {
+                    worker.set(State::Busy);
                     if let Err(e) = file.sync_data() {
                         tracing::error!(error = %e, path = %path.display(), "syncing the replication log failed");
+                        worker.error(&e);
                     }
+                    worker.set(State::Idle);
                     flag.store(false, Ordering::Release);
                 }
+                worker.set(State::Done);
             })
             .map_err(OpenError::Thread)?;
-        Ok(Syncer { tx, busy })
+        Ok(Syncer { tx, busy, thread })
+    }
+
+    /// Waits for a sync in flight, then ends the thread.
+    fn stop(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
     }
 }
 

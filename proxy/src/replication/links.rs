@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use super::{Replication, receiver, shipper};
 use crate::link::{self, Identity, Link};
+use crate::workers::State;
 
 /// First and longest wait between dial attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
@@ -24,14 +25,19 @@ pub(super) fn spawn(repl: Arc<Replication>, stopped: watch::Receiver<bool>) {
         if peer == me || !topology.router.may_link(me, peer) {
             continue;
         }
-        repl.peer_status(repl.id(peer));
+        let status = repl.peer_status(repl.id(peer));
         if me.get() < peer.get() {
-            let span = tracing::info_span!("dial", dc = %repl.dc(), peer = %repl.id(peer));
-            tokio::spawn(dial_loop(repl.clone(), peer, stopped.clone()).instrument(span));
+            let (dialer, stopped) = (repl.clone(), stopped.clone());
+            repl.engine.workers().run_as(status.link.clone(), move |_| {
+                dial_loop(dialer, peer, stopped)
+            });
         }
     }
-    let span = tracing::info_span!("accept", dc = %repl.dc());
-    tokio::spawn(accept_loop(repl, stopped).instrument(span));
+    let acceptor = repl.clone();
+    repl.engine.workers().spawn("accept", None, move |worker| {
+        worker.set(State::Idle);
+        accept_loop(acceptor, stopped)
+    });
 }
 
 fn identity(repl: &Replication) -> Identity {
@@ -89,7 +95,9 @@ async fn dial_loop(repl: Arc<Replication>, peer: DcIdx, mut stopped: watch::Rece
                     tracing::debug!(error = %e, failures, "cannot link; retrying");
                 }
                 failures += 1;
-                repl.peer_status(repl.id(peer)).set_error(&e);
+                let status = repl.peer_status(repl.id(peer));
+                status.link.error(&e);
+                status.set_error(&e);
             }
         }
         tokio::select! {
@@ -107,17 +115,29 @@ async fn accept_loop(repl: Arc<Replication>, mut stopped: watch::Receiver<bool>)
             _ = stopped.changed() => return,
         };
         let Some(incoming) = incoming else { return };
-        let repl = repl.clone();
-        let stopped = stopped.clone();
-        tokio::spawn(
-            async move {
-                match link::accept(incoming, &identity(&repl), repl.topology()).await {
-                    Ok(link) => run(repl, link, stopped).await,
-                    Err(e) => tracing::warn!(error = %e, "refused a link"),
+        let (task_repl, stopped) = (repl.clone(), stopped.clone());
+        repl.engine.workers().track(async move {
+            let repl = task_repl;
+            match link::accept(incoming, &identity(&repl), repl.topology()).await {
+                Ok(link) => {
+                    let span = tracing::info_span!("link", dc = %repl.dc(), peer = %link.peer.dc);
+                    run(repl, link, stopped).instrument(span).await;
                 }
+                Err(e) => tracing::warn!(error = %e, "refused a link"),
             }
-            .in_current_span(),
-        );
+        });
+    }
+}
+
+/// Why a shipper or receiver ended: its error (counted against its worker), or
+/// `ended` when it ended without one.
+fn failed(result: Result<(), String>, worker: &crate::workers::Worker, ended: &str) -> String {
+    match result {
+        Ok(()) => ended.to_owned(),
+        Err(e) => {
+            worker.error(&e);
+            e
+        }
     }
 }
 
@@ -136,13 +156,15 @@ async fn run(repl: Arc<Replication>, link: Link, mut stopped: watch::Receiver<bo
     repl.engine
         .peer_has_own_changes(peer.applied.get(repl.dc()));
     repl.set_live(idx, true);
+    status.link.set(State::Busy);
+    status.shipper.set(State::Idle);
+    status.receiver.set(State::Idle);
     tracing::info!(peer = %peer.dc, rtt_ms = connection.rtt().as_millis() as u64, "linked");
-    let span = tracing::info_span!("link", dc = %repl.dc(), peer = %peer.dc);
-    let ship = shipper::run(repl.clone(), idx, connection.clone()).instrument(span.clone());
-    let receive = receiver::run(repl.clone(), idx, connection.clone()).instrument(span);
+    let ship = shipper::run(repl.clone(), idx, connection.clone());
+    let receive = receiver::run(repl.clone(), idx, connection.clone());
     let why = tokio::select! {
-        r = ship => r.err().unwrap_or_else(|| "shipper ended".into()),
-        r = receive => r.err().unwrap_or_else(|| "peer closed its stream".into()),
+        r = ship => failed(r, &status.shipper, "shipper ended"),
+        r = receive => failed(r, &status.receiver, "peer closed its stream"),
         e = connection.closed() => e.to_string(),
         _ = stopped.changed() => "shutting down".into(),
     };
@@ -150,6 +172,9 @@ async fn run(repl: Arc<Replication>, link: Link, mut stopped: watch::Receiver<bo
     if status.clear_connection(conn_id) {
         repl.set_live(idx, false);
         status.set_error(&why);
+        for worker in [&status.link, &status.shipper, &status.receiver] {
+            worker.set(State::Waiting);
+        }
         tracing::warn!(peer = %peer.dc, reason = %why, "link down");
     }
 }

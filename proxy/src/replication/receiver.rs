@@ -9,12 +9,14 @@ use std::sync::atomic::Ordering;
 use meridian_policies::{Readiness, VersionVector, dependencies_met, is_valid_dc_id, readiness};
 use meridian_topology::DcIdx;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::Replication;
 use super::status::PeerStatus;
 use crate::change::Change;
 use crate::engine::Entries;
 use crate::link::frame::{self, Frame, FrameError};
+use crate::workers::State;
 
 /// Changes held per stream before reading stops (the sender then waits on flow control).
 const MAX_BUFFERED: usize = 16_384;
@@ -60,8 +62,11 @@ pub(super) async fn run(
         .await
         .map_err(|e| format!("{peer_id} opened no stream: {e}"))?;
     let (tx, mut incoming) = mpsc::channel(FRAME_QUEUE);
-    let _stream = AbortOnDrop(tokio::spawn(read_stream(recv, peer_id.clone(), tx.clone())));
-    let _echoes = AbortOnDrop(tokio::spawn(read_echoes(connection, peer_id.clone(), tx)));
+    // Both end with the link's receiver (aborted on drop), in the link's span.
+    let stream = read_stream(recv, peer_id.clone(), tx.clone()).in_current_span();
+    let echoes = read_echoes(connection, peer_id.clone(), tx).in_current_span();
+    let _stream = AbortOnDrop(tokio::spawn(stream));
+    let _echoes = AbortOnDrop(tokio::spawn(echoes));
     let mut receiver = Receiver {
         status: repl.peer_status(&peer_id),
         repl,
@@ -260,7 +265,10 @@ impl Receiver {
                 return Ok(());
             }
             let count = batch.len() as u64;
-            let waiting = self.repl.engine.apply(batch).await?;
+            self.status.receiver.set(State::Busy);
+            let applied = self.repl.engine.apply(batch).await;
+            self.status.receiver.set(State::Idle);
+            let waiting = applied?;
             PeerStatus::add(&self.status.received, count - waiting.len() as u64);
             let stuck = !waiting.is_empty();
             for change in waiting {

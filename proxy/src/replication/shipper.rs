@@ -12,6 +12,8 @@ use super::Replication;
 use super::status::PeerStatus;
 use crate::change::Change;
 use crate::link::frame::{self, Frame};
+use crate::workers::State;
+use tracing::Instrument;
 
 /// Bytes of frames gathered before a write.
 const WRITE_CHUNK: usize = 256 << 10;
@@ -138,10 +140,12 @@ impl Shipper {
         loop {
             let chunk = self.read_chunk(&mut reader, live, &mut sent)?;
             let count = chunk.ends.len() as u64;
+            self.status.shipper.set(State::Busy);
             self.ship(chunk).await?;
             if count > 0 {
                 continue;
             }
+            self.status.shipper.set(State::Idle);
             if live_rx.has_changed().unwrap_or(false) {
                 return Ok(Stop::Restart);
             }
@@ -332,12 +336,13 @@ fn echo(connection: &quinn::Connection, frames: &[u8], ends: &[usize]) {
         let _ = connection.send_datagram(d.clone());
     }
     let connection = connection.clone();
-    tokio::spawn(async move {
+    let later = async move {
         tokio::time::sleep(ECHO_GAP).await;
         for d in datagrams {
             let _ = connection.send_datagram(d);
         }
-    });
+    };
+    tokio::spawn(later.in_current_span());
 }
 
 /// Whether `change` goes to `peer` from here, and it has not been sent yet.

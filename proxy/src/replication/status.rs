@@ -1,13 +1,14 @@
 //! What replication shows: per peer (link state, RTT, bytes, losses, buffered
 //! changes) and per origin (changes and seconds behind).
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use meridian_policies::Timestamp;
 
 use super::Replication;
 use crate::engine::wall_ms;
+use crate::workers::{Worker, Workers};
 
 /// One peer's link, as metrics and INFO show it.
 #[derive(Debug)]
@@ -36,11 +37,20 @@ pub struct PeerStatus {
     pub snapshots_installed: AtomicU64,
     /// Times the shipper restarted from the peer's acknowledged position.
     pub restarts: AtomicU64,
+    /// The link to the peer, as `/status` shows it: dialling, up, or waiting.
+    pub(super) link: Arc<Worker>,
+    /// The shipper's state while the link is up.
+    pub(super) shipper: Arc<Worker>,
+    /// The receiver's state while the link is up.
+    pub(super) receiver: Arc<Worker>,
 }
 
 impl PeerStatus {
-    pub(super) fn new(dc: &str) -> PeerStatus {
+    pub(super) fn new(dc: &str, workers: &Workers) -> PeerStatus {
         PeerStatus {
+            link: workers.register("link", Some(dc)),
+            shipper: workers.register("shipper", Some(dc)),
+            receiver: workers.register("receiver", Some(dc)),
             dc: dc.to_owned(),
             conn: Mutex::new(None),
             last_error: Mutex::new(None),

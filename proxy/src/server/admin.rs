@@ -1,6 +1,5 @@
 //! The admin HTTP endpoint: `GET /metrics` (Prometheus text) and `GET /status` (JSON).
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -32,9 +31,9 @@ pub(super) async fn serve(
             },
             _ = stopped.changed() => return,
         };
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle(stream, &ctx).await {
+        let task_ctx = ctx.clone();
+        ctx.engine.workers().track(async move {
+            if let Err(e) = handle(stream, &task_ctx).await {
                 tracing::debug!(error = %e, "admin request failed");
             }
         });
@@ -116,89 +115,12 @@ async fn respond(
 }
 
 fn metrics(ctx: &Context) -> String {
-    let mut out = String::with_capacity(16 << 10);
-    let engine = &ctx.engine;
-    let stats = engine.stats();
-    let gauge = |out: &mut String, name: &str, help: &str, kind: &str, value: u64| {
-        let _ = write!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        );
-    };
-    gauge(
-        &mut out,
-        "meridian_connected_clients",
-        "Client connections open now.",
-        "gauge",
-        ctx.clients.load(Ordering::Relaxed) as u64,
-    );
-    gauge(
-        &mut out,
-        "meridian_connections_total",
-        "Client connections accepted.",
-        "counter",
-        ctx.total_connections.load(Ordering::Relaxed),
-    );
-    gauge(
-        &mut out,
-        "meridian_changes_committed_total",
-        "Changes this datacenter wrote to its log.",
-        "counter",
-        stats.changes.load(Ordering::Relaxed),
-    );
-    gauge(
-        &mut out,
-        "meridian_write_batches_total",
-        "Writer batches (one log append each).",
-        "counter",
-        stats.batches.load(Ordering::Relaxed),
-    );
-    gauge(
-        &mut out,
-        "meridian_log_bytes_total",
-        "Bytes appended to the replication log.",
-        "counter",
-        stats.log_bytes.load(Ordering::Relaxed),
-    );
-    gauge(
-        &mut out,
-        "meridian_changes_replayed_total",
-        "Changes replayed from the log at start-up.",
-        "counter",
-        stats.replayed.load(Ordering::Relaxed),
-    );
-    gauge(
-        &mut out,
-        "meridian_uncommitted_keys",
-        "Keys logged but not yet in the backend.",
-        "gauge",
-        engine.uncommitted() as u64,
-    );
-    gauge(
-        &mut out,
-        "meridian_uptime_seconds",
-        "Seconds since the proxy started.",
-        "gauge",
-        ctx.started.elapsed().as_secs(),
-    );
-    ctx.commands.render(&mut out);
-    engine.backend_stats().render(&mut out);
-    super::replicate::render_metrics(&mut out, ctx);
-    out
+    crate::metrics::prometheus(&super::observe::collect(ctx))
 }
 
 fn status(ctx: &Context) -> String {
     let engine = &ctx.engine;
     let stats = engine.stats();
-    let writer = match engine.broken() {
-        Some(why) => serde_json::json!({ "name": "writer", "state": "stopped", "error": why }),
-        None => serde_json::json!({ "name": "writer", "state": "running" }),
-    };
-    let committer = serde_json::json!({
-        "name": "committer",
-        "state": if engine.uncommitted() == 0 { "idle" } else { "busy" },
-        "uncommitted_keys": engine.uncommitted(),
-    });
     let body = serde_json::json!({
         "datacenter": ctx.config.dc,
         "version": env!("CARGO_PKG_VERSION"),
@@ -209,7 +131,9 @@ fn status(ctx: &Context) -> String {
         "clients": ctx.clients.load(Ordering::Relaxed),
         "changes_committed": stats.changes.load(Ordering::Relaxed),
         "changes_replayed_at_start": stats.replayed.load(Ordering::Relaxed),
-        "workers": [writer, committer],
+        "writes_stopped": engine.broken(),
+        "workers": engine.workers().json(),
+        "metrics": crate::metrics::json(&super::observe::collect(ctx)),
     });
     format!("{body:#}\n")
 }
