@@ -76,18 +76,36 @@ async fn measure(args: &ReplicationArgs, binary: std::path::PathBuf) -> Result<(
         args.value_size
     );
     let value = vec![b'v'; args.value_size];
+    catch_up(&mut cluster, args, &value).await?;
+    streaming(&cluster, args, &value).await?;
+    visibility_lag(&cluster, args, one_way, value).await?;
+    let info = cluster
+        .replication_info(0)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(peer) = info.get("peer_receiver") {
+        println!("origin's link to the receiver: {peer}");
+    }
+    Ok(())
+}
 
-    // Catch-up: a backlog written while the receiver is down.
+/// Catch-up: a backlog written while the receiver is down, then how fast it
+/// arrives once the receiver is back.
+async fn catch_up(
+    cluster: &mut Cluster,
+    args: &ReplicationArgs,
+    value: &[u8],
+) -> Result<(), String> {
     cluster.kill(1).map_err(|e| e.to_string())?;
-    let before = origin_seq(&cluster).await?;
+    let before = origin_seq(cluster).await?;
     let started = Instant::now();
-    write_burst(&cluster, "backlog", args.changes, &value).await?;
+    write_burst(cluster, "backlog", args.changes, value).await?;
     let ingest = started.elapsed();
     let target = before + args.changes;
     cluster.restart(1).await.map_err(|e| e.to_string())?;
     let back = Instant::now();
-    let first = wait_applied(&cluster, before + 1).await?;
-    wait_applied(&cluster, target).await?;
+    let first = wait_applied(cluster, before + 1).await?;
+    wait_applied(cluster, target).await?;
     let catch_up = back.elapsed();
     let transfer = catch_up.saturating_sub(first.duration_since(back));
     println!(
@@ -98,13 +116,16 @@ async fn measure(args: &ReplicationArgs, binary: std::path::PathBuf) -> Result<(
         args.changes as f64 / transfer.as_secs_f64(),
         args.changes as f64 / ingest.as_secs_f64()
     );
+    Ok(())
+}
 
-    // Streaming: writes and replication at once.
-    let before = origin_seq(&cluster).await?;
+/// Streaming: writes and replication at once.
+async fn streaming(cluster: &Cluster, args: &ReplicationArgs, value: &[u8]) -> Result<(), String> {
+    let before = origin_seq(cluster).await?;
     let started = Instant::now();
-    write_burst(&cluster, "stream", args.changes, &value).await?;
+    write_burst(cluster, "stream", args.changes, value).await?;
     let ingest = started.elapsed();
-    wait_applied(&cluster, before + args.changes).await?;
+    wait_applied(cluster, before + args.changes).await?;
     let total = started.elapsed();
     println!(
         "streaming:  {} changes written in {:.2} s ({:.0}/s), all applied at the receiver after {:.2} s: {:.0} changes/s end to end",
@@ -114,12 +135,20 @@ async fn measure(args: &ReplicationArgs, binary: std::path::PathBuf) -> Result<(
         total.as_secs_f64(),
         args.changes as f64 / total.as_secs_f64()
     );
+    Ok(())
+}
 
-    // Visibility under a steady, moderate load.
+/// Visibility lag under a steady, moderate load.
+async fn visibility_lag(
+    cluster: &Cluster,
+    args: &ReplicationArgs,
+    one_way: Duration,
+    value: Vec<u8>,
+) -> Result<(), String> {
     let (stop_tx, stop) = watch::channel(false);
     let conn = cluster.connect(0).await.map_err(|e| e.to_string())?;
-    let load = tokio::spawn(steady(conn, args.load, value.clone(), stop.clone()));
-    let probes = visibility::measure(&cluster, &[0], Duration::from_millis(10), stop.clone());
+    let load = tokio::spawn(steady(conn, args.load, value, stop.clone()));
+    let probes = visibility::measure(cluster, &[0], Duration::from_millis(10), stop.clone());
     let timer = async {
         sleep(Duration::from_secs(args.seconds)).await;
         stop_tx.send_replace(true);
@@ -140,13 +169,6 @@ async fn measure(args: &ReplicationArgs, binary: std::path::PathBuf) -> Result<(
         ms(h.max()),
         ms(h.value_at_quantile(0.99)) - one_way_ms
     );
-    let info = cluster
-        .replication_info(0)
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Some(peer) = info.get("peer_receiver") {
-        println!("origin's link to the receiver: {peer}");
-    }
     Ok(())
 }
 

@@ -87,11 +87,26 @@ pub(crate) async fn start_regions(
 }
 
 async fn run(args: &DemoArgs) -> Result<bool, String> {
+    if !(0.0..1.0).contains(&args.loss) {
+        return Err(format!("--loss {} is not a fraction below 1", args.loss));
+    }
     let preset = match args.preset {
         PresetArg::Three => Preset::ThreeRegions,
         PresetArg::Five => Preset::FiveRegions,
         PresetArg::Six => Preset::SixRegions,
     };
+    let cluster = start(args, preset).await?;
+    println!(
+        "running a mixed workload for {} s: {} operations per second from a client in each region…",
+        args.seconds, args.rate
+    );
+    let lags = workload(args, &cluster).await?;
+    print_lags(args.topology, preset.regions(), &lags);
+    report_convergence(&cluster).await
+}
+
+/// Starts the preset's regions with skewed clocks and says what runs.
+async fn start(args: &DemoArgs, preset: Preset) -> Result<Cluster, String> {
     let (shape, shape_name) = match args.topology {
         TopologyArg::AllToAll => (Shape::AllToAll, "all-to-all".to_owned()),
         TopologyArg::Ring => (Shape::Ring, "a ring".to_owned()),
@@ -103,11 +118,7 @@ async fn run(args: &DemoArgs) -> Result<bool, String> {
             format!("a star through {}", preset.regions()[0].id()),
         ),
     };
-    if !(0.0..1.0).contains(&args.loss) {
-        return Err(format!("--loss {} is not a fraction below 1", args.loss));
-    }
-    let regions = preset.regions();
-    let ids: Vec<&str> = regions.iter().map(|r| r.id()).collect();
+    let ids: Vec<&str> = preset.regions().iter().map(|r| r.id()).collect();
     println!(
         "meridian demo: {} regions ({}) over {shape_name}, each a proxy on the embedded store",
         ids.len(),
@@ -129,11 +140,12 @@ async fn run(args: &DemoArgs) -> Result<bool, String> {
         args.loss * 100.0,
         offsets
     );
-    println!(
-        "running a mixed workload for {} s: {} operations per second from a client in each region…",
-        args.seconds, args.rate
-    );
+    Ok(cluster)
+}
 
+/// Runs a client in every region and visibility probes between all of them for
+/// the demo's duration; returns the lags measured.
+async fn workload(args: &DemoArgs, cluster: &Cluster) -> Result<visibility::LagTable, String> {
     let (stop_tx, stop) = watch::channel(false);
     let all: Vec<usize> = (0..cluster.len()).collect();
     let mut clients = tokio::task::JoinSet::new();
@@ -141,7 +153,7 @@ async fn run(args: &DemoArgs) -> Result<bool, String> {
         let conn = cluster.connect(dc).await.map_err(|e| e.to_string())?;
         clients.spawn(client(conn, dc as u64, args.rate, stop.clone()));
     }
-    let probes = visibility::measure(&cluster, &all, Duration::from_millis(20), stop.clone());
+    let probes = visibility::measure(cluster, &all, Duration::from_millis(20), stop.clone());
     let timer = async {
         tokio::time::sleep(Duration::from_secs(args.seconds)).await;
         stop_tx.send_replace(true);
@@ -156,7 +168,15 @@ async fn run(args: &DemoArgs) -> Result<bool, String> {
         "workload: {} writes and {} reads, {} errors",
         totals.writes, totals.reads, totals.errors
     );
+    Ok(lags)
+}
 
+/// The lag table: every directed pair of regions, beside its route's one-way delay.
+fn print_lags(
+    topology: TopologyArg,
+    regions: &[meridian_testbed::Region],
+    lags: &visibility::LagTable,
+) {
     println!(
         "\nreplication visibility lag (written at the origin → readable in the region; route: the one-way delay along the topology's path):"
     );
@@ -164,15 +184,14 @@ async fn run(args: &DemoArgs) -> Result<bool, String> {
         "{:<14} {:<14} {:>9} {:>8} {:>9} {:>9} {:>9}",
         "from", "to", "route", "probes", "p50", "p99", "max"
     );
-    for from in 0..cluster.len() {
-        for to in (0..cluster.len()).filter(|&to| to != from) {
+    for from in 0..regions.len() {
+        for to in (0..regions.len()).filter(|&to| to != from) {
             let Some(h) = &lags[from][to] else { continue };
-            let one_way = route_ms(args.topology, regions, from, to);
             println!(
                 "{:<14} {:<14} {:>6.1} ms {:>8} {:>6.1} ms {:>6.1} ms {:>6.1} ms",
-                ids[from],
-                ids[to],
-                one_way,
+                regions[from].id(),
+                regions[to].id(),
+                route_ms(topology, regions, from, to),
                 h.len(),
                 ms(h.value_at_quantile(0.5)),
                 ms(h.value_at_quantile(0.99)),
@@ -180,7 +199,11 @@ async fn run(args: &DemoArgs) -> Result<bool, String> {
             );
         }
     }
+}
 
+/// Waits for every region to hold the same data and says so, with the conflicts
+/// last-writer-wins settled; `false` (and the logs' tails) when they did not.
+async fn report_convergence(cluster: &Cluster) -> Result<bool, String> {
     let mut conflicts = 0u64;
     for dc in 0..cluster.len() {
         let info = cluster

@@ -13,6 +13,7 @@
 
 mod backend;
 mod committer;
+mod error;
 mod memtable;
 mod replay;
 mod retention;
@@ -36,6 +37,7 @@ use crate::workers::Workers;
 use backend::{Backend, ReadContext};
 
 pub use backend::{BackendConfig, BackendError, Entries, Stored};
+pub use error::ApplyError;
 pub use writer::Fsync;
 
 /// Wall time in milliseconds since the Unix epoch.
@@ -64,7 +66,7 @@ pub enum OpenError {
     },
     /// Replaying the log into the backend failed.
     #[error("replaying the replication log into the backend failed: {0}")]
-    Replay(String),
+    Replay(#[source] BackendError),
     /// A worker thread could not be started.
     #[error("could not start a worker thread: {0}")]
     Thread(std::io::Error),
@@ -287,7 +289,7 @@ impl Engine {
         &self,
         vector: VersionVector,
         entries: Entries,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, ApplyError> {
         let (done, rx) = oneshot::channel();
         if self
             .writes
@@ -295,10 +297,9 @@ impl Engine {
             .await
             .is_err()
         {
-            return Err("the proxy is shutting down".into());
+            return Err(ApplyError::ShuttingDown);
         }
-        rx.await
-            .map_err(|_| "the proxy is shutting down".to_owned())?
+        rx.await.map_err(|_| ApplyError::ShuttingDown)?
     }
 
     /// The store's data and the vector it reaches, read in one transaction (the
@@ -368,7 +369,7 @@ impl Engine {
     pub async fn apply(
         &self,
         changes: Vec<crate::change::Change>,
-    ) -> Result<Vec<crate::change::Change>, String> {
+    ) -> Result<Vec<crate::change::Change>, ApplyError> {
         let (done, rx) = oneshot::channel();
         if self
             .writes
@@ -376,10 +377,9 @@ impl Engine {
             .await
             .is_err()
         {
-            return Err("the proxy is shutting down".into());
+            return Err(ApplyError::ShuttingDown);
         }
-        rx.await
-            .map_err(|_| "the proxy is shutting down".to_owned())?
+        rx.await.map_err(|_| ApplyError::ShuttingDown)?
     }
 
     /// Backend commit latencies.

@@ -14,6 +14,7 @@ mod certs;
 mod change;
 mod command;
 mod engine;
+mod error;
 mod link;
 mod log;
 mod metrics;
@@ -25,6 +26,7 @@ mod workers;
 pub use certs::{CertsError, generate as generate_certs};
 pub use change::CHANGE_FORMAT;
 pub use engine::{BackendConfig, DEFAULT_MAX_UNSTORED, DEFAULT_SEGMENT_BYTES, Fsync};
+pub use error::{Classify, Origin};
 pub use link::{
     ALPN, Identity, Link, LinkError, LinkTls, PROTOCOL_VERSION, accept as accept_link,
     connect as connect_link,

@@ -319,7 +319,8 @@ pub async fn accept(
             let _ = send.finish();
             Ok(Link { peer, connection })
         }
-        Err(reason) => {
+        Err(refusal) => {
+            let reason = refusal.to_string();
             let _ = write_frame(&mut send, &Frame::Refused(reason.clone())).await;
             let _ = send.finish();
             // Let the refusal reach the peer before the connection goes.
@@ -333,15 +334,62 @@ pub async fn accept(
     }
 }
 
+/// Why this side refuses a peer's handshake; its text is sent to the peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The client presented no certificate.
+    #[error("the peer presented no certificate")]
+    NoCertificate,
+    /// The certificate does not parse.
+    #[error("unreadable certificate: {0}")]
+    BadCertificate(String),
+    /// The certificate names no datacenter of the topology.
+    #[error("its certificate names no datacenter of this cluster")]
+    UnknownCertificate,
+    /// The first frame was not a hello.
+    #[error("it sent something other than a hello")]
+    NotHello,
+    /// Another link protocol.
+    #[error("it speaks link protocol version {0}; this proxy speaks {PROTOCOL_VERSION}")]
+    Version(u16),
+    /// Another cluster.
+    #[error("it belongs to cluster {theirs:?}; this is cluster {ours:?}")]
+    Cluster {
+        /// The peer's cluster.
+        theirs: String,
+        /// This proxy's.
+        ours: String,
+    },
+    /// The hello and the certificate name different datacenters.
+    #[error("it claims to be {claimed:?} but its certificate names {certified:?}")]
+    Impostor {
+        /// The datacenter the hello names.
+        claimed: String,
+        /// The one the certificate names.
+        certified: String,
+    },
+    /// A datacenter the topology does not have.
+    #[error("{0:?} is not a datacenter of this topology")]
+    NotInTopology(String),
+    /// A pair the topology does not link.
+    #[error("the topology has no link between {ours:?} and {theirs:?}")]
+    NotLinked {
+        /// This datacenter.
+        ours: String,
+        /// The peer.
+        theirs: String,
+    },
+}
+
 /// The datacenter the client's certificate names.
-fn certified_dc(connection: &quinn::Connection, topology: &Topology) -> Result<String, String> {
+fn certified_dc(connection: &quinn::Connection, topology: &Topology) -> Result<String, Refusal> {
     let chain = connection
         .peer_identity()
         .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or("the peer presented no certificate")?;
-    let leaf = chain.first().ok_or("the peer presented no certificate")?;
+        .ok_or(Refusal::NoCertificate)?;
+    let leaf = chain.first().ok_or(Refusal::NoCertificate)?;
     let cert = webpki::EndEntityCert::try_from(leaf)
-        .map_err(|e| format!("unreadable certificate: {e}"))?;
+        .map_err(|e| Refusal::BadCertificate(e.to_string()))?;
     topology
         .datacenters
         .iter()
@@ -350,7 +398,7 @@ fn certified_dc(connection: &quinn::Connection, topology: &Topology) -> Result<S
                 .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
         })
         .map(|dc| dc.id.clone())
-        .ok_or_else(|| "its certificate names no datacenter of this cluster".to_owned())
+        .ok_or(Refusal::UnknownCertificate)
 }
 
 fn check_hello(
@@ -358,7 +406,7 @@ fn check_hello(
     cert_dc: &str,
     me: &Identity,
     topology: &Topology,
-) -> Result<Identity, String> {
+) -> Result<Identity, Refusal> {
     let Frame::Hello(Hello {
         version,
         cluster,
@@ -366,32 +414,31 @@ fn check_hello(
         applied,
     }) = frame
     else {
-        return Err("it sent something other than a hello".into());
+        return Err(Refusal::NotHello);
     };
     if version != PROTOCOL_VERSION {
-        return Err(format!(
-            "it speaks link protocol version {version}; this proxy speaks {PROTOCOL_VERSION}"
-        ));
+        return Err(Refusal::Version(version));
     }
     if cluster != me.cluster {
-        return Err(format!(
-            "it belongs to cluster {cluster:?}; this is cluster {:?}",
-            me.cluster
-        ));
+        return Err(Refusal::Cluster {
+            theirs: cluster,
+            ours: me.cluster.clone(),
+        });
     }
     if dc != cert_dc {
-        return Err(format!(
-            "it claims to be {dc:?} but its certificate names {cert_dc:?}"
-        ));
+        return Err(Refusal::Impostor {
+            claimed: dc,
+            certified: cert_dc.to_owned(),
+        });
     }
     let (Some(a), Some(b)) = (topology.index_of(&me.dc), topology.index_of(&dc)) else {
-        return Err(format!("{dc:?} is not a datacenter of this topology"));
+        return Err(Refusal::NotInTopology(dc));
     };
     if !topology.router.may_link(a, b) {
-        return Err(format!(
-            "the topology has no link between {:?} and {dc:?}",
-            me.dc
-        ));
+        return Err(Refusal::NotLinked {
+            ours: me.dc.clone(),
+            theirs: dc,
+        });
     }
     Ok(Identity {
         cluster,

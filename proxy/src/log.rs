@@ -104,55 +104,8 @@ impl Log {
     pub fn open_sized(dir: &Path, segment_bytes: u64) -> Result<(Log, Recovered), LogError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let base = read_base(dir)?;
-        let mut segments = list_segments(dir)?;
-        // Finish a truncation a crash interrupted: the base is written first.
-        while segments.len() > 1 && segments[1].0 <= base.0 {
-            let (_, path) = segments.remove(0);
-            fs::remove_file(&path).map_err(io_err(&path))?;
-        }
-        if segments.is_empty() {
-            let path = segment_path(dir, base.0);
-            create_segment(&path)?;
-            segments.push((base.0, path));
-        }
-        let mut records = segments[0].0;
-        if records != base.0 {
-            let what = format!(
-                "the log starts at record {records}, but its base file says {}",
-                base.0
-            );
-            return Err(LogError::Corrupt {
-                path: segments[0].1.clone(),
-                offset: 0,
-                what,
-            });
-        }
-        let mut truncated_bytes = 0;
-        let last = segments.len() - 1;
-        for (i, (first_lsn, path)) in segments.iter().enumerate() {
-            if *first_lsn != records {
-                let what = format!(
-                    "segment starts at record {first_lsn}, but the segments before it end at record {records}"
-                );
-                return Err(LogError::Corrupt {
-                    path: path.clone(),
-                    offset: 0,
-                    what,
-                });
-            }
-            let scan = scan_segment(path, i == last)?;
-            records += scan.records;
-            if scan.torn > 0 {
-                tracing::warn!(segment = %path.display(), offset = scan.good_len, bytes = scan.torn, "truncating a torn record at the end of the replication log");
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(io_err(path))?;
-                f.set_len(scan.good_len).map_err(io_err(path))?;
-                f.sync_all().map_err(io_err(path))?;
-                truncated_bytes = scan.torn;
-            }
-        }
+        let mut segments = segments_from(dir, base.0)?;
+        let (records, truncated_bytes) = recover(&segments, base.0)?;
         let (_, file_path) = segments.pop().unwrap_or_else(|| (0, segment_path(dir, 0)));
         let file = OpenOptions::new()
             .append(true)
@@ -279,10 +232,10 @@ impl Log {
 /// new start, or `None` when no segment could go. Safe beside a running appender and
 /// readers: the appender only touches the newest segment, and a reader holding a
 /// removed segment open reads on to its end.
-pub fn truncate_before(
+pub fn truncate_before<E: std::fmt::Display>(
     dir: &Path,
     lsn: u64,
-    describe: impl FnOnce(u64) -> Result<Vec<u8>, String>,
+    describe: impl FnOnce(u64) -> Result<Vec<u8>, E>,
 ) -> Result<Option<u64>, LogError> {
     let segments = list_segments(dir)?;
     let Some(start) = segments
@@ -297,13 +250,70 @@ pub fn truncate_before(
     let bytes = describe(start).map_err(|what| LogError::Corrupt {
         path: dir.to_owned(),
         offset: 0,
-        what,
+        what: what.to_string(),
     })?;
     write_base(dir, start, &bytes)?;
     for (_, path) in segments.iter().take_while(|(first, _)| *first < start) {
         fs::remove_file(path).map_err(io_err(path))?;
     }
     Ok(Some(start))
+}
+
+/// The segments from the base on, oldest first: finishes a truncation a crash
+/// interrupted (the base is written first), and creates the first segment of a
+/// new log.
+fn segments_from(dir: &Path, base: u64) -> Result<Vec<(u64, PathBuf)>, LogError> {
+    let mut segments = list_segments(dir)?;
+    while segments.len() > 1 && segments[1].0 <= base {
+        let (_, path) = segments.remove(0);
+        fs::remove_file(&path).map_err(io_err(&path))?;
+    }
+    if segments.is_empty() {
+        let path = segment_path(dir, base);
+        create_segment(&path)?;
+        segments.push((base, path));
+    }
+    Ok(segments)
+}
+
+/// Checks every record of every segment, truncating a torn tail of the last one;
+/// returns the next LSN and how many bytes were truncated.
+fn recover(segments: &[(u64, PathBuf)], base: u64) -> Result<(u64, u64), LogError> {
+    let mut records = segments.first().map_or(base, |s| s.0);
+    if records != base {
+        return Err(LogError::Corrupt {
+            path: segments[0].1.clone(),
+            offset: 0,
+            what: format!("the log starts at record {records}, but its base file says {base}"),
+        });
+    }
+    let mut truncated_bytes = 0;
+    let last = segments.len().saturating_sub(1);
+    for (i, (first_lsn, path)) in segments.iter().enumerate() {
+        if *first_lsn != records {
+            let what = format!(
+                "segment starts at record {first_lsn}, but the segments before it end at record {records}"
+            );
+            return Err(LogError::Corrupt {
+                path: path.clone(),
+                offset: 0,
+                what,
+            });
+        }
+        let scan = scan_segment(path, i == last)?;
+        records += scan.records;
+        if scan.torn > 0 {
+            tracing::warn!(segment = %path.display(), offset = scan.good_len, bytes = scan.torn, "truncating a torn record at the end of the replication log");
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io_err(path))?;
+            f.set_len(scan.good_len).map_err(io_err(path))?;
+            f.sync_all().map_err(io_err(path))?;
+            truncated_bytes = scan.torn;
+        }
+    }
+    Ok((records, truncated_bytes))
 }
 
 /// The first LSN of each segment, oldest first, with its size in bytes.

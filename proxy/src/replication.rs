@@ -23,6 +23,7 @@
 //!   recomputes its routes (ring and star route around it) and every shipper
 //!   restarts from what its peer has acknowledged, so nothing falls between routes.
 
+mod error;
 mod links;
 mod receiver;
 mod shipper;
@@ -41,6 +42,7 @@ use tokio::sync::watch;
 use crate::engine::Engine;
 use crate::link::LinkTls;
 
+pub use error::StreamError;
 pub use status::{OriginLag, PeerStatus};
 
 /// How a proxy replicates.

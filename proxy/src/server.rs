@@ -152,43 +152,13 @@ impl Proxy {
     /// Opens the data directory (replaying the log), binds the client address and
     /// starts serving.
     pub async fn start(config: ProxyConfig) -> Result<Proxy, StartError> {
-        let engine_config = EngineConfig {
-            dc: config.dc.clone(),
-            fsync: config.fsync,
-            max_drift: Duration::from_secs(5),
-            backend: config.backend.clone(),
-            clock_offset_ms: config.clock_offset_ms,
-            max_unstored: config.max_unstored,
-            log_retention: config.log_retention,
-            log_segment_bytes: config.log_segment_bytes,
-        };
-        let data_dir = config.data_dir.clone();
-        let engine = tokio::task::spawn_blocking(move || Engine::open(&data_dir, engine_config))
-            .await
-            .map_err(|e| OpenError::Thread(std::io::Error::other(e)))??;
-        let listener =
-            TcpListener::bind(&config.client)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.client.clone(),
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.client.clone(),
-            source,
-        })?;
+        let engine = open_engine(&config).await?;
+        let (listener, addr) = bind(&config.client).await?;
         let admin = match &config.admin {
-            Some(a) => Some(
-                TcpListener::bind(a)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        addr: a.clone(),
-                        source,
-                    })?,
-            ),
+            Some(a) => Some(bind(a).await?),
             None => None,
         };
-        let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+        let admin_addr = admin.as_ref().map(|(_, addr)| *addr);
         let (stop, stopped) = watch::channel(false);
         let replication = match &config.replication {
             Some(rc) => Some(crate::replication::Replication::start(
@@ -212,7 +182,7 @@ impl Proxy {
             config,
         });
         let span = tracing::info_span!("proxy", dc = %ctx.config.dc);
-        if let Some(admin) = admin {
+        if let Some((admin, _)) = admin {
             let (admin_ctx, stopped) = (ctx.clone(), stopped.clone());
             ctx.engine.workers().spawn("admin", None, |worker| {
                 worker.set(crate::workers::State::Idle);
@@ -256,6 +226,36 @@ impl Proxy {
         self.ctx.engine.workers().join(self.ctx.config.grace).await;
         self.ctx.engine.shutdown().await;
     }
+}
+
+/// Opens the data directory and replays the log, off the async workers.
+async fn open_engine(config: &ProxyConfig) -> Result<Engine, StartError> {
+    let engine_config = EngineConfig {
+        dc: config.dc.clone(),
+        fsync: config.fsync,
+        max_drift: Duration::from_secs(5),
+        backend: config.backend.clone(),
+        clock_offset_ms: config.clock_offset_ms,
+        max_unstored: config.max_unstored,
+        log_retention: config.log_retention,
+        log_segment_bytes: config.log_segment_bytes,
+    };
+    let data_dir = config.data_dir.clone();
+    let engine = tokio::task::spawn_blocking(move || Engine::open(&data_dir, engine_config))
+        .await
+        .map_err(|e| OpenError::Thread(std::io::Error::other(e)))??;
+    Ok(engine)
+}
+
+/// Binds a listener, saying which address could not be bound.
+async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), StartError> {
+    let fail = |source| StartError::Bind {
+        addr: addr.to_owned(),
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(fail)?;
+    let local = listener.local_addr().map_err(fail)?;
+    Ok((listener, local))
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, mut stopped: watch::Receiver<bool>) {

@@ -170,18 +170,26 @@ fn read(report: &mut Report<'_>, root: &Table<'_, '_>, base: &Path) -> Option<To
     })
 }
 
+/// The `topology` key's values.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    AllToAll,
+    Ring,
+    Star,
+}
+
+const SHAPES: [(&str, Shape); 3] = [
+    ("all-to-all", Shape::AllToAll),
+    ("ring", Shape::Ring),
+    ("star", Shape::Star),
+];
+
 fn read_cluster(
     report: &mut Report<'_>,
     root: &Table<'_, '_>,
     ids: &Ids,
     n: usize,
 ) -> Option<(String, TopologyKind, StarFallback)> {
-    #[derive(Clone, Copy, PartialEq)]
-    enum Shape {
-        AllToAll,
-        Ring,
-        Star,
-    }
     let Some((table, span)) = root.table(report, "cluster") else {
         if root.get("cluster").is_none() {
             report.whole(
@@ -204,13 +212,8 @@ fn read_cluster(
         }
         Some(name.to_owned())
     });
-    let shapes = [
-        ("all-to-all", Shape::AllToAll),
-        ("ring", Shape::Ring),
-        ("star", Shape::Star),
-    ];
     let shape = match t.get("topology") {
-        Some(_) => t.choice(report, "topology", &shapes),
+        Some(_) => t.choice(report, "topology", &SHAPES),
         None => Some(Shape::AllToAll),
     };
     let fallbacks = [
@@ -220,25 +223,44 @@ fn read_cluster(
     let fallback = t
         .choice(report, "star_fallback", &fallbacks)
         .unwrap_or(StarFallback::Direct);
+    if let Some(shape) = shape {
+        check_shape_keys(report, &t, shape);
+    }
+    let kind = topology_kind(report, &t, shape?, ids, n);
+    Some((name?, kind?, fallback))
+}
+
+/// Keys that belong to another topology than the one chosen are errors.
+fn check_shape_keys(report: &mut Report<'_>, t: &Table<'_, '_>, shape: Shape) {
     for (key, applies) in [
         ("ring", Shape::Ring),
         ("hub", Shape::Star),
         ("star_fallback", Shape::Star),
     ] {
-        if let (Some(v), Some(shape)) = (t.get(key), shape) {
-            if shape != applies {
-                let kind = shapes.iter().find(|s| s.1 == applies).map_or("", |s| s.0);
-                report.at(
-                    &v.span(),
-                    &t.key_path(key),
-                    format!("only applies when topology = {kind:?}"),
-                );
-            }
+        if let Some(v) = t.get(key)
+            && shape != applies
+        {
+            let kind = SHAPES.iter().find(|s| s.1 == applies).map_or("", |s| s.0);
+            report.at(
+                &v.span(),
+                &t.key_path(key),
+                format!("only applies when topology = {kind:?}"),
+            );
         }
     }
-    let kind = match shape? {
+}
+
+/// The topology with what its shape needs: the ring's order, the star's hub.
+fn topology_kind(
+    report: &mut Report<'_>,
+    t: &Table<'_, '_>,
+    shape: Shape,
+    ids: &Ids,
+    n: usize,
+) -> Option<TopologyKind> {
+    Some(match shape {
         Shape::AllToAll => TopologyKind::AllToAll,
-        Shape::Ring => TopologyKind::Ring(sections::ring_order(report, &t, ids, n)?),
+        Shape::Ring => TopologyKind::Ring(sections::ring_order(report, t, ids, n)?),
         Shape::Star => {
             let hub = t.required_string(
                 report,
@@ -250,8 +272,7 @@ fn read_cluster(
                 hub: ids.resolve(report, "cluster.hub", hub, &span)?,
             }
         }
-    };
-    Some((name?, kind, fallback))
+    })
 }
 
 /// Two listeners may not share an address: one of them would fail to bind.

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::pin::Pin;
 
 use bytes::Bytes;
-use meridian_policies::{Version, VersionVector};
+use meridian_policies::{Version, VersionDecodeError, VersionVector};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -105,7 +105,7 @@ impl Stored {
     }
 
     /// Reads a record written by [`Stored::encode`] (or by format 1).
-    pub fn decode(bytes: &[u8]) -> Result<Stored, String> {
+    pub fn decode(bytes: &[u8]) -> Result<Stored, RecordError> {
         #[derive(Deserialize, Serialize)]
         struct V1 {
             value: Value,
@@ -114,14 +114,14 @@ impl Stored {
         }
         match bytes.split_first() {
             Some((&RECORD_FORMAT, mut rest)) => {
-                let version = Version::decode_prefix(&mut rest).map_err(|e| e.to_string())?;
-                let value = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+                let version = Version::decode_prefix(&mut rest)?;
+                let value = postcard::from_bytes(rest)?;
                 Ok(Stored { value, version })
             }
             Some((1, body)) => {
-                let v1: V1 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+                let v1: V1 = postcard::from_bytes(body)?;
                 if !meridian_policies::is_valid_dc_id(&v1.origin) {
-                    return Err("a record names an invalid origin datacenter".into());
+                    return Err(RecordError::Version(VersionDecodeError::BadOrigin));
                 }
                 Ok(Stored {
                     value: v1.value,
@@ -131,10 +131,27 @@ impl Stored {
                     ),
                 })
             }
-            Some((&v, _)) => Err(format!("record format {v} is not known to this build")),
-            None => Err("empty record".into()),
+            Some((&v, _)) => Err(RecordError::UnknownFormat(v)),
+            None => Err(RecordError::Empty),
         }
     }
+}
+
+/// Why bytes could not be read as a stored record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// No bytes at all.
+    #[error("empty record")]
+    Empty,
+    /// A format this build does not know (written by a newer meridian).
+    #[error("record format {0} is not known to this build")]
+    UnknownFormat(u8),
+    /// The key's version does not decode.
+    #[error("its version: {0}")]
+    Version(#[from] VersionDecodeError),
+    /// The value does not decode.
+    #[error("its value: {0}")]
+    Value(#[from] postcard::Error),
 }
 
 /// What a key holds in the database, as the writer needs it.

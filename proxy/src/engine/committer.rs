@@ -113,76 +113,130 @@ pub(super) fn spawn(
     Ok((Queue { tx, budget, max }, handle))
 }
 
+/// The committer's state between batches.
+struct Committer<'a> {
+    shared: &'a Shared,
+    worker: &'a Worker,
+    target: Box<dyn Session>,
+    last_checkpoint: Instant,
+    /// What the last commit reached, while no checkpoint has made it durable.
+    since_checkpoint: Option<(VersionVector, u64)>,
+    /// The vector the last commit reached.
+    applied: Option<VersionVector>,
+}
+
 fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget, worker: &Worker) {
-    let mut target = shared.backend.session();
-    let commit =
-        |target: &mut Box<dyn Session>, changes: &[Change], vector: &VersionVector, durable| {
-            worker.set(State::Busy);
-            let done = commit_until_done(shared, target, changes, vector, durable, worker);
-            worker.set(if done { State::Idle } else { State::Failed });
-            done
-        };
+    let mut committer = Committer {
+        shared,
+        worker,
+        target: shared.backend.session(),
+        last_checkpoint: Instant::now(),
+        since_checkpoint: None,
+        applied: None,
+    };
     worker.set(State::Idle);
-    let mut last_checkpoint = Instant::now();
-    let mut applied = None;
-    // What the last commit reached, while no checkpoint has made it durable.
-    let mut since_checkpoint: Option<(VersionVector, u64)> = None;
     loop {
         let first = match rx.recv_timeout(CHECKPOINT_EVERY) {
             Ok(first) => first,
             Err(RecvTimeoutError::Timeout) => {
-                // Writes stopped: checkpoint what came last, so retention can proceed.
-                if let Some((vector, end_lsn)) = since_checkpoint.take() {
-                    if !commit(&mut target, &[], &vector, true) {
-                        return;
-                    }
-                    last_checkpoint = Instant::now();
-                    checkpointed(shared, end_lsn);
+                if !committer.checkpoint_idle() {
+                    return;
                 }
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        let mut batches = vec![first];
-        let mut count = batches[0].changes.len();
-        while count < MAX_CHANGES {
-            match rx.try_recv() {
-                Ok(next) => {
-                    count += next.changes.len();
-                    batches.push(next);
-                }
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
-        }
-        let Some(last) = batches.last() else { continue };
-        let forced = batches.iter().any(|b| b.durable);
-        let (batch, vector, end_lsn) = (last.batch, last.applied.clone(), last.end_lsn);
+        let batches = take_batches(first, &rx);
         let queued: usize = batches.iter().map(|b| b.changes.len().max(1)).sum();
-        let changes: Vec<Change> = batches.into_iter().flat_map(|b| b.changes).collect();
-        let checkpoint = forced || last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
-        if !commit(&mut target, &changes, &vector, checkpoint) {
+        if !committer.commit_batches(batches) {
             return;
         }
-        if checkpoint {
-            last_checkpoint = Instant::now();
-            checkpointed(shared, end_lsn);
-            since_checkpoint = None;
-        } else {
-            since_checkpoint = Some((vector.clone(), end_lsn));
-        }
-        shared.memtable.committed(
-            batch,
-            changes
-                .into_iter()
-                .flat_map(|c| c.ops.into_iter().map(|op| op.key)),
-        );
-        shared.committed.send_replace(batch);
         budget.release(queued);
-        applied = Some(vector);
     }
-    // The writer is gone: make everything committed durable.
-    if let Some(vector) = applied {
-        if let Err(e) = target.commit(&[], &vector, true) {
+    committer.finish();
+}
+
+/// `first` and the batches queued behind it, up to [`MAX_CHANGES`] changes.
+fn take_batches(first: Logged, rx: &Receiver<Logged>) -> Vec<Logged> {
+    let mut count = first.changes.len();
+    let mut batches = vec![first];
+    while count < MAX_CHANGES {
+        match rx.try_recv() {
+            Ok(next) => {
+                count += next.changes.len();
+                batches.push(next);
+            }
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        }
+    }
+    batches
+}
+
+impl Committer<'_> {
+    /// Commits, retrying while the backend is unreachable; false once it failed
+    /// for good.
+    fn commit(&mut self, changes: &[Change], vector: &VersionVector, durable: bool) -> bool {
+        self.worker.set(State::Busy);
+        let done = commit_until_done(
+            self.shared,
+            &mut self.target,
+            changes,
+            vector,
+            durable,
+            self.worker,
+        );
+        self.worker
+            .set(if done { State::Idle } else { State::Failed });
+        done
+    }
+
+    /// Writes stopped: checkpoints what came last, so retention can proceed.
+    fn checkpoint_idle(&mut self) -> bool {
+        let Some((vector, end_lsn)) = self.since_checkpoint.take() else {
+            return true;
+        };
+        if !self.commit(&[], &vector, true) {
+            return false;
+        }
+        self.last_checkpoint = Instant::now();
+        checkpointed(self.shared, end_lsn);
+        true
+    }
+
+    /// Commits the batches in one transaction (a durable checkpoint when one is
+    /// due or asked for), then releases their keys from the memtable.
+    fn commit_batches(&mut self, batches: Vec<Logged>) -> bool {
+        let Some(last) = batches.last() else {
+            return true;
+        };
+        let forced = batches.iter().any(|b| b.durable);
+        let (batch, vector, end_lsn) = (last.batch, last.applied.clone(), last.end_lsn);
+        let changes: Vec<Change> = batches.into_iter().flat_map(|b| b.changes).collect();
+        let checkpoint = forced || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
+        if !self.commit(&changes, &vector, checkpoint) {
+            return false;
+        }
+        if checkpoint {
+            self.last_checkpoint = Instant::now();
+            checkpointed(self.shared, end_lsn);
+            self.since_checkpoint = None;
+        } else {
+            self.since_checkpoint = Some((vector.clone(), end_lsn));
+        }
+        let keys = changes
+            .into_iter()
+            .flat_map(|c| c.ops.into_iter().map(|op| op.key));
+        self.shared.memtable.committed(batch, keys);
+        self.shared.committed.send_replace(batch);
+        self.applied = Some(vector);
+        true
+    }
+
+    /// The writer is gone: makes everything committed durable.
+    fn finish(mut self) {
+        if let Some(vector) = self.applied.take()
+            && let Err(e) = self.target.commit(&[], &vector, true)
+        {
             tracing::error!(error = %e, "final checkpoint failed; the log will be replayed at start-up");
         }
     }

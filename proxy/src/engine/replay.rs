@@ -38,7 +38,7 @@ pub(super) fn replay(
     let mut commit = |changes: &[Change], applied: &VersionVector, durable: bool| {
         target
             .commit(changes, applied, durable)
-            .map_err(|e| OpenError::Replay(e.to_string()))
+            .map_err(OpenError::Replay)
     };
     let mut last_hlc = Timestamp::default();
     let mut pending = Vec::new();

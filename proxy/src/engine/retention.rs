@@ -18,6 +18,28 @@ use crate::change::Change;
 use crate::log;
 use crate::workers::{State, Worker};
 
+/// Why the vector a truncated log's base records could not be computed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BaseError {
+    /// The index has no checkpoint that early.
+    #[error("no log checkpoint at or before record {0}")]
+    NoCheckpoint(u64),
+    /// The log is shorter than the position asked for.
+    #[error("the log ends before record {0}")]
+    LogEnds(u64),
+    /// The log could not be read.
+    #[error(transparent)]
+    Read(#[from] log::LogError),
+    /// A record that does not decode.
+    #[error("log record {lsn} does not decode: {source}")]
+    Record {
+        /// Its position.
+        lsn: u64,
+        /// Why.
+        source: crate::change::ChangeDecodeError,
+    },
+}
+
 /// What retention may remove.
 #[derive(Debug)]
 pub(super) struct Retention {
@@ -103,7 +125,7 @@ impl Shared {
             let mut out = Vec::new();
             vector.encode(&mut out);
             base = Some(vector);
-            Ok(out)
+            Ok::<_, BaseError>(out)
         };
         match log::truncate_before(&self.log_dir, keep_from, describe) {
             Ok(Some(start)) => {
@@ -136,7 +158,7 @@ impl Shared {
 
     /// The vector every record before `lsn` reaches, from the nearest checkpoint at
     /// or before it.
-    fn vector_at(&self, lsn: u64) -> Result<VersionVector, String> {
+    fn vector_at(&self, lsn: u64) -> Result<VersionVector, BaseError> {
         let (from, mut vector) = {
             let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
             index
@@ -144,15 +166,15 @@ impl Shared {
                 .rev()
                 .find(|(at, _)| *at <= lsn)
                 .cloned()
-                .ok_or_else(|| format!("no log checkpoint at or before record {lsn}"))?
+                .ok_or(BaseError::NoCheckpoint(lsn))?
         };
         let mut reader = log::LogReader::open(&self.log_dir, from);
         while reader.next_lsn() < lsn {
-            let Some((at, bytes)) = reader.next_record().map_err(|e| e.to_string())? else {
-                return Err(format!("the log ends before record {lsn}"));
+            let Some((at, bytes)) = reader.next_record()? else {
+                return Err(BaseError::LogEnds(lsn));
             };
-            let change = Change::decode(&bytes)
-                .map_err(|e| format!("log record {at} does not decode: {e}"))?;
+            let change =
+                Change::decode(&bytes).map_err(|source| BaseError::Record { lsn: at, source })?;
             vector.advance(&change.origin, change.seq);
         }
         Ok(vector)

@@ -14,7 +14,7 @@ use super::backend::{Entries, Fetched, Session};
 use super::committer::{self, Logged, Queue};
 use super::memtable::View;
 use super::replay::{INDEX_EVERY, Resume};
-use super::{EngineConfig, OpenError, Shared, wall_ms};
+use super::{ApplyError, EngineConfig, OpenError, Shared, wall_ms};
 use crate::change::{Change, Op, Value};
 use crate::command::{DataFn, Keyspace};
 use crate::command::{lookup, wrong_type};
@@ -49,12 +49,16 @@ pub(super) struct Request {
 }
 
 /// Remote changes to apply, and where to say which could not be applied yet.
-pub(super) type ApplyDone = oneshot::Sender<Result<Vec<Change>, String>>;
+pub(super) type ApplyDone = oneshot::Sender<Result<Vec<Change>, ApplyError>>;
 
 pub(super) enum Msg {
     Write(Request),
     Apply(Vec<Change>, ApplyDone),
-    Snapshot(VersionVector, Entries, oneshot::Sender<Result<u64, String>>),
+    Snapshot(
+        VersionVector,
+        Entries,
+        oneshot::Sender<Result<u64, ApplyError>>,
+    ),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -328,6 +332,24 @@ impl Writer {
         if changes.is_empty() {
             return Ok(());
         }
+        let first_lsn = match self.append(&changes, local) {
+            Ok(first) => first,
+            Err(e) => {
+                if local {
+                    self.next_seq = changes[0].seq;
+                }
+                return Err(e);
+            }
+        };
+        let next_lsn = first_lsn + changes.len() as u64;
+        self.advance(&changes, first_lsn, next_lsn);
+        self.hand_over(changes, next_lsn);
+        Ok(())
+    }
+
+    /// Appends the changes to the log with one write (synced first under
+    /// `fsync = always`) and counts them; returns the first one's position.
+    fn append(&mut self, changes: &[Change], local: bool) -> Result<u64, LogWriteError> {
         let encoded: Vec<Vec<u8>> = changes
             .iter()
             .map(|c| {
@@ -336,31 +358,14 @@ impl Writer {
                 buf
             })
             .collect();
-        let appended = self.log.append(encoded.iter().map(Vec::as_slice));
-        let synced = appended.and_then(|first| {
-            if self.fsync == Fsync::Always {
-                self.log.sync().map(|()| first)
-            } else {
-                Ok(first)
-            }
-        });
-        let first_lsn = match synced {
-            Ok(first) => first,
-            Err(e) => {
-                if local {
-                    self.next_seq = changes[0].seq;
-                }
-                return Err(LogWriteError(e));
-            }
-        };
+        let first = self.log.append(encoded.iter().map(Vec::as_slice))?;
         if self.fsync == Fsync::Always {
+            self.log.sync()?;
             self.last_sync = Instant::now();
         }
         let stats = &self.shared.stats;
-        stats.log_bytes.fetch_add(
-            encoded.iter().map(|e| e.len() as u64 + 8).sum(),
-            Ordering::Relaxed,
-        );
+        let bytes = encoded.iter().map(|e| e.len() as u64 + 8).sum();
+        stats.log_bytes.fetch_add(bytes, Ordering::Relaxed);
         let counter = if local {
             &stats.changes
         } else {
@@ -368,21 +373,24 @@ impl Writer {
         };
         counter.fetch_add(changes.len() as u64, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut last_hlc = self
-                .shared
-                .last_hlc
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            for change in &changes {
-                self.applied.advance(&change.origin, change.seq);
-                match last_hlc.get_mut(&change.origin) {
-                    Some(hlc) => *hlc = change.hlc,
-                    None => drop(last_hlc.insert(change.origin.clone(), change.hlc)),
-                }
+        Ok(first)
+    }
+
+    /// Raises the applied vector and each origin's newest timestamp past logged
+    /// changes, and checkpoints the log index when the changes cross a boundary.
+    fn advance(&mut self, changes: &[Change], first_lsn: u64, next_lsn: u64) {
+        let mut last_hlc = self
+            .shared
+            .last_hlc
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for change in changes {
+            self.applied.advance(&change.origin, change.seq);
+            match last_hlc.get_mut(&change.origin) {
+                Some(hlc) => *hlc = change.hlc,
+                None => drop(last_hlc.insert(change.origin.clone(), change.hlc)),
             }
         }
-        let next_lsn = first_lsn + changes.len() as u64;
         if next_lsn / INDEX_EVERY > first_lsn / INDEX_EVERY {
             self.shared
                 .index
@@ -390,6 +398,11 @@ impl Writer {
                 .unwrap_or_else(|p| p.into_inner())
                 .push((next_lsn, self.applied.clone()));
         }
+    }
+
+    /// Makes logged changes visible (memtable, applied vector, log position) and
+    /// queues them for the committer.
+    fn hand_over(&mut self, changes: Vec<Change>, next_lsn: u64) {
         self.batch_no += 1;
         let ops = changes.iter().flat_map(|c| {
             let version = apply::shared_version(&self.dc, c);
@@ -415,7 +428,6 @@ impl Writer {
                 );
             }
         }
-        Ok(())
     }
 
     /// A new local change's dependencies: what this datacenter has applied of the
@@ -491,7 +503,7 @@ impl Writer {
 /// writes may be retried.
 #[derive(Debug, thiserror::Error)]
 #[error("could not write the replication log; nothing was written: {0}")]
-pub(super) struct LogWriteError(crate::log::LogError);
+pub(super) struct LogWriteError(#[from] pub(super) crate::log::LogError);
 
 /// The thread that runs timed log syncs.
 struct Syncer {

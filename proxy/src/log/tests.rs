@@ -193,7 +193,7 @@ fn truncation_keeps_whole_segments_records_a_base_and_survives_reopening() {
     assert!(before.len() > 3, "{before:?}");
     // Cut before record 30: the segments wholly before the one holding it go.
     let start = truncate_before(dir.path(), 30, |lsn| {
-        Ok(format!("vector at {lsn}").into_bytes())
+        Ok::<_, String>(format!("vector at {lsn}").into_bytes())
     })
     .unwrap()
     .unwrap();
@@ -211,10 +211,10 @@ fn truncation_keeps_whole_segments_records_a_base_and_survives_reopening() {
     assert_eq!(all(&log, start).len(), 60 - start as usize);
     // Nothing before the newest segment's start can go twice; the newest stays.
     assert_eq!(
-        truncate_before(dir.path(), start, |_| Ok(Vec::new())).unwrap(),
+        truncate_before(dir.path(), start, |_| Ok::<_, String>(Vec::new())).unwrap(),
         None
     );
-    truncate_before(dir.path(), u64::MAX, |_| Ok(Vec::new())).unwrap();
+    truncate_before(dir.path(), u64::MAX, |_| Ok::<_, String>(Vec::new())).unwrap();
     assert_eq!(segments(dir.path()).unwrap().len(), 1);
 }
 
@@ -243,7 +243,7 @@ fn a_damaged_base_or_a_gap_before_the_first_segment_is_reported() {
         append_all(&mut log, std::slice::from_ref(item));
     }
     drop(log);
-    let start = truncate_before(dir.path(), 20, |_| Ok(b"v".to_vec()))
+    let start = truncate_before(dir.path(), 20, |_| Ok::<_, String>(b"v".to_vec()))
         .unwrap()
         .unwrap();
     let base = dir.path().join("base");

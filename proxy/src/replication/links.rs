@@ -69,11 +69,11 @@ async fn dial_loop(repl: Arc<Replication>, peer: DcIdx, mut stopped: watch::Rece
             return;
         }
         let attempt = async {
-            let addr = address(&repl, peer)
-                .ok_or_else(|| format!("cannot resolve the peer address of {}", repl.id(peer)))?;
-            link::connect(&repl.endpoint, addr, repl.id(peer), &identity(&repl))
-                .await
-                .map_err(|e| e.to_string())
+            let addr = address(&repl, peer).ok_or_else(|| link::LinkError::Connection {
+                peer: repl.id(peer).to_owned(),
+                message: "cannot resolve its peer address".into(),
+            })?;
+            link::connect(&repl.endpoint, addr, repl.id(peer), &identity(&repl)).await
         };
         let result = tokio::select! {
             r = attempt => r,
@@ -97,7 +97,7 @@ async fn dial_loop(repl: Arc<Replication>, peer: DcIdx, mut stopped: watch::Rece
                 failures += 1;
                 let status = repl.peer_status(repl.id(peer));
                 status.link.error(&e);
-                status.set_error(&e);
+                status.set_error(&e.to_string());
             }
         }
         tokio::select! {
@@ -131,12 +131,16 @@ async fn accept_loop(repl: Arc<Replication>, mut stopped: watch::Receiver<bool>)
 
 /// Why a shipper or receiver ended: its error (counted against its worker), or
 /// `ended` when it ended without one.
-fn failed(result: Result<(), String>, worker: &crate::workers::Worker, ended: &str) -> String {
+fn failed(
+    result: Result<(), super::StreamError>,
+    worker: &crate::workers::Worker,
+    ended: &str,
+) -> String {
     match result {
         Ok(()) => ended.to_owned(),
         Err(e) => {
             worker.error(&e);
-            e
+            e.to_string()
         }
     }
 }

@@ -11,8 +11,8 @@ use meridian_topology::DcIdx;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::Replication;
 use super::status::PeerStatus;
+use super::{Replication, StreamError};
 use crate::change::Change;
 use crate::engine::Entries;
 use crate::link::frame::{self, Frame, FrameError};
@@ -55,12 +55,15 @@ pub(super) async fn run(
     repl: Arc<Replication>,
     peer: DcIdx,
     connection: quinn::Connection,
-) -> Result<(), String> {
+) -> Result<(), StreamError> {
     let peer_id = repl.id(peer).to_owned();
     let recv = connection
         .accept_uni()
         .await
-        .map_err(|e| format!("{peer_id} opened no stream: {e}"))?;
+        .map_err(|source| StreamError::Accept {
+            peer: peer_id.clone(),
+            source,
+        })?;
     let (tx, mut incoming) = mpsc::channel(FRAME_QUEUE);
     // Both end with the link's receiver (aborted on drop), in the link's span.
     let stream = read_stream(recv, peer_id.clone(), tx.clone()).in_current_span();
@@ -113,7 +116,7 @@ async fn read_echoes(connection: quinn::Connection, peer: String, tx: mpsc::Send
 }
 
 impl Receiver {
-    async fn run(&mut self, incoming: &mut mpsc::Receiver<Incoming>) -> Result<(), String> {
+    async fn run(&mut self, incoming: &mut mpsc::Receiver<Incoming>) -> Result<(), StreamError> {
         let mut applied_rx = self.repl.engine.watch_applied();
         loop {
             let next = if self.pending.len() < MAX_BUFFERED {
@@ -141,14 +144,28 @@ impl Receiver {
                     }
                 }
                 Some(Incoming::Ended) => return Ok(()),
-                Some(Incoming::Failed(e)) => return Err(e.to_string()),
+                Some(Incoming::Failed(e)) => return Err(e.into()),
                 None => {}
             }
             self.drain().await?;
         }
     }
 
-    async fn on_frame(&mut self, frame: Frame) -> Result<(), String> {
+    fn protocol(&self, what: impl Into<String>) -> StreamError {
+        StreamError::Protocol {
+            peer: self.peer.clone(),
+            what: what.into(),
+        }
+    }
+
+    fn apply_error(&self, source: crate::engine::ApplyError) -> StreamError {
+        StreamError::Apply {
+            peer: self.peer.clone(),
+            source,
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Frame) -> Result<(), StreamError> {
         match frame {
             Frame::Change(bytes) => self.accept_change(&bytes),
             Frame::Applied(table) => {
@@ -166,10 +183,7 @@ impl Receiver {
                     all.extend(entries);
                     Ok(())
                 }
-                None => Err(format!(
-                    "{} sent snapshot entries outside a snapshot",
-                    self.peer
-                )),
+                None => Err(self.protocol("sent snapshot entries outside a snapshot")),
             },
             Frame::SnapshotEnd => self.install_snapshot().await,
             Frame::SnapshotRequest => {
@@ -181,11 +195,10 @@ impl Receiver {
                 Ok(())
             }
             Frame::Heartbeat => Ok(()),
-            Frame::Hello(_) | Frame::Refused(_) => Err(format!(
-                "{} sent a {} frame on its replication stream",
-                self.peer,
+            Frame::Hello(_) | Frame::Refused(_) => Err(self.protocol(format!(
+                "sent a {} frame on its replication stream",
                 frame.name()
-            )),
+            ))),
         }
     }
 
@@ -203,9 +216,9 @@ impl Receiver {
         }
     }
 
-    async fn install_snapshot(&mut self) -> Result<(), String> {
+    async fn install_snapshot(&mut self) -> Result<(), StreamError> {
         let Some((vector, entries)) = self.snapshot.take() else {
-            return Err(format!("{} ended a snapshot it did not begin", self.peer));
+            return Err(self.protocol("ended a snapshot it did not begin"));
         };
         let keys = entries.len();
         let changed = self
@@ -213,7 +226,7 @@ impl Receiver {
             .engine
             .install_snapshot(vector, entries)
             .await
-            .map_err(|e| format!("installing the snapshot from {}: {e}", self.peer))?;
+            .map_err(|source| self.apply_error(source))?;
         PeerStatus::add(&self.status.snapshots_installed, 1);
         tracing::info!(keys, changed, "installed the snapshot from {}", self.peer);
         Ok(())
@@ -221,20 +234,21 @@ impl Receiver {
 
     /// Decodes and checks a change from the peer; keeps it unless already applied
     /// or already here (loop prevention).
-    fn accept_change(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let (repl, peer) = (&self.repl, &self.peer);
-        let change = Change::decode(bytes).map_err(|e| format!("{peer} sent a change that {e}"))?;
+    fn accept_change(&mut self, bytes: &[u8]) -> Result<(), StreamError> {
+        let change = Change::decode(bytes)
+            .map_err(|e| self.protocol(format!("sent a change that does not decode: {e}")))?;
+        let repl = &self.repl;
         if !is_valid_dc_id(&change.origin) || repl.topology().index_of(&change.origin).is_none() {
-            return Err(format!(
-                "{peer} sent a change from {:?}, which is not a datacenter of this cluster",
+            return Err(self.protocol(format!(
+                "sent a change from {:?}, which is not a datacenter of this cluster",
                 change.origin
-            ));
+            )));
         }
         if change.seq == 0 {
-            return Err(format!(
-                "{peer} sent a malformed change ({} #{})",
+            return Err(self.protocol(format!(
+                "sent a malformed change ({} #{})",
                 change.origin, change.seq
-            ));
+            )));
         }
         let looped = change.origin == repl.dc() || change.path.iter().any(|dc| dc == repl.dc());
         let applied = repl.engine.applied();
@@ -255,7 +269,7 @@ impl Receiver {
     }
 
     /// Applies every buffered change that is ready, in causal order.
-    async fn drain(&mut self) -> Result<(), String> {
+    async fn drain(&mut self) -> Result<(), StreamError> {
         loop {
             let batch = take_ready(&mut self.pending, self.repl.engine.applied());
             self.status
@@ -268,7 +282,7 @@ impl Receiver {
             self.status.receiver.set(State::Busy);
             let applied = self.repl.engine.apply(batch).await;
             self.status.receiver.set(State::Idle);
-            let waiting = applied?;
+            let waiting = applied.map_err(|source| self.apply_error(source))?;
             PeerStatus::add(&self.status.received, count - waiting.len() as u64);
             let stuck = !waiting.is_empty();
             for change in waiting {

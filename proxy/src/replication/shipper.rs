@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use meridian_policies::VersionVector;
 use meridian_topology::{DcIdx, DcSet};
 
-use super::Replication;
 use super::status::PeerStatus;
+use super::{Replication, StreamError};
 use crate::change::Change;
 use crate::link::frame::{self, Frame};
 use crate::workers::State;
@@ -65,12 +65,15 @@ pub(super) async fn run(
     repl: Arc<Replication>,
     peer: DcIdx,
     connection: quinn::Connection,
-) -> Result<(), String> {
+) -> Result<(), StreamError> {
     let peer_id = repl.id(peer).to_owned();
     let send = connection
         .open_uni()
         .await
-        .map_err(|e| format!("cannot open a stream: {e}"))?;
+        .map_err(|source| StreamError::Open {
+            peer: peer_id.clone(),
+            source,
+        })?;
     let mut shipper = Shipper {
         status: repl.peer_status(&peer_id),
         repl,
@@ -102,7 +105,7 @@ impl Shipper {
     /// Where shipping (re)starts: from what the peer is known to have applied, or,
     /// when the log no longer reaches back that far or the peer asked, after a
     /// snapshot. Returns the log position and what the peer has.
-    async fn start(&mut self) -> Result<(u64, VersionVector), String> {
+    async fn start(&mut self) -> Result<(u64, VersionVector), StreamError> {
         let mut sent = self.repl.acked(&self.peer_id);
         let requested = self.status.snapshot_requested.swap(false, Ordering::AcqRel);
         if let Some(lsn) = self.repl.engine.resume_lsn(&sent).filter(|_| !requested) {
@@ -114,12 +117,13 @@ impl Shipper {
             .snapshot_requested
             .store(false, Ordering::Release);
         sent.merge(&vector);
-        let lsn = self.repl.engine.resume_lsn(&vector).ok_or_else(|| {
-            format!(
-                "the log does not reach back to the snapshot sent to {}",
-                self.peer_id
-            )
-        })?;
+        let lsn =
+            self.repl
+                .engine
+                .resume_lsn(&vector)
+                .ok_or_else(|| StreamError::LogBehindSnapshot {
+                    peer: self.peer_id.clone(),
+                })?;
         Ok((lsn, sent))
     }
 
@@ -131,7 +135,7 @@ impl Shipper {
         mut sent: VersionVector,
         live: DcSet,
         live_rx: &mut tokio::sync::watch::Receiver<DcSet>,
-    ) -> Result<Stop, String> {
+    ) -> Result<Stop, StreamError> {
         let mut reader = self.repl.engine.log_reader(from);
         PeerStatus::add(&self.status.restarts, 1);
         tracing::debug!(from = reader.next_lsn(), "shipping from the log");
@@ -167,19 +171,25 @@ impl Shipper {
         reader: &mut crate::log::LogReader,
         live: DcSet,
         sent: &mut VersionVector,
-    ) -> Result<Chunk, String> {
+    ) -> Result<Chunk, StreamError> {
         let mut chunk = Chunk {
             buf: Vec::new(),
             ends: Vec::new(),
             at_tail: false,
         };
         while chunk.buf.len() < WRITE_CHUNK {
-            let Some((lsn, bytes)) = reader.next_record().map_err(|e| e.to_string())? else {
+            let record = reader
+                .next_record()
+                .map_err(|source| StreamError::LogRead {
+                    peer: self.peer_id.clone(),
+                    source,
+                })?;
+            let Some((lsn, bytes)) = record else {
                 chunk.at_tail = true;
                 break;
             };
-            let change = Change::decode(&bytes)
-                .map_err(|e| format!("log record {lsn} does not decode: {e}"))?;
+            let change =
+                Change::decode(&bytes).map_err(|source| StreamError::LogRecord { lsn, source })?;
             if routes_to(&self.repl, &change, self.peer, live, sent) {
                 frame::push_change(&mut chunk.buf, &bytes);
                 chunk.ends.push(chunk.buf.len());
@@ -190,7 +200,7 @@ impl Shipper {
 
     /// Sends a chunk (echoed as datagrams when it was read at the log's tail), with
     /// an acknowledgement when one is due.
-    async fn ship(&mut self, mut chunk: Chunk) -> Result<(), String> {
+    async fn ship(&mut self, mut chunk: Chunk) -> Result<(), StreamError> {
         let count = chunk.ends.len() as u64;
         if chunk.at_tail
             && count > 0
@@ -210,7 +220,11 @@ impl Shipper {
         self.send
             .write_all(&chunk.buf)
             .await
-            .map_err(|e| format!("shipping to {}: {e}", self.peer_id))?;
+            .map_err(|source| StreamError::Send {
+                peer: self.peer_id.clone(),
+                what: "shipping",
+                source,
+            })?;
         PeerStatus::add(&self.status.shipped, count);
         PeerStatus::add(&self.status.shipped_bytes, chunk.buf.len() as u64);
         Ok(())
@@ -228,7 +242,7 @@ impl Shipper {
         true
     }
 
-    async fn write(&mut self, frames: &[Frame], what: &str) -> Result<(), String> {
+    async fn write(&mut self, frames: &[Frame], what: &'static str) -> Result<(), StreamError> {
         let mut buf = Vec::new();
         for frame in frames {
             frame.encode(&mut buf);
@@ -236,7 +250,11 @@ impl Shipper {
         self.send
             .write_all(&buf)
             .await
-            .map_err(|e| format!("{what} to {}: {e}", self.peer_id))
+            .map_err(|source| StreamError::Send {
+                peer: self.peer_id.clone(),
+                what,
+                source,
+            })
     }
 }
 
@@ -270,29 +288,33 @@ async fn send_snapshot(
     send: &mut quinn::SendStream,
     peer_id: &str,
     status: &PeerStatus,
-) -> Result<VersionVector, String> {
-    let (vector, entries) = repl.engine.snapshot().await.map_err(|e| {
-        let why = format!("{peer_id} needs changes older than this log holds, and {e}");
-        status.set_error(&why);
-        why
+) -> Result<VersionVector, StreamError> {
+    let (vector, entries) = repl.engine.snapshot().await.map_err(|source| {
+        let e = StreamError::Snapshot {
+            peer: peer_id.to_owned(),
+            source,
+        };
+        status.set_error(&e.to_string());
+        e
     })?;
+    let send_err = |source| StreamError::Send {
+        peer: peer_id.to_owned(),
+        what: "a snapshot",
+        source,
+    };
     tracing::info!(keys = entries.len(), %vector, "{peer_id} needs changes older than the log: sending a snapshot");
     let mut buf = Vec::new();
     Frame::SnapshotBegin(vector.clone()).encode(&mut buf);
     for chunk in snapshot_chunks(&entries) {
         frame::push_snapshot_entries(&mut buf, chunk);
         if buf.len() >= WRITE_CHUNK {
-            send.write_all(&buf)
-                .await
-                .map_err(|e| format!("snapshot to {peer_id}: {e}"))?;
+            send.write_all(&buf).await.map_err(send_err)?;
             PeerStatus::add(&status.shipped_bytes, buf.len() as u64);
             buf.clear();
         }
     }
     Frame::SnapshotEnd.encode(&mut buf);
-    send.write_all(&buf)
-        .await
-        .map_err(|e| format!("snapshot to {peer_id}: {e}"))?;
+    send.write_all(&buf).await.map_err(send_err)?;
     PeerStatus::add(&status.shipped_bytes, buf.len() as u64);
     PeerStatus::add(&status.snapshots_sent, 1);
     Ok(vector)

@@ -98,84 +98,85 @@ impl RequestParser {
     /// empty argument list, which the caller ignores, as Redis does.
     pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
         loop {
-            match &mut self.state {
-                State::Idle => {
-                    let Some(&first) = buf.first() else {
-                        return Ok(None);
-                    };
-                    if first != b'*' {
-                        return self.inline(buf);
-                    }
-                    let Some(count) =
-                        header(buf, self.limits.max_args, ProtocolError::BadArrayLength)?
-                    else {
-                        return Ok(None);
-                    };
-                    match count {
-                        None | Some(0) => return Ok(Some(Vec::new())),
-                        Some(n) => {
-                            let args = Vec::with_capacity(n.min(1024));
-                            self.state = State::Array {
-                                args,
-                                remaining: n,
-                                bulk: None,
-                                bytes: 0,
-                            };
-                        }
-                    }
+            if let State::Idle = self.state {
+                let Some(&first) = buf.first() else {
+                    return Ok(None);
+                };
+                if first != b'*' {
+                    return self.inline(buf);
                 }
-                State::Array {
-                    args,
-                    remaining,
-                    bulk,
-                    bytes,
-                } => {
-                    let len = match *bulk {
-                        Some(len) => len,
-                        None => {
-                            match buf.first() {
-                                None => return Ok(None),
-                                Some(b'$') => {}
-                                Some(&other) => {
-                                    return Err(ProtocolError::ExpectedBulk(other as char));
-                                }
-                            }
-                            let max = self.limits.max_bulk;
-                            match header(buf, max, ProtocolError::BadBulkLength)? {
-                                None => return Ok(None),
-                                Some(None) => return Err(ProtocolError::BadBulkLength),
-                                Some(Some(len)) => {
-                                    *bytes += len;
-                                    if *bytes > self.limits.max_request {
-                                        return Err(ProtocolError::RequestTooBig(
-                                            self.limits.max_request,
-                                        ));
-                                    }
-                                    *bulk.insert(len)
-                                }
-                            }
-                        }
-                    };
-                    if buf.len() < len + 2 {
-                        // Room for the body, but never a large allocation on a header's word.
-                        buf.reserve((len + 2 - buf.len()).min(1 << 20));
-                        return Ok(None);
-                    }
-                    if &buf[len..len + 2] != b"\r\n" {
-                        return Err(ProtocolError::MissingCrlf);
-                    }
-                    args.push(buf.split_to(len).freeze());
-                    buf.advance(2);
-                    *bulk = None;
-                    *remaining -= 1;
-                    if *remaining == 0 {
-                        let State::Array { args, .. } = std::mem::take(&mut self.state) else {
-                            unreachable!()
-                        };
-                        return Ok(Some(args));
-                    }
+                match self.begin_array(buf)? {
+                    Step::NeedMore => return Ok(None),
+                    Step::Done(args) => return Ok(Some(args)),
+                    Step::Continue => continue,
                 }
             }
+            match self.take_bulk(buf)? {
+                Step::NeedMore => return Ok(None),
+                Step::Done(args) => return Ok(Some(args)),
+                Step::Continue => {}
+            }
+        }
+    }
+
+    /// Reads an array header `*<n>`: an empty request is done at once, otherwise the
+    /// parser now expects `n` bulk strings.
+    fn begin_array(&mut self, buf: &mut BytesMut) -> Result<Step, ProtocolError> {
+        let Some(count) = header(buf, self.limits.max_args, ProtocolError::BadArrayLength)? else {
+            return Ok(Step::NeedMore);
+        };
+        match count {
+            None | Some(0) => Ok(Step::Done(Vec::new())),
+            Some(n) => {
+                self.state = State::Array {
+                    args: Vec::with_capacity(n.min(1024)),
+                    remaining: n,
+                    bulk: None,
+                    bytes: 0,
+                };
+                Ok(Step::Continue)
+            }
+        }
+    }
+
+    /// Reads the next bulk string of the array being parsed (its header first, if
+    /// not read yet); the request is done after the last one.
+    fn take_bulk(&mut self, buf: &mut BytesMut) -> Result<Step, ProtocolError> {
+        let limits = self.limits;
+        let State::Array {
+            args,
+            remaining,
+            bulk,
+            bytes,
+        } = &mut self.state
+        else {
+            return Ok(Step::Continue);
+        };
+        let len = match *bulk {
+            Some(len) => len,
+            None => match bulk_header(buf, &limits, bytes)? {
+                Some(len) => *bulk.insert(len),
+                None => return Ok(Step::NeedMore),
+            },
+        };
+        if buf.len() < len + 2 {
+            // Room for the body, but never a large allocation on a header's word.
+            buf.reserve((len + 2 - buf.len()).min(1 << 20));
+            return Ok(Step::NeedMore);
+        }
+        if &buf[len..len + 2] != b"\r\n" {
+            return Err(ProtocolError::MissingCrlf);
+        }
+        args.push(buf.split_to(len).freeze());
+        buf.advance(2);
+        *bulk = None;
+        *remaining -= 1;
+        if *remaining > 0 {
+            return Ok(Step::Continue);
+        }
+        match std::mem::take(&mut self.state) {
+            State::Array { args, .. } => Ok(Step::Done(args)),
+            State::Idle => Ok(Step::Continue),
         }
     }
 
@@ -198,6 +199,41 @@ impl RequestParser {
 
 /// Reads a `*n` or `$n` header line. `Ok(None)`: incomplete. `Ok(Some(None))`: a
 /// negative count (a null). Counts above `max` are `err`.
+/// Where a request stands after one step of parsing.
+enum Step {
+    /// More bytes are needed.
+    NeedMore,
+    /// The request is complete.
+    Done(Vec<Bytes>),
+    /// Parse on.
+    Continue,
+}
+
+/// Reads a bulk string's header `$<len>`, counting its length against the
+/// request's limit; `None` when more bytes are needed.
+fn bulk_header(
+    buf: &mut BytesMut,
+    limits: &Limits,
+    bytes: &mut usize,
+) -> Result<Option<usize>, ProtocolError> {
+    match buf.first() {
+        None => return Ok(None),
+        Some(b'$') => {}
+        Some(&other) => return Err(ProtocolError::ExpectedBulk(other as char)),
+    }
+    match header(buf, limits.max_bulk, ProtocolError::BadBulkLength)? {
+        None => Ok(None),
+        Some(None) => Err(ProtocolError::BadBulkLength),
+        Some(Some(len)) => {
+            *bytes += len;
+            if *bytes > limits.max_request {
+                return Err(ProtocolError::RequestTooBig(limits.max_request));
+            }
+            Ok(Some(len))
+        }
+    }
+}
+
 fn header(
     buf: &mut BytesMut,
     max: usize,

@@ -170,89 +170,90 @@ type PeerRow = (
     PeerValue,
 );
 
+/// The per-peer families, in the order INFO shows their fields.
+const PEER_FAMILIES: [PeerRow; 11] = [
+    (
+        "meridian_peer_up",
+        "Whether the link to the peer is up.",
+        Kind::Gauge,
+        Some(("state", InfoFormat::UpDown)),
+        |p| f64::from(u8::from(p.connected())),
+    ),
+    (
+        "meridian_peer_rtt_seconds",
+        "Round-trip time of the link.",
+        Kind::Gauge,
+        Some(("rtt_ms", InfoFormat::Millis)),
+        |p| p.path().map_or(0.0, |(rtt, _)| rtt.as_secs_f64()),
+    ),
+    (
+        "meridian_peer_lost_packets_total",
+        "QUIC packets lost on the link.",
+        Kind::Counter,
+        Some(("lost_packets", InfoFormat::Integer)),
+        |p| p.path().map_or(0.0, |(_, lost)| lost as f64),
+    ),
+    (
+        "meridian_peer_shipped_changes_total",
+        "Changes shipped to the peer.",
+        Kind::Counter,
+        Some(("shipped", InfoFormat::Integer)),
+        |p| load(&p.shipped),
+    ),
+    (
+        "meridian_peer_shipped_bytes_total",
+        "Bytes shipped to the peer.",
+        Kind::Counter,
+        Some(("shipped_bytes", InfoFormat::Integer)),
+        |p| load(&p.shipped_bytes),
+    ),
+    (
+        "meridian_peer_received_changes_total",
+        "Changes received from the peer and applied.",
+        Kind::Counter,
+        Some(("received", InfoFormat::Integer)),
+        |p| load(&p.received),
+    ),
+    (
+        "meridian_peer_buffered_changes",
+        "Changes from the peer waiting for their predecessors or dependencies.",
+        Kind::Gauge,
+        Some(("buffered", InfoFormat::Integer)),
+        |p| load(&p.buffered),
+    ),
+    (
+        "meridian_peer_shipper_restarts_total",
+        "Times the shipper restarted from the peer's acknowledged position.",
+        Kind::Counter,
+        Some(("restarts", InfoFormat::Integer)),
+        |p| load(&p.restarts),
+    ),
+    (
+        "meridian_peer_snapshots_sent_total",
+        "Snapshots sent to the peer.",
+        Kind::Counter,
+        Some(("snapshots_sent", InfoFormat::Integer)),
+        |p| load(&p.snapshots_sent),
+    ),
+    (
+        "meridian_peer_snapshots_installed_total",
+        "Snapshots received from the peer and installed.",
+        Kind::Counter,
+        Some(("snapshots_installed", InfoFormat::Integer)),
+        |p| load(&p.snapshots_installed),
+    ),
+    (
+        "meridian_peer_held_for_deps_total",
+        "Changes from the peer that arrived before their dependencies.",
+        Kind::Counter,
+        None,
+        |p| load(&p.held_for_deps),
+    ),
+];
+
 fn peers(ctx: &Context) -> Vec<Family> {
-    use InfoFormat::{Integer, Millis, UpDown};
     let peers = ctx.peers();
-    let table: [PeerRow; 11] = [
-        (
-            "meridian_peer_up",
-            "Whether the link to the peer is up.",
-            Kind::Gauge,
-            Some(("state", UpDown)),
-            |p| f64::from(u8::from(p.connected())),
-        ),
-        (
-            "meridian_peer_rtt_seconds",
-            "Round-trip time of the link.",
-            Kind::Gauge,
-            Some(("rtt_ms", Millis)),
-            |p| p.path().map_or(0.0, |(rtt, _)| rtt.as_secs_f64()),
-        ),
-        (
-            "meridian_peer_lost_packets_total",
-            "QUIC packets lost on the link.",
-            Kind::Counter,
-            Some(("lost_packets", Integer)),
-            |p| p.path().map_or(0.0, |(_, lost)| lost as f64),
-        ),
-        (
-            "meridian_peer_shipped_changes_total",
-            "Changes shipped to the peer.",
-            Kind::Counter,
-            Some(("shipped", Integer)),
-            |p| load(&p.shipped),
-        ),
-        (
-            "meridian_peer_shipped_bytes_total",
-            "Bytes shipped to the peer.",
-            Kind::Counter,
-            Some(("shipped_bytes", Integer)),
-            |p| load(&p.shipped_bytes),
-        ),
-        (
-            "meridian_peer_received_changes_total",
-            "Changes received from the peer and applied.",
-            Kind::Counter,
-            Some(("received", Integer)),
-            |p| load(&p.received),
-        ),
-        (
-            "meridian_peer_buffered_changes",
-            "Changes from the peer waiting for their predecessors or dependencies.",
-            Kind::Gauge,
-            Some(("buffered", Integer)),
-            |p| load(&p.buffered),
-        ),
-        (
-            "meridian_peer_shipper_restarts_total",
-            "Times the shipper restarted from the peer's acknowledged position.",
-            Kind::Counter,
-            Some(("restarts", Integer)),
-            |p| load(&p.restarts),
-        ),
-        (
-            "meridian_peer_snapshots_sent_total",
-            "Snapshots sent to the peer.",
-            Kind::Counter,
-            Some(("snapshots_sent", Integer)),
-            |p| load(&p.snapshots_sent),
-        ),
-        (
-            "meridian_peer_snapshots_installed_total",
-            "Snapshots received from the peer and installed.",
-            Kind::Counter,
-            Some(("snapshots_installed", Integer)),
-            |p| load(&p.snapshots_installed),
-        ),
-        (
-            "meridian_peer_held_for_deps_total",
-            "Changes from the peer that arrived before their dependencies.",
-            Kind::Counter,
-            None,
-            |p| load(&p.held_for_deps),
-        ),
-    ];
-    table
+    PEER_FAMILIES
         .into_iter()
         .map(|(name, help, kind, info, value)| {
             let family = Family::labelled(

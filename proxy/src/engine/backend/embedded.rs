@@ -229,7 +229,7 @@ impl Snapshot {
         };
         Stored::decode(bytes.value())
             .map(Some)
-            .map_err(|message| damaged(key, message))
+            .map_err(|e| damaged(key, e.to_string()))
     }
 
     /// Number of keys stored (expired ones included until they are removed).
@@ -243,7 +243,7 @@ impl Snapshot {
         for entry in try_engine!("scan", self.table.iter()) {
             let (k, v) = try_engine!("scan", entry);
             let key = k.value().to_vec();
-            let stored = Stored::decode(v.value()).map_err(|message| damaged(&key, message))?;
+            let stored = Stored::decode(v.value()).map_err(|e| damaged(&key, e.to_string()))?;
             out.push((key, stored));
         }
         Ok(out)

@@ -10,15 +10,16 @@ use meridian_policies::{Readiness, Resolution, Timestamp, Version, readiness};
 
 use super::{Writer, wall_ms};
 use crate::change::Change;
+use crate::engine::ApplyError;
 
 impl Writer {
     /// Applies what it can of `changes` (in order), skipping those already applied,
     /// and hands back those that must wait: a gap in their origin's sequence or
     /// dependencies not yet applied. (Receivers offer only changes that were ready
     /// when they looked, so what comes back is what another receiver applied first.)
-    pub(super) fn apply_remote(&mut self, changes: Vec<Change>) -> Result<Vec<Change>, String> {
+    pub(super) fn apply_remote(&mut self, changes: Vec<Change>) -> Result<Vec<Change>, ApplyError> {
         if let Some(why) = self.shared.broken() {
-            return Err(why);
+            return Err(ApplyError::Stopped(why));
         }
         let (mut ready, waiting) = self.ready(changes);
         if ready.is_empty() {
@@ -28,13 +29,14 @@ impl Writer {
             .iter()
             .flat_map(|c| c.ops.iter().map(|op| op.key.as_slice()))
             .collect();
-        let mut versions = self.versions(keys).map_err(|e| e.to_string())?;
+        let mut versions = self.versions(keys)?;
         for change in &mut ready {
             self.observe(change.hlc);
             self.resolve(change, &mut versions);
             change.path.push(self.shared.dc.clone());
         }
-        self.publish(ready, false).map_err(|e| e.to_string())?;
+        self.publish(ready, false)
+            .map_err(|e| ApplyError::Log(e.0))?;
         Ok(waiting)
     }
 

@@ -5,6 +5,7 @@ use meridian_policies::{Resolution, VersionVector};
 
 use super::Writer;
 use crate::change::{Change, Op};
+use crate::engine::ApplyError;
 use crate::engine::backend::{Entries, Stored};
 use crate::engine::committer::Logged;
 
@@ -23,9 +24,9 @@ impl Writer {
         &mut self,
         vector: VersionVector,
         entries: Entries,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, ApplyError> {
         if let Some(why) = self.shared.broken() {
-            return Err(why);
+            return Err(ApplyError::Stopped(why));
         }
         if self.applied.dominates(&vector) {
             // Nothing in it is new here (a second peer answered the same request,
@@ -33,10 +34,36 @@ impl Writer {
             tracing::info!(%vector, "ignored a snapshot this datacenter is already past");
             return Ok(0);
         }
+        let winners = self.snapshot_winners(&vector, entries)?;
+        self.applied.merge(&vector);
+        // Changes of this datacenter the peer has (from before it lost its data)
+        // keep their numbers: new ones follow them.
+        self.next_seq = self.next_seq.max(self.applied.get(&self.shared.dc) + 1);
+        self.log.roll()?;
+        let lsn = self.log.next_lsn();
+        *self.shared.index.lock().unwrap_or_else(|p| p.into_inner()) =
+            vec![(lsn, self.applied.clone())];
+        let installed = winners.len() as u64;
+        self.store_snapshot(winners, lsn)?;
+        tracing::info!(
+            keys = installed,
+            vector = %self.applied,
+            "installed a snapshot from a peer; the log restarts at record {lsn}"
+        );
+        Ok(installed)
+    }
+
+    /// The snapshot's entries that win last-writer-wins here, and, when the
+    /// snapshot replaces this datacenter's data, deletions of the keys it lacks;
+    /// each as a change carrying the entry's own version.
+    fn snapshot_winners(
+        &mut self,
+        vector: &VersionVector,
+        entries: Entries,
+    ) -> Result<Vec<Change>, ApplyError> {
         let keys = entries.iter().map(|(key, _)| key.as_slice()).collect();
-        let current = self.versions(keys).map_err(|e| e.to_string())?;
-        let replace = vector.dominates(&self.applied);
-        let gone = if replace {
+        let current = self.versions(keys)?;
+        let gone = if vector.dominates(&self.applied) {
             self.keys_not_in(&entries)?
         } else {
             Vec::new()
@@ -53,11 +80,8 @@ impl Writer {
                 key,
                 value: Some(value),
             };
-            winners.push(entry_change(
-                version.origin.to_string(),
-                version.hlc.as_u64(),
-                op,
-            ));
+            let (origin, hlc) = (version.origin.to_string(), version.hlc.as_u64());
+            winners.push(entry_change(origin, hlc, op));
         }
         if newest > 0 {
             self.observe(newest);
@@ -66,14 +90,12 @@ impl Writer {
         for key in gone {
             winners.push(entry_change(dc.clone(), 0, Op { key, value: None }));
         }
-        self.applied.merge(&vector);
-        // Changes of this datacenter the peer has (from before it lost its data)
-        // keep their numbers: new ones follow them.
-        self.next_seq = self.next_seq.max(self.applied.get(&self.shared.dc) + 1);
-        self.log.roll().map_err(|e| e.to_string())?;
-        let lsn = self.log.next_lsn();
-        *self.shared.index.lock().unwrap_or_else(|p| p.into_inner()) =
-            vec![(lsn, self.applied.clone())];
+        Ok(winners)
+    }
+
+    /// Makes the snapshot's winners visible and has the committer store them in a
+    /// durable checkpoint with the merged vector.
+    fn store_snapshot(&mut self, winners: Vec<Change>, lsn: u64) -> Result<(), ApplyError> {
         self.batch_no += 1;
         let ops = winners.iter().flat_map(|c| {
             let version = c.version();
@@ -82,7 +104,6 @@ impl Writer {
                 .map(move |op| (op.key.clone(), op.value.clone(), version.clone()))
         });
         self.shared.memtable.insert(self.batch_no, ops);
-        let installed = winners.len() as u64;
         self.shared.applied.send_replace(self.applied.clone());
         let logged = Logged {
             batch: self.batch_no,
@@ -91,23 +112,18 @@ impl Writer {
             end_lsn: lsn,
             durable: true,
         };
-        if let Some((committer, _)) = &self.committer {
-            committer
+        match &self.committer {
+            Some((committer, _)) => committer
                 .send(logged)
-                .map_err(|()| "the committer stopped".to_owned())?;
+                .map_err(|()| ApplyError::CommitterStopped),
+            None => Err(ApplyError::CommitterStopped),
         }
-        tracing::info!(
-            keys = installed,
-            vector = %self.applied,
-            "installed a snapshot from a peer; the log restarts at record {lsn}"
-        );
-        Ok(installed)
     }
 }
 
 impl Writer {
     /// Keys this datacenter holds (memtable and embedded store) that `entries` lacks.
-    fn keys_not_in(&mut self, entries: &Entries) -> Result<Vec<Vec<u8>>, String> {
+    fn keys_not_in(&mut self, entries: &Entries) -> Result<Vec<Vec<u8>>, ApplyError> {
         let incoming: std::collections::HashSet<&[u8]> =
             entries.iter().map(|(k, _)| k.as_slice()).collect();
         let shared = self.shared.clone();
@@ -117,7 +133,7 @@ impl Writer {
             .filter(|(_, e)| e.value.is_some())
             .map(|(k, _)| k.clone())
             .collect();
-        let stored = self.session.keys().map_err(|e| e.to_string())?;
+        let stored = self.session.keys()?;
         for key in stored {
             if !matches!(view.get(&key), Some(e) if e.value.is_none()) {
                 held.insert(key);

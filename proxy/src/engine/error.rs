@@ -1,0 +1,45 @@
+//! Why the engine could not apply what a peer sent.
+
+use super::BackendError;
+use crate::error::{Classify, Origin};
+use crate::log::LogError;
+
+/// Why remote changes or a peer's snapshot could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Writes are stopped until the proxy restarts (the backend failed for good).
+    #[error("writes are stopped until the proxy restarts: {0}")]
+    Stopped(String),
+    /// The proxy is shutting down.
+    #[error("the proxy is shutting down")]
+    ShuttingDown,
+    /// The backend could not be read.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The changes could not be appended to the log (nothing was applied).
+    #[error("could not write the replication log; nothing was applied: {0}")]
+    Log(#[from] LogError),
+    /// The committer stopped, so the snapshot cannot be stored.
+    #[error("the committer stopped; the snapshot is not stored")]
+    CommitterStopped,
+}
+
+impl Classify for ApplyError {
+    fn origin(&self) -> Origin {
+        match self {
+            ApplyError::Stopped(_) | ApplyError::Backend(_) => Origin::Backend,
+            ApplyError::ShuttingDown | ApplyError::CommitterStopped => Origin::Proxy,
+            ApplyError::Log(_) => Origin::Log,
+        }
+    }
+
+    fn retryable(&self) -> bool {
+        match self {
+            ApplyError::Backend(e) => e.retryable(),
+            ApplyError::Log(e) => e.retryable(),
+            ApplyError::Stopped(_) | ApplyError::ShuttingDown | ApplyError::CommitterStopped => {
+                false
+            }
+        }
+    }
+}
