@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use meridian_topology::{Backend, DcIdx, FsyncPolicy, Topology, UserKey};
+use meridian_topology::{DcIdx, FsyncPolicy, Topology, UserKey};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -70,10 +70,7 @@ impl ProxyConfig {
             admin: Some(d.admin.to_string()),
             users: topology.users.clone(),
             data_dir: d.data_dir.clone(),
-            backend: match &d.backend {
-                Backend::Embedded => BackendConfig::Embedded,
-                Backend::Redis { url, .. } => BackendConfig::Redis { url: url.clone() },
-            },
+            backend: d.backend.clone(),
             fsync: match topology.replication.fsync {
                 FsyncPolicy::Always => Fsync::Always,
                 FsyncPolicy::Every(period) => Fsync::Every(period),

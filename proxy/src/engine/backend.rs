@@ -30,17 +30,8 @@ use crate::resp::Reply;
 pub use embedded::StoreError;
 pub use redis::RedisStoreError;
 
-/// Which database holds this datacenter's data.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BackendConfig {
-    /// The embedded store in the data directory.
-    Embedded,
-    /// A Redis server.
-    Redis {
-        /// `redis://host:port/db`.
-        url: String,
-    },
-}
+/// Which database holds this datacenter's data: the topology file's `backend`.
+pub use meridian_topology::Backend as BackendConfig;
 
 /// A failure of the database behind the proxy.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -246,7 +237,9 @@ pub(super) fn open(
         BackendConfig::Embedded => {
             std::sync::Arc::new(embedded::Embedded::open(&data_dir.join("store.redb"))?)
         }
-        BackendConfig::Redis { url } => std::sync::Arc::new(redis::RedisBackend::new(url)?),
+        // Read replicas come with the session guarantees; writes and reads go to
+        // the primary until then.
+        BackendConfig::Redis { url, .. } => std::sync::Arc::new(redis::RedisBackend::new(url)?),
     })
 }
 
