@@ -1,8 +1,9 @@
 //! The durable replication log: every change this datacenter commits, in order.
 //!
 //! The log is a directory of segment files `<first lsn, 20 digits>.seg`. A segment
-//! starts with an 8-byte magic and holds records `[length u32 LE][crc32 u32 LE][payload]`.
-//! A log sequence number (LSN) counts records from the start of the log.
+//! starts with an 8-byte magic and holds records, each with a header of its length
+//! and checksums (see [`record`]). A log sequence number (LSN) counts records from
+//! the start of the log.
 //!
 //! Retention removes whole segments from the front. The file `base` then records
 //! where the log starts: the first kept LSN and an opaque description of everything
@@ -10,21 +11,23 @@
 //! written, synced and renamed into place before any segment is removed.
 //!
 //! On open, a record cut short at the end of the newest segment (a torn write from a
-//! crash) is truncated with a warning; a damaged record with data after it is
-//! corruption, and opening fails naming the segment and offset, because silently
-//! skipping it could lose acknowledged writes.
+//! crash) is truncated with a warning; a damaged record with an intact record
+//! anywhere after it is corruption, and opening fails naming the segment and
+//! offset, because truncating it would lose acknowledged writes.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 mod reader;
+mod record;
 
 pub use reader::LogReader;
+use record::{Format, MAGIC_LEN, Parsed};
 
-/// Identifies a meridian log segment, format 1.
-pub(crate) const MAGIC: &[u8; 8] = b"MRDNLOG1";
-pub(crate) const RECORD_HEADER: usize = 8;
+/// Bytes of a record's header in the format written now.
+#[cfg(test)]
+pub(crate) const RECORD_HEADER: usize = 12;
 /// A segment is closed and a new one started past this size (tests; the engine
 /// passes its own setting).
 #[cfg(test)]
@@ -105,8 +108,17 @@ impl Log {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let base = read_base(dir)?;
         let mut segments = segments_from(dir, base.0)?;
-        let (records, truncated_bytes) = recover(&segments, base.0)?;
-        let (_, file_path) = segments.pop().unwrap_or_else(|| (0, segment_path(dir, 0)));
+        let (records, truncated_bytes, format) = recover(&segments, base.0)?;
+        let (first, mut file_path) = segments.pop().unwrap_or_else(|| (0, segment_path(dir, 0)));
+        if format != Format::CURRENT {
+            // Appends go to a segment of the current format.
+            if first == records {
+                fs::remove_file(&file_path).map_err(io_err(&file_path))?;
+            } else {
+                file_path = segment_path(dir, records);
+            }
+            create_segment(&file_path)?;
+        }
         let file = OpenOptions::new()
             .append(true)
             .open(&file_path)
@@ -157,9 +169,7 @@ impl Log {
             if payload.len() > MAX_RECORD {
                 return Err(LogError::RecordTooLarge(payload.len()));
             }
-            buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-            buf.extend_from_slice(payload);
+            record::encode(&mut buf, payload);
             count += 1;
         }
         let first = self.next_lsn;
@@ -211,7 +221,7 @@ impl Log {
 
     /// Closes the current segment and starts the next at the current position.
     pub fn roll(&mut self) -> Result<(), LogError> {
-        if self.file_len <= MAGIC.len() as u64 {
+        if self.file_len <= MAGIC_LEN as u64 {
             return Ok(()); // The current segment is empty: it already starts here.
         }
         self.sync()?;
@@ -222,7 +232,7 @@ impl Log {
             .open(&path)
             .map_err(io_err(&path))?;
         self.file_path = path;
-        self.file_len = MAGIC.len() as u64;
+        self.file_len = MAGIC_LEN as u64;
         Ok(())
     }
 }
@@ -277,8 +287,9 @@ fn segments_from(dir: &Path, base: u64) -> Result<Vec<(u64, PathBuf)>, LogError>
 }
 
 /// Checks every record of every segment, truncating a torn tail of the last one;
-/// returns the next LSN and how many bytes were truncated.
-fn recover(segments: &[(u64, PathBuf)], base: u64) -> Result<(u64, u64), LogError> {
+/// returns the next LSN, how many bytes were truncated, and the last segment's
+/// format.
+fn recover(segments: &[(u64, PathBuf)], base: u64) -> Result<(u64, u64, Format), LogError> {
     let mut records = segments.first().map_or(base, |s| s.0);
     if records != base {
         return Err(LogError::Corrupt {
@@ -288,6 +299,7 @@ fn recover(segments: &[(u64, PathBuf)], base: u64) -> Result<(u64, u64), LogErro
         });
     }
     let mut truncated_bytes = 0;
+    let mut format = Format::CURRENT;
     let last = segments.len().saturating_sub(1);
     for (i, (first_lsn, path)) in segments.iter().enumerate() {
         if *first_lsn != records {
@@ -302,6 +314,7 @@ fn recover(segments: &[(u64, PathBuf)], base: u64) -> Result<(u64, u64), LogErro
         }
         let scan = scan_segment(path, i == last)?;
         records += scan.records;
+        format = scan.format;
         if scan.torn > 0 {
             tracing::warn!(segment = %path.display(), offset = scan.good_len, bytes = scan.torn, "truncating a torn record at the end of the replication log");
             let f = OpenOptions::new()
@@ -313,7 +326,7 @@ fn recover(segments: &[(u64, PathBuf)], base: u64) -> Result<(u64, u64), LogErro
             truncated_bytes = scan.torn;
         }
     }
-    Ok((records, truncated_bytes))
+    Ok((records, truncated_bytes, format))
 }
 
 /// The first LSN of each segment, oldest first, with its size in bytes.
@@ -379,7 +392,7 @@ fn create_segment(path: &Path) -> Result<(), LogError> {
         .write(true)
         .open(path)
         .map_err(io_err(path))?;
-    f.write_all(MAGIC).map_err(io_err(path))?;
+    f.write_all(Format::CURRENT.magic()).map_err(io_err(path))?;
     f.sync_all().map_err(io_err(path))?;
     if let Some(dir) = path.parent() {
         File::open(dir)
@@ -410,10 +423,11 @@ struct Scan {
     records: u64,
     good_len: u64,
     torn: u64,
+    format: Format,
 }
 
-/// Checks one segment's records. For the newest segment, a record cut short (or with
-/// a bad checksum as the very last record) is a torn tail to cut.
+/// Checks one segment's records. For the newest segment, a bad record with no
+/// intact record after it is a torn tail to cut; anything else bad is corruption.
 fn scan_segment(path: &Path, newest: bool) -> Result<Scan, LogError> {
     let mut bytes = Vec::new();
     File::open(path)
@@ -424,72 +438,52 @@ fn scan_segment(path: &Path, newest: bool) -> Result<Scan, LogError> {
         offset: offset as u64,
         what,
     };
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        if newest && bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes) {
+    let Some(format) = Format::of(&bytes) else {
+        if newest && bytes.len() < MAGIC_LEN && Format::CURRENT.magic().starts_with(&bytes) {
             return rewrite_magic(path);
         }
         return Err(corrupt(0, "not a meridian log segment (bad magic)".into()));
-    }
-    let mut at = MAGIC.len();
+    };
+    let mut at = MAGIC_LEN;
     let mut records = 0;
     while at < bytes.len() {
-        match parse_record(&bytes[at..]) {
+        let what = match record::parse(&bytes[at..], format) {
             Parsed::Record(payload) => {
-                at += RECORD_HEADER + payload.len();
+                at += format.header_len() + payload.len();
                 records += 1;
+                continue;
             }
-            Parsed::Incomplete(_) | Parsed::LastBadChecksum(_) if newest => {
-                return Ok(Scan {
-                    records,
-                    good_len: at as u64,
-                    torn: (bytes.len() - at) as u64,
-                });
+            Parsed::Corrupt(what) => return Err(corrupt(at, what)),
+            Parsed::Incomplete(what) | Parsed::LastBadChecksum(what) | Parsed::BadHeader(what) => {
+                what
             }
-            Parsed::Incomplete(what) | Parsed::LastBadChecksum(what) | Parsed::Corrupt(what) => {
-                return Err(corrupt(at, what));
-            }
+        };
+        if !newest {
+            return Err(corrupt(at, what));
         }
+        if format == Format::V2
+            && let Some(next) = record::intact_record_after(&bytes, at + 1)
+        {
+            return Err(corrupt(
+                at,
+                format!(
+                    "{what}, and an intact record follows at byte offset {next}: this is damage, not a write cut short by a crash"
+                ),
+            ));
+        }
+        return Ok(Scan {
+            records,
+            good_len: at as u64,
+            torn: (bytes.len() - at) as u64,
+            format,
+        });
     }
     Ok(Scan {
         records,
         good_len: at as u64,
         torn: 0,
+        format,
     })
-}
-
-/// How the bytes at a record boundary read.
-pub(crate) enum Parsed<'a> {
-    /// A whole, intact record's payload.
-    Record(&'a [u8]),
-    /// The bytes end inside the record.
-    Incomplete(String),
-    /// The record is whole but its checksum is wrong, and nothing follows it.
-    LastBadChecksum(String),
-    /// Damage that cannot be a torn write.
-    Corrupt(String),
-}
-
-pub(crate) fn parse_record(rest: &[u8]) -> Parsed<'_> {
-    if rest.len() < RECORD_HEADER {
-        return Parsed::Incomplete("record header cut short".into());
-    }
-    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-    let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-    if len > MAX_RECORD {
-        return Parsed::Corrupt(format!("record length {len} is over the limit"));
-    }
-    let end = RECORD_HEADER + len;
-    if rest.len() < end {
-        return Parsed::Incomplete(format!("record of {len} bytes cut short"));
-    }
-    let payload = &rest[RECORD_HEADER..end];
-    if crc32fast::hash(payload) == crc {
-        Parsed::Record(payload)
-    } else if rest.len() == end {
-        Parsed::LastBadChecksum("checksum mismatch".into())
-    } else {
-        Parsed::Corrupt("checksum mismatch".into())
-    }
 }
 
 /// A newest segment whose magic was cut short by a crash right after creation.
@@ -499,13 +493,14 @@ fn rewrite_magic(path: &Path) -> Result<Scan, LogError> {
         .truncate(true)
         .open(path)
         .map_err(io_err(path))?;
-    f.write_all(MAGIC)
+    f.write_all(Format::CURRENT.magic())
         .and_then(|_| f.sync_all())
         .map_err(io_err(path))?;
     Ok(Scan {
         records: 0,
-        good_len: MAGIC.len() as u64,
+        good_len: MAGIC_LEN as u64,
         torn: 0,
+        format: Format::CURRENT,
     })
 }
 

@@ -42,6 +42,25 @@ struct SetOptions {
     expire_at_ms: Option<u64>,
 }
 
+/// The absolute expiry time of `SET ... <unit> n`, refused as Redis refuses it:
+/// not positive, or beyond what a signed 64-bit millisecond time holds once the
+/// unit is applied and, for a relative time, the current time added.
+fn expire_at(unit: &[u8], n: i64, now_ms: u64) -> Result<u64, Reply> {
+    let invalid = || Reply::error("ERR invalid expire time in 'set' command");
+    if n <= 0 {
+        return Err(invalid());
+    }
+    let ms = match unit {
+        b"EX" | b"EXAT" => n.checked_mul(1000).ok_or_else(invalid)?,
+        _ => n,
+    };
+    let at = match unit {
+        b"EX" | b"PX" => ms.checked_add(now_ms as i64).ok_or_else(invalid)?,
+        _ => ms,
+    };
+    Ok(at as u64)
+}
+
 fn set_options(args: &[Bytes], now_ms: u64) -> Result<SetOptions, Reply> {
     let mut o = SetOptions::default();
     let mut expiry_given = false;
@@ -57,20 +76,7 @@ fn set_options(args: &[Bytes], now_ms: u64) -> Result<SetOptions, Reply> {
                 if !expiry_given && !o.keep_ttl && i + 1 < args.len() =>
             {
                 let n = parse_i64(&args[i + 1]).ok_or_else(not_an_integer)?;
-                let invalid = || Reply::error("ERR invalid expire time in 'set' command");
-                if n <= 0 {
-                    return Err(invalid());
-                }
-                let n = n as u64;
-                o.expire_at_ms = Some(match word.as_slice() {
-                    b"EX" => n
-                        .checked_mul(1000)
-                        .and_then(|ms| ms.checked_add(now_ms))
-                        .ok_or_else(invalid)?,
-                    b"PX" => n.checked_add(now_ms).ok_or_else(invalid)?,
-                    b"EXAT" => n.checked_mul(1000).ok_or_else(invalid)?,
-                    _ => n,
-                });
+                o.expire_at_ms = Some(expire_at(word.as_slice(), n, now_ms)?);
                 expiry_given = true;
                 i += 1;
             }

@@ -122,6 +122,32 @@ fn set_honours_its_options() {
 }
 
 #[test]
+fn set_refuses_expiry_times_redis_refuses() {
+    // Each overflows a signed 64-bit millisecond time once its unit and the
+    // current time are applied; Redis answers the same error to each.
+    let mut ks = Memory {
+        now: 1_700_000_000_000,
+        ..Default::default()
+    };
+    for line in [
+        "SET k v EX 10000000000000000",
+        "SET k v EX 9223372036854775",
+        "SET k v PX 9223372036854775807",
+        "SET k v EXAT 9223372036854776",
+        "SET k v PX -1",
+    ] {
+        assert_eq!(
+            run(&mut ks, line),
+            Reply::error("ERR invalid expire time in 'set' command"),
+            "{line}"
+        );
+    }
+    assert_eq!(run(&mut ks, "GET k"), Reply::Null);
+    assert_eq!(run(&mut ks, "SET k v PXAT 9223372036854775807"), Reply::OK);
+    assert_eq!(run(&mut ks, "SET k v EX 9223372036"), Reply::OK);
+}
+
+#[test]
 fn counters_check_types_and_overflow() {
     let mut ks = Memory::default();
     assert_eq!(run(&mut ks, "INCRBY n 5"), Reply::Integer(5));

@@ -321,7 +321,11 @@ pub async fn read<R: AsyncRead + Unpin>(
     if read < body_len {
         return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
     }
-    Frame::decode(head[4], &body, peer).map(Some)
+    match head[4] {
+        // A change is passed on as it is, without another copy.
+        1 => Ok(Some(Frame::Change(body))),
+        code => Frame::decode(code, &body, peer).map(Some),
+    }
 }
 
 /// Decodes every frame of `bytes` (a datagram), in order.

@@ -8,7 +8,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{LogError, MAGIC, Parsed, RECORD_HEADER, io_err, list_segments, parse_record};
+use super::record::{self, Format, MAGIC_LEN, Parsed};
+use super::{LogError, io_err, list_segments};
 
 /// An open segment and the position in it.
 #[derive(Debug)]
@@ -18,6 +19,8 @@ struct Position {
     /// The LSN of the segment's first record.
     first: u64,
     offset: u64,
+    /// Its record format.
+    format: Format,
 }
 
 /// Reads records in log order from a starting LSN.
@@ -91,12 +94,25 @@ impl LogReader {
             return Ok(false);
         };
         let file = File::open(&path).map_err(io_err(&path))?;
+        let mut magic = [0u8; MAGIC_LEN];
+        if file.read_exact_at(&mut magic, 0).is_err() {
+            // Created a moment ago, its magic not written yet: look again later.
+            return Ok(false);
+        }
+        let Some(format) = Format::of(&magic) else {
+            return Err(LogError::Corrupt {
+                path,
+                offset: 0,
+                what: "not a meridian log segment (bad magic)".into(),
+            });
+        };
         self.at_lsn = first;
         self.position = Some(Position {
             file,
             path,
             first,
-            offset: MAGIC.len() as u64,
+            offset: MAGIC_LEN as u64,
+            format,
         });
         Ok(true)
     }
@@ -115,27 +131,28 @@ impl LogReader {
 /// written so far (including a record still being written).
 fn read_record(pos: &mut Position) -> Result<Option<Vec<u8>>, LogError> {
     let file_len = pos.file.metadata().map_err(io_err(&pos.path))?.len();
-    if pos.offset + RECORD_HEADER as u64 > file_len {
+    let header_len = pos.format.header_len() as u64;
+    if pos.offset + header_len > file_len {
         return Ok(None);
     }
-    let mut header = [0u8; RECORD_HEADER];
+    let mut header = [0u8; 4];
     pos.file
         .read_exact_at(&mut header, pos.offset)
         .map_err(io_err(&pos.path))?;
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as u64;
+    let len = u64::from(u32::from_le_bytes(header)).min(super::MAX_RECORD as u64 + 1);
     let available = file_len - pos.offset;
-    let want = (RECORD_HEADER as u64 + len).min(available);
+    let want = (header_len + len).min(available);
     let mut bytes = vec![0u8; want as usize];
     pos.file
         .read_exact_at(&mut bytes, pos.offset)
         .map_err(io_err(&pos.path))?;
-    match parse_record(&bytes) {
+    match record::parse(&bytes, pos.format) {
         Parsed::Record(payload) => {
-            pos.offset += RECORD_HEADER as u64 + payload.len() as u64;
+            pos.offset += header_len + payload.len() as u64;
             Ok(Some(payload.to_vec()))
         }
         // Still being written: the appender writes each batch with one call.
-        Parsed::Incomplete(_) | Parsed::LastBadChecksum(_) => Ok(None),
+        Parsed::Incomplete(_) | Parsed::LastBadChecksum(_) | Parsed::BadHeader(_) => Ok(None),
         Parsed::Corrupt(what) => Err(LogError::Corrupt {
             path: pos.path.clone(),
             offset: pos.offset,

@@ -89,7 +89,7 @@ fn a_bad_checksum_on_the_last_record_is_a_torn_tail() {
 #[test]
 fn corruption_before_the_tail_is_reported_with_segment_and_offset() {
     // Damage the payload of the first record (it starts after the magic and header).
-    let (dir, seg) = damaged(3, |bytes| bytes[MAGIC.len() + RECORD_HEADER + 2] ^= 0x01);
+    let (dir, seg) = damaged(3, |bytes| bytes[8 + RECORD_HEADER + 2] ^= 0x01);
     let err = Log::open(dir.path()).unwrap_err();
     let message = err.to_string();
     assert!(
@@ -160,9 +160,8 @@ fn a_record_still_being_written_reads_as_not_yet() {
     let seg = only_segment(dir.path());
     // Half of a third record, as a reader might see mid-write.
     let payload = b"change number 2";
-    let mut record = (payload.len() as u32).to_le_bytes().to_vec();
-    record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    record.extend_from_slice(payload);
+    let mut record = Vec::new();
+    super::record::encode(&mut record, payload);
     let mut file = OpenOptions::new().append(true).open(&seg).unwrap();
     file.write_all(&record[..10]).unwrap();
     let mut reader = log.reader(0);
@@ -263,4 +262,82 @@ fn a_damaged_base_or_a_gap_before_the_first_segment_is_reported() {
         )),
         "{err}"
     );
+}
+
+/// The offset of record `index` in a segment of `payloads(n)` written now.
+fn offset_of(index: usize) -> usize {
+    8 + payloads(index)
+        .iter()
+        .map(|p| RECORD_HEADER + p.len())
+        .sum::<usize>()
+}
+
+#[test]
+fn a_damaged_length_mid_segment_is_corruption_and_nothing_is_truncated() {
+    // One bit flipped in the high byte of a length in the middle of the newest
+    // segment: once taken for a torn write, which dropped the half of the log
+    // after it. Now it stops the start, naming the segment and the offset.
+    let at = offset_of(1500);
+    let (dir, seg) = damaged(3000, |bytes| bytes[at + 3] ^= 0x40);
+    let size = fs::metadata(&seg).unwrap().len();
+    let err = Log::open(dir.path()).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        matches!(&err, LogError::Corrupt { offset, .. } if *offset == at as u64),
+        "{message}"
+    );
+    assert!(
+        message.contains(&seg.display().to_string()) && message.contains("intact record follows"),
+        "{message}"
+    );
+    assert_eq!(
+        fs::metadata(&seg).unwrap().len(),
+        size,
+        "the segment was cut"
+    );
+}
+
+#[test]
+fn a_header_cut_short_or_garbled_at_the_very_end_is_still_a_torn_tail() {
+    let at = offset_of(9);
+    for damage in [
+        // The last record's header cut in the middle.
+        Box::new(move |bytes: &mut Vec<u8>| bytes.truncate(at + 5))
+            as Box<dyn FnOnce(&mut Vec<u8>)>,
+        // The last record's length garbled (a crash mid-write), nothing after it.
+        Box::new(move |bytes: &mut Vec<u8>| bytes[at + 3] ^= 0x40),
+        // Zeros after the last record (a file extended by a crash).
+        Box::new(|bytes: &mut Vec<u8>| bytes.extend_from_slice(&[0; 100])),
+    ] {
+        let (dir, seg) = damaged(10, damage);
+        let (_, rec) = Log::open(dir.path()).unwrap();
+        assert!(rec.records >= 9 && rec.truncated_bytes > 0, "{rec:?}");
+        let (log, _) = Log::open(dir.path()).unwrap();
+        assert_eq!(all(&log, 0).len() as u64, rec.records);
+        assert!(fs::metadata(&seg).unwrap().len() <= offset_of(10) as u64);
+    }
+}
+
+#[test]
+fn a_format_1_segment_is_read_and_appends_go_to_a_format_2_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = b"MRDNLOG1".to_vec();
+    for p in payloads(3) {
+        bytes.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&p).to_le_bytes());
+        bytes.extend_from_slice(&p);
+    }
+    fs::write(dir.path().join("00000000000000000000.seg"), &bytes).unwrap();
+    let (mut log, rec) = Log::open(dir.path()).unwrap();
+    assert_eq!(rec.records, 3);
+    log.append([b"the fourth".as_slice()]).unwrap();
+    drop(log);
+    let segments = list_segments(dir.path()).unwrap();
+    assert_eq!(segments.len(), 2, "{segments:?}");
+    assert_eq!(&fs::read(&segments[1].1).unwrap()[..8], b"MRDNLOG2");
+    let (log, rec) = Log::open(dir.path()).unwrap();
+    assert_eq!(rec.records, 4);
+    let read = all(&log, 0);
+    assert_eq!(read[0].1, b"change number 0");
+    assert_eq!(read[3], (3, b"the fourth".to_vec()));
 }
