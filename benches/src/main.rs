@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod binary;
+mod multikey;
 mod overhead;
+mod processes;
 mod replication;
 
 /// Exit code for a benchmark that could not run (EX_SOFTWARE).
@@ -32,6 +34,9 @@ enum Bench {
     /// Replication over one emulated link (100 ms round trip, 1% loss by default):
     /// catch-up and streaming throughput, and visibility lag under a steady load.
     Replication(replication::ReplicationArgs),
+    /// One MSET and DEL of many keys (10k, 80k, 200k): how long each takes, how
+    /// long another client's write waits meanwhile, and the store's bytes per byte.
+    Multikey(multikey::MultikeyArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +44,7 @@ fn main() -> ExitCode {
     let (name, result) = match cli.bench {
         Bench::Overhead(args) => ("overhead", overhead::run(&args)),
         Bench::Replication(args) => ("replication", replication::run(&args)),
+        Bench::Multikey(args) => ("multikey", multikey::run(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

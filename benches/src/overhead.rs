@@ -6,12 +6,12 @@
 //! in the machine's speed spreads over all of them) and prints requests per second,
 //! p50 and p99 for each, with its ratio to direct Redis.
 
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-use meridian_testbed::{TopologyFile, free_port, free_ports};
+use meridian_testbed::{free_port, free_ports};
+
+use crate::processes::{Guard, spawn, start_meridian, tempfile_dir};
 
 /// Settings of one benchmark run.
 #[derive(Debug, Clone, clap::Args)]
@@ -28,16 +28,6 @@ pub(crate) struct OverheadArgs {
     /// Rounds over all targets; the report takes each target's median.
     #[arg(long, default_value_t = 1)]
     rounds: u32,
-}
-
-/// A child process stopped on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 struct Target {
@@ -240,64 +230,4 @@ fn start_twemproxy(dir: &Path, redis_port: u16) -> Result<Option<(Guard, u16)>, 
         log.to_str().unwrap_or_default(),
     ]);
     Ok(Some((spawn(&mut cmd, port)?, port)))
-}
-
-fn start_meridian(
-    binary: &Path,
-    dir: &Path,
-    name: &str,
-    redis: Option<&str>,
-) -> Result<(Guard, u16), String> {
-    let ports = free_ports(3).map_err(|e| e.to_string())?;
-    let slug: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
-    let file = dir.join(format!("{slug}.toml"));
-    let mut topology = TopologyFile::new("bench");
-    topology
-        .datacenter("bench", [ports[0], ports[1], ports[2]])
-        .data_dir(format!("data-{slug}"))
-        .redis(redis);
-    topology
-        .write(&file)
-        .map_err(|e| format!("writing {}: {e}", file.display()))?;
-    let mut cmd = Command::new(binary);
-    cmd.args([
-        "run",
-        "--config",
-        file.to_str().unwrap_or_default(),
-        "--dc",
-        "bench",
-    ])
-    .env("MERIDIAN_LOG", "warn");
-    Ok((spawn(&mut cmd, ports[0])?, ports[0]))
-}
-
-fn spawn(cmd: &mut Command, port: u16) -> Result<Guard, String> {
-    let child = cmd
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting {:?}: {e}", cmd.get_program()))?;
-    let mut guard = Guard(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = guard.0.try_wait() {
-            return Err(format!(
-                "{:?} exited with {status} before listening on port {port}",
-                cmd.get_program()
-            ));
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "{:?} is not listening on port {port} after 30 s",
-                cmd.get_program()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(guard)
-}
-
-fn tempfile_dir() -> Result<std::path::PathBuf, String> {
-    let dir = std::env::temp_dir().join(format!("meridian-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    Ok(dir)
 }

@@ -297,13 +297,12 @@ impl Writer {
                 view,
                 base,
                 overlay: &overlay,
-                puts: Vec::new(),
+                puts: Puts::default(),
                 now_ms: now,
             };
             let outcome = (request.f)(&mut ks, &request.args);
-            let puts = std::mem::take(&mut ks.puts);
-            if outcome.is_ok() && !puts.is_empty() {
-                let ops = dedupe(puts);
+            let ops = std::mem::take(&mut ks.puts).ops;
+            if outcome.is_ok() && !ops.is_empty() {
                 for op in &ops {
                     overlay.insert(op.key.clone(), op.value.clone());
                 }
@@ -545,16 +544,48 @@ impl Syncer {
     }
 }
 
-/// Keeps the last op of each key, in first-touch order.
-fn dedupe(puts: Vec<Op>) -> Vec<Op> {
-    let mut ops: Vec<Op> = Vec::with_capacity(puts.len());
-    for op in puts {
-        match ops.iter_mut().find(|o| o.key == op.key) {
-            Some(existing) => existing.value = op.value,
-            None => ops.push(op),
+/// One command's effects: the last state of each key it wrote, in first-touch
+/// order. Lookups scan a few ops and index many, so a command's cost stays linear
+/// in its keys (an MSET of 200,000 keys).
+#[derive(Default)]
+struct Puts {
+    ops: Vec<Op>,
+    /// Each key's position in `ops`, once there are more than [`Puts::SCAN`].
+    index: HashMap<Vec<u8>, usize>,
+}
+
+impl Puts {
+    const SCAN: usize = 8;
+
+    fn position(&self, key: &[u8]) -> Option<usize> {
+        if self.ops.len() <= Self::SCAN {
+            self.ops.iter().position(|op| op.key == key)
+        } else {
+            self.index.get(key).copied()
         }
     }
-    ops
+
+    fn get(&self, key: &[u8]) -> Option<&Option<Value>> {
+        self.position(key).map(|i| &self.ops[i].value)
+    }
+
+    fn put(&mut self, key: &[u8], value: Option<Value>) {
+        if let Some(i) = self.position(key) {
+            self.ops[i].value = value;
+            return;
+        }
+        self.ops.push(Op {
+            key: key.to_vec(),
+            value,
+        });
+        if self.ops.len() == Self::SCAN + 1 {
+            self.index = (self.ops.iter().enumerate())
+                .map(|(i, op)| (op.key.clone(), i))
+                .collect();
+        } else if self.ops.len() > Self::SCAN + 1 {
+            self.index.insert(key.to_vec(), self.ops.len() - 1);
+        }
+    }
 }
 
 struct Timeout;
@@ -579,14 +610,14 @@ struct BatchKeyspace<'a, 'v> {
     view: &'a View<'v>,
     base: &'a Base,
     overlay: &'a HashMap<Vec<u8>, Option<Value>>,
-    puts: Vec<Op>,
+    puts: Puts,
     now_ms: u64,
 }
 
 impl Keyspace for BatchKeyspace<'_, '_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Value>, Reply> {
-        let value = if let Some(op) = self.puts.iter().rev().find(|op| op.key == key) {
-            op.value.clone()
+        let value = if let Some(value) = self.puts.get(key) {
+            value.clone()
         } else if let Some(value) = self.overlay.get(key) {
             value.clone()
         } else if let Some(entry) = self.view.get(key) {
@@ -598,10 +629,7 @@ impl Keyspace for BatchKeyspace<'_, '_> {
     }
 
     fn put(&mut self, key: &[u8], value: Option<Value>) {
-        self.puts.push(Op {
-            key: key.to_vec(),
-            value,
-        });
+        self.puts.put(key, value);
     }
 
     fn now_ms(&self) -> u64 {
