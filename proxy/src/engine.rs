@@ -37,7 +37,7 @@ use crate::workers::Workers;
 use backend::{Backend, ReadContext};
 
 pub use backend::{BackendConfig, BackendError, Entries, Stored};
-pub use error::ApplyError;
+pub use error::{ApplyError, Unapplied};
 pub use writer::Fsync;
 
 /// Wall time in milliseconds since the Unix epoch.
@@ -369,7 +369,7 @@ impl Engine {
     pub async fn apply(
         &self,
         changes: Vec<crate::change::Change>,
-    ) -> Result<Vec<crate::change::Change>, ApplyError> {
+    ) -> Result<Vec<crate::change::Change>, Unapplied> {
         let (done, rx) = oneshot::channel();
         if self
             .writes
@@ -377,7 +377,7 @@ impl Engine {
             .await
             .is_err()
         {
-            return Err(ApplyError::ShuttingDown);
+            return Err(ApplyError::ShuttingDown.into());
         }
         rx.await.map_err(|_| ApplyError::ShuttingDown)?
     }

@@ -5,7 +5,8 @@
 mod support;
 
 use support::{
-    Client, Resp, eventually, free_port, redis_dc_topology, start_meridian, start_redis_persistent,
+    Client, Resp, eventually, free_port, redis_dc_topology, start_meridian,
+    start_redis_loading_slowly, start_redis_persistent,
 };
 
 #[test]
@@ -70,6 +71,52 @@ fn a_redis_restart_gives_clear_errors_then_service_resumes() {
     );
     // The write held during the outage reached Redis itself.
     wait_until_redis_holds(redis_addr, b"{u}:other", b"held");
+}
+
+#[test]
+fn a_redis_loading_its_data_after_a_restart_is_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis_dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let redis_addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut redis = start_redis_persistent(redis_dir.path(), port);
+    // A data set that takes about three seconds to load at half a millisecond a key.
+    let mut direct = Client::connect(redis_addr).unwrap();
+    let fill = b"for i=1,6000 do redis.call('set','other:'..i,'v') end";
+    assert_eq!(direct.cmd(&[b"EVAL", fill, b"0"]), Resp::Nil);
+    let (topology, addr) = redis_dc_topology(dir.path(), "always", redis_addr);
+    let _proxy = start_meridian(&topology, addr);
+    let mut client = Client::connect(addr).unwrap();
+    assert_eq!(
+        client.cmd(&[b"SET", b"{u}:k", b"before"]),
+        Resp::Simple("OK".into())
+    );
+    wait_until_redis_holds(redis_addr, b"{u}:k", b"before");
+
+    redis.0.kill().unwrap();
+    redis.0.wait().unwrap();
+    let _redis = start_redis_loading_slowly(redis_dir.path(), port, 500);
+    let mut probe = Client::connect(redis_addr).unwrap();
+    assert!(
+        matches!(probe.cmd(&[b"PING"]), Resp::Error(e) if e.starts_with("LOADING")),
+        "redis is not loading: the test needs a slower load"
+    );
+    // Written while Redis loads: acknowledged, and stored once Redis is ready.
+    assert_eq!(
+        client.cmd(&[b"SET", b"{u}:during", b"loading"]),
+        Resp::Simple("OK".into())
+    );
+    wait_until_redis_holds(redis_addr, b"{u}:during", b"loading");
+    // Writes were never stopped: a write after the load is stored too.
+    assert_eq!(
+        client.cmd(&[b"SET", b"{u}:k", b"after"]),
+        Resp::Simple("OK".into())
+    );
+    wait_until_redis_holds(redis_addr, b"{u}:k", b"after");
+    assert_eq!(
+        client.cmd(&[b"GET", b"{u}:k"]),
+        Resp::Bulk(b"after".to_vec())
+    );
 }
 
 /// Waits until the Redis at `addr` itself holds `value` at `key`.

@@ -4,6 +4,26 @@ use super::BackendError;
 use crate::error::{Classify, Origin};
 use crate::log::LogError;
 
+/// Remote changes that were not applied, handed back with the reason, so that a
+/// failure retrying can fix (a backend loading its data) is waited out without
+/// dropping the link they came on.
+#[derive(Debug)]
+pub struct Unapplied {
+    /// Why.
+    pub error: ApplyError,
+    /// The changes, unchanged (empty when they cannot be offered again as they are).
+    pub changes: Vec<crate::change::Change>,
+}
+
+impl From<ApplyError> for Unapplied {
+    fn from(error: ApplyError) -> Unapplied {
+        Unapplied {
+            error,
+            changes: Vec::new(),
+        }
+    }
+}
+
 /// Why remote changes or a peer's snapshot could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {

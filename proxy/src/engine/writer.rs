@@ -49,7 +49,7 @@ pub(super) struct Request {
 }
 
 /// Remote changes to apply, and where to say which could not be applied yet.
-pub(super) type ApplyDone = oneshot::Sender<Result<Vec<Change>, ApplyError>>;
+pub(super) type ApplyDone = oneshot::Sender<Result<Vec<Change>, super::Unapplied>>;
 
 pub(super) enum Msg {
     Write(Request),

@@ -14,9 +14,11 @@ use tracing::Instrument;
 use super::status::PeerStatus;
 use super::{Replication, StreamError};
 use crate::change::Change;
-use crate::engine::Entries;
+use crate::engine::{Entries, Unapplied};
+use crate::error::Classify;
 use crate::link::frame::{self, Frame, FrameError};
 use crate::workers::State;
+use std::time::Duration;
 
 /// Changes held per stream before reading stops (the sender then waits on flow control).
 const MAX_BUFFERED: usize = 16_384;
@@ -24,6 +26,9 @@ const MAX_BUFFERED: usize = 16_384;
 const APPLY_BATCH: usize = 4096;
 /// Frames read ahead of the apply loop.
 const FRAME_QUEUE: usize = 1024;
+/// First and longest wait before applying again after the backend refused for now.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_LONGEST: Duration = Duration::from_secs(2);
 
 /// What the readers hand the apply loop.
 enum Incoming {
@@ -48,6 +53,9 @@ struct Receiver {
     pending: Pending,
     /// A snapshot being received: the vector it reaches and its entries so far.
     snapshot: Option<(VersionVector, Entries)>,
+    /// The wait before applying again after the backend refused for now (zero:
+    /// the last apply succeeded).
+    retry_backoff: Duration,
 }
 
 /// Receives from `peer` until its stream ends or breaks.
@@ -76,6 +84,7 @@ pub(super) async fn run(
         peer: peer_id,
         pending: BTreeMap::new(),
         snapshot: None,
+        retry_backoff: Duration::ZERO,
     };
     let result = receiver.run(&mut incoming).await;
     receiver.status.buffered.store(0, Ordering::Relaxed);
@@ -269,6 +278,29 @@ impl Receiver {
     }
 
     /// Applies every buffered change that is ready, in causal order.
+    /// Changes the backend could not take for now (it is loading its data or
+    /// restarting) go back to the buffer, and the receiver waits a little before
+    /// trying again, holding the peer through flow control meanwhile, instead of
+    /// dropping the link. Anything else ends the link.
+    async fn wait_out(&mut self, unapplied: Unapplied) -> Result<(), StreamError> {
+        let Unapplied { error, changes } = unapplied;
+        if !error.retryable() || changes.is_empty() {
+            return Err(self.apply_error(error));
+        }
+        self.status.receiver.set(State::Throttled);
+        self.status.receiver.error(&error);
+        if self.retry_backoff == Duration::ZERO {
+            tracing::warn!(error = %error, "the backend cannot take changes from {} for now; retrying", self.peer);
+        }
+        for change in changes {
+            self.pending
+                .insert((change.origin.clone(), change.seq), change);
+        }
+        self.retry_backoff = (self.retry_backoff * 2).clamp(RETRY_FIRST, RETRY_LONGEST);
+        tokio::time::sleep(self.retry_backoff).await;
+        Ok(())
+    }
+
     async fn drain(&mut self) -> Result<(), StreamError> {
         loop {
             let batch = take_ready(&mut self.pending, self.repl.engine.applied());
@@ -282,13 +314,17 @@ impl Receiver {
             self.status.receiver.set(State::Busy);
             let applied = self.repl.engine.apply(batch).await;
             self.status.receiver.set(State::Idle);
-            let waiting = applied.map_err(|source| self.apply_error(source))?;
+            let waiting = match applied {
+                Ok(waiting) => waiting,
+                Err(unapplied) => return self.wait_out(unapplied).await,
+            };
             PeerStatus::add(&self.status.received, count - waiting.len() as u64);
             let stuck = !waiting.is_empty();
             for change in waiting {
                 self.pending
                     .insert((change.origin.clone(), change.seq), change);
             }
+            self.retry_backoff = Duration::ZERO;
             if stuck {
                 return Ok(());
             }

@@ -175,7 +175,14 @@ pub fn start_redis() -> (Process, SocketAddr) {
 /// Starts redis-server on `port` with an append-only file in `dir` synced on every
 /// write, so a restart keeps its data.
 pub fn start_redis_persistent(dir: &Path, port: u16) -> Process {
+    start_redis_loading_slowly(dir, port, 0)
+}
+
+/// The same, taking `key_load_delay_us` microseconds per key when it loads its data
+/// at start: it answers LOADING meanwhile, as a Redis with a large data set does.
+pub fn start_redis_loading_slowly(dir: &Path, port: u16, key_load_delay_us: u32) -> Process {
     let dir = dir.to_str().unwrap();
+    let delay = key_load_delay_us.to_string();
     redis_server(
         port,
         &[
@@ -185,6 +192,8 @@ pub fn start_redis_persistent(dir: &Path, port: u16) -> Process {
             "always",
             "--dir",
             dir,
+            "--key-load-delay",
+            &delay,
         ],
     )
 }

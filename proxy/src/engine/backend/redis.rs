@@ -112,7 +112,8 @@ impl RedisStore {
     }
 
     fn error(&self, e: &redis::RedisError) -> RedisStoreError {
-        let retryable = e.is_io_error()
+        let retryable = busy(e)
+            || e.is_io_error()
             || e.is_connection_refusal()
             || e.is_timeout()
             || e.is_connection_dropped();
@@ -375,6 +376,19 @@ fn fetched(row: RValue, now_ms: u64) -> Fetched {
 
 /// A field of a hash and its value, as HSCAN returns them.
 type Field = (Vec<u8>, Vec<u8>);
+
+/// Whether Redis answered that it cannot serve for now: it is loading its data
+/// after a restart, or briefly unable to. It is waited for, as one that is down.
+/// A transaction reports the codes of the commands it aborted.
+fn busy(e: &redis::RedisError) -> bool {
+    const BUSY: [&str; 4] = ["LOADING", "TRYAGAIN", "MASTERDOWN", "BUSY"];
+    if e.code().is_some_and(|code| BUSY.contains(&code)) {
+        return true;
+    }
+    e.clone()
+        .into_server_errors()
+        .is_some_and(|errors| errors.iter().any(|(_, s)| BUSY.contains(&s.code())))
+}
 
 /// A key's version as the metadata hash holds it: the binary encoding, or the
 /// `timestamp/origin` text of earlier builds. `None` for anything else.

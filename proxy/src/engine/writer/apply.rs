@@ -10,18 +10,21 @@ use meridian_policies::{Readiness, Resolution, Timestamp, Version, readiness};
 
 use super::{Writer, wall_ms};
 use crate::change::Change;
-use crate::engine::ApplyError;
+use crate::engine::{ApplyError, Unapplied};
 
 impl Writer {
     /// Applies what it can of `changes` (in order), skipping those already applied,
     /// and hands back those that must wait: a gap in their origin's sequence or
     /// dependencies not yet applied. (Receivers offer only changes that were ready
     /// when they looked, so what comes back is what another receiver applied first.)
-    pub(super) fn apply_remote(&mut self, changes: Vec<Change>) -> Result<Vec<Change>, ApplyError> {
+    pub(super) fn apply_remote(&mut self, changes: Vec<Change>) -> Result<Vec<Change>, Unapplied> {
         if let Some(why) = self.shared.broken() {
-            return Err(ApplyError::Stopped(why));
+            return Err(Unapplied {
+                error: ApplyError::Stopped(why),
+                changes,
+            });
         }
-        let (mut ready, waiting) = self.ready(changes);
+        let (mut ready, mut waiting) = self.ready(changes);
         if ready.is_empty() {
             return Ok(waiting);
         }
@@ -29,14 +32,24 @@ impl Writer {
             .iter()
             .flat_map(|c| c.ops.iter().map(|op| op.key.as_slice()))
             .collect();
-        let mut versions = self.versions(keys)?;
+        let mut versions = match self.versions(keys) {
+            Ok(versions) => versions,
+            Err(e) => {
+                // Nothing is changed yet: hand every change back as it came.
+                ready.append(&mut waiting);
+                return Err(Unapplied {
+                    error: e.into(),
+                    changes: ready,
+                });
+            }
+        };
         for change in &mut ready {
             self.observe(change.hlc);
             self.resolve(change, &mut versions);
             change.path.push(self.shared.dc.clone());
         }
         self.publish(ready, false)
-            .map_err(|e| ApplyError::Log(e.0))?;
+            .map_err(|e| Unapplied::from(ApplyError::Log(e.0)))?;
         Ok(waiting)
     }
 
