@@ -83,7 +83,9 @@ pub fn generate(topology: &Topology, force: bool) -> Result<Vec<PathBuf>, CertsE
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(vec![dc.id.clone()])?;
         params.distinguished_name = name(&dc.id);
-        params.is_ca = IsCa::ExplicitNoCa;
+        // No basicConstraints at all: written out with cA FALSE (its default) it is
+        // not DER, and strict parsers refuse the certificate.
+        params.is_ca = IsCa::NoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,

@@ -28,8 +28,8 @@ pub use change::CHANGE_FORMAT;
 pub use engine::{BackendConfig, DEFAULT_MAX_UNSTORED, DEFAULT_SEGMENT_BYTES, Fsync};
 pub use error::{Classify, Origin};
 pub use link::{
-    ALPN, Identity, Link, LinkError, LinkTls, PROTOCOL_VERSION, accept as accept_link,
-    connect as connect_link,
+    ALPN, HANDSHAKE_TIMEOUT, Identity, Link, LinkError, LinkTls, PROTOCOL_VERSION,
+    accept as accept_link, connect as connect_link,
 };
 pub use replication::ReplicationConfig;
 pub use server::{Proxy, ProxyConfig, StartError};

@@ -24,6 +24,8 @@ use frame::{Frame, FrameError, Hello};
 
 /// The application protocol spoken on links.
 pub const ALPN: &[u8] = b"meridian/2";
+/// How long a handshake may take, TLS included, before the attempt is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The link protocol version this build speaks (2: one little-endian frame codec
 /// for the handshake and replication).
 pub const PROTOCOL_VERSION: u16 = 2;
@@ -65,6 +67,14 @@ pub enum LinkError {
         peer: String,
         /// Why.
         reason: String,
+    },
+    /// The handshake did not complete in time.
+    #[error("the handshake with {peer} did not complete within {after:?}")]
+    Timeout {
+        /// The peer.
+        peer: String,
+        /// The limit.
+        after: Duration,
     },
     /// A malformed, oversized or unexpected handshake frame.
     #[error("bad handshake from {peer}: {message}")]
@@ -240,6 +250,23 @@ pub async fn connect(
     addr: SocketAddr,
     peer_dc: &str,
     me: &Identity,
+    within: Duration,
+) -> Result<Link, LinkError> {
+    tokio::time::timeout(within, connect_now(endpoint, addr, peer_dc, me))
+        .await
+        .unwrap_or_else(|_| {
+            Err(LinkError::Timeout {
+                peer: peer_dc.to_owned(),
+                after: within,
+            })
+        })
+}
+
+async fn connect_now(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    peer_dc: &str,
+    me: &Identity,
 ) -> Result<Link, LinkError> {
     let fail = |e: &dyn std::fmt::Display| LinkError::Connection {
         peer: peer_dc.to_owned(),
@@ -297,6 +324,22 @@ pub async fn connect(
 /// Accepts one incoming link and runs the handshake, checking the peer against the
 /// topology: a datacenter of this cluster that may link with `me`.
 pub async fn accept(
+    incoming: quinn::Incoming,
+    me: &Identity,
+    topology: &Topology,
+    within: Duration,
+) -> Result<Link, LinkError> {
+    let remote = incoming.remote_address().to_string();
+    // A peer that completes TLS and then sends nothing is not held.
+    tokio::time::timeout(within, accept_now(incoming, me, topology))
+        .await
+        .unwrap_or(Err(LinkError::Timeout {
+            peer: remote,
+            after: within,
+        }))
+}
+
+async fn accept_now(
     incoming: quinn::Incoming,
     me: &Identity,
     topology: &Topology,

@@ -96,6 +96,42 @@ fn certificates_are_signed_by_the_ca_and_name_their_datacenter() {
     assert!(pki.join("ca-key.pem").exists());
 }
 
+/// Every certificate, and every extension in it, decodes with a second parser that
+/// holds to strict DER (as Python's `cryptography`, and so aioquic, does): a
+/// `BasicConstraints` with `cA` FALSE written out, its default, is not DER.
+#[test]
+fn certificates_are_strict_der_for_an_independent_parser() {
+    use x509_cert::der::{Decode, DecodePem, Encode};
+    use x509_cert::ext::pkix::BasicConstraints;
+    let dir = tempfile::tempdir().unwrap();
+    let file = topology(dir.path());
+    assert!(
+        meridian(&["certs", "--config", file.to_str().unwrap()])
+            .status
+            .success()
+    );
+    for name in ["ca", "us-east", "eu-west"] {
+        let pem = std::fs::read(dir.path().join("pki").join(format!("{name}.pem"))).unwrap();
+        let cert =
+            x509_cert::Certificate::from_pem(&pem).unwrap_or_else(|e| panic!("{name}.pem: {e}"));
+        for ext in cert.tbs_certificate.extensions.iter().flatten() {
+            // 2.5.29.19: basicConstraints.
+            if ext.extn_id.to_string() == "2.5.29.19" {
+                let bc = BasicConstraints::from_der(ext.extn_value.as_bytes())
+                    .unwrap_or_else(|e| panic!("{name}.pem basicConstraints: {e}"));
+                assert_eq!(bc.ca, name == "ca", "{name}.pem");
+                // DER is canonical: decoding and encoding again gives the same bytes
+                // (a default value written out does not survive that).
+                assert_eq!(
+                    bc.to_der().unwrap(),
+                    ext.extn_value.as_bytes(),
+                    "{name}.pem: basicConstraints is not in DER"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn existing_files_are_not_overwritten_unless_asked() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,11 +2,12 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 use std::path::Path;
+use std::time::Duration;
 
 use meridian_policies::VersionVector;
-
 use meridian_proxy::{
-    Identity, Link, LinkError, LinkTls, accept_link, connect_link, generate_certs,
+    HANDSHAKE_TIMEOUT, Identity, Link, LinkError, LinkTls, accept_link, connect_link,
+    generate_certs,
 };
 use meridian_topology::Topology;
 
@@ -59,10 +60,10 @@ async fn attempt(
         let topology = topology.clone();
         tokio::spawn(async move {
             let incoming = server_ep.accept().await.expect("an incoming connection");
-            accept_link(incoming, &me, &topology).await
+            accept_link(incoming, &me, &topology, HANDSHAKE_TIMEOUT).await
         })
     };
-    let client = connect_link(&client_ep, addr, server, &client_id).await;
+    let client = connect_link(&client_ep, addr, server, &client_id, HANDSHAKE_TIMEOUT).await;
     (client, accepting.await.unwrap())
 }
 
@@ -131,4 +132,36 @@ async fn another_cluster_or_a_false_name_is_refused() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_peer_that_completes_tls_and_says_nothing_is_timed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = topology(dir.path(), "shop");
+    let server_ep = tls(&t, "a")
+        .endpoint("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let client_ep = tls(&t, "b")
+        .endpoint("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let addr = server_ep.local_addr().unwrap();
+    let me = identity("shop", "a", 1);
+    let accepting = {
+        let t = t.clone();
+        tokio::spawn(async move {
+            let incoming = server_ep.accept().await.expect("an incoming connection");
+            let started = std::time::Instant::now();
+            let result = accept_link(incoming, &me, &t, Duration::from_millis(300)).await;
+            (result, started.elapsed())
+        })
+    };
+    // TLS completes, then the client sends no hello.
+    let silent = client_ep.connect(addr, "a").unwrap().await.unwrap();
+    let (result, took) = accepting.await.unwrap();
+    match result {
+        Err(LinkError::Timeout { after, .. }) => assert_eq!(after, Duration::from_millis(300)),
+        other => panic!("{other:?}"),
+    }
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    drop(silent);
 }

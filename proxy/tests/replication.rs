@@ -548,6 +548,49 @@ async fn wait_counts_the_datacenters_that_applied_the_write() {
     assert_eq!(status["metrics"]["meridian_peer_up"]["dc1"], 1.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_that_cannot_end_ends_with_its_client() {
+    use tokio::io::AsyncWriteExt;
+    let cluster = start(spec(2, Shape::AllToAll, 91)).await;
+    let clients = || async {
+        let text: String = cluster.cmd(0, &["INFO", "clients"]).await.expect("INFO");
+        text.lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("connected_clients")
+    };
+    let baseline = clients().await;
+    // Five datacenters will never confirm in a cluster of two, and 0 waits forever.
+    let mut waiters = Vec::new();
+    for _ in 0..20 {
+        let mut stream = tokio::net::TcpStream::connect(cluster.client_addr(0))
+            .await
+            .expect("connect");
+        stream
+            .write_all(b"*3\r\n$4\r\nWAIT\r\n$1\r\n5\r\n$1\r\n0\r\n")
+            .await
+            .expect("send WAIT");
+        waiters.push(stream);
+    }
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while clients().await < baseline + 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the waiters never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(waiters);
+    while clients().await > baseline {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "closed clients are still held: {} connected, {baseline} before",
+            clients().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The body of an HTTP GET.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

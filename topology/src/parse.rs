@@ -108,23 +108,22 @@ impl Ids {
 }
 
 fn read(report: &mut Report<'_>, root: &Table<'_, '_>, base: &Path) -> Option<Topology> {
-    let drafts = match root.get("datacenter") {
+    let (drafts, total) = match root.get("datacenter") {
         Some(value) => datacenter::read_all(report, value, base),
-        None => Vec::new(),
+        None => (Vec::new(), 0),
     };
-    if drafts.is_empty() {
+    if total == 0 {
         report.whole(
             "datacenter",
             "the file defines no datacenters: add at least one [[datacenter]] table",
         );
-    } else if drafts.len() > MAX_DATACENTERS {
+    } else if total > MAX_DATACENTERS {
         let span = root.get("datacenter").map(|v| v.span()).unwrap_or_default();
         report.at(
             &span,
             "datacenter",
             format!(
-                "{} datacenters, more than the limit of {MAX_DATACENTERS}",
-                drafts.len()
+                "{total} datacenters, more than the limit of {MAX_DATACENTERS} (only the first {MAX_DATACENTERS} were checked)"
             ),
         );
     }
@@ -170,6 +169,9 @@ fn read(report: &mut Report<'_>, root: &Table<'_, '_>, base: &Path) -> Option<To
     })
 }
 
+/// The longest cluster name, in bytes: it travels in every link's handshake.
+pub const MAX_CLUSTER_NAME: usize = 255;
+
 /// The `topology` key's values.
 #[derive(Clone, Copy, PartialEq)]
 enum Shape {
@@ -208,6 +210,14 @@ fn read_cluster(
     let name = name.and_then(|(name, span)| {
         if name.trim().is_empty() {
             report.at(&span, "cluster.name", "the cluster name must not be empty");
+            return None;
+        }
+        if name.len() > MAX_CLUSTER_NAME {
+            let message = format!(
+                "the cluster name is {} bytes long, more than the limit of {MAX_CLUSTER_NAME}",
+                name.len()
+            );
+            report.at(&span, "cluster.name", message);
             return None;
         }
         Some(name.to_owned())
@@ -277,18 +287,19 @@ fn topology_kind(
 
 /// Two listeners may not share an address: one of them would fail to bind.
 fn check_listeners(report: &mut Report<'_>, drafts: &[DcDraft]) {
-    let mut seen: Vec<(&Endpoint, String, Range<usize>)> = Vec::new();
+    // By port: only listeners on one port can clash, so each check is short.
+    let mut seen: HashMap<u16, Vec<(&Endpoint, String, Range<usize>)>> = HashMap::new();
     for draft in drafts {
         let dc = draft.id.as_ref().map_or("?", |(id, _)| id.as_str());
         for (key, endpoint, span) in &draft.listeners {
             if endpoint.port == 0 {
                 continue;
             }
-            let clash = seen.iter().find(|(other, _, _)| {
-                other.port == endpoint.port
-                    && (other.host == endpoint.host
-                        || is_wildcard(&other.host)
-                        || is_wildcard(&endpoint.host))
+            let on_port = seen.entry(endpoint.port).or_default();
+            let clash = on_port.iter().find(|(other, _, _)| {
+                other.host == endpoint.host
+                    || is_wildcard(&other.host)
+                    || is_wildcard(&endpoint.host)
             });
             let name = format!("datacenter {dc:?}.{key}");
             if let Some((other, other_name, other_span)) = clash {
@@ -298,7 +309,7 @@ fn check_listeners(report: &mut Report<'_>, drafts: &[DcDraft]) {
                 );
                 report.at(span, &name, message);
             } else {
-                seen.push((endpoint, name, span.clone()));
+                on_port.push((endpoint, name, span.clone()));
             }
         }
     }

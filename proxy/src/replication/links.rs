@@ -73,7 +73,15 @@ async fn dial_loop(repl: Arc<Replication>, peer: DcIdx, mut stopped: watch::Rece
                 peer: repl.id(peer).to_owned(),
                 message: "cannot resolve its peer address".into(),
             })?;
-            link::connect(&repl.endpoint, addr, repl.id(peer), &identity(&repl)).await
+            let me = identity(&repl);
+            link::connect(
+                &repl.endpoint,
+                addr,
+                repl.id(peer),
+                &me,
+                link::HANDSHAKE_TIMEOUT,
+            )
+            .await
         };
         let result = tokio::select! {
             r = attempt => r,
@@ -118,7 +126,8 @@ async fn accept_loop(repl: Arc<Replication>, mut stopped: watch::Receiver<bool>)
         let (task_repl, stopped) = (repl.clone(), stopped.clone());
         repl.engine.workers().track(async move {
             let repl = task_repl;
-            match link::accept(incoming, &identity(&repl), repl.topology()).await {
+            let me = identity(&repl);
+            match link::accept(incoming, &me, repl.topology(), link::HANDSHAKE_TIMEOUT).await {
                 Ok(link) => {
                     let span = tracing::info_span!("link", dc = %repl.dc(), peer = %link.peer.dc);
                     run(repl, link, stopped).instrument(span).await;

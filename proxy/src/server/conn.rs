@@ -60,6 +60,19 @@ pub(super) struct Conn {
     out: BytesMut,
 }
 
+/// Resolves once the client has closed its connection (or it failed). While the
+/// client has sent more, which cannot be read before the current command is
+/// answered, it looks again every 50 ms.
+async fn gone(stream: &TcpStream) {
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.peek(&mut byte).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+}
+
 /// Tells a client it cannot be served, and closes.
 pub(super) async fn refuse(mut stream: TcpStream, message: &str) {
     let mut out = BytesMut::new();
@@ -320,7 +333,13 @@ impl Conn {
                 Ok(n) => Reply::Integer(n as i64),
                 Err(e) => e.reply(),
             },
-            "WAIT" => super::replicate::wait(&self.ctx, args).await,
+            "WAIT" => {
+                // A wait that may never end ends with its client.
+                tokio::select! {
+                    reply = super::replicate::wait(&self.ctx, args) => reply,
+                    () = gone(&self.stream) => return Next::Close,
+                }
+            }
             "MERIDIAN" => super::replicate::meridian(&self.ctx, args).await,
             _ => command::unknown_command(args),
         };

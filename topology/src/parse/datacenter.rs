@@ -9,6 +9,7 @@ use toml::de::DeValue;
 
 use super::reader::{Report, Table};
 use crate::model::{Backend, Datacenter, Endpoint};
+use crate::route::MAX_DATACENTERS;
 
 const KEYS: &[&str] = &[
     "id", "client", "peer", "admin", "data_dir", "backend", "weight", "cert", "key",
@@ -58,12 +59,14 @@ impl DcDraft {
     }
 }
 
-/// Reads the `[[datacenter]]` array; `position` counts from 1 for messages.
+/// Reads the `[[datacenter]]` array, at most the first [`MAX_DATACENTERS`] of it
+/// (past the limit the file is refused anyway, and checking thousands of entries
+/// would take long); returns them and how many entries the array has.
 pub(super) fn read_all(
     report: &mut Report<'_>,
     value: &Spanned<DeValue<'_>>,
     base: &Path,
-) -> Vec<DcDraft> {
+) -> (Vec<DcDraft>, usize) {
     let Some(items) = value.get_ref().as_array() else {
         let found = value.get_ref().type_str();
         report.at(
@@ -71,10 +74,10 @@ pub(super) fn read_all(
             "datacenter",
             format!("expected [[datacenter]] tables, found {found}"),
         );
-        return Vec::new();
+        return (Vec::new(), 0);
     };
-    let mut drafts = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
+    let mut drafts = Vec::with_capacity(items.len().min(MAX_DATACENTERS));
+    for (i, item) in items.iter().enumerate().take(MAX_DATACENTERS) {
         match item.get_ref().as_table() {
             Some(table) => {
                 let name = match table.get("id").and_then(|v| v.get_ref().as_str()) {
@@ -95,7 +98,7 @@ pub(super) fn read_all(
         }
     }
     check_unique_ids(report, &drafts);
-    drafts
+    (drafts, items.len())
 }
 
 fn read_one(report: &mut Report<'_>, t: &Table<'_, '_>, base: &Path) -> DcDraft {

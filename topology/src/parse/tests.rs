@@ -349,3 +349,36 @@ fn auth_users_are_read_and_checked() {
         "{found:?}"
     );
 }
+
+#[test]
+fn thousands_of_datacenters_are_refused_after_checking_only_the_first_64() {
+    // Entry 100 is also wrong: past the limit it is not read, so validation stays
+    // short however long the file is.
+    let mut text = "[cluster]\nname = \"t\"\n".to_owned();
+    for i in 0..4000u16 {
+        text += &dc(&format!("dc{i}"), 1000 + (i % 50) * 300 + i / 50);
+        if i == 100 {
+            text += "bogus = 1\n";
+        }
+    }
+    let found = problems(&text);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("4000 datacenters, more than the limit of 64")),
+        "{found:?}"
+    );
+    assert!(!found.iter().any(|p| p.contains("bogus")), "{found:?}");
+}
+
+#[test]
+fn a_cluster_name_too_long_for_the_handshake_is_refused() {
+    let long = "x".repeat(70_000);
+    let text = cluster("").replace("name = \"t\"", &format!("name = \"{long}\""));
+    let found = problems(&text);
+    assert!(
+        found.iter().any(|p| p.contains("cluster.name")
+            && p.contains("70000 bytes long, more than the limit of 255")),
+        "{found:?}"
+    );
+}
