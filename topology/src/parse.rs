@@ -286,9 +286,12 @@ fn topology_kind(
 }
 
 /// Two listeners may not share an address: one of them would fail to bind.
+/// A listener seen: its address, its key path, where it was written.
+type Listener<'a> = (&'a Endpoint, String, Range<usize>);
+
 fn check_listeners(report: &mut Report<'_>, drafts: &[DcDraft]) {
     // By port: only listeners on one port can clash, so each check is short.
-    let mut seen: HashMap<u16, Vec<(&Endpoint, String, Range<usize>)>> = HashMap::new();
+    let mut seen: HashMap<u16, Vec<Listener<'_>>> = HashMap::new();
     for draft in drafts {
         let dc = draft.id.as_ref().map_or("?", |(id, _)| id.as_str());
         for (key, endpoint, span) in &draft.listeners {
