@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod binary;
+mod faults;
 mod multikey;
 mod overhead;
 mod processes;
@@ -37,6 +38,10 @@ enum Bench {
     /// One MSET and DEL of many keys (10k, 80k, 200k): how long each takes, how
     /// long another client's write waits meanwhile, and the store's bytes per byte.
     Multikey(multikey::MultikeyArgs),
+    /// A fault run (not part of CI): three datacenters under load while proxies
+    /// and a Redis backend are SIGKILLed; then every acknowledged write is looked
+    /// for at every datacenter.
+    Faults(faults::FaultArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +50,7 @@ fn main() -> ExitCode {
         Bench::Overhead(args) => ("overhead", overhead::run(&args)),
         Bench::Replication(args) => ("replication", replication::run(&args)),
         Bench::Multikey(args) => ("multikey", multikey::run(&args)),
+        Bench::Faults(args) => ("faults", faults::run(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
