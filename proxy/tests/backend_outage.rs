@@ -23,8 +23,15 @@ fn a_redis_restart_gives_clear_errors_then_service_resumes() {
         client.cmd(&[b"SET", b"{u}:k", b"before"]),
         Resp::Simple("OK".into())
     );
-    // Wait until the write is in Redis itself, so the outage cannot lose it.
+    // Wait until the write is in Redis itself, so the outage cannot lose it, and
+    // the proxy holds nothing of it in memory any more (its checkpoint is done).
     wait_until_redis_holds(redis_addr, b"{u}:k", b"before");
+    eventually("the proxy to hold no uncommitted keys", || {
+        match client.cmd(&[b"INFO", b"replication"]) {
+            Resp::Bulk(text) => String::from_utf8_lossy(&text).contains("uncommitted_keys:0\r\n"),
+            _ => false,
+        }
+    });
 
     redis.0.kill().unwrap();
     redis.0.wait().unwrap();

@@ -52,7 +52,7 @@ impl BackendError {
     /// Whether trying again later can succeed (a database restarting, say).
     pub fn retryable(&self) -> bool {
         match self {
-            BackendError::Embedded(_) => false,
+            BackendError::Embedded(e) => e.retryable(),
             BackendError::Redis(e) => e.retryable,
             BackendError::Refused(_) => false,
         }

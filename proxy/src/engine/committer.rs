@@ -123,6 +123,8 @@ struct Committer<'a> {
     since_checkpoint: Option<(VersionVector, u64)>,
     /// The vector the last commit reached.
     applied: Option<VersionVector>,
+    /// Batches committed since the last durable checkpoint, oldest first.
+    undurable: Vec<(u64, Vec<Change>)>,
 }
 
 fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget, worker: &Worker) {
@@ -133,6 +135,7 @@ fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget, worker: &Worker) 
         last_checkpoint: Instant::now(),
         since_checkpoint: None,
         applied: None,
+        undurable: Vec::new(),
     };
     worker.set(State::Idle);
     loop {
@@ -173,21 +176,62 @@ fn take_batches(first: Logged, rx: &Receiver<Logged>) -> Vec<Logged> {
 }
 
 impl Committer<'_> {
-    /// Commits, retrying while the backend is unreachable; false once it failed
-    /// for good.
-    fn commit(&mut self, changes: &[Change], vector: &VersionVector, durable: bool) -> bool {
+    /// Commits, retrying while the backend is unreachable or failing for now;
+    /// returns whether the commit was a durable checkpoint, or `None` once the
+    /// backend failed for good. After a failure, the retry also commits again
+    /// everything committed since the last durable checkpoint, durably: a store
+    /// opened again after an I/O error has lost it (the memtable still serves it).
+    fn commit(
+        &mut self,
+        changes: &[Change],
+        vector: &VersionVector,
+        durable: bool,
+    ) -> Option<bool> {
         self.worker.set(State::Busy);
-        let done = commit_until_done(
-            self.shared,
-            &mut self.target,
-            changes,
-            vector,
-            durable,
-            self.worker,
-        );
-        self.worker
-            .set(if done { State::Idle } else { State::Failed });
-        done
+        let mut backoff = Duration::from_millis(50);
+        let mut failures = 0u32;
+        loop {
+            let started = Instant::now();
+            let result = if failures == 0 {
+                self.target.commit(changes, vector, durable)
+            } else {
+                let again: Vec<Change> = (self.undurable.iter())
+                    .flat_map(|(_, c)| c.iter().cloned())
+                    .chain(changes.iter().cloned())
+                    .collect();
+                self.target.commit(&again, vector, true)
+            };
+            self.shared.backend_stats.record(started.elapsed());
+            match result {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "the backend takes commits again");
+                    }
+                    self.worker.set(State::Idle);
+                    return Some(durable || failures > 0);
+                }
+                Err(e) if e.retryable() => {
+                    self.worker.set(State::Throttled);
+                    self.worker.error(&e);
+                    if failures == 0 {
+                        tracing::warn!(error = %e, "the backend cannot take commits for now; logged writes wait in memory and are retried");
+                    }
+                    failures += 1;
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => {
+                    let why = format!(
+                        "the backend failed ({e}); logged writes will be applied when the proxy restarts"
+                    );
+                    tracing::error!("{why}");
+                    self.worker.error(&why);
+                    self.worker.set(State::Failed);
+                    self.shared.set_broken(why);
+                    return None;
+                }
+            }
+        }
     }
 
     /// Writes stopped: checkpoints what came last, so retention can proceed.
@@ -195,16 +239,32 @@ impl Committer<'_> {
         let Some((vector, end_lsn)) = self.since_checkpoint.take() else {
             return true;
         };
-        if !self.commit(&[], &vector, true) {
+        if self.commit(&[], &vector, true).is_none() {
             return false;
         }
-        self.last_checkpoint = Instant::now();
-        checkpointed(self.shared, end_lsn);
+        self.durable(end_lsn);
         true
     }
 
+    /// After a durable checkpoint: the log before `end_lsn` may go, and what was
+    /// committed since the last one leaves the memtable.
+    fn durable(&mut self, end_lsn: u64) {
+        self.last_checkpoint = Instant::now();
+        self.since_checkpoint = None;
+        checkpointed(self.shared, end_lsn);
+        let Some(&(last, _)) = self.undurable.last() else {
+            return;
+        };
+        let keys = std::mem::take(&mut self.undurable)
+            .into_iter()
+            .flat_map(|(_, changes)| changes)
+            .flat_map(|c| c.ops.into_iter().map(|op| op.key));
+        self.shared.memtable.committed(last, keys);
+    }
+
     /// Commits the batches in one transaction (a durable checkpoint when one is
-    /// due or asked for), then releases their keys from the memtable.
+    /// due or asked for). Their keys leave the memtable at the next durable
+    /// checkpoint: until then a store that fails could lose them.
     fn commit_batches(&mut self, batches: Vec<Logged>) -> bool {
         let Some(last) = batches.last() else {
             return true;
@@ -213,20 +273,15 @@ impl Committer<'_> {
         let (batch, vector, end_lsn) = (last.batch, last.applied.clone(), last.end_lsn);
         let changes: Vec<Change> = batches.into_iter().flat_map(|b| b.changes).collect();
         let checkpoint = forced || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
-        if !self.commit(&changes, &vector, checkpoint) {
+        let Some(durable) = self.commit(&changes, &vector, checkpoint) else {
             return false;
-        }
-        if checkpoint {
-            self.last_checkpoint = Instant::now();
-            checkpointed(self.shared, end_lsn);
-            self.since_checkpoint = None;
+        };
+        self.undurable.push((batch, changes));
+        if durable {
+            self.durable(end_lsn);
         } else {
             self.since_checkpoint = Some((vector.clone(), end_lsn));
         }
-        let keys = changes
-            .into_iter()
-            .flat_map(|c| c.ops.into_iter().map(|op| op.key));
-        self.shared.memtable.committed(batch, keys);
         self.shared.committed.send_replace(batch);
         self.applied = Some(vector);
         true
@@ -249,54 +304,4 @@ fn checkpointed(shared: &Shared, end_lsn: u64) {
         .durable
         .store(end_lsn, std::sync::atomic::Ordering::Release);
     shared.retain();
-}
-
-/// Commits, retrying while the backend is unreachable (Redis restarting, say). The
-/// changes wait in the memtable meanwhile, so reads stay right. Returns false after
-/// a failure that retrying cannot fix: writes then stop until a restart replays the log.
-fn commit_until_done(
-    shared: &Shared,
-    target: &mut Box<dyn Session>,
-    changes: &[Change],
-    applied: &VersionVector,
-    durable: bool,
-    worker: &Worker,
-) -> bool {
-    let mut backoff = Duration::from_millis(50);
-    let mut failures = 0u32;
-    loop {
-        let started = Instant::now();
-        let result = target.commit(changes, applied, durable);
-        shared.backend_stats.record(started.elapsed());
-        match result {
-            Ok(()) => {
-                if failures > 0 {
-                    tracing::info!(
-                        failures,
-                        "the backend is reachable again; committing resumed"
-                    );
-                }
-                return true;
-            }
-            Err(e) if e.retryable() => {
-                worker.set(State::Throttled);
-                worker.error(&e);
-                if failures == 0 {
-                    tracing::warn!(error = %e, "the backend is unreachable; logged writes wait in memory and are retried");
-                }
-                failures += 1;
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-            Err(e) => {
-                let why = format!(
-                    "the backend failed ({e}); logged writes will be applied when the proxy restarts"
-                );
-                tracing::error!("{why}");
-                worker.error(&why);
-                shared.set_broken(why);
-                return false;
-            }
-        }
-    }
 }

@@ -95,7 +95,7 @@ fn engine(ctx: &Context) -> Vec<Family> {
     vec![
         one(
             "meridian_uncommitted_keys",
-            "Keys logged but not yet in the backend.",
+            "Keys logged but not yet durably in the backend (served from memory meanwhile).",
             Kind::Gauge,
             ctx.engine.uncommitted() as f64,
             "uncommitted_keys",

@@ -35,7 +35,7 @@ const TOMBSTONES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("tomb
 const OLD_TOMBSTONES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("deleted");
 const APPLIED: &str = "applied";
 
-/// A failure of the embedded store. Retrying does not help with a damaged database.
+/// A failure of the embedded store.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// redb refused an operation.
@@ -45,6 +45,9 @@ pub enum StoreError {
         what: &'static str,
         /// redb's description.
         message: String,
+        /// An I/O failure (a full disk, say): the store is opened again and the
+        /// operation retried. Anything else (damage) is not retried.
+        retryable: bool,
     },
     /// A stored record that does not decode.
     #[error("embedded store holds a damaged record for key {key:?}: {message}")]
@@ -56,17 +59,34 @@ pub enum StoreError {
     },
 }
 
-fn engine(what: &'static str) -> impl FnOnce(&dyn std::fmt::Display) -> StoreError {
-    move |e| StoreError::Engine {
-        what,
-        message: e.to_string(),
+fn engine<E: Into<redb::Error>>(what: &'static str) -> impl FnOnce(E) -> StoreError {
+    move |e| {
+        let e: redb::Error = e.into();
+        StoreError::Engine {
+            what,
+            retryable: matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo),
+            message: e.to_string(),
+        }
     }
 }
 
 macro_rules! try_engine {
     ($what:literal, $e:expr) => {
-        $e.map_err(|e| engine($what)(&e))?
+        $e.map_err(engine($what))?
     };
+}
+
+impl StoreError {
+    /// Whether opening the store again and retrying can help.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Engine {
+                retryable: true,
+                ..
+            }
+        )
+    }
 }
 
 fn damaged(key: &[u8], message: impl Into<String>) -> StoreError {
@@ -261,19 +281,76 @@ impl KeyReader for Snapshot {
 /// The embedded store as the engine's backend.
 #[derive(Debug, Clone)]
 pub(in crate::engine) struct Embedded {
-    store: Arc<Store>,
+    slot: Arc<Slot>,
+}
+
+/// The open store, opened again after an I/O error: redb refuses every operation
+/// after one ("previous I/O error") until the database is opened anew, so a disk
+/// that was full and has room again would otherwise stop reads and writes for good.
+#[derive(Debug)]
+struct Slot {
+    path: std::path::PathBuf,
+    store: std::sync::RwLock<Option<Arc<Store>>>,
+}
+
+/// How long opening the store again waits for readers of the old one to finish.
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Slot {
+    fn current(&self) -> Result<Arc<Store>, StoreError> {
+        self.store
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(StoreError::Engine {
+                what: "open",
+                message: "the store is being opened again after an I/O error".into(),
+                retryable: true,
+            })
+    }
+
+    /// Drops the store and opens it again (waiting for the old one's readers).
+    fn reopen(&self) {
+        let mut slot = self.store.write().unwrap_or_else(|p| p.into_inner());
+        drop(slot.take());
+        let deadline = std::time::Instant::now() + REOPEN_WAIT;
+        loop {
+            match Store::open(&self.path) {
+                Ok(store) => {
+                    tracing::info!(path = %self.path.display(), "opened the embedded store again after an I/O error");
+                    *slot = Some(Arc::new(store));
+                    return;
+                }
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "opening the embedded store again");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open the embedded store again yet");
+                    return;
+                }
+            }
+        }
+    }
 }
 
 impl Embedded {
     pub(in crate::engine) fn open(path: &Path) -> Result<Embedded, StoreError> {
         Ok(Embedded {
-            store: Arc::new(Store::open(path)?),
+            slot: Arc::new(Slot {
+                path: path.to_owned(),
+                store: std::sync::RwLock::new(Some(Arc::new(Store::open(path)?))),
+            }),
         })
+    }
+
+    fn store(&self) -> Result<Arc<Store>, StoreError> {
+        self.slot.current()
     }
 
     fn read(&self, view: &View<'_>, read: &Read<'_>) -> Reply {
         // The snapshot is taken while the memtable view is held (see memtable).
-        match self.store.snapshot() {
+        match self.store().and_then(|store| store.snapshot()) {
             Ok(snapshot) => {
                 let mut ks = ReadKeyspace {
                     view,
@@ -288,7 +365,7 @@ impl Embedded {
 
     fn count(&self, memtable: &Memtable) -> Result<u64, StoreError> {
         let view = memtable.view();
-        let snapshot = self.store.snapshot()?;
+        let snapshot = self.store()?.snapshot()?;
         let mut count = snapshot.len()? as i64;
         for (key, entry) in view.iter() {
             let stored = snapshot.get(key)?.is_some();
@@ -317,7 +394,7 @@ impl Backend for Embedded {
         let snapshot = {
             let view = memtable.view();
             overlay(&view);
-            self.store.snapshot()?
+            self.store()?.snapshot()?
         };
         Ok((snapshot.applied()?, snapshot.scan()?))
     }
@@ -342,7 +419,7 @@ impl Backend for Embedded {
 
 impl Session for Embedded {
     fn applied(&mut self) -> Result<VersionVector, BackendError> {
-        Ok(self.store.snapshot()?.applied()?)
+        Ok(self.store()?.snapshot()?.applied()?)
     }
 
     fn fetch(
@@ -350,7 +427,7 @@ impl Session for Embedded {
         keys: Vec<Vec<u8>>,
         _now_ms: u64,
     ) -> Result<HashMap<Vec<u8>, Fetched>, BackendError> {
-        let snapshot = self.store.snapshot()?;
+        let snapshot = self.store()?.snapshot()?;
         let mut out = HashMap::with_capacity(keys.len());
         for key in keys {
             let value = snapshot.get(&key)?.map(|s| s.value);
@@ -360,14 +437,14 @@ impl Session for Embedded {
     }
 
     fn versions(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Version>>, BackendError> {
-        let snapshot = self.store.snapshot()?;
+        let snapshot = self.store()?.snapshot()?;
         keys.iter()
             .map(|key| snapshot.version(key).map_err(BackendError::from))
             .collect()
     }
 
     fn keys(&mut self) -> Result<Vec<Vec<u8>>, BackendError> {
-        let snapshot = self.store.snapshot()?;
+        let snapshot = self.store()?.snapshot()?;
         Ok(snapshot.scan()?.into_iter().map(|(key, _)| key).collect())
     }
 
@@ -377,7 +454,16 @@ impl Session for Embedded {
         applied: &VersionVector,
         durable: bool,
     ) -> Result<(), BackendError> {
-        Ok(self.store.commit(changes, applied, durable)?)
+        let result = self
+            .store()
+            .and_then(|store| store.commit(changes, applied, durable));
+        match result {
+            Err(e) if e.retryable() => {
+                self.slot.reopen();
+                Err(e.into())
+            }
+            other => Ok(other?),
+        }
     }
 }
 
