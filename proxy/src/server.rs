@@ -46,6 +46,9 @@ pub struct ProxyConfig {
     pub limits: Limits,
     /// Most simultaneous client connections (default 10,000).
     pub max_clients: usize,
+    /// The most reply bytes one connection may have waiting; past it the
+    /// connection is closed (the topology's `clients.output_buffer_limit`).
+    pub max_output: u64,
     /// How long shutdown waits for connections to finish (default 5 s).
     pub grace: Duration,
     /// Replication with the other datacenters (`None`: this proxy stands alone).
@@ -82,6 +85,7 @@ impl ProxyConfig {
             },
             limits: Limits::default(),
             max_clients: 10_000,
+            max_output: topology.clients.output_buffer_limit,
             grace: Duration::from_secs(5),
             replication: None,
             clock_offset_ms: 0,
@@ -120,6 +124,8 @@ pub(crate) struct Context {
     pub(crate) clients: AtomicUsize,
     pub(crate) total_connections: AtomicU64,
     pub(crate) total_commands: AtomicU64,
+    /// Connections closed for going over the output buffer limit.
+    pub(crate) output_limit_disconnections: AtomicU64,
     pub(crate) next_client_id: AtomicU64,
     pub(crate) addr: SocketAddr,
     pub(crate) admin_addr: Option<SocketAddr>,
@@ -172,6 +178,7 @@ impl Proxy {
             clients: AtomicUsize::new(0),
             total_connections: AtomicU64::new(0),
             total_commands: AtomicU64::new(0),
+            output_limit_disconnections: AtomicU64::new(0),
             next_client_id: AtomicU64::new(1),
             addr,
             admin_addr,

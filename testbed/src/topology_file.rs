@@ -15,6 +15,9 @@ pub struct TopologyFile {
     /// `[[datacenter]]`, in order.
     #[serde(rename = "datacenter")]
     pub datacenters: Vec<DatacenterEntry>,
+    /// `[clients]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clients: Option<ClientsSection>,
     /// `[replication]`.
     #[serde(skip_serializing_if = "ReplicationSection::is_empty")]
     pub replication: ReplicationSection,
@@ -70,6 +73,13 @@ pub enum BackendEntry {
     },
 }
 
+/// `[clients]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientsSection {
+    /// The most reply bytes a connection may have waiting (`"512MiB"`).
+    pub output_buffer_limit: String,
+}
+
 /// `[replication]`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReplicationSection {
@@ -105,6 +115,7 @@ impl TopologyFile {
                 star_fallback: None,
             },
             datacenters: Vec::new(),
+            clients: None,
             replication: ReplicationSection::default(),
             tls: None,
         }

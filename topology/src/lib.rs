@@ -16,7 +16,7 @@ mod route;
 
 pub use error::{ConfigErrors, Location, Problem};
 pub use model::{
-    Backend, Datacenter, Endpoint, FsyncPolicy, Homes, Link, OnHomeDown, OnStale,
+    Backend, ClientSettings, Datacenter, Endpoint, FsyncPolicy, Homes, Link, OnHomeDown, OnStale,
     ReplicationSettings, SessionSettings, TlsSettings, Topology, TopologyKind, UserKey,
 };
 pub use plan::{Arrival, Plan};

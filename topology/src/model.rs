@@ -21,6 +21,8 @@ pub struct Topology {
     pub homes: Homes,
     /// `[session]`: how reads honour session tokens.
     pub session: SessionSettings,
+    /// `[clients]`: bounds on what one client connection may take.
+    pub clients: ClientSettings,
     /// `[replication]`: durability and retention of the replication log.
     pub replication: ReplicationSettings,
     /// `[tls]`: the cluster's certificate authority.
@@ -142,6 +144,15 @@ pub enum OnHomeDown {
     /// The next datacenter in the user's rendezvous order takes the writes, once a
     /// majority agrees the home is down.
     NextInLine,
+}
+
+/// Bounds on one client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientSettings {
+    /// The most reply bytes a connection may have waiting to be sent; past it the
+    /// connection is closed, as Redis's `client-output-buffer-limit` does (default
+    /// 512 MiB).
+    pub output_buffer_limit: u64,
 }
 
 /// How reads honour session tokens.

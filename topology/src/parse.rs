@@ -21,6 +21,7 @@ const ROOT_KEYS: &[&str] = &[
     "datacenter",
     "homes",
     "session",
+    "clients",
     "replication",
     "tls",
     "auth",
@@ -135,6 +136,7 @@ fn read(report: &mut Report<'_>, root: &Table<'_, '_>, base: &Path) -> Option<To
     let cluster = read_cluster(report, root, &ids, n);
     let homes = sections::homes(report, root, &ids);
     let session = sections::session(report, root);
+    let clients = sections::clients(report, root);
     let replication = sections::replication(report, root);
     let tls = sections::tls(report, root, base);
     let users = sections::auth(report, root);
@@ -161,6 +163,7 @@ fn read(report: &mut Report<'_>, root: &Table<'_, '_>, base: &Path) -> Option<To
         datacenters,
         homes: homes?,
         session: session?,
+        clients: clients?,
         replication: replication?,
         tls,
         users: users?,

@@ -43,6 +43,21 @@ impl Reply {
     /// `+OK`.
     pub const OK: Reply = Reply::Simple("OK");
 
+    /// About how many bytes the reply takes once encoded (its data and a few
+    /// bytes of framing per element).
+    pub fn size(&self) -> usize {
+        const FRAME: usize = 16;
+        FRAME
+            + match self {
+                Reply::Simple(s) => s.len(),
+                Reply::Status(s) | Reply::Error(s) | Reply::Verbatim(s) => s.len(),
+                Reply::Bulk(b) => b.len(),
+                Reply::Integer(_) | Reply::Null | Reply::NullArray | Reply::Double(_) => 0,
+                Reply::Array(items) => items.iter().map(Reply::size).sum(),
+                Reply::Map(pairs) => pairs.iter().map(|(k, v)| k.size() + v.size()).sum(),
+            }
+    }
+
     /// An error reply; `message` starts with its code (`ERR ...`).
     pub fn error(message: impl Into<String>) -> Reply {
         Reply::Error(message.into())

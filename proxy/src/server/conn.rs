@@ -57,6 +57,8 @@ pub(super) struct Conn {
     authenticated: bool,
     parser: RequestParser,
     pending: VecDeque<Pending>,
+    /// About how many bytes the replies in `pending` take.
+    pending_bytes: usize,
     out: BytesMut,
 }
 
@@ -101,6 +103,7 @@ pub(super) async fn serve(
         authenticated: ctx.config.users.is_empty(),
         parser: RequestParser::new(limits),
         pending: VecDeque::new(),
+        pending_bytes: 0,
         out: BytesMut::with_capacity(16 << 10),
     };
     if let Err(e) = conn.run(stopped).await {
@@ -132,6 +135,9 @@ impl Conn {
                 let more = batch.len() == MAX_PIPELINE;
                 if self.execute_all(batch).await == Next::Close {
                     return self.flush().await;
+                }
+                if self.over_output_limit() {
+                    return Ok(());
                 }
                 if let Some(e) = protocol_error {
                     // The stream cannot be resynchronised: answer and close, as Redis does.
@@ -208,9 +214,36 @@ impl Conn {
         }
     }
 
+    /// Whether the replies waiting to be sent are over the output buffer limit: the
+    /// connection is then closed without them, as Redis closes a client over its
+    /// `client-output-buffer-limit`, and counted.
+    fn over_output_limit(&mut self) -> bool {
+        let waiting = self.pending_bytes + self.out.len();
+        if (waiting as u64) <= self.ctx.config.max_output {
+            return false;
+        }
+        self.ctx
+            .output_limit_disconnections
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            client = self.id,
+            peer = %self.peer,
+            bytes = waiting,
+            limit = self.ctx.config.max_output,
+            "closing a client whose replies are over the output buffer limit"
+        );
+        self.pending.clear();
+        self.pending_bytes = 0;
+        true
+    }
+
     /// Encodes every settled reply and writes them out.
     async fn flush(&mut self) -> std::io::Result<()> {
         self.settle().await;
+        if self.over_output_limit() {
+            return Err(std::io::ErrorKind::ConnectionAborted.into());
+        }
+        self.pending_bytes = 0;
         for pending in self.pending.drain(..) {
             if let Pending::Ready(reply) = pending {
                 reply.encode(self.protocol, &mut self.out);
@@ -235,12 +268,14 @@ impl Conn {
                 self.ctx
                     .commands
                     .record(*index, started.elapsed(), reply.is_error());
+                self.pending_bytes += reply.size();
                 *pending = Pending::Ready(reply);
             }
         }
     }
 
     fn reply(&mut self, reply: Reply) {
+        self.pending_bytes += reply.size();
         self.pending.push_back(Pending::Ready(reply));
     }
 

@@ -48,6 +48,17 @@ fn server(ctx: &Context) -> Vec<Family> {
         )
         .in_info(Section::Stats, "total_commands_processed", Integer),
         Family::single(
+            "meridian_client_output_limit_disconnections_total",
+            "Client connections closed for going over the output buffer limit.",
+            Kind::Counter,
+            load(&ctx.output_limit_disconnections),
+        )
+        .in_info(
+            Section::Stats,
+            "client_output_buffer_limit_disconnections",
+            Integer,
+        ),
+        Family::single(
             "meridian_changes_committed_total",
             "Changes this datacenter wrote to its log.",
             Kind::Counter,

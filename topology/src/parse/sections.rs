@@ -7,13 +7,14 @@ use std::time::Duration;
 use super::Ids;
 use super::reader::{Report, Table};
 use crate::model::{
-    FsyncPolicy, Homes, Link, OnHomeDown, OnStale, ReplicationSettings, SessionSettings,
-    TlsSettings, UserKey,
+    ClientSettings, FsyncPolicy, Homes, Link, OnHomeDown, OnStale, ReplicationSettings,
+    SessionSettings, TlsSettings, UserKey,
 };
 use crate::route::DcIdx;
 
 const HOMES_KEYS: &[&str] = &["user", "default", "pins", "on_home_down"];
 const SESSION_KEYS: &[&str] = &["read_wait_ms", "on_stale"];
+const CLIENTS_KEYS: &[&str] = &["output_buffer_limit"];
 const REPLICATION_KEYS: &[&str] = &["fsync", "log_retention", "heartbeat_ms", "peer_timeout_ms"];
 const TLS_KEYS: &[&str] = &["ca"];
 const LINK_KEYS: &[&str] = &["delay_ms", "jitter_ms", "loss"];
@@ -147,6 +148,34 @@ pub(super) fn session(report: &mut Report<'_>, root: &Table<'_, '_>) -> Option<S
         .choice(report, "on_stale", &policies)
         .unwrap_or(OnStale::Forward);
     Some(session)
+}
+
+pub(super) fn clients(report: &mut Report<'_>, root: &Table<'_, '_>) -> Option<ClientSettings> {
+    let mut clients = ClientSettings {
+        output_buffer_limit: 512 * MIB,
+    };
+    if root.get("clients").is_none() {
+        return Some(clients);
+    }
+    let t = section(report, root, "clients", CLIENTS_KEYS)?;
+    let Some((text, span)) = t.string(report, "output_buffer_limit") else {
+        return Some(clients);
+    };
+    match parse_size(text) {
+        Some(bytes) if bytes >= 64 << 10 => clients.output_buffer_limit = bytes,
+        Some(_) => {
+            let message = format!("{text:?} is too small: allow at least 64KiB");
+            report.at(&span, "clients.output_buffer_limit", message);
+            return None;
+        }
+        None => {
+            let message =
+                format!("{text:?} is not a size: write a number and a unit, e.g. \"256MiB\"");
+            report.at(&span, "clients.output_buffer_limit", message);
+            return None;
+        }
+    }
+    Some(clients)
 }
 
 pub(super) fn replication(
