@@ -91,6 +91,8 @@ pub struct Stats {
     pub conflicts: AtomicU64,
     /// Remote timestamps further ahead of this clock than the drift bound.
     pub clock_drift_refusals: AtomicU64,
+    /// Logged changes the backend refused to store (each reported as it happens).
+    pub refused_by_backend: AtomicU64,
 }
 
 /// A handle on the engine; cheap to clone.

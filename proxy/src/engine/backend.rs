@@ -58,6 +58,13 @@ impl BackendError {
         }
     }
 
+    /// Whether the database refused what was sent (a key it will not let this
+    /// connection write), as opposed to failing or being unreachable: the changes
+    /// it holds can be committed one by one to find the refused one.
+    pub fn refused(&self) -> bool {
+        matches!(self, BackendError::Redis(e) if e.refused && !e.retryable)
+    }
+
     /// The error reply a client gets: the database's own words when it refused,
     /// otherwise a backend error naming the database.
     pub fn reply(&self) -> Reply {

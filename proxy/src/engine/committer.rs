@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use meridian_policies::VersionVector;
 
-use super::backend::Session;
+use super::backend::{BackendError, Session};
 use super::{OpenError, Shared};
 use crate::change::Change;
 use crate::workers::{State, Worker};
@@ -186,7 +186,7 @@ impl Committer<'_> {
         changes: &[Change],
         vector: &VersionVector,
         durable: bool,
-    ) -> Option<bool> {
+    ) -> Result<bool, BackendError> {
         self.worker.set(State::Busy);
         let mut backoff = Duration::from_millis(50);
         let mut failures = 0u32;
@@ -208,7 +208,7 @@ impl Committer<'_> {
                         tracing::info!(failures, "the backend takes commits again");
                     }
                     self.worker.set(State::Idle);
-                    return Some(durable || failures > 0);
+                    return Ok(durable || failures > 0);
                 }
                 Err(e) if e.retryable() => {
                     self.worker.set(State::Throttled);
@@ -220,18 +220,77 @@ impl Committer<'_> {
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
-                Err(e) => {
-                    let why = format!(
-                        "the backend failed ({e}); logged writes will be applied when the proxy restarts"
-                    );
-                    tracing::error!("{why}");
-                    self.worker.error(&why);
-                    self.worker.set(State::Failed);
-                    self.shared.set_broken(why);
-                    return None;
-                }
+                Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Commits; when the backend refuses the batch, commits its changes one by one
+    /// instead, reporting and skipping the ones it refuses, so that one bad change
+    /// neither stops the others nor goes unnoticed. `None` once writes are stopped.
+    fn commit_or_isolate(
+        &mut self,
+        changes: &[Change],
+        vector: &VersionVector,
+        durable: bool,
+    ) -> Option<bool> {
+        match self.commit(changes, vector, durable) {
+            Ok(done) => Some(done),
+            Err(e) if e.refused() && !changes.is_empty() => self.isolate(changes, vector),
+            Err(e) => self.stop(&e),
+        }
+    }
+
+    /// Commits `changes` one at a time, each with the vector it reaches (so a crash
+    /// meanwhile leaves a vector that replay continues from), then the batch's
+    /// vector durably.
+    fn isolate(&mut self, changes: &[Change], vector: &VersionVector) -> Option<bool> {
+        let mut reached = self.applied.clone().unwrap_or_default();
+        for change in changes {
+            reached.advance(&change.origin, change.seq);
+            match self.commit(std::slice::from_ref(change), &reached, false) {
+                Ok(_) => {}
+                Err(e) if e.refused() => self.refused(change, &e),
+                Err(e) => return self.stop(&e),
+            }
+        }
+        match self.commit(&[], vector, true) {
+            Ok(_) => Some(true),
+            Err(e) => self.stop(&e),
+        }
+    }
+
+    /// Reports a logged change the backend will not store: it is acknowledged and
+    /// in the log, so this is loud (log, counter, the committer's errors in
+    /// `/status`), and writes go on.
+    fn refused(&self, change: &Change, e: &BackendError) {
+        let keys: Vec<String> = (change.ops.iter())
+            .map(|op| String::from_utf8_lossy(&op.key).into_owned())
+            .collect();
+        tracing::error!(
+            origin = %change.origin,
+            seq = change.seq,
+            ?keys,
+            error = %e,
+            "the backend refused a logged change; its keys keep their previous values there"
+        );
+        self.worker.error(e);
+        self.shared
+            .stats
+            .refused_by_backend
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The backend failed for good: writes stop until a restart replays the log.
+    fn stop(&self, e: &BackendError) -> Option<bool> {
+        let why = format!(
+            "the backend failed ({e}); logged writes will be applied when the proxy restarts"
+        );
+        tracing::error!("{why}");
+        self.worker.error(&why);
+        self.worker.set(State::Failed);
+        self.shared.set_broken(why);
+        None
     }
 
     /// Writes stopped: checkpoints what came last, so retention can proceed.
@@ -239,7 +298,7 @@ impl Committer<'_> {
         let Some((vector, end_lsn)) = self.since_checkpoint.take() else {
             return true;
         };
-        if self.commit(&[], &vector, true).is_none() {
+        if self.commit_or_isolate(&[], &vector, true).is_none() {
             return false;
         }
         self.durable(end_lsn);
@@ -273,7 +332,7 @@ impl Committer<'_> {
         let (batch, vector, end_lsn) = (last.batch, last.applied.clone(), last.end_lsn);
         let changes: Vec<Change> = batches.into_iter().flat_map(|b| b.changes).collect();
         let checkpoint = forced || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
-        let Some(durable) = self.commit(&changes, &vector, checkpoint) else {
+        let Some(durable) = self.commit_or_isolate(&changes, &vector, checkpoint) else {
             return false;
         };
         self.undurable.push((batch, changes));

@@ -140,6 +140,13 @@ fn engine(ctx: &Context) -> Vec<Family> {
             "conflicts_lww_lost",
         ),
         one(
+            "meridian_changes_refused_by_backend_total",
+            "Logged changes the backend refused to store (each logged as an error).",
+            Kind::Counter,
+            load(&stats.refused_by_backend),
+            "changes_refused_by_backend",
+        ),
+        one(
             "meridian_clock_drift_refusals_total",
             "Remote timestamps too far ahead of this clock.",
             Kind::Counter,

@@ -59,6 +59,9 @@ pub struct RedisStoreError {
     pub message: String,
     /// Whether it is a connection problem (Redis down or restarting): retrying later can help.
     pub retryable: bool,
+    /// Whether Redis itself answered with an error for what was sent (a key it will
+    /// not let this connection write, say), rather than failing to answer.
+    pub refused: bool,
 }
 
 /// The Redis backend.
@@ -90,6 +93,7 @@ impl RedisStore {
             url: url.to_owned(),
             message: e.to_string(),
             retryable: false,
+            refused: false,
         })?;
         Ok(RedisStore {
             url: url.to_owned(),
@@ -108,6 +112,7 @@ impl RedisStore {
             url: self.url.clone(),
             message: message.to_owned(),
             retryable: false,
+            refused: false,
         }
     }
 
@@ -117,10 +122,12 @@ impl RedisStore {
             || e.is_connection_refusal()
             || e.is_timeout()
             || e.is_connection_dropped();
+        let answered = e.code().is_some() || e.clone().into_server_errors().is_some();
         RedisStoreError {
             url: self.url.clone(),
             message: e.to_string(),
             retryable,
+            refused: answered && !retryable,
         }
     }
 
@@ -186,6 +193,7 @@ impl SyncConn {
                 url: store.url.clone(),
                 message: format!("the applied vector in {META_KEY} is damaged: {e}"),
                 retryable: false,
+                refused: false,
             })
     }
 
@@ -311,6 +319,7 @@ fn unreachable_error(store: &RedisStore) -> RedisStoreError {
         url: store.url.clone(),
         message: "no connection".into(),
         retryable: true,
+        refused: false,
     }
 }
 
@@ -381,7 +390,9 @@ type Field = (Vec<u8>, Vec<u8>);
 /// after a restart, or briefly unable to. It is waited for, as one that is down.
 /// A transaction reports the codes of the commands it aborted.
 fn busy(e: &redis::RedisError) -> bool {
-    const BUSY: [&str; 4] = ["LOADING", "TRYAGAIN", "MASTERDOWN", "BUSY"];
+    // OOM: a Redis at its maxmemory with no eviction takes writes again once
+    // memory is freed; refusing them for good would drop them.
+    const BUSY: [&str; 5] = ["LOADING", "TRYAGAIN", "MASTERDOWN", "BUSY", "OOM"];
     if e.code().is_some_and(|code| BUSY.contains(&code)) {
         return true;
     }

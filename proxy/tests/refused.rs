@@ -1,0 +1,63 @@
+//! A change the Redis backend refuses (here: a key its ACL does not let the proxy
+//! write) is reported and skipped; it does not stop the other writes.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod support;
+
+use support::{Client, Resp, eventually, redis_dc_topology, start_meridian, start_redis};
+
+#[test]
+fn a_change_redis_refuses_is_reported_and_the_rest_flows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_redis, redis_addr) = start_redis();
+    let mut direct = Client::connect(redis_addr).unwrap();
+    // The proxy may write the keys of user u and its metadata, nothing else.
+    assert_eq!(
+        direct.cmd(&[
+            b"ACL",
+            b"SETUSER",
+            b"default",
+            b"resetkeys",
+            b"~{u}*",
+            b"~__meridian:meta"
+        ]),
+        Resp::Simple("OK".into())
+    );
+    let (topology, addr) = redis_dc_topology(dir.path(), "always", redis_addr);
+    let _proxy = start_meridian(&topology, addr);
+    let mut client = Client::connect(addr).unwrap();
+    // One pipeline: the refused write sits between two others.
+    for (key, value) in [
+        (&b"{u}:a"[..], &b"1"[..]),
+        (b"{blocked}:x", b"1"),
+        (b"{u}:b", b"2"),
+    ] {
+        client.send(&[b"SET", key, value]);
+    }
+    for _ in 0..3 {
+        assert_eq!(client.read().unwrap(), Resp::Simple("OK".into()));
+    }
+    let holds = |direct: &mut Client, key: &[u8], value: &[u8]| {
+        direct.cmd(&[b"GET", key]) == Resp::Bulk(value.to_vec())
+    };
+    eventually("redis to hold the writes around the refused one", || {
+        holds(&mut direct, b"{u}:a", b"1") && holds(&mut direct, b"{u}:b", b"2")
+    });
+    // Writes go on.
+    assert_eq!(
+        client.cmd(&[b"SET", b"{u}:c", b"3"]),
+        Resp::Simple("OK".into())
+    );
+    eventually("redis to hold a later write", || {
+        holds(&mut direct, b"{u}:c", b"3")
+    });
+    // And the refusal is counted.
+    eventually("the refusal to be counted", || {
+        match client.cmd(&[b"INFO", b"replication"]) {
+            Resp::Bulk(text) => {
+                String::from_utf8_lossy(&text).contains("changes_refused_by_backend:1\r\n")
+            }
+            _ => false,
+        }
+    });
+}
