@@ -406,7 +406,7 @@ impl Engine {
 
     /// Runs a read command against the newest data.
     pub async fn read(&self, spec: &Spec, f: DataFn, args: &[Bytes]) -> Reply {
-        self.read_many(&[(spec, f, args)])
+        self.read_many(&[(spec, f, args)], usize::MAX)
             .await
             .pop()
             .unwrap_or(Reply::Null)
@@ -414,10 +414,17 @@ impl Engine {
 
     /// Runs consecutive read commands of one connection, in order (with Redis
     /// behind, those that go to Redis travel as one pipeline).
-    pub async fn read_many(&self, reads: &[(&Spec, DataFn, &[Bytes])]) -> Vec<Reply> {
+    /// The values they return together are bounded by `max_reply` bytes: a read
+    /// that would go past it answers [`Reply::OverLimit`] without building its reply.
+    pub async fn read_many(
+        &self,
+        reads: &[(&Spec, DataFn, &[Bytes])],
+        max_reply: usize,
+    ) -> Vec<Reply> {
         let ctx = ReadContext {
             memtable: &self.shared.memtable,
             committed: &self.shared.committed,
+            max_reply,
         };
         self.shared.backend.read_many(ctx, reads).await
     }

@@ -61,3 +61,43 @@ fn a_change_redis_refuses_is_reported_and_the_rest_flows() {
         }
     });
 }
+
+#[test]
+fn a_refused_change_met_again_at_start_up_is_skipped_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_redis, redis_addr) = start_redis();
+    let mut direct = Client::connect(redis_addr).unwrap();
+    let (topology, addr) = redis_dc_topology(dir.path(), "always", redis_addr);
+    let proxy = start_meridian(&topology, addr);
+    // Redis takes no writes for now: what the proxy acknowledges stays in its log.
+    assert_eq!(
+        direct.cmd(&[b"CLIENT", b"PAUSE", b"30000", b"WRITE"]),
+        Resp::Simple("OK".into())
+    );
+    let mut client = Client::connect(addr).unwrap();
+    for (key, value) in [(&b"{blocked}:x"[..], &b"1"[..]), (b"{u}:y", b"2")] {
+        assert_eq!(client.cmd(&[b"SET", key, value]), Resp::Simple("OK".into()));
+    }
+    drop(proxy); // SIGKILL, before anything reached Redis.
+    assert_eq!(
+        direct.cmd(&[b"CLIENT", b"UNPAUSE"]),
+        Resp::Simple("OK".into())
+    );
+    assert_eq!(
+        direct.cmd(&[
+            b"ACL",
+            b"SETUSER",
+            b"default",
+            b"resetkeys",
+            b"~{u}*",
+            b"~__meridian:meta"
+        ]),
+        Resp::Simple("OK".into())
+    );
+    // Replaying the log meets the refusal: the proxy starts anyway, and the other
+    // write reaches Redis.
+    let _proxy = start_meridian(&topology, addr);
+    eventually("the replayed write to reach redis", || {
+        direct.cmd(&[b"GET", b"{u}:y"]) == Resp::Bulk(b"2".to_vec())
+    });
+}

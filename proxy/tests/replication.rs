@@ -836,3 +836,64 @@ async fn a_delete_beats_an_older_write_that_arrives_after_it() {
     }
     assert!(info_field(&cluster, 1, "conflicts_lww_lost").await > 0);
 }
+
+/// The shipper restarts of `dc`'s link to `peer`, from INFO.
+async fn link_restarts(cluster: &Cluster, dc: usize, peer: usize) -> u64 {
+    let info = cluster.replication_info(dc).await.expect("INFO");
+    let line = info
+        .get(&format!("peer_{}", cluster.id(peer)))
+        .expect("a peer line");
+    line.split(',')
+        .find_map(|f| f.strip_prefix("restarts="))
+        .and_then(|v| v.parse().ok())
+        .expect("restarts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datacenter_whose_redis_restarts_and_loads_keeps_its_links() {
+    let redis_dir = tempfile::tempdir().expect("tempdir");
+    let port = support::free_port();
+    let redis_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut redis = support::start_redis_persistent(redis_dir.path(), port);
+    // About three seconds of LOADING at half a millisecond a key.
+    let mut direct = support::Client::connect(redis_addr).expect("redis");
+    let fill = b"for i=1,6000 do redis.call('set','other:'..i,'v') end";
+    assert_eq!(direct.cmd(&[b"EVAL", fill, b"0"]), support::Resp::Nil);
+    let mut spec = spec(2, Shape::AllToAll, 131);
+    spec.dcs[1].redis = Some(format!("redis://{redis_addr}/0"));
+    let cluster = start(spec).await;
+    write_everywhere(&cluster, 20, 131).await;
+    converged(&cluster).await;
+    let before = (
+        link_restarts(&cluster, 0, 1).await,
+        link_restarts(&cluster, 1, 0).await,
+    );
+
+    redis.0.kill().expect("kill redis");
+    redis.0.wait().expect("reap redis");
+    let _redis = support::start_redis_loading_slowly(redis_dir.path(), port, 500);
+    // Changes arrive at dc1 while its Redis loads: they wait, the link stays.
+    let mut c = cluster.connect(0).await.expect("connect");
+    for i in 0..200 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("{{loading}}:{i}"))
+            .arg(i)
+            .query_async(&mut c)
+            .await
+            .expect("SET");
+    }
+    converged(&cluster).await;
+    let after = (
+        link_restarts(&cluster, 0, 1).await,
+        link_restarts(&cluster, 1, 0).await,
+    );
+    assert_eq!(
+        after, before,
+        "the link went down while dc1's Redis was loading"
+    );
+    let got: Option<String> = cluster
+        .cmd(1, &["GET", "{loading}:199"])
+        .await
+        .expect("GET");
+    assert_eq!(got.as_deref(), Some("199"));
+}

@@ -174,6 +174,9 @@ pub(super) struct ReadContext<'a> {
     pub(super) memtable: &'a Memtable,
     /// The newest writer batch committed to the backend.
     pub(super) committed: &'a watch::Sender<u64>,
+    /// The most bytes of values the reads may return together; a read that would
+    /// return more answers [`Reply::OverLimit`] instead of building its reply.
+    pub(super) max_reply: usize,
 }
 
 /// A database behind the engine.
@@ -262,6 +265,8 @@ pub(super) struct ReadKeyspace<'a, 'v> {
     pub(super) view: &'a View<'v>,
     pub(super) store: Option<&'a dyn KeyReader>,
     pub(super) now_ms: u64,
+    /// Bytes of values the reads may still return.
+    pub(super) budget: &'a std::cell::Cell<usize>,
 }
 
 impl crate::command::Keyspace for ReadKeyspace<'_, '_> {
@@ -271,7 +276,15 @@ impl crate::command::Keyspace for ReadKeyspace<'_, '_> {
             (None, Some(store)) => store.value(key)?,
             (None, None) => None,
         };
-        Ok(value.filter(|v| !v.expired(self.now_ms)))
+        let value = value.filter(|v| !v.expired(self.now_ms));
+        if let Some(v) = &value {
+            let size = key.len() + v.size();
+            match self.budget.get().checked_sub(size) {
+                Some(left) => self.budget.set(left),
+                None => return Err(Reply::OverLimit),
+            }
+        }
+        Ok(value)
     }
 
     fn put(&mut self, _key: &[u8], _value: Option<Value>) {

@@ -3,7 +3,7 @@
 use meridian_policies::{Timestamp, VersionVector};
 
 use super::OpenError;
-use super::backend::Backend;
+use super::backend::{Backend, Session};
 use crate::change::Change;
 use crate::log::Log;
 
@@ -25,6 +25,40 @@ pub(super) struct Resume {
     pub(super) last_hlc_by_origin: std::collections::HashMap<String, u64>,
 }
 
+/// Commits `changes` and `applied`; when the backend refuses them, commits them one
+/// at a time from `stored` (the vector it holds), logging and skipping those it
+/// refuses, as the committer does while running.
+fn commit_skipping_refused(
+    target: &mut dyn Session,
+    stored: &VersionVector,
+    changes: &[Change],
+    applied: &VersionVector,
+    durable: bool,
+) -> Result<(), OpenError> {
+    match target.commit(changes, applied, durable) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.refused() && !changes.is_empty() => {}
+        Err(e) => return Err(OpenError::Replay(e)),
+    }
+    let mut reached = stored.clone();
+    for change in changes {
+        reached.advance(&change.origin, change.seq);
+        match target.commit(std::slice::from_ref(change), &reached, false) {
+            Ok(()) => {}
+            Err(e) if e.refused() => tracing::error!(
+                origin = %change.origin,
+                seq = change.seq,
+                error = %e,
+                "the backend refused a logged change while replaying; its keys keep their previous values there"
+            ),
+            Err(e) => return Err(OpenError::Replay(e)),
+        }
+    }
+    target
+        .commit(&[], applied, durable)
+        .map_err(OpenError::Replay)
+}
+
 /// Applies every logged change the store has not applied (those above its applied
 /// vector), in log order, and returns where the writer resumes.
 pub(super) fn replay(
@@ -35,10 +69,11 @@ pub(super) fn replay(
 ) -> Result<Resume, OpenError> {
     let mut target = backend.session();
     let mut applied = target.applied()?;
+    let mut stored = applied.clone();
     let mut commit = |changes: &[Change], applied: &VersionVector, durable: bool| {
-        target
-            .commit(changes, applied, durable)
-            .map_err(OpenError::Replay)
+        commit_skipping_refused(target.as_mut(), &stored, changes, applied, durable)?;
+        stored = applied.clone();
+        Ok::<_, OpenError>(())
     };
     let mut last_hlc = Timestamp::default();
     let mut pending = Vec::new();

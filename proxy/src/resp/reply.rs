@@ -37,6 +37,10 @@ pub enum Reply {
     Double(f64),
     /// Verbatim text (INFO, CLIENT INFO): `=` in RESP3, a bulk string in RESP2.
     Verbatim(String),
+    /// A reply that would have gone over the client's output buffer limit, so was
+    /// not built: the connection closes instead of answering (as Redis closes a
+    /// client over its `client-output-buffer-limit`).
+    OverLimit,
 }
 
 impl Reply {
@@ -52,7 +56,11 @@ impl Reply {
                 Reply::Simple(s) => s.len(),
                 Reply::Status(s) | Reply::Error(s) | Reply::Verbatim(s) => s.len(),
                 Reply::Bulk(b) => b.len(),
-                Reply::Integer(_) | Reply::Null | Reply::NullArray | Reply::Double(_) => 0,
+                Reply::Integer(_)
+                | Reply::Null
+                | Reply::NullArray
+                | Reply::Double(_)
+                | Reply::OverLimit => 0,
                 Reply::Array(items) => items.iter().map(Reply::size).sum(),
                 Reply::Map(pairs) => pairs.iter().map(|(k, v)| k.size() + v.size()).sum(),
             }
@@ -70,7 +78,7 @@ impl Reply {
 
     /// Whether this is an error reply.
     pub fn is_error(&self) -> bool {
-        matches!(self, Reply::Error(_))
+        matches!(self, Reply::Error(_) | Reply::OverLimit)
     }
 
     /// Appends the encoding of this reply for `protocol` to `out`.
@@ -80,6 +88,8 @@ impl Reply {
             Reply::Simple(s) => line(out, b'+', s.as_bytes()),
             Reply::Status(s) => line(out, b'+', clean(s).as_bytes()),
             Reply::Error(e) => line(out, b'-', clean(e).as_bytes()),
+            // Never sent: the connection closes first. Should one reach here, an error.
+            Reply::OverLimit => line(out, b'-', b"ERR reply over the output buffer limit"),
             Reply::Integer(n) => line(out, b':', itoa::Buffer::new().format(*n).as_bytes()),
             Reply::Bulk(b) => bulk(out, b'$', b),
             Reply::Null if resp3 => out.put_slice(b"_\r\n"),

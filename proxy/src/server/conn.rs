@@ -205,7 +205,9 @@ impl Conn {
             .iter()
             .map(|r| (r.spec, r.f, r.args.as_slice()))
             .collect();
-        let replies = self.ctx.engine.read_many(&group).await;
+        let allowed = (self.ctx.config.max_output as usize)
+            .saturating_sub(self.pending_bytes.saturating_add(self.out.len()));
+        let replies = self.ctx.engine.read_many(&group, allowed).await;
         for (read, reply) in reads.drain(..).zip(replies) {
             self.ctx
                 .commands
@@ -218,7 +220,7 @@ impl Conn {
     /// connection is then closed without them, as Redis closes a client over its
     /// `client-output-buffer-limit`, and counted.
     fn over_output_limit(&mut self) -> bool {
-        let waiting = self.pending_bytes + self.out.len();
+        let waiting = self.pending_bytes.saturating_add(self.out.len());
         if (waiting as u64) <= self.ctx.config.max_output {
             return false;
         }
@@ -268,14 +270,17 @@ impl Conn {
                 self.ctx
                     .commands
                     .record(*index, started.elapsed(), reply.is_error());
-                self.pending_bytes += reply.size();
+                self.pending_bytes = self.pending_bytes.saturating_add(reply.size());
                 *pending = Pending::Ready(reply);
             }
         }
     }
 
     fn reply(&mut self, reply: Reply) {
-        self.pending_bytes += reply.size();
+        self.pending_bytes = match reply {
+            Reply::OverLimit => usize::MAX,
+            _ => self.pending_bytes.saturating_add(reply.size()),
+        };
         self.pending.push_back(Pending::Ready(reply));
     }
 

@@ -353,7 +353,7 @@ impl Embedded {
         self.slot.current()
     }
 
-    fn read(&self, view: &View<'_>, read: &Read<'_>) -> Reply {
+    fn read(&self, view: &View<'_>, read: &Read<'_>, budget: &std::cell::Cell<usize>) -> Reply {
         // The snapshot is taken while the memtable view is held (see memtable).
         match self.store().and_then(|store| store.snapshot()) {
             Ok(snapshot) => {
@@ -361,6 +361,7 @@ impl Embedded {
                     view,
                     store: Some(&snapshot),
                     now_ms: wall_ms(),
+                    budget,
                 };
                 (read.1)(&mut ks, read.2).unwrap_or_else(|e| e)
             }
@@ -410,7 +411,11 @@ impl Backend for Embedded {
         reads: &'a [Read<'a>],
     ) -> BoxFuture<'a, Vec<Reply>> {
         let view = ctx.memtable.view();
-        let replies = reads.iter().map(|read| self.read(&view, read)).collect();
+        let budget = std::cell::Cell::new(ctx.max_reply);
+        let replies = reads
+            .iter()
+            .map(|read| self.read(&view, read, &budget))
+            .collect();
         drop(view);
         Box::pin(std::future::ready(replies))
     }

@@ -124,6 +124,7 @@ impl RedisBackend {
 /// keys are partly in the memtable.
 fn from_memtable(ctx: ReadContext<'_>, reads: &[Read<'_>]) -> (Vec<Option<Reply>>, Option<u64>) {
     let view = ctx.memtable.view();
+    let budget = std::cell::Cell::new(ctx.max_reply);
     let mut replies = Vec::with_capacity(reads.len());
     let mut wait_for = None;
     for (spec, f, args) in reads {
@@ -138,6 +139,7 @@ fn from_memtable(ctx: ReadContext<'_>, reads: &[Read<'_>]) -> (Vec<Option<Reply>
                 view: &view,
                 store: None,
                 now_ms: wall_ms(),
+                budget: &budget,
             };
             replies.push(Some(f(&mut ks, args).unwrap_or_else(|e| e)));
         } else {
