@@ -15,12 +15,15 @@
 //!   concurrent writes the same way in every datacenter.
 //! - [`readiness`]: causal delivery, whether a change may be applied given what a
 //!   datacenter has applied.
+//! - [`route_write`]: where a user's write runs: here at its home, forwarded to
+//!   the home, or refused when the home is out of reach.
 //! - [`SessionToken`]: a client's write timestamp in a text form that fits in a RESP
 //!   bulk string.
 
 mod causal;
 mod hlc;
 mod rendezvous;
+mod routing;
 mod token;
 mod varint;
 mod version;
@@ -29,6 +32,7 @@ mod vv;
 pub use causal::{Readiness, dependencies_met, readiness};
 pub use hlc::{ClockError, Hlc, Timestamp};
 pub use rendezvous::{Candidate, Rendezvous, RendezvousError};
+pub use routing::{Reach, WriteRoute, route_write};
 pub use token::{SessionToken, TokenError};
 pub use version::{Resolution, Version, VersionDecodeError};
 pub use vv::{DecodeError, MAX_ID_LEN, VersionVector, is_valid_id as is_valid_dc_id};
