@@ -63,9 +63,9 @@ proptest! {
         for user in &users {
             let home = homes.home_of(user);
             let mut executors = std::collections::BTreeSet::new();
-            for me in 0..n {
+            for (me, lost) in lost.iter().enumerate().take(n) {
                 let mut reach = Reach::all(n);
-                for (dc, gone) in lost[me].iter().enumerate().take(n) {
+                for (dc, gone) in lost.iter().enumerate().take(n) {
                     if *gone && dc != me {
                         reach.lose(dc, 1_000);
                     }
