@@ -248,6 +248,73 @@ fn topology_file(spec: &ClusterSpec, ports: &[DcPorts]) -> TopologyFile {
     file
 }
 
+/// Runs `meridian certs` for the topology.
+fn make_certs(binary: &Path, topology: &Path) -> Result<(), HarnessError> {
+    let certs = Command::new(binary)
+        .args(["certs", "--config"])
+        .arg(topology)
+        .output()
+        .map_err(io(format!("running {} certs", binary.display())))?;
+    if certs.status.success() {
+        return Ok(());
+    }
+    Err(HarnessError::Io {
+        what: "meridian certs".into(),
+        source: std::io::Error::other(String::from_utf8_lossy(&certs.stderr).into_owned()),
+    })
+}
+
+/// A relay for each pair (i, j), i < j; its far end is j's peer port.
+async fn start_relays(
+    spec: &ClusterSpec,
+    ports: &[DcPorts],
+) -> Result<BTreeMap<(usize, usize), Relay>, HarnessError> {
+    let mut relays = BTreeMap::new();
+    for i in 0..ports.len() {
+        for (j, p) in ports.iter().enumerate().skip(i + 1) {
+            let far = SocketAddr::from(([127, 0, 0, 1], p.peer));
+            let seed = spec.seed ^ ((i as u64) << 32 | j as u64);
+            let relay = Relay::start(far, spec.links[i][j], spec.links[j][i], seed).await?;
+            relays.insert((i, j), relay);
+        }
+    }
+    Ok(relays)
+}
+
+/// Datacenter `i` as the harness runs it: its addresses, and its command line,
+/// which dials each later datacenter through their relay.
+fn dc(
+    spec: &ClusterSpec,
+    i: usize,
+    ports: &DcPorts,
+    topology: &Path,
+    relays: &BTreeMap<(usize, usize), Relay>,
+    dir: &Path,
+) -> Dc {
+    let dc = &spec.dcs[i];
+    let mut args = vec![
+        "run".to_owned(),
+        "--config".to_owned(),
+        topology.display().to_string(),
+        "--dc".to_owned(),
+        dc.id.clone(),
+        format!("--clock-offset-ms={}", dc.clock_offset_ms),
+    ];
+    for j in i + 1..spec.dcs.len() {
+        args.push("--dial".into());
+        args.push(format!("{}={}", spec.dcs[j].id, relays[&(i, j)].addr()));
+    }
+    args.extend(dc.extra_args.iter().cloned());
+    Dc {
+        id: dc.id.clone(),
+        client: SocketAddr::from(([127, 0, 0, 1], ports.client)),
+        admin: SocketAddr::from(([127, 0, 0, 1], ports.admin)),
+        args,
+        log: dir.join(format!("{}.log", dc.id)),
+        child: None,
+    }
+}
+
 fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
@@ -268,50 +335,11 @@ impl Cluster {
         topology_file(&spec, &ports)
             .write(&topology)
             .map_err(io(format!("writing {}", topology.display())))?;
-        let certs = Command::new(&spec.binary)
-            .args(["certs", "--config"])
-            .arg(&topology)
-            .output()
-            .map_err(io(format!("running {} certs", spec.binary.display())))?;
-        if !certs.status.success() {
-            return Err(HarnessError::Io {
-                what: "meridian certs".into(),
-                source: std::io::Error::other(String::from_utf8_lossy(&certs.stderr).into_owned()),
-            });
-        }
-        let mut relays = BTreeMap::new();
-        for i in 0..n {
-            for (j, p) in ports.iter().enumerate().skip(i + 1) {
-                let far = SocketAddr::from(([127, 0, 0, 1], p.peer));
-                let seed = spec.seed ^ ((i as u64) << 32 | j as u64);
-                let relay = Relay::start(far, spec.links[i][j], spec.links[j][i], seed).await?;
-                relays.insert((i, j), relay);
-            }
-        }
-        let mut dcs = Vec::with_capacity(n);
-        for (i, (dc, p)) in spec.dcs.iter().zip(&ports).enumerate() {
-            let mut args = vec![
-                "run".to_owned(),
-                "--config".to_owned(),
-                topology.display().to_string(),
-                "--dc".to_owned(),
-                dc.id.clone(),
-                format!("--clock-offset-ms={}", dc.clock_offset_ms),
-            ];
-            for j in i + 1..n {
-                args.push("--dial".into());
-                args.push(format!("{}={}", spec.dcs[j].id, relays[&(i, j)].addr()));
-            }
-            args.extend(dc.extra_args.iter().cloned());
-            dcs.push(Dc {
-                id: dc.id.clone(),
-                client: SocketAddr::from(([127, 0, 0, 1], p.client)),
-                admin: SocketAddr::from(([127, 0, 0, 1], p.admin)),
-                args,
-                log: dir.path().join(format!("{}.log", dc.id)),
-                child: None,
-            });
-        }
+        make_certs(&spec.binary, &topology)?;
+        let relays = start_relays(&spec, &ports).await?;
+        let dcs = (0..n)
+            .map(|i| dc(&spec, i, &ports[i], &topology, &relays, dir.path()))
+            .collect();
         let mut cluster = Cluster {
             spec,
             dir,

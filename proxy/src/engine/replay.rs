@@ -59,6 +59,47 @@ fn commit_skipping_refused(
         .map_err(OpenError::Replay)
 }
 
+/// Replay's progress through the log.
+struct Replay {
+    /// What the store will hold once the pending changes are in.
+    applied: VersionVector,
+    /// What the store holds.
+    stored: VersionVector,
+    /// Every record read so far reaches this.
+    seen: VersionVector,
+    index: Vec<(u64, VersionVector)>,
+    last_hlc: Timestamp,
+    last_hlc_by_origin: std::collections::HashMap<String, u64>,
+    pending: Vec<Change>,
+    replayed: u64,
+}
+
+impl Replay {
+    /// Takes the record at `lsn`: indexes it, and keeps it if the store lacks it.
+    fn take(&mut self, lsn: u64, change: Change) {
+        self.seen.advance(&change.origin, change.seq);
+        if (lsn + 1) % INDEX_EVERY == 0 {
+            self.index.push((lsn + 1, self.seen.clone()));
+        }
+        self.last_hlc_by_origin
+            .insert(change.origin.clone(), change.hlc);
+        self.last_hlc = self.last_hlc.max(Timestamp::from_u64(change.hlc));
+        if change.seq > self.applied.get(&change.origin) {
+            self.applied.advance(&change.origin, change.seq);
+            self.pending.push(change);
+        }
+    }
+
+    /// Commits the changes kept so far.
+    fn flush(&mut self, target: &mut dyn Session, durable: bool) -> Result<(), OpenError> {
+        self.replayed += self.pending.len() as u64;
+        commit_skipping_refused(target, &self.stored, &self.pending, &self.applied, durable)?;
+        self.stored = self.applied.clone();
+        self.pending.clear();
+        Ok(())
+    }
+}
+
 /// Applies every logged change the store has not applied (those above its applied
 /// vector), in log order, and returns where the writer resumes.
 pub(super) fn replay(
@@ -68,61 +109,46 @@ pub(super) fn replay(
     base: (u64, VersionVector),
 ) -> Result<Resume, OpenError> {
     let mut target = backend.session();
-    let mut applied = target.applied()?;
-    let mut stored = applied.clone();
-    let mut commit = |changes: &[Change], applied: &VersionVector, durable: bool| {
-        commit_skipping_refused(target.as_mut(), &stored, changes, applied, durable)?;
-        stored = applied.clone();
-        Ok::<_, OpenError>(())
-    };
-    let mut last_hlc = Timestamp::default();
-    let mut pending = Vec::new();
-    let mut replayed = 0;
+    let applied = target.applied()?;
     let mut reader = log.reader(base.0);
-    let mut seen = base.1.clone();
-    let mut index = vec![base];
-    let mut last_hlc_by_origin = std::collections::HashMap::new();
+    let mut state = Replay {
+        stored: applied.clone(),
+        applied,
+        seen: base.1.clone(),
+        index: vec![base],
+        last_hlc: Timestamp::default(),
+        last_hlc_by_origin: std::collections::HashMap::new(),
+        pending: Vec::new(),
+        replayed: 0,
+    };
     while let Some((lsn, bytes)) = reader.next_record()? {
         let change = Change::decode(&bytes).map_err(|e| OpenError::BadRecord {
             lsn,
             message: e.to_string(),
         })?;
-        seen.advance(&change.origin, change.seq);
-        if (lsn + 1) % INDEX_EVERY == 0 {
-            index.push((lsn + 1, seen.clone()));
-        }
-        last_hlc_by_origin.insert(change.origin.clone(), change.hlc);
-        last_hlc = last_hlc.max(Timestamp::from_u64(change.hlc));
-        if change.seq > applied.get(&change.origin) {
-            applied.advance(&change.origin, change.seq);
-            pending.push(change);
-        }
-        if pending.len() >= REPLAY_CHUNK {
-            replayed += pending.len() as u64;
-            commit(&pending, &applied, false)?;
-            pending.clear();
+        state.take(lsn, change);
+        if state.pending.len() >= REPLAY_CHUNK {
+            state.flush(target.as_mut(), false)?;
         }
     }
-    replayed += pending.len() as u64;
-    commit(&pending, &applied, true)?;
-    if !seen.dominates(&applied) {
+    state.flush(target.as_mut(), true)?;
+    if !state.seen.dominates(&state.applied) {
         // The store holds more than the log explains: a snapshot was installed and
         // the log not yet cut. No record before the end describes what is here.
-        index = vec![(log.next_lsn(), applied.clone())];
+        state.index = vec![(log.next_lsn(), state.applied.clone())];
     }
-    if replayed > 0 {
+    if state.replayed > 0 {
         tracing::info!(
-            replayed,
+            replayed = state.replayed,
             "replayed changes from the replication log into the store"
         );
     }
-    let next_seq = applied.get(dc) + 1;
     Ok(Resume {
-        applied,
-        next_seq,
-        last_hlc,
-        replayed,
-        index,
-        last_hlc_by_origin,
+        next_seq: state.applied.get(dc) + 1,
+        applied: state.applied,
+        last_hlc: state.last_hlc,
+        replayed: state.replayed,
+        index: state.index,
+        last_hlc_by_origin: state.last_hlc_by_origin,
     })
 }

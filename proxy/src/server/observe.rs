@@ -13,8 +13,7 @@ fn load(a: &AtomicU64) -> f64 {
 
 /// Everything measured, in the order INFO shows it.
 pub(super) fn collect(ctx: &Context) -> Vec<Family> {
-    let mut families = server(ctx);
-    families.extend(engine(ctx));
+    let mut families = scalars(ctx);
     families.extend(peers(ctx));
     families.extend(origins(ctx));
     families.extend(ctx.commands.families());
@@ -22,159 +21,168 @@ pub(super) fn collect(ctx: &Context) -> Vec<Family> {
     families
 }
 
-fn server(ctx: &Context) -> Vec<Family> {
-    use InfoFormat::Integer;
-    let stats = ctx.engine.stats();
-    vec![
-        Family::single(
-            "meridian_connected_clients",
-            "Client connections open now.",
-            Kind::Gauge,
-            ctx.clients.load(Ordering::Relaxed) as f64,
-        )
-        .in_info(Section::Clients, "connected_clients", Integer),
-        Family::single(
-            "meridian_connections_total",
-            "Client connections accepted.",
-            Kind::Counter,
-            load(&ctx.total_connections),
-        )
-        .in_info(Section::Stats, "total_connections_received", Integer),
-        Family::single(
-            "meridian_commands_processed_total",
-            "Commands received from clients.",
-            Kind::Counter,
-            load(&ctx.total_commands),
-        )
-        .in_info(Section::Stats, "total_commands_processed", Integer),
-        Family::single(
-            "meridian_client_output_limit_disconnections_total",
-            "Client connections closed for going over the output buffer limit.",
-            Kind::Counter,
-            load(&ctx.output_limit_disconnections),
-        )
-        .in_info(
-            Section::Stats,
-            "client_output_buffer_limit_disconnections",
-            Integer,
-        ),
-        Family::single(
-            "meridian_changes_committed_total",
-            "Changes this datacenter wrote to its log.",
-            Kind::Counter,
-            load(&stats.changes),
-        )
-        .in_info(Section::Stats, "changes_committed", Integer),
-        Family::single(
-            "meridian_write_batches_total",
-            "Writer batches (one log append each).",
-            Kind::Counter,
-            load(&stats.batches),
-        )
-        .in_info(Section::Stats, "write_batches", Integer),
-        Family::single(
-            "meridian_log_bytes_total",
-            "Bytes appended to the replication log.",
-            Kind::Counter,
-            load(&stats.log_bytes),
-        )
-        .in_info(Section::Stats, "log_bytes_appended", Integer),
-        Family::single(
-            "meridian_changes_replayed_total",
-            "Changes replayed from the log at start-up.",
-            Kind::Counter,
-            load(&stats.replayed),
-        )
-        .in_info(Section::Stats, "changes_replayed_at_start", Integer),
-        Family::single(
-            "meridian_uptime_seconds",
-            "Seconds since the proxy started.",
-            Kind::Gauge,
-            ctx.started.elapsed().as_secs() as f64,
-        ),
-    ]
+/// A single-valued family: name, help, kind, INFO section and field, and how to
+/// read its value.
+type ScalarRow = (
+    &'static str,
+    &'static str,
+    Kind,
+    Option<(Section, &'static str)>,
+    fn(&Context) -> f64,
+);
+
+fn stat(ctx: &Context, counter: fn(&crate::engine::Stats) -> &AtomicU64) -> f64 {
+    load(counter(ctx.engine.stats()))
 }
 
-fn engine(ctx: &Context) -> Vec<Family> {
-    use InfoFormat::Integer;
-    let stats = ctx.engine.stats();
-    let peers = ctx.peers();
-    let (log_start, removed) = ctx.engine.log_start();
-    let one = |name, help, kind, value, field| {
-        Family::single(name, help, kind, value).in_info(Section::Replication, field, Integer)
-    };
-    vec![
-        one(
-            "meridian_uncommitted_keys",
-            "Keys logged but not yet durably in the backend (served from memory meanwhile).",
-            Kind::Gauge,
-            ctx.engine.uncommitted() as f64,
-            "uncommitted_keys",
-        ),
-        one(
-            "meridian_connected_peers",
-            "Peers whose link is up.",
-            Kind::Gauge,
-            peers.iter().filter(|p| p.connected()).count() as f64,
-            "connected_peers",
-        ),
-        one(
-            "meridian_changes_applied_remote_total",
-            "Changes of other datacenters applied here.",
-            Kind::Counter,
-            load(&stats.applied_remote),
-            "changes_applied_remote",
-        ),
-        one(
-            "meridian_changes_duplicate_total",
-            "Changes received again and skipped.",
-            Kind::Counter,
-            load(&stats.duplicates),
-            "changes_duplicate_skipped",
-        ),
-        one(
-            "meridian_conflicts_lww_lost_total",
-            "Remote writes that lost last-writer-wins to a newer write of the key.",
-            Kind::Counter,
-            load(&stats.conflicts),
-            "conflicts_lww_lost",
-        ),
-        one(
-            "meridian_changes_refused_by_backend_total",
-            "Logged changes the backend refused to store (each logged as an error).",
-            Kind::Counter,
-            load(&stats.refused_by_backend),
-            "changes_refused_by_backend",
-        ),
-        one(
-            "meridian_clock_drift_refusals_total",
-            "Remote timestamps too far ahead of this clock.",
-            Kind::Counter,
-            load(&stats.clock_drift_refusals),
-            "clock_drift_refusals",
-        ),
-        one(
-            "meridian_changes_held_for_deps_total",
-            "Changes that arrived before their dependencies and were held.",
-            Kind::Counter,
-            peers.iter().map(|p| load(&p.held_for_deps)).sum(),
-            "changes_held_for_deps",
-        ),
-        one(
-            "meridian_log_start",
-            "The first record the replication log keeps.",
-            Kind::Gauge,
-            log_start as f64,
-            "log_start",
-        ),
-        one(
-            "meridian_log_segments_removed_total",
-            "Log segments removed by retention.",
-            Kind::Counter,
-            removed as f64,
-            "log_segments_removed",
-        ),
-    ]
+/// The proxy's and engine's single values, in the order INFO shows them.
+const SCALARS: [ScalarRow; 19] = [
+    (
+        "meridian_connected_clients",
+        "Client connections open now.",
+        Kind::Gauge,
+        Some((Section::Clients, "connected_clients")),
+        |c| c.clients.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "meridian_connections_total",
+        "Client connections accepted.",
+        Kind::Counter,
+        Some((Section::Stats, "total_connections_received")),
+        |c| load(&c.total_connections),
+    ),
+    (
+        "meridian_commands_processed_total",
+        "Commands received from clients.",
+        Kind::Counter,
+        Some((Section::Stats, "total_commands_processed")),
+        |c| load(&c.total_commands),
+    ),
+    (
+        "meridian_client_output_limit_disconnections_total",
+        "Client connections closed for going over the output buffer limit.",
+        Kind::Counter,
+        Some((Section::Stats, "client_output_buffer_limit_disconnections")),
+        |c| load(&c.output_limit_disconnections),
+    ),
+    (
+        "meridian_changes_committed_total",
+        "Changes this datacenter wrote to its log.",
+        Kind::Counter,
+        Some((Section::Stats, "changes_committed")),
+        |c| stat(c, |s| &s.changes),
+    ),
+    (
+        "meridian_write_batches_total",
+        "Writer batches (one log append each).",
+        Kind::Counter,
+        Some((Section::Stats, "write_batches")),
+        |c| stat(c, |s| &s.batches),
+    ),
+    (
+        "meridian_log_bytes_total",
+        "Bytes appended to the replication log.",
+        Kind::Counter,
+        Some((Section::Stats, "log_bytes_appended")),
+        |c| stat(c, |s| &s.log_bytes),
+    ),
+    (
+        "meridian_changes_replayed_total",
+        "Changes replayed from the log at start-up.",
+        Kind::Counter,
+        Some((Section::Stats, "changes_replayed_at_start")),
+        |c| stat(c, |s| &s.replayed),
+    ),
+    (
+        "meridian_uptime_seconds",
+        "Seconds since the proxy started.",
+        Kind::Gauge,
+        None,
+        |c| c.started.elapsed().as_secs() as f64,
+    ),
+    (
+        "meridian_uncommitted_keys",
+        "Keys logged but not yet durably in the backend (served from memory meanwhile).",
+        Kind::Gauge,
+        Some((Section::Replication, "uncommitted_keys")),
+        |c| c.engine.uncommitted() as f64,
+    ),
+    (
+        "meridian_connected_peers",
+        "Peers whose link is up.",
+        Kind::Gauge,
+        Some((Section::Replication, "connected_peers")),
+        |c| c.peers().iter().filter(|p| p.connected()).count() as f64,
+    ),
+    (
+        "meridian_changes_applied_remote_total",
+        "Changes of other datacenters applied here.",
+        Kind::Counter,
+        Some((Section::Replication, "changes_applied_remote")),
+        |c| stat(c, |s| &s.applied_remote),
+    ),
+    (
+        "meridian_changes_duplicate_total",
+        "Changes received again and skipped.",
+        Kind::Counter,
+        Some((Section::Replication, "changes_duplicate_skipped")),
+        |c| stat(c, |s| &s.duplicates),
+    ),
+    (
+        "meridian_conflicts_lww_lost_total",
+        "Remote writes that lost last-writer-wins to a newer write of the key.",
+        Kind::Counter,
+        Some((Section::Replication, "conflicts_lww_lost")),
+        |c| stat(c, |s| &s.conflicts),
+    ),
+    (
+        "meridian_changes_refused_by_backend_total",
+        "Logged changes the backend refused to store (each logged as an error).",
+        Kind::Counter,
+        Some((Section::Replication, "changes_refused_by_backend")),
+        |c| stat(c, |s| &s.refused_by_backend),
+    ),
+    (
+        "meridian_clock_drift_refusals_total",
+        "Remote timestamps too far ahead of this clock.",
+        Kind::Counter,
+        Some((Section::Replication, "clock_drift_refusals")),
+        |c| stat(c, |s| &s.clock_drift_refusals),
+    ),
+    (
+        "meridian_changes_held_for_deps_total",
+        "Changes that arrived before their dependencies and were held.",
+        Kind::Counter,
+        Some((Section::Replication, "changes_held_for_deps")),
+        |c| c.peers().iter().map(|p| load(&p.held_for_deps)).sum(),
+    ),
+    (
+        "meridian_log_start",
+        "The first record the replication log keeps.",
+        Kind::Gauge,
+        Some((Section::Replication, "log_start")),
+        |c| c.engine.log_start().0 as f64,
+    ),
+    (
+        "meridian_log_segments_removed_total",
+        "Log segments removed by retention.",
+        Kind::Counter,
+        Some((Section::Replication, "log_segments_removed")),
+        |c| c.engine.log_start().1 as f64,
+    ),
+];
+
+fn scalars(ctx: &Context) -> Vec<Family> {
+    SCALARS
+        .into_iter()
+        .map(|(name, help, kind, info, value)| {
+            let family = Family::single(name, help, kind, value(ctx));
+            match info {
+                Some((section, field)) => family.in_info(section, field, InfoFormat::Integer),
+                None => family,
+            }
+        })
+        .collect()
 }
 
 /// A per-peer family: `value` of each peer.
