@@ -58,6 +58,20 @@ pub(super) struct Retention {
 }
 
 impl Retention {
+    /// The first LSN to keep for the log to fit `log_retention` (0: it fits).
+    fn size_cut(&self, segments: &[(u64, u64)]) -> u64 {
+        let mut remaining: u64 = segments.iter().map(|(_, len)| len).sum();
+        let mut cut = 0;
+        for pair in segments.windows(2) {
+            if remaining <= self.bytes {
+                break;
+            }
+            remaining -= pair[0].1;
+            cut = pair[1].0;
+        }
+        cut
+    }
+
     pub(super) fn new(bytes: u64, start: u64, worker: Arc<Worker>) -> Retention {
         worker.set(State::Idle);
         Retention {
@@ -96,7 +110,6 @@ impl Shared {
 
     fn remove_segments(&self) {
         let r = &self.retention;
-        let durable = r.durable.load(Ordering::Acquire);
         let need = r.peers_need.load(Ordering::Acquire);
         let segments = match log::segments(&self.log_dir) {
             Ok(s) => s,
@@ -106,16 +119,10 @@ impl Shared {
                 return;
             }
         };
-        let mut remaining: u64 = segments.iter().map(|(_, len)| len).sum();
-        let mut size_cut = 0;
-        for pair in segments.windows(2) {
-            if remaining <= r.bytes {
-                break;
-            }
-            remaining -= pair[0].1;
-            size_cut = pair[1].0;
-        }
-        let keep_from = durable.min(need.max(size_cut));
+        let keep_from = r
+            .durable
+            .load(Ordering::Acquire)
+            .min(need.max(r.size_cut(&segments)));
         if keep_from <= r.start.load(Ordering::Acquire) {
             return;
         }
@@ -128,32 +135,42 @@ impl Shared {
             Ok::<_, BaseError>(out)
         };
         match log::truncate_before(&self.log_dir, keep_from, describe) {
-            Ok(Some(start)) => {
-                if let Some(vector) = base {
-                    let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
-                    index.retain(|(at, _)| *at > start);
-                    index.insert(0, (start, vector));
-                }
-                if start > need {
-                    tracing::warn!(
-                        start,
-                        need,
-                        limit = r.bytes,
-                        "the log outgrew log_retention: a peer that has not acknowledged \
-                         the removed changes will bootstrap from a snapshot"
-                    );
-                }
-                let removed = segments.iter().filter(|(first, _)| *first < start).count();
-                r.removed.fetch_add(removed as u64, Ordering::Relaxed);
-                r.start.store(start, Ordering::Release);
-                tracing::debug!(start, removed, "log retention removed segments");
-            }
+            Ok(Some(start)) => self.removed_before(start, base, need, &segments),
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "log retention failed");
                 r.worker.error(&e);
             }
         }
+    }
+
+    /// After the segments before `start` went: the index and the counters follow.
+    fn removed_before(
+        &self,
+        start: u64,
+        base: Option<VersionVector>,
+        need: u64,
+        segments: &[(u64, u64)],
+    ) {
+        let r = &self.retention;
+        if let Some(vector) = base {
+            let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            index.retain(|(at, _)| *at > start);
+            index.insert(0, (start, vector));
+        }
+        if start > need {
+            tracing::warn!(
+                start,
+                need,
+                limit = r.bytes,
+                "the log outgrew log_retention: a peer that has not acknowledged \
+                 the removed changes will bootstrap from a snapshot"
+            );
+        }
+        let removed = segments.iter().filter(|(first, _)| *first < start).count();
+        r.removed.fetch_add(removed as u64, Ordering::Relaxed);
+        r.start.store(start, Ordering::Release);
+        tracing::debug!(start, removed, "log retention removed segments");
     }
 
     /// The vector every record before `lsn` reaches, from the nearest checkpoint at
