@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use super::{Keyspace, Outcome, int_arg, syntax_error};
+use super::{Keyspace, Outcome, int_arg};
 use crate::change::{Data, Value};
 use crate::resp::Reply;
 
@@ -25,30 +25,50 @@ pub(super) fn exists(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
     Ok(Reply::Integer(count))
 }
 
+/// The NX/XX/GT/LT options of EXPIRE, which may be combined (XX with GT or LT).
+#[derive(Debug, Default, Clone, Copy)]
+struct ExpireFlags {
+    nx: bool,
+    xx: bool,
+    gt: bool,
+    lt: bool,
+}
+
+/// Reads the options as Redis does: an unknown one first, then NX with any other,
+/// then GT with LT, each with Redis's own error.
+fn expire_flags(args: &[Bytes]) -> Result<ExpireFlags, Reply> {
+    let mut f = ExpireFlags::default();
+    for arg in args {
+        match arg.to_ascii_uppercase().as_slice() {
+            b"NX" => f.nx = true,
+            b"XX" => f.xx = true,
+            b"GT" => f.gt = true,
+            b"LT" => f.lt = true,
+            _ => {
+                return Err(Reply::error(format!(
+                    "ERR Unsupported option {}",
+                    String::from_utf8_lossy(arg)
+                )));
+            }
+        }
+    }
+    if f.nx && (f.xx || f.gt || f.lt) {
+        return Err(Reply::error(
+            "ERR NX and XX, GT or LT options at the same time are not compatible",
+        ));
+    }
+    if f.gt && f.lt {
+        return Err(Reply::error(
+            "ERR GT and LT options at the same time are not compatible",
+        ));
+    }
+    Ok(f)
+}
+
 /// EXPIRE/PEXPIRE with `unit_ms` milliseconds per unit, and the NX/XX/GT/LT options.
 fn expire_in(ks: &mut dyn Keyspace, args: &[Bytes], unit_ms: i64, name: &str) -> Outcome {
     let amount = int_arg(&args[2])?;
-    let mut flag: Option<Vec<u8>> = None;
-    for arg in &args[3..] {
-        let word = arg.to_ascii_uppercase();
-        if !matches!(word.as_slice(), b"NX" | b"XX" | b"GT" | b"LT") {
-            return Err(Reply::error(format!(
-                "ERR Unsupported option {}",
-                String::from_utf8_lossy(arg)
-            )));
-        }
-        if flag.as_ref().is_some_and(|f| *f != word) {
-            let both = ["NX", "XX", "GT", "LT"]
-                .iter()
-                .any(|o| o.as_bytes() == word.as_slice());
-            return Err(if both {
-                Reply::error("ERR NX and XX, GT or LT options at the same time are not compatible")
-            } else {
-                syntax_error()
-            });
-        }
-        flag = Some(word);
-    }
+    let flags = expire_flags(&args[3..])?;
     let invalid = || Reply::error(format!("ERR invalid expire time in '{name}' command"));
     let delta = amount.checked_mul(unit_ms).ok_or_else(invalid)?;
     let at = (ks.now_ms() as i64)
@@ -58,14 +78,11 @@ fn expire_in(ks: &mut dyn Keyspace, args: &[Bytes], unit_ms: i64, name: &str) ->
         return Ok(Reply::Integer(0));
     };
     let current = value.expire_at_ms;
-    let allowed = match flag.as_deref() {
-        None => true,
-        Some(b"NX") => current.is_none(),
-        Some(b"XX") => current.is_some(),
-        // A key without expiry counts as an infinite TTL.
-        Some(b"GT") => current.is_some_and(|c| at > c as i64),
-        Some(_) => current.is_none_or(|c| at < c as i64),
-    };
+    // A key without expiry counts as an infinite TTL.
+    let allowed = !(flags.nx && current.is_some())
+        && !(flags.xx && current.is_none())
+        && !(flags.gt && current.is_none_or(|c| at <= c as i64))
+        && !(flags.lt && current.is_some_and(|c| at >= c as i64));
     if !allowed {
         return Ok(Reply::Integer(0));
     }

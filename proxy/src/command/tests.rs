@@ -121,6 +121,36 @@ fn set_honours_its_options() {
     );
 }
 
+/// The replies a real redis-server 7 gave to the same sequence, but for the last
+/// GT: with this clock stopped an equal expiry is not greater (0), where Redis's
+/// moving clock had made it a few milliseconds later (1).
+#[test]
+fn expire_options_combine_and_fail_as_in_redis() {
+    let mut ks = Memory::default();
+    let err = |m: &str| Reply::error(m);
+    let both = "ERR NX and XX, GT or LT options at the same time are not compatible";
+    assert_eq!(run(&mut ks, "SET k v"), Reply::OK);
+    for (line, want) in [
+        ("EXPIRE k 100 LT XX", Reply::Integer(0)),
+        ("EXPIRE k 100 GT XX", Reply::Integer(0)),
+        ("EXPIRE k 100 NX", Reply::Integer(1)),
+        ("EXPIRE k 100 LT XX", Reply::Integer(0)),
+        ("EXPIRE k 50 LT XX", Reply::Integer(1)),
+        ("EXPIRE k 200 GT XX", Reply::Integer(1)),
+        (
+            "EXPIRE foo 200 LT GT",
+            err("ERR GT and LT options at the same time are not compatible"),
+        ),
+        ("EXPIRE k 200 NX XX", err(both)),
+        ("EXPIRE k 200 NX GT", err(both)),
+        ("EXPIRE k 200 XX XX", Reply::Integer(1)),
+        ("EXPIRE k 200 GT GT", Reply::Integer(0)),
+        ("EXPIRE k 200 FOO", err("ERR Unsupported option FOO")),
+    ] {
+        assert_eq!(run(&mut ks, line), want, "{line}");
+    }
+}
+
 #[test]
 fn set_refuses_expiry_times_redis_refuses() {
     // Each overflows a signed 64-bit millisecond time once its unit and the
