@@ -79,10 +79,11 @@ fn expire_in(ks: &mut dyn Keyspace, args: &[Bytes], unit_ms: i64, name: &str) ->
     };
     let current = value.expire_at_ms;
     // A key without expiry counts as an infinite TTL.
-    let allowed = !(flags.nx && current.is_some())
-        && !(flags.xx && current.is_none())
-        && !(flags.gt && current.is_none_or(|c| at <= c as i64))
-        && !(flags.lt && current.is_some_and(|c| at >= c as i64));
+    let refused = (flags.nx && current.is_some())
+        || (flags.xx && current.is_none())
+        || (flags.gt && current.is_none_or(|c| at <= c as i64))
+        || (flags.lt && current.is_some_and(|c| at >= c as i64));
+    let allowed = !refused;
     if !allowed {
         return Ok(Reply::Integer(0));
     }
