@@ -63,7 +63,8 @@ fn expire_at(unit: &[u8], n: i64, now_ms: u64) -> Result<u64, Reply> {
 
 fn set_options(args: &[Bytes], now_ms: u64) -> Result<SetOptions, Reply> {
     let mut o = SetOptions::default();
-    let mut expiry_given = false;
+    // The expiry's unit: it may be given again (the last time wins), not mixed.
+    let mut unit: Option<Vec<u8>> = None;
     let mut i = 3;
     while i < args.len() {
         let word = args[i].to_ascii_uppercase();
@@ -71,13 +72,15 @@ fn set_options(args: &[Bytes], now_ms: u64) -> Result<SetOptions, Reply> {
             b"NX" if !o.xx => o.nx = true,
             b"XX" if !o.nx => o.xx = true,
             b"GET" => o.get = true,
-            b"KEEPTTL" if !expiry_given => o.keep_ttl = true,
+            b"KEEPTTL" if unit.is_none() => o.keep_ttl = true,
             b"EX" | b"PX" | b"EXAT" | b"PXAT"
-                if !expiry_given && !o.keep_ttl && i + 1 < args.len() =>
+                if unit.as_deref().is_none_or(|u| u == word.as_slice())
+                    && !o.keep_ttl
+                    && i + 1 < args.len() =>
             {
                 let n = parse_i64(&args[i + 1]).ok_or_else(not_an_integer)?;
                 o.expire_at_ms = Some(expire_at(word.as_slice(), n, now_ms)?);
-                expiry_given = true;
+                unit = Some(word.clone());
                 i += 1;
             }
             _ => return Err(syntax_error()),

@@ -113,6 +113,15 @@ fn set_honours_its_options() {
         run(&mut ks, "SET k y EX 1 KEEPTTL"),
         Reply::error("ERR syntax error")
     );
+    // One unit given twice: the last wins, as in Redis 7; two units: an error.
+    assert_eq!(run(&mut ks, "SET j y EX 10 EX 20"), Reply::OK);
+    assert_eq!(run(&mut ks, "TTL j"), Reply::Integer(20));
+    assert_eq!(
+        run(&mut ks, "SET j y EX 10 PX 20"),
+        Reply::error("ERR syntax error")
+    );
+    assert_eq!(run(&mut ks, "SET j y KEEPTTL KEEPTTL"), Reply::OK);
+    assert_eq!(run(&mut ks, "TTL j"), Reply::Integer(20));
     ks.now += 10_000;
     assert_eq!(
         run(&mut ks, "GET k"),
