@@ -20,6 +20,12 @@ pub type Outcome = Result<Reply, Reply>;
 pub trait Keyspace {
     /// The live (unexpired) value of `key`.
     fn get(&mut self, key: &[u8]) -> Result<Option<Value>, Reply>;
+    /// Whether `key` holds a live value of any type, one meridian does not handle
+    /// included (a list in a fronted Redis): commands that only test existence or
+    /// replace a key work on those as Redis does.
+    fn exists(&mut self, key: &[u8]) -> Result<bool, Reply> {
+        Ok(self.get(key)?.is_some())
+    }
     /// Sets `key`'s new state (`None` deletes it). Only write commands call this.
     fn put(&mut self, key: &[u8], value: Option<Value>);
     /// The current wall time, in milliseconds since the Unix epoch.

@@ -9,7 +9,7 @@ use crate::resp::Reply;
 pub(super) fn del(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
     let mut removed = 0;
     for key in &args[1..] {
-        if ks.get(key)?.is_some() {
+        if ks.exists(key)? {
             ks.put(key, None);
             removed += 1;
         }
@@ -20,7 +20,7 @@ pub(super) fn del(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
 pub(super) fn exists(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
     let mut count = 0;
     for key in &args[1..] {
-        count += i64::from(ks.get(key)?.is_some());
+        count += i64::from(ks.exists(key)?);
     }
     Ok(Reply::Integer(count))
 }

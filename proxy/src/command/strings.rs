@@ -97,12 +97,19 @@ pub(super) fn set(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
     // to a Redis backend).
     let old = if o.get {
         string_at(ks, key)?
-    } else if o.nx || o.xx || o.keep_ttl {
+    } else if o.keep_ttl {
         ks.get(key)?
     } else {
         None
     };
-    let exists = old.is_some();
+    // NX and XX only ask whether the key exists, whatever its type.
+    let exists = if o.get || o.keep_ttl {
+        old.is_some()
+    } else if o.nx || o.xx {
+        ks.exists(key)?
+    } else {
+        false
+    };
     let old_reply = || {
         old.as_ref()
             .map_or(Reply::Null, |v| Reply::bulk(bytes_of(v).to_vec()))

@@ -95,6 +95,17 @@ struct Writer {
 struct Base(HashMap<Vec<u8>, Fetched>);
 
 impl Base {
+    /// Whether the backend holds a live value at `key`, of any type.
+    fn exists(&self, key: &[u8], now_ms: u64) -> Result<bool, Reply> {
+        match self.0.get(key) {
+            Some(Fetched::Known(value)) => Ok(value.as_ref().is_some_and(|v| !v.expired(now_ms))),
+            Some(Fetched::Foreign(_)) => Ok(true),
+            None => Err(Reply::error(
+                "ERR internal error: a key the command touches was not fetched",
+            )),
+        }
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Value>, Reply> {
         match self.0.get(key) {
             Some(Fetched::Known(value)) => Ok(value.clone()),
@@ -626,6 +637,19 @@ impl Keyspace for BatchKeyspace<'_, '_> {
             self.base.get(key)?
         };
         Ok(value.filter(|v| !v.expired(self.now_ms)))
+    }
+
+    fn exists(&mut self, key: &[u8]) -> Result<bool, Reply> {
+        let known = if let Some(value) = self.puts.get(key) {
+            value.clone()
+        } else if let Some(value) = self.overlay.get(key) {
+            value.clone()
+        } else if let Some(entry) = self.view.get(key) {
+            entry.value.clone()
+        } else {
+            return self.base.exists(key, self.now_ms);
+        };
+        Ok(known.is_some_and(|v| !v.expired(self.now_ms)))
     }
 
     fn put(&mut self, key: &[u8], value: Option<Value>) {
