@@ -68,8 +68,10 @@ pub struct Value {
 pub enum Data {
     /// A Redis string.
     String(Vec<u8>),
-    /// A Redis hash, fields sorted.
-    Hash(std::collections::BTreeMap<Vec<u8>, Vec<u8>>),
+    /// A Redis hash, fields in the order they were first set (Redis's order for
+    /// the small hashes applications mostly have); in the log and on the wire a
+    /// map, as the sorted hashes of earlier builds were, so their records read.
+    Hash(indexmap::IndexMap<Vec<u8>, Vec<u8>>),
 }
 
 impl Value {

@@ -460,7 +460,7 @@ impl Engine {
         for (key, value) in &data {
             hasher.update(&(key.len() as u64).to_le_bytes());
             hasher.update(key);
-            let bytes = postcard::to_stdvec(value).unwrap_or_default();
+            let bytes = digest_bytes(value);
             hasher.update(&(bytes.len() as u64).to_le_bytes());
             hasher.update(&bytes);
         }
@@ -499,6 +499,21 @@ impl Engine {
         if self.writes.send(writer::Msg::Shutdown(done)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+}
+
+/// A value as the digest hashes it: a hash's fields sorted, so that datacenters
+/// holding the same fields in another order (a big hash read back from Redis)
+/// digest alike.
+fn digest_bytes(value: &Value) -> Vec<u8> {
+    // Serialising plain owned data into a Vec cannot fail.
+    match &value.data {
+        crate::change::Data::Hash(fields) => {
+            let mut sorted: Vec<(&Vec<u8>, &Vec<u8>)> = fields.iter().collect();
+            sorted.sort_unstable();
+            postcard::to_stdvec(&(sorted, value.expire_at_ms)).unwrap_or_default()
+        }
+        crate::change::Data::String(_) => postcard::to_stdvec(value).unwrap_or_default(),
     }
 }
 

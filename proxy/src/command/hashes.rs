@@ -1,14 +1,12 @@
 //! Hash commands.
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
 
 use super::{Keyspace, Outcome, int_arg, parse_i64, wrong_type};
 use crate::change::{Data, Value};
 use crate::resp::Reply;
 
-type Fields = BTreeMap<Vec<u8>, Vec<u8>>;
+type Fields = indexmap::IndexMap<Vec<u8>, Vec<u8>>;
 
 /// The hash at `key` and its expiry; WRONGTYPE if it holds something else.
 fn hash_at(ks: &mut dyn Keyspace, key: &[u8]) -> Result<Option<(Fields, Option<u64>)>, Reply> {
@@ -64,7 +62,7 @@ pub(super) fn hdel(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
     };
     let removed = args[2..]
         .iter()
-        .filter(|f| fields.remove(&f[..]).is_some())
+        .filter(|f| fields.shift_remove(&f[..]).is_some())
         .count() as i64;
     if removed > 0 {
         store(ks, &args[1], fields, expiry);

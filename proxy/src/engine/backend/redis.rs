@@ -13,7 +13,7 @@
 
 mod reads;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -366,7 +366,7 @@ fn fetched(row: RValue, now_ms: u64) -> Fetched {
         ("none", _) => return Fetched::Known(None),
         ("string", Some(RValue::BulkString(b))) => Data::String(b),
         ("hash", Some(RValue::Array(items))) => {
-            let mut fields = BTreeMap::new();
+            let mut fields = indexmap::IndexMap::new();
             let mut it = items.into_iter();
             while let (Some(RValue::BulkString(f)), Some(RValue::BulkString(v))) =
                 (it.next(), it.next())
