@@ -6,23 +6,27 @@ mod support;
 
 use support::{Client, Resp, eventually, redis_dc_topology, start_meridian, start_redis};
 
+/// Lets the proxy (Redis's default user) write the keys of user u and its
+/// metadata, nothing else.
+fn allow_only_user_u(redis: &mut Client) {
+    let acl: [&[u8]; 6] = [
+        b"ACL",
+        b"SETUSER",
+        b"default",
+        b"resetkeys",
+        b"~{u}*",
+        b"~__meridian:meta",
+    ];
+    assert_eq!(redis.cmd(&acl), Resp::Simple("OK".into()));
+}
+
 #[test]
 fn a_change_redis_refuses_is_reported_and_the_rest_flows() {
     let dir = tempfile::tempdir().unwrap();
     let (_redis, redis_addr) = start_redis();
     let mut direct = Client::connect(redis_addr).unwrap();
     // The proxy may write the keys of user u and its metadata, nothing else.
-    assert_eq!(
-        direct.cmd(&[
-            b"ACL",
-            b"SETUSER",
-            b"default",
-            b"resetkeys",
-            b"~{u}*",
-            b"~__meridian:meta"
-        ]),
-        Resp::Simple("OK".into())
-    );
+    allow_only_user_u(&mut direct);
     let (topology, addr) = redis_dc_topology(dir.path(), "always", redis_addr);
     let _proxy = start_meridian(&topology, addr);
     let mut client = Client::connect(addr).unwrap();
@@ -83,17 +87,7 @@ fn a_refused_change_met_again_at_start_up_is_skipped_not_fatal() {
         direct.cmd(&[b"CLIENT", b"UNPAUSE"]),
         Resp::Simple("OK".into())
     );
-    assert_eq!(
-        direct.cmd(&[
-            b"ACL",
-            b"SETUSER",
-            b"default",
-            b"resetkeys",
-            b"~{u}*",
-            b"~__meridian:meta"
-        ]),
-        Resp::Simple("OK".into())
-    );
+    allow_only_user_u(&mut direct);
     // Replaying the log meets the refusal: the proxy starts anyway, and the other
     // write reaches Redis.
     let _proxy = start_meridian(&topology, addr);

@@ -625,31 +625,31 @@ struct BatchKeyspace<'a, 'v> {
     now_ms: u64,
 }
 
+impl BatchKeyspace<'_, '_> {
+    /// The key's state as this command, the batch's earlier commands or the
+    /// memtable left it, newest first; `None` when the backend has the last word.
+    fn newer(&self, key: &[u8]) -> Option<&Option<Value>> {
+        self.puts
+            .get(key)
+            .or_else(|| self.overlay.get(key))
+            .or_else(|| self.view.get(key).map(|entry| &entry.value))
+    }
+}
+
 impl Keyspace for BatchKeyspace<'_, '_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Value>, Reply> {
-        let value = if let Some(value) = self.puts.get(key) {
-            value.clone()
-        } else if let Some(value) = self.overlay.get(key) {
-            value.clone()
-        } else if let Some(entry) = self.view.get(key) {
-            entry.value.clone()
-        } else {
-            self.base.get(key)?
+        let value = match self.newer(key) {
+            Some(value) => value.clone(),
+            None => self.base.get(key)?,
         };
         Ok(value.filter(|v| !v.expired(self.now_ms)))
     }
 
     fn exists(&mut self, key: &[u8]) -> Result<bool, Reply> {
-        let known = if let Some(value) = self.puts.get(key) {
-            value.clone()
-        } else if let Some(value) = self.overlay.get(key) {
-            value.clone()
-        } else if let Some(entry) = self.view.get(key) {
-            entry.value.clone()
-        } else {
-            return self.base.exists(key, self.now_ms);
-        };
-        Ok(known.is_some_and(|v| !v.expired(self.now_ms)))
+        match self.newer(key) {
+            Some(value) => Ok(value.as_ref().is_some_and(|v| !v.expired(self.now_ms))),
+            None => self.base.exists(key, self.now_ms),
+        }
     }
 
     fn put(&mut self, key: &[u8], value: Option<Value>) {
