@@ -16,13 +16,7 @@ fn a_redis_restart_gives_clear_errors_then_service_resumes() {
     let port = free_port();
     let redis_addr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut redis = start_redis_persistent(redis_dir.path(), port);
-    let (topology, addr) = redis_dc_topology(dir.path(), "always", redis_addr);
-    let _proxy = start_meridian(&topology, addr);
-    let mut client = Client::connect(addr).unwrap();
-    assert_eq!(
-        client.cmd(&[b"SET", b"{u}:k", b"before"]),
-        Resp::Simple("OK".into())
-    );
+    let (_proxy, mut client) = proxy_with_a_write(dir.path(), redis_addr);
     // Wait until the write is in Redis itself, so the outage cannot lose it, and
     // the proxy holds nothing of it in memory any more (its checkpoint is done).
     wait_until_redis_holds(redis_addr, b"{u}:k", b"before");
@@ -91,13 +85,7 @@ fn a_redis_loading_its_data_after_a_restart_is_waited_for() {
     let mut direct = Client::connect(redis_addr).unwrap();
     let fill = b"for i=1,6000 do redis.call('set','other:'..i,'v') end";
     assert_eq!(direct.cmd(&[b"EVAL", fill, b"0"]), Resp::Nil);
-    let (topology, addr) = redis_dc_topology(dir.path(), "always", redis_addr);
-    let _proxy = start_meridian(&topology, addr);
-    let mut client = Client::connect(addr).unwrap();
-    assert_eq!(
-        client.cmd(&[b"SET", b"{u}:k", b"before"]),
-        Resp::Simple("OK".into())
-    );
+    let (_proxy, mut client) = proxy_with_a_write(dir.path(), redis_addr);
     wait_until_redis_holds(redis_addr, b"{u}:k", b"before");
 
     redis.0.kill().unwrap();
@@ -124,6 +112,21 @@ fn a_redis_loading_its_data_after_a_restart_is_waited_for() {
         client.cmd(&[b"GET", b"{u}:k"]),
         Resp::Bulk(b"after".to_vec())
     );
+}
+
+/// A proxy over the Redis at `redis`, and a client that has written `{u}:k = before`.
+fn proxy_with_a_write(
+    dir: &std::path::Path,
+    redis: std::net::SocketAddr,
+) -> (support::Process, Client) {
+    let (topology, addr) = redis_dc_topology(dir, "always", redis);
+    let proxy = start_meridian(&topology, addr);
+    let mut client = Client::connect(addr).unwrap();
+    assert_eq!(
+        client.cmd(&[b"SET", b"{u}:k", b"before"]),
+        Resp::Simple("OK".into())
+    );
+    (proxy, client)
 }
 
 /// Waits until the Redis at `addr` itself holds `value` at `key`.

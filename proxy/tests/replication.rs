@@ -572,23 +572,16 @@ async fn a_wait_that_cannot_end_ends_with_its_client() {
             .expect("send WAIT");
         waiters.push(stream);
     }
-    let deadline = tokio::time::Instant::now() + CONVERGE;
-    while clients().await < baseline + 20 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the waiters never connected"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("the waiters to connect", || async {
+        clients().await >= baseline + 20
+    })
+    .await;
     drop(waiters);
-    while clients().await > baseline {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "closed clients are still held: {} connected, {baseline} before",
-            clients().await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Closed clients are not held by their waits.
+    until("the closed waiters to be let go", || async {
+        clients().await <= baseline
+    })
+    .await;
 }
 
 /// The body of an HTTP GET.
