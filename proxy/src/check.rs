@@ -4,7 +4,6 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use meridian_policies::{Candidate, Rendezvous};
 use meridian_topology::{ConfigErrors, Plan, Topology};
 
 use crate::{EX_NOINPUT, EX_USAGE};
@@ -18,9 +17,10 @@ pub(crate) fn run(file: &Path) -> ExitCode {
             // A reader that stops early (`| head`) is no error of ours.
             use std::io::Write as _;
             let text = format!(
-                "{}{}\n{}: valid\n",
+                "{}{}{}\n{}: valid\n",
                 Plan::of(&topology),
                 homes(&topology),
+                forwarding(&topology),
                 file.display()
             );
             let _ = std::io::stdout().lock().write_all(text.as_bytes());
@@ -80,23 +80,37 @@ pub(crate) fn load(file: &Path) -> Result<Topology, LoadError> {
     Topology::parse(&text, &file.display().to_string(), &base).map_err(LoadError::Invalid)
 }
 
+/// The path a write forwarded from each datacenter to each home travels, and its
+/// one-way delay where `[links]` gives every link on it.
+fn forwarding(t: &Topology) -> String {
+    if t.homes.writes == meridian_topology::Writes::Local {
+        return "\nwrites run where they arrive (writes = \"local\"); nothing is forwarded\n".into();
+    }
+    let mut out = String::from("\nwrites forwarded to their home travel:\n");
+    let n = t.datacenters.len();
+    for from in (0..n).map(|i| meridian_topology::DcIdx(i as u8)) {
+        for to in (0..n).map(|i| meridian_topology::DcIdx(i as u8)) {
+            if from == to {
+                continue;
+            }
+            let Some(path) = t.forward_path(from, to) else {
+                let _ = writeln!(out, "  {} -> {}: no path", t.dc(from).id, t.dc(to).id);
+                continue;
+            };
+            let names: Vec<&str> = path.iter().map(|&d| t.dc(d).id.as_str()).collect();
+            let delay = t.path_delay(&path).map_or_else(String::new, |d| {
+                format!(", {} ms one way", d.as_secs_f64() * 1_000.0)
+            });
+            let _ = writeln!(out, "  {}{delay}", names.join(" -> "));
+        }
+    }
+    out
+}
+
 /// Where users live: pins, and each datacenter's share of a large sample of users.
 fn homes(t: &Topology) -> String {
-    let candidates = t
-        .datacenters
-        .iter()
-        .map(|dc| Candidate {
-            id: dc.id.clone(),
-            weight: dc.weight,
-        })
-        .collect();
-    let pins = t
-        .homes
-        .pins
-        .iter()
-        .map(|(user, dc)| (user.as_str(), t.dc(*dc).id.as_str()));
     let mut out = String::from("\nhomes:\n");
-    let rendezvous = match Rendezvous::new(candidates, pins) {
+    let rendezvous = match meridian_proxy::user_homes(t) {
         Ok(r) => r,
         Err(e) => return format!("{out}  cannot assign homes: {e}\n"),
     };

@@ -38,7 +38,7 @@ use backend::{Backend, ReadContext};
 
 pub use backend::{BackendConfig, BackendError, Entries, Stored};
 pub use error::{ApplyError, Unapplied};
-pub use writer::Fsync;
+pub use writer::{Fsync, Written};
 
 /// Wall time in milliseconds since the Unix epoch.
 pub fn wall_ms() -> u64 {
@@ -121,7 +121,7 @@ struct Shared {
     /// Why writes are refused, after the backend failed for good.
     broken: Mutex<Option<String>>,
     /// Backend commit latencies.
-    backend_stats: crate::metrics::BackendStats,
+    backend_stats: crate::metrics::Latency,
     /// The newest writer batch committed to the backend.
     committed: watch::Sender<u64>,
     stats: Stats,
@@ -219,7 +219,7 @@ impl Engine {
             index: Mutex::new(state.index.clone()),
             last_hlc: Mutex::new(state.last_hlc_by_origin.clone()),
             broken: Mutex::new(None),
-            backend_stats: crate::metrics::BackendStats::default(),
+            backend_stats: crate::metrics::Latency::default(),
             committed: watch::Sender::new(0),
             stats: Stats::default(),
             retention: retention::Retention::new(
@@ -385,7 +385,7 @@ impl Engine {
     }
 
     /// Backend commit latencies.
-    pub(crate) fn backend_stats(&self) -> &crate::metrics::BackendStats {
+    pub(crate) fn backend_stats(&self) -> &crate::metrics::Latency {
         &self.shared.backend_stats
     }
 
@@ -467,14 +467,14 @@ impl Engine {
         Ok((data.len() as u64, hasher.digest()))
     }
 
-    /// Queues a write command for `user`; the receiver yields its reply once the
-    /// change is in the log.
+    /// Queues a write command for `user`; the receiver yields its reply (and its
+    /// sequence number) once the change is in the log.
     pub async fn write(
         &self,
         f: DataFn,
         args: Vec<Bytes>,
         user: Bytes,
-    ) -> oneshot::Receiver<Reply> {
+    ) -> oneshot::Receiver<Written> {
         let (reply, rx) = oneshot::channel();
         let request = writer::Request {
             f,
@@ -485,9 +485,10 @@ impl Engine {
         if let Err(mpsc::error::SendError(writer::Msg::Write(request))) =
             self.writes.send(writer::Msg::Write(request)).await
         {
-            let _ = request.reply.send(Reply::error(
-                "ERR the proxy is shutting down; retry on another connection",
-            ));
+            let _ = request.reply.send(Written {
+                reply: Reply::error("ERR the proxy is shutting down; retry on another connection"),
+                seq: 0,
+            });
         }
         rx
     }

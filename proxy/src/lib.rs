@@ -31,5 +31,5 @@ pub use link::{
     ALPN, HANDSHAKE_TIMEOUT, Identity, Link, LinkError, LinkTls, PROTOCOL_VERSION,
     accept as accept_link, connect as connect_link,
 };
-pub use replication::ReplicationConfig;
+pub use replication::{ForwardError, ReplicationConfig, homes as user_homes};
 pub use server::{Proxy, ProxyConfig, StartError};

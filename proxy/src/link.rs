@@ -5,7 +5,7 @@
 //! datacenter the certificate names, and then runs the handshake: the client sends a
 //! hello (protocol version, cluster, datacenter, applied version vector); the server
 //! checks it against the certificate and the topology and answers with its own hello,
-//! or with a refusal that says which check failed. ALPN is `meridian/2`. Every
+//! or with a refusal that says which check failed. ALPN is `meridian/3`. Every
 //! frame on a link, the handshake's included, uses the one codec of [`frame`].
 
 pub mod frame;
@@ -23,12 +23,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use frame::{Frame, FrameError, Hello};
 
 /// The application protocol spoken on links.
-pub const ALPN: &[u8] = b"meridian/2";
+pub const ALPN: &[u8] = b"meridian/3";
 /// How long a handshake may take, TLS included, before the attempt is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The link protocol version this build speaks (2: one little-endian frame codec
 /// for the handshake and replication).
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Why a link could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +110,9 @@ pub struct Identity {
     pub dc: String,
     /// Its applied version vector.
     pub applied: VersionVector,
+    /// Its process, random at each start: a peer that answers with another
+    /// incarnation has restarted (and forgotten what it was doing).
+    pub incarnation: u64,
 }
 
 /// An established link.
@@ -295,6 +298,7 @@ async fn connect_now(
             cluster,
             dc,
             applied,
+            incarnation,
         }) => {
             if version != PROTOCOL_VERSION || cluster != me.cluster || dc != peer_dc {
                 let reason =
@@ -309,6 +313,7 @@ async fn connect_now(
                 cluster,
                 dc,
                 applied,
+                incarnation,
             }
         }
         other => {
@@ -455,6 +460,7 @@ fn check_hello(
         cluster,
         dc,
         applied,
+        incarnation,
     }) = frame
     else {
         return Err(Refusal::NotHello);
@@ -487,6 +493,7 @@ fn check_hello(
         cluster,
         dc,
         applied,
+        incarnation,
     })
 }
 
@@ -496,6 +503,7 @@ fn hello(me: &Identity) -> Frame {
         cluster: me.cluster.clone(),
         dc: me.dc.clone(),
         applied: me.applied.clone(),
+        incarnation: me.incarnation,
     })
 }
 

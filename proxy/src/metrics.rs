@@ -7,7 +7,7 @@
 //! families ([`info_section`]), and `/status` includes them as JSON ([`json`]).
 //! The counters themselves live where they are counted (atomics in the engine and
 //! the replication state); latency histograms live in [`CommandStats`] and
-//! [`BackendStats`].
+//! [`Latency`].
 
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -370,35 +370,30 @@ impl CommandStats {
     }
 }
 
-/// Latency of backend commits (the committer's transactions).
+/// A latency histogram: backend commits, forwarded requests.
 #[derive(Debug)]
-pub(crate) struct BackendStats {
-    latency: Mutex<Histogram<u64>>,
+pub(crate) struct Latency {
+    histogram: Mutex<Histogram<u64>>,
 }
 
-impl Default for BackendStats {
+impl Default for Latency {
     fn default() -> Self {
-        BackendStats {
-            latency: histogram(),
+        Latency {
+            histogram: histogram(),
         }
     }
 }
 
-impl BackendStats {
-    /// Records one backend commit.
+impl Latency {
+    /// Records one measurement.
     pub(crate) fn record(&self, took: Duration) {
-        record(&self.latency, took);
+        record(&self.histogram, took);
     }
 
-    /// The family of these statistics.
-    pub(crate) fn family(&self) -> Family {
-        let mut f = Family::single(
-            "meridian_backend_commit_seconds",
-            "Time of one backend transaction (a batch of changes).",
-            Kind::Summary,
-            0.0,
-        );
-        f.samples = quantiles(&self.latency)
+    /// The family `name` of these measurements (none while there are none).
+    pub(crate) fn family(&self, name: &'static str, help: &'static str) -> Family {
+        let mut f = Family::single(name, help, Kind::Summary, 0.0);
+        f.samples = quantiles(&self.histogram)
             .map(|q| (String::new(), q))
             .into_iter()
             .collect();

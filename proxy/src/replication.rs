@@ -24,6 +24,7 @@
 //!   restarts from what its peer has acknowledged, so nothing falls between routes.
 
 mod error;
+mod forward;
 mod links;
 mod receiver;
 mod shipper;
@@ -43,6 +44,7 @@ use crate::engine::Engine;
 use crate::link::LinkTls;
 
 pub use error::StreamError;
+pub use forward::{ForwardError, ForwardStats, homes};
 pub use status::{OriginLag, PeerStatus};
 
 /// How a proxy replicates.
@@ -69,6 +71,9 @@ pub enum ReplicationError {
     /// The peer listener or TLS setup failed.
     #[error(transparent)]
     Link(#[from] crate::link::LinkError),
+    /// Users cannot be given homes (the datacenters' weights).
+    #[error("cannot assign users to homes: {0}")]
+    Homes(#[from] meridian_policies::RendezvousError),
 }
 
 /// The replication state of one proxy; shared by its links and its clients.
@@ -86,6 +91,8 @@ pub struct Replication {
     peers: Mutex<HashMap<String, Arc<PeerStatus>>>,
     /// Connections made, to tell a replaced connection from the current one.
     next_conn: AtomicU64,
+    /// Writes forwarded to their homes, and those forwarded here.
+    forwarding: forward::Forwarding,
 }
 
 /// Keeps the engine's log retention told what the peers still need, at most once a
@@ -115,7 +122,9 @@ impl Replication {
         let endpoint = config.tls.endpoint(config.listen)?;
         let mut known = HashMap::new();
         known.insert(engine.dc().to_owned(), engine.applied());
+        let forwarding = forward::Forwarding::new(&config.topology, config.me)?;
         let repl = Arc::new(Replication {
+            forwarding,
             live: watch::Sender::new(DcSet::one(config.me)),
             known: watch::Sender::new(known),
             acked: Mutex::new(HashMap::new()),
@@ -165,6 +174,11 @@ impl Replication {
 
     fn id(&self, dc: DcIdx) -> &str {
         &self.topology().dc(dc).id
+    }
+
+    /// The id of datacenter number `dc`.
+    pub fn dc_id(&self, dc: usize) -> &str {
+        self.id(DcIdx(dc as u8))
     }
 
     /// The datacenters believed live, this one included.
@@ -234,14 +248,19 @@ impl Replication {
         self.known.borrow().get(dc).cloned().unwrap_or_default()
     }
 
-    /// Waits until `n` other datacenters have applied this one's changes up to `seq`,
+    /// Waits until `n` other datacenters have applied `token` (a session's writes),
     /// or `timeout` passes (`None`: no limit). Returns how many have.
-    pub async fn wait_for(&self, seq: u64, n: usize, timeout: Option<Duration>) -> usize {
+    pub async fn wait_for(
+        &self,
+        token: &VersionVector,
+        n: usize,
+        timeout: Option<Duration>,
+    ) -> usize {
         let me = self.engine.dc().to_owned();
         let count = |known: &HashMap<String, VersionVector>| {
             known
                 .iter()
-                .filter(|(dc, vv)| **dc != me && vv.get(&me) >= seq)
+                .filter(|(dc, vv)| **dc != me && vv.dominates(token))
                 .count()
         };
         let mut rx = self.known.subscribe();

@@ -40,6 +40,7 @@ fn identity(cluster: &str, dc: &str, seq: u64) -> Identity {
         cluster: cluster.into(),
         dc: dc.into(),
         applied,
+        incarnation: seq,
     }
 }
 

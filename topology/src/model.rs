@@ -125,6 +125,19 @@ pub struct Homes {
     pub pins: Vec<(String, DcIdx)>,
     /// What happens to writes while a user's home is unreachable (default reject).
     pub on_home_down: OnHomeDown,
+    /// Where writes run (default at the user's home).
+    pub writes: Writes,
+}
+
+/// Where a datacenter runs the writes its clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// At the user's home: one writer per user, forwarded there from elsewhere.
+    Home,
+    /// Where they arrive: every datacenter writes every user, and concurrent writes
+    /// of a key settle by last-writer-wins (each loss counted). The multi-leader
+    /// design home leaders replace, kept for comparison and for tests of replication.
+    Local,
 }
 
 /// How a key names its user.
@@ -240,6 +253,64 @@ impl Topology {
         self.links
             .iter()
             .find(|l| (l.a, l.b) == (a, b) || (l.a, l.b) == (b, a))
+    }
+
+    /// The datacenters a request from `from` to `to` passes, both ends included:
+    /// straight there where the topology lets the two link, else through the fewest
+    /// datacenters (a star's hub), the shortest by `[links]` delay among those.
+    /// `None` when no chain of links joins them.
+    pub fn forward_path(&self, from: DcIdx, to: DcIdx) -> Option<Vec<DcIdx>> {
+        let n = self.datacenters.len();
+        if from.get() >= n || to.get() >= n {
+            return None;
+        }
+        // Breadth first; among paths of one length, the least total delay.
+        let delay = |a, b| self.link(a, b).map_or(Duration::ZERO, |l| l.delay);
+        let mut best: Vec<Option<(u32, Duration, DcIdx)>> = vec![None; n];
+        best[from.get()] = Some((0, Duration::ZERO, from));
+        let mut frontier = vec![from];
+        let mut hops = 0;
+        while !frontier.is_empty() && best[to.get()].is_none() {
+            hops += 1;
+            let mut next = Vec::new();
+            for &at in &frontier {
+                let (_, so_far, _) = best[at.get()].unwrap_or((0, Duration::ZERO, at));
+                for i in 0..n {
+                    let b = DcIdx(i as u8);
+                    if !self.router.may_link(at, b) {
+                        continue;
+                    }
+                    let arrive = so_far + delay(at, b);
+                    match best[i] {
+                        Some((h, _, _)) if h < hops => {}
+                        Some((_, d, _)) if d <= arrive => {}
+                        _ => {
+                            if best[i].is_none() {
+                                next.push(b);
+                            }
+                            best[i] = Some((hops, arrive, at));
+                        }
+                    }
+                }
+            }
+            frontier = next;
+        }
+        best[to.get()]?;
+        let mut path = vec![to];
+        let mut at = to;
+        while at != from {
+            at = best[at.get()]?.2;
+            path.push(at);
+        }
+        path.reverse();
+        Some(path)
+    }
+
+    /// The one-way delay along `path` by `[links]`, if every link on it has one.
+    pub fn path_delay(&self, path: &[DcIdx]) -> Option<Duration> {
+        path.windows(2)
+            .map(|w| self.link(w[0], w[1]).map(|l| l.delay))
+            .sum()
     }
 
     /// The datacenters `me` sends a change to; see [`Router::next_hops`].

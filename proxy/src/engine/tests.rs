@@ -31,7 +31,8 @@ async fn exec(engine: &Engine, line: &str) -> Reply {
             .write(f, args, Bytes::from_static(b"u"))
             .await
             .await
-            .unwrap(),
+            .unwrap()
+            .reply,
         crate::command::Kind::Read(f) => engine.read(spec, f, &args).await,
         crate::command::Kind::Server => unreachable!(),
     }
@@ -131,7 +132,7 @@ async fn concurrent_writes_are_batched_and_all_applied() {
     }
     let mut last = 0;
     for w in waits {
-        let Reply::Integer(n) = w.await.unwrap() else {
+        let Reply::Integer(n) = w.await.unwrap().reply else {
             panic!("INCR failed")
         };
         assert_eq!(n, last + 1, "replies come in order");
@@ -189,7 +190,7 @@ async fn reads_never_go_back_while_the_committer_moves_data() {
             );
         }
         for w in waits {
-            assert!(!w.await.unwrap().is_error());
+            assert!(!w.await.unwrap().reply.is_error());
         }
     }
     let reads = reader.await.unwrap();

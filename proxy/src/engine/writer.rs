@@ -45,7 +45,18 @@ pub(super) struct Request {
     pub(super) f: DataFn,
     pub(super) args: Vec<Bytes>,
     pub(super) user: Bytes,
-    pub(super) reply: oneshot::Sender<Reply>,
+    pub(super) reply: oneshot::Sender<Written>,
+}
+
+/// A write's reply, and the sequence number of this datacenter's newest change
+/// once it ran: its own change, or, when it changed nothing (or failed), the one
+/// before it. A session that saw the reply has seen this datacenter up to there.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// What the client is answered.
+    pub reply: Reply,
+    /// This datacenter's newest change after the write (0: none yet).
+    pub seq: u64,
 }
 
 /// Remote changes to apply, and where to say which could not be applied yet.
@@ -252,10 +263,14 @@ impl Writer {
 
     /// Runs the batch's commands, logs their changes, publishes them, replies.
     fn commit_batch(&mut self, batch: Vec<Request>) {
+        let seq = self.next_seq.saturating_sub(1);
         let refuse = |batch: Vec<Request>, reply: Reply| {
-            batch
-                .into_iter()
-                .for_each(|r| drop(r.reply.send(reply.clone())));
+            batch.into_iter().for_each(|r| {
+                drop(r.reply.send(Written {
+                    reply: reply.clone(),
+                    seq,
+                }))
+            });
         };
         if let Some(why) = self.shared.broken() {
             let reply = format!("ERR writes are stopped until the proxy restarts: {why}");
@@ -280,13 +295,17 @@ impl Writer {
         match self.publish(changes, true) {
             Ok(()) => replies
                 .into_iter()
-                .for_each(|(tx, reply)| drop(tx.send(reply))),
+                .for_each(|(tx, written)| drop(tx.send(written))),
             Err(e) => {
                 self.worker.error(&e);
                 let reply = Reply::error(format!("ERR {e}"));
-                replies
-                    .into_iter()
-                    .for_each(|(tx, _)| drop(tx.send(reply.clone())));
+                let seq = self.next_seq.saturating_sub(1);
+                replies.into_iter().for_each(|(tx, _)| {
+                    drop(tx.send(Written {
+                        reply: reply.clone(),
+                        seq,
+                    }))
+                });
             }
         }
     }
@@ -298,7 +317,7 @@ impl Writer {
         batch: Vec<Request>,
         view: &View<'_>,
         base: &Base,
-    ) -> (Vec<Change>, Vec<(oneshot::Sender<Reply>, Reply)>) {
+    ) -> (Vec<Change>, Vec<(oneshot::Sender<Written>, Written)>) {
         let mut overlay = HashMap::new();
         let mut changes = Vec::new();
         let mut replies = Vec::with_capacity(batch.len());
@@ -330,7 +349,11 @@ impl Writer {
                 });
                 self.next_seq += 1;
             }
-            replies.push((request.reply, outcome.unwrap_or_else(|e| e)));
+            let written = Written {
+                reply: outcome.unwrap_or_else(|e| e),
+                seq: self.next_seq.saturating_sub(1),
+            };
+            replies.push((request.reply, written));
         }
         (changes, replies)
     }

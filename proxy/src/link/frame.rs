@@ -16,9 +16,11 @@
 //! | 7 | snapshot request | empty: the sender lost its data and asks for the receiver's store | 1 |
 //! | 8 | hello | `(version, cluster, dc, applied vector)`, postcard | 64 KiB |
 //! | 9 | refused | the reason, postcard | 64 KiB |
+//! | 10 | forward | writes sent to a user's home ([`ForwardRequest`]), postcard | [`MAX_FORWARD`] |
+//! | 11 | forward reply | the home's replies and token ([`ForwardReply`]), postcard | [`MAX_FORWARD`] |
 //!
-//! Types 10 and 11 are kept for requests forwarded to a user's home and their
-//! replies. The length is checked against the type's limit before the body is
+//! A forward and its reply travel alone on a bidirectional stream of their own,
+//! never behind the replication stream. The length is checked against the type's limit before the body is
 //! read, and the body's buffer grows only as bytes arrive, so a peer cannot make
 //! the proxy allocate more than it has sent. Change frames also travel, several to
 //! a datagram, as QUIC datagrams ([`decode_all`]).
@@ -45,8 +47,12 @@ const fn ty(code: u8, name: &'static str, limit: usize) -> FrameType {
     FrameType { code, name, limit }
 }
 
+/// The longest forward or forward reply: one command of the largest value a log
+/// record holds, and the rest of its group.
+pub const MAX_FORWARD: usize = MAX_RECORD + (64 << 20);
+
 /// Every frame type this build reads, by code.
-pub const TYPES: [FrameType; 9] = [
+pub const TYPES: [FrameType; 11] = [
     ty(1, "change", MAX_RECORD + 1),
     ty(2, "applied", 1 << 20),
     ty(3, "heartbeat", 1),
@@ -56,6 +62,8 @@ pub const TYPES: [FrameType; 9] = [
     ty(7, "snapshot-request", 1),
     ty(8, "hello", 64 << 10),
     ty(9, "refused", 64 << 10),
+    ty(10, "forward", MAX_FORWARD),
+    ty(11, "forward-reply", MAX_FORWARD),
 ];
 
 /// The first bytes of the body read before the buffer grows with what arrives.
@@ -82,6 +90,47 @@ pub enum Frame {
     Hello(Hello),
     /// The handshake was refused, and why.
     Refused(String),
+    /// Writes forwarded to a user's home.
+    Forward(ForwardRequest),
+    /// The home's answer to a forward.
+    ForwardReply(ForwardReply),
+}
+
+/// Who sent a forwarded request, and which one it is: a resend carries the same id,
+/// so the home executes it once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    /// The datacenter whose client sent the writes.
+    pub from: String,
+    /// That proxy's process (random at start), so a restarted sender never reuses an id.
+    pub incarnation: u64,
+    /// The request's number at that process.
+    pub n: u64,
+}
+
+/// Consecutive writes of one client connection for one home.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardRequest {
+    /// The request's identity.
+    pub id: RequestId,
+    /// The datacenter that executes the writes (relays pass the request on).
+    pub home: String,
+    /// The client's protocol (2 or 3): replies come back encoded for it.
+    pub protocol: u8,
+    /// The session's token (a version vector's binary form): the home executes the
+    /// writes once it has applied this.
+    pub token: bytes::Bytes,
+    /// The commands, each its arguments.
+    pub commands: Vec<Vec<bytes::Bytes>>,
+}
+
+/// What the home answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardReply {
+    /// One encoded reply per command, in order, exactly as the home wrote them.
+    pub replies: Vec<bytes::Bytes>,
+    /// What the session has now seen of the home (a version vector's binary form).
+    pub token: bytes::Bytes,
 }
 
 /// What a proxy says of itself in the handshake.
@@ -95,6 +144,8 @@ pub struct Hello {
     pub dc: String,
     /// What it has applied.
     pub applied: VersionVector,
+    /// Its process: random at each start, so a peer can tell a restart.
+    pub incarnation: u64,
 }
 
 /// A frame that could not be read: the link is closed with this reason.
@@ -156,6 +207,7 @@ struct HelloBody {
     cluster: String,
     dc: String,
     applied: Vec<u8>,
+    incarnation: u64,
 }
 
 impl Frame {
@@ -178,6 +230,8 @@ impl Frame {
             Frame::SnapshotRequest => 7,
             Frame::Hello(_) => 8,
             Frame::Refused(_) => 9,
+            Frame::Forward(_) => 10,
+            Frame::ForwardReply(_) => 11,
         }
     }
 
@@ -204,9 +258,12 @@ impl Frame {
                     cluster: hello.cluster.clone(),
                     dc: hello.dc.clone(),
                     applied: hello.applied.to_bytes(),
+                    incarnation: hello.incarnation,
                 },
             ),
             Frame::Refused(reason) => append_postcard(out, reason),
+            Frame::Forward(request) => append_postcard(out, request),
+            Frame::ForwardReply(reply) => append_postcard(out, reply),
             Frame::Heartbeat | Frame::SnapshotEnd | Frame::SnapshotRequest => {}
         }
         let len = (out.len() - start - 4) as u32;
@@ -255,10 +312,17 @@ impl Frame {
                     cluster: hello.cluster,
                     dc: hello.dc,
                     applied,
+                    incarnation: hello.incarnation,
                 }))
             }
             9 => postcard::from_bytes(body)
                 .map(Frame::Refused)
+                .map_err(|e| bad(&e)),
+            10 => postcard::from_bytes(body)
+                .map(Frame::Forward)
+                .map_err(|e| bad(&e)),
+            11 => postcard::from_bytes(body)
+                .map(Frame::ForwardReply)
                 .map_err(|e| bad(&e)),
             3 => empty(Frame::Heartbeat),
             6 => empty(Frame::SnapshotEnd),

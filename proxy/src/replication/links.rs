@@ -10,7 +10,7 @@ use meridian_topology::DcIdx;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::{Replication, receiver, shipper};
+use super::{Replication, forward, receiver, shipper};
 use crate::link::{self, Identity, Link};
 use crate::workers::State;
 
@@ -45,6 +45,7 @@ fn identity(repl: &Replication) -> Identity {
         cluster: repl.topology().cluster_name.clone(),
         dc: repl.dc().to_owned(),
         applied: repl.engine.applied(),
+        incarnation: repl.forwarding.incarnation(),
     }
 }
 
@@ -162,7 +163,7 @@ async fn run(repl: Arc<Replication>, link: Link, mut stopped: watch::Receiver<bo
     };
     let conn_id = repl.next_conn.fetch_add(1, Ordering::Relaxed);
     let status = repl.peer_status(&peer.dc);
-    if let Some(old) = status.replace_connection(conn_id, connection.clone()) {
+    if let Some(old) = status.replace_connection(conn_id, connection.clone(), peer.incarnation) {
         old.close(0u32.into(), b"replaced by a newer connection");
     }
     repl.acknowledged(&peer.dc, &peer.applied);
@@ -175,9 +176,11 @@ async fn run(repl: Arc<Replication>, link: Link, mut stopped: watch::Receiver<bo
     tracing::info!(peer = %peer.dc, rtt_ms = connection.rtt().as_millis() as u64, "linked");
     let ship = shipper::run(repl.clone(), idx, connection.clone());
     let receive = receiver::run(repl.clone(), idx, connection.clone());
+    let requests = forward::serve(repl.clone(), idx, connection.clone());
     let why = tokio::select! {
         r = ship => failed(r, &status.shipper, "shipper ended"),
         r = receive => failed(r, &status.receiver, "peer closed its stream"),
+        r = requests => failed(r, &status.link, "peer stopped forwarding"),
         e = connection.closed() => e.to_string(),
         _ = stopped.changed() => "shutting down".into(),
     };

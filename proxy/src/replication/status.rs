@@ -15,7 +15,18 @@ use crate::workers::{Worker, Workers};
 pub struct PeerStatus {
     /// The peer's datacenter id.
     pub dc: String,
-    conn: Mutex<Option<(u64, quinn::Connection)>>,
+    /// The current connection: its number here, the connection, and the peer's
+    /// incarnation (its process).
+    conn: Mutex<Option<(u64, quinn::Connection, u64)>>,
+    /// Bumped whenever the current connection changes; forwards wait on it.
+    changed: tokio::sync::watch::Sender<u64>,
+    /// Wall time the link went down (or this proxy started, before the first link);
+    /// 0 while it is up.
+    down_since_ms: AtomicU64,
+    /// Writes forwarded to the peer as their user's home.
+    pub forwarded: AtomicU64,
+    /// Writes refused at once because the peer, their home, could not be reached.
+    pub home_unreachable: AtomicU64,
     last_error: Mutex<Option<String>>,
     /// Changes shipped to the peer.
     pub shipped: AtomicU64,
@@ -53,6 +64,10 @@ impl PeerStatus {
             receiver: workers.register("receiver", Some(dc)),
             dc: dc.to_owned(),
             conn: Mutex::new(None),
+            changed: tokio::sync::watch::Sender::new(0),
+            down_since_ms: AtomicU64::new(wall_ms()),
+            forwarded: AtomicU64::new(0),
+            home_unreachable: AtomicU64::new(0),
             last_error: Mutex::new(None),
             shipped: AtomicU64::new(0),
             shipped_bytes: AtomicU64::new(0),
@@ -67,24 +82,50 @@ impl PeerStatus {
         }
     }
 
-    /// Makes `conn` the current connection; returns the one it replaces.
+    /// Makes `conn` (to the peer's process `incarnation`) the current connection;
+    /// returns the one it replaces.
     pub(super) fn replace_connection(
         &self,
         id: u64,
         conn: quinn::Connection,
+        incarnation: u64,
     ) -> Option<quinn::Connection> {
         let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        slot.replace((id, conn)).map(|(_, c)| c)
+        let old = slot.replace((id, conn, incarnation)).map(|(_, c, _)| c);
+        self.down_since_ms.store(0, Ordering::Release);
+        self.changed.send_modify(|n| *n += 1);
+        old
     }
 
     /// Forgets connection `id` if it is still the current one (true if it was).
     pub(super) fn clear_connection(&self, id: u64) -> bool {
         let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.as_ref().is_some_and(|(current, _)| *current == id) {
+        if slot.as_ref().is_some_and(|(current, _, _)| *current == id) {
             *slot = None;
+            self.down_since_ms.store(wall_ms(), Ordering::Release);
+            self.changed.send_modify(|n| *n += 1);
             true
         } else {
             false
+        }
+    }
+
+    /// The current connection and the peer's incarnation, while the link is up.
+    pub(super) fn connection(&self) -> Option<(quinn::Connection, u64)> {
+        let slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref().map(|(_, c, i)| (c.clone(), *i))
+    }
+
+    /// Watches the current connection change.
+    pub(super) fn watch_connection(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Since when (wall time, ms) the link has been down; `None` while it is up.
+    pub fn down_since_ms(&self) -> Option<u64> {
+        match self.down_since_ms.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(at),
         }
     }
 
@@ -111,7 +152,7 @@ impl PeerStatus {
     /// The link's round-trip time and lost packets, while it is up.
     pub fn path(&self) -> Option<(std::time::Duration, u64)> {
         let slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        slot.as_ref().map(|(_, c)| {
+        slot.as_ref().map(|(_, c, _)| {
             let stats = c.stats();
             (stats.path.rtt, stats.path.lost_packets)
         })

@@ -41,6 +41,9 @@ pub enum Reply {
     /// not built: the connection closes instead of answering (as Redis closes a
     /// client over its `client-output-buffer-limit`).
     OverLimit,
+    /// A reply already encoded, for the connection's protocol: what a user's home
+    /// answered a forwarded write, passed on byte for byte.
+    Encoded(Bytes),
 }
 
 impl Reply {
@@ -55,7 +58,7 @@ impl Reply {
             + match self {
                 Reply::Simple(s) => s.len(),
                 Reply::Status(s) | Reply::Error(s) | Reply::Verbatim(s) => s.len(),
-                Reply::Bulk(b) => b.len(),
+                Reply::Bulk(b) | Reply::Encoded(b) => b.len(),
                 Reply::Integer(_)
                 | Reply::Null
                 | Reply::NullArray
@@ -78,7 +81,11 @@ impl Reply {
 
     /// Whether this is an error reply.
     pub fn is_error(&self) -> bool {
-        matches!(self, Reply::Error(_) | Reply::OverLimit)
+        match self {
+            Reply::Error(_) | Reply::OverLimit => true,
+            Reply::Encoded(bytes) => bytes.first() == Some(&b'-'),
+            _ => false,
+        }
     }
 
     /// Appends the encoding of this reply for `protocol` to `out`.
@@ -126,6 +133,7 @@ impl Reply {
                 out.put_slice(b"\r\n");
             }
             Reply::Verbatim(text) => bulk(out, b'$', text.as_bytes()),
+            Reply::Encoded(bytes) => out.put_slice(bytes),
         }
     }
 }

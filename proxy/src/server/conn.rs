@@ -7,18 +7,24 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use meridian_policies::{SessionToken, VersionVector, WriteRoute};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 
 use super::{Context, info};
 use crate::command::{self, Kind, Spec};
+use crate::engine::Written;
+use crate::link::frame::ForwardReply;
+use crate::replication::ForwardError;
 use crate::resp::{Protocol, Reply, RequestParser};
 
 /// Replies are written out once this much is encoded, even mid-pipeline.
 const OUT_FLUSH: usize = 1 << 20;
 /// Most pipelined commands executed as one group.
 const MAX_PIPELINE: usize = 1024;
+/// A group of writes for one home is sent once its arguments pass this size.
+const GROUP_BYTES: usize = 8 << 20;
 
 /// A read waiting to run with the reads next to it.
 struct QueuedRead {
@@ -32,11 +38,28 @@ struct QueuedRead {
 /// A reply that is known, or a write whose reply is still coming.
 enum Pending {
     Ready(Reply),
+    /// The replies of a group of forwarded writes, once they came.
+    Many(Vec<Reply>),
     Write {
-        rx: oneshot::Receiver<Reply>,
+        rx: oneshot::Receiver<Written>,
         started: Instant,
         index: usize,
     },
+    /// Writes forwarded to their home together: one reply each.
+    Forwarded {
+        rx: oneshot::Receiver<Result<ForwardReply, ForwardError>>,
+        started: Instant,
+        indices: Vec<usize>,
+    },
+}
+
+/// Consecutive writes of this connection for one home, not yet sent.
+struct Group {
+    home: usize,
+    commands: Vec<Vec<Bytes>>,
+    indices: Vec<usize>,
+    bytes: usize,
+    started: Instant,
 }
 
 /// What the connection does after a command.
@@ -60,6 +83,12 @@ pub(super) struct Conn {
     /// About how many bytes the replies in `pending` take.
     pending_bytes: usize,
     out: BytesMut,
+    /// The session token: every write this connection made, and tokens handed to it.
+    token: VersionVector,
+    /// Writes for a home elsewhere, gathered to travel together.
+    group: Option<Group>,
+    /// Whether a forwarded group's replies are still coming.
+    forwarding: bool,
 }
 
 /// Resolves once the client has closed its connection (or it failed). While the
@@ -105,6 +134,9 @@ pub(super) async fn serve(
         pending: VecDeque::new(),
         pending_bytes: 0,
         out: BytesMut::with_capacity(16 << 10),
+        token: VersionVector::new(),
+        group: None,
+        forwarding: false,
     };
     if let Err(e) = conn.run(stopped).await {
         tracing::debug!(error = %e, "client connection ended");
@@ -247,8 +279,12 @@ impl Conn {
         }
         self.pending_bytes = 0;
         for pending in self.pending.drain(..) {
-            if let Pending::Ready(reply) = pending {
-                reply.encode(self.protocol, &mut self.out);
+            match pending {
+                Pending::Ready(reply) => reply.encode(self.protocol, &mut self.out),
+                Pending::Many(replies) => replies
+                    .iter()
+                    .for_each(|r| r.encode(self.protocol, &mut self.out)),
+                Pending::Write { .. } | Pending::Forwarded { .. } => {}
             }
         }
         if !self.out.is_empty() {
@@ -258,20 +294,144 @@ impl Conn {
         Ok(())
     }
 
-    /// Waits for this connection's queued writes, so what follows sees them.
+    /// Sends the gathered writes, then waits for every queued write of this
+    /// connection (and absorbs their tokens), so what follows sees them.
     async fn settle(&mut self) {
+        self.send_group();
+        let me = self.ctx.engine.dc().to_owned();
         for pending in self.pending.iter_mut() {
-            if let Pending::Write { rx, started, index } = pending {
-                let reply = rx.await.unwrap_or_else(|_| {
-                    Reply::error(
-                        "ERR the write was abandoned by a stopping proxy; its outcome is unknown",
-                    )
-                });
-                self.ctx
-                    .commands
-                    .record(*index, started.elapsed(), reply.is_error());
-                self.pending_bytes = self.pending_bytes.saturating_add(reply.size());
-                *pending = Pending::Ready(reply);
+            match pending {
+                Pending::Write { rx, started, index } => {
+                    let reply = match rx.await {
+                        Ok(written) => {
+                            self.token.advance(&me, written.seq);
+                            written.reply
+                        }
+                        Err(_) => Reply::error(
+                            "ERR the write was abandoned by a stopping proxy; its outcome is unknown",
+                        ),
+                    };
+                    self.ctx
+                        .commands
+                        .record(*index, started.elapsed(), reply.is_error());
+                    self.pending_bytes = self.pending_bytes.saturating_add(reply.size());
+                    *pending = Pending::Ready(reply);
+                }
+                Pending::Forwarded {
+                    rx,
+                    started,
+                    indices,
+                } => {
+                    let outcome = rx.await.unwrap_or_else(|_| {
+                        Err(ForwardError::Unknown {
+                            home: "the home".into(),
+                            why: "the forwarding task stopped".into(),
+                        })
+                    });
+                    let replies = forwarded_replies(outcome, indices.len(), &mut self.token);
+                    for (index, reply) in indices.iter().zip(&replies) {
+                        self.ctx
+                            .commands
+                            .record(*index, started.elapsed(), reply.is_error());
+                        self.pending_bytes = self.pending_bytes.saturating_add(reply.size());
+                    }
+                    *pending = Pending::Many(replies);
+                }
+                Pending::Ready(_) | Pending::Many(_) => {}
+            }
+        }
+        self.forwarding = false;
+    }
+
+    /// Sends the gathered writes to their home, in a task of their own.
+    fn send_group(&mut self) {
+        let (Some(group), Some(repl)) = (self.group.take(), self.ctx.replication.clone()) else {
+            return;
+        };
+        let protocol = if self.protocol == Protocol::Resp3 { 3 } else { 2 };
+        let request = repl.request(group.home, protocol, &self.token, group.commands);
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let _ = tx.send(repl.forward(&request).await);
+        });
+        self.pending.push_back(Pending::Forwarded {
+            rx,
+            started: group.started,
+            indices: group.indices,
+        });
+        self.forwarding = true;
+    }
+
+    /// Queues a write of `user` where it runs: here, gathered for its home, or
+    /// refused when its home cannot be reached.
+    async fn write(
+        &mut self,
+        f: command::DataFn,
+        args: Vec<Bytes>,
+        user: Bytes,
+        index: usize,
+        started: Instant,
+    ) {
+        let route = match &self.ctx.replication {
+            Some(repl) => repl.route(&user),
+            None => WriteRoute::Here,
+        };
+        match route {
+            WriteRoute::Here => {
+                // After writes at other homes, this one waits to be ordered after them.
+                if self.group.is_some() || self.forwarding {
+                    self.settle().await;
+                }
+                if let Some(repl) = &self.ctx.replication
+                    && !self.ctx.engine.applied().dominates(&self.token)
+                    && let Err(behind) = repl.caught_up(&self.token, repl.token_wait()).await
+                {
+                    self.ctx.commands.record(index, started.elapsed(), true);
+                    self.reply(Reply::Error(behind));
+                    return;
+                }
+                let rx = self.ctx.engine.write(f, args, user).await;
+                self.pending
+                    .push_back(Pending::Write { rx, started, index });
+            }
+            WriteRoute::Forward { home } => {
+                if self.group.as_ref().is_some_and(|g| g.home != home) {
+                    self.send_group();
+                }
+                if self.group.is_none() {
+                    // A group starts after every earlier write has its reply: its
+                    // token then names them all, and the home orders it after them.
+                    self.settle().await;
+                    self.group = Some(Group {
+                        home,
+                        commands: Vec::new(),
+                        indices: Vec::new(),
+                        bytes: 0,
+                        started,
+                    });
+                }
+                if let Some(group) = self.group.as_mut() {
+                    group.bytes += args.iter().map(Bytes::len).sum::<usize>();
+                    group.commands.push(args);
+                    group.indices.push(index);
+                    if group.bytes >= GROUP_BYTES || group.commands.len() >= MAX_PIPELINE {
+                        self.send_group();
+                    }
+                }
+            }
+            WriteRoute::HomeUnreachable { home, for_ms } => {
+                self.send_group();
+                let home = self
+                    .ctx
+                    .replication
+                    .as_ref()
+                    .map_or_else(String::new, |r| r.dc_id(home).to_owned());
+                self.ctx.commands.record(index, started.elapsed(), true);
+                self.reply(Reply::error(format!(
+                    "TRYAGAIN {home}, the home of user '{}', has been unreachable from {} for {for_ms} ms",
+                    String::from_utf8_lossy(&user),
+                    self.ctx.config.dc
+                )));
             }
         }
     }
@@ -312,13 +472,8 @@ impl Conn {
         };
         match spec.kind {
             Kind::Write(f) => {
-                let rx = self
-                    .ctx
-                    .engine
-                    .write(f, args, user.unwrap_or_default())
+                self.write(f, args, user.unwrap_or_default(), index, started)
                     .await;
-                self.pending
-                    .push_back(Pending::Write { rx, started, index });
                 Next::Continue
             }
             Kind::Read(f) => {
@@ -376,15 +531,37 @@ impl Conn {
             "WAIT" => {
                 // A wait that may never end ends with its client.
                 tokio::select! {
-                    reply = super::replicate::wait(&self.ctx, args) => reply,
+                    reply = super::replicate::wait(&self.ctx, args, &self.token) => reply,
                     () = gone(&self.stream) => return Next::Close,
                 }
             }
+            "MERIDIAN" if args[1].eq_ignore_ascii_case(b"SESSION") => self.session(args),
             "MERIDIAN" => super::replicate::meridian(&self.ctx, args).await,
             _ => command::unknown_command(args),
         };
         self.reply(reply);
         Next::Continue
+    }
+
+    /// `MERIDIAN SESSION` returns the session token; `MERIDIAN SESSION <token>`
+    /// merges a token from another connection or device into this one.
+    fn session(&mut self, args: &[Bytes]) -> Reply {
+        match args.len() {
+            2 => Reply::bulk(SessionToken(self.token.clone()).to_string()),
+            3 => {
+                let parsed = std::str::from_utf8(&args[2])
+                    .map_err(|_| "it is not text".to_owned())
+                    .and_then(|text| text.parse::<SessionToken>().map_err(|e| e.to_string()));
+                match parsed {
+                    Ok(token) => {
+                        self.token.merge(token.vector());
+                        Reply::OK
+                    }
+                    Err(why) => Reply::error(format!("ERR invalid session token: {why}")),
+                }
+            }
+            _ => command::arity_error("meridian|session"),
+        }
     }
 
     fn hello(&mut self, args: &[Bytes]) -> Reply {
@@ -520,6 +697,31 @@ impl Conn {
             self.id, self.peer, self.ctx.addr
         )
     }
+}
+
+/// The replies of a forwarded group (the home's, byte for byte, or one error
+/// each), absorbing what the home says the session has seen into `token`.
+fn forwarded_replies(
+    outcome: Result<ForwardReply, ForwardError>,
+    n: usize,
+    token: &mut VersionVector,
+) -> Vec<Reply> {
+    let reply = match outcome {
+        Ok(reply) if reply.replies.len() == n => reply,
+        Ok(reply) => {
+            let why = format!(
+                "ERR the home answered {} replies to {n} writes; their outcome is unknown",
+                reply.replies.len()
+            );
+            return vec![Reply::error(why); n];
+        }
+        Err(e) => return vec![Reply::error(e.to_string()); n],
+    };
+    match VersionVector::decode(&reply.token) {
+        Ok(seen) => token.merge(&seen),
+        Err(e) => tracing::warn!(error = %e, "a home answered with a damaged session token"),
+    }
+    reply.replies.into_iter().map(Reply::Encoded).collect()
 }
 
 /// Compares secrets in time that does not depend on where they differ.

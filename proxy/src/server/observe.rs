@@ -17,7 +17,16 @@ pub(super) fn collect(ctx: &Context) -> Vec<Family> {
     families.extend(peers(ctx));
     families.extend(origins(ctx));
     families.extend(ctx.commands.families());
-    families.push(ctx.engine.backend_stats().family());
+    if let Some(repl) = &ctx.replication {
+        families.push(repl.forward_stats().latency.family(
+            "meridian_forward_seconds",
+            "Time from sending a forwarded request to its home's reply.",
+        ));
+    }
+    families.push(ctx.engine.backend_stats().family(
+        "meridian_backend_commit_seconds",
+        "Time of one backend transaction (a batch of changes).",
+    ));
     families
 }
 
@@ -36,7 +45,7 @@ fn stat(ctx: &Context, counter: fn(&crate::engine::Stats) -> &AtomicU64) -> f64 
 }
 
 /// The proxy's and engine's single values, in the order INFO shows them.
-const SCALARS: [ScalarRow; 19] = [
+const SCALARS: [ScalarRow; 26] = [
     (
         "meridian_connected_clients",
         "Client connections open now.",
@@ -170,7 +179,65 @@ const SCALARS: [ScalarRow; 19] = [
         Some((Section::Replication, "log_segments_removed")),
         |c| c.engine.log_start().1 as f64,
     ),
+    (
+        "meridian_forward_requests_total",
+        "Requests (groups of writes of one connection) sent toward their users' homes.",
+        Kind::Counter,
+        Some((Section::Replication, "forward_requests")),
+        |c| forward(c, |f| &f.requests),
+    ),
+    (
+        "meridian_forward_in_flight",
+        "Forwarded requests waiting for their home's reply now.",
+        Kind::Gauge,
+        Some((Section::Replication, "forward_in_flight")),
+        |c| forward(c, |f| &f.in_flight),
+    ),
+    (
+        "meridian_forward_failed_total",
+        "Forwarded requests that got no reply (the client was told the outcome is unknown).",
+        Kind::Counter,
+        Some((Section::Replication, "forward_failed")),
+        |c| forward(c, |f| &f.failed),
+    ),
+    (
+        "meridian_forward_served_writes_total",
+        "Writes other datacenters forwarded here, executed as their home.",
+        Kind::Counter,
+        Some((Section::Replication, "forward_served_writes")),
+        |c| forward(c, |f| &f.served),
+    ),
+    (
+        "meridian_forward_relayed_total",
+        "Forwarded requests passed on toward a home elsewhere.",
+        Kind::Counter,
+        Some((Section::Replication, "forward_relayed")),
+        |c| forward(c, |f| &f.relayed),
+    ),
+    (
+        "meridian_forward_duplicates_total",
+        "Forwarded requests received again and answered from memory instead of run twice.",
+        Kind::Counter,
+        Some((Section::Replication, "forward_duplicates_suppressed")),
+        |c| forward(c, |f| &f.duplicates),
+    ),
+    (
+        "meridian_forward_remembered",
+        "Forwarded requests remembered for at-most-once execution.",
+        Kind::Gauge,
+        Some((Section::Replication, "forward_remembered")),
+        |c| c.replication.as_ref().map_or(0.0, |r| r.forward_window().0 as f64),
+    ),
 ];
+
+fn forward(
+    ctx: &Context,
+    counter: fn(&crate::replication::ForwardStats) -> &AtomicU64,
+) -> f64 {
+    ctx.replication
+        .as_ref()
+        .map_or(0.0, |r| load(counter(r.forward_stats())))
+}
 
 fn scalars(ctx: &Context) -> Vec<Family> {
     SCALARS
@@ -197,7 +264,7 @@ type PeerRow = (
 );
 
 /// The per-peer families, in the order INFO shows their fields.
-const PEER_FAMILIES: [PeerRow; 11] = [
+const PEER_FAMILIES: [PeerRow; 13] = [
     (
         "meridian_peer_up",
         "Whether the link to the peer is up.",
@@ -274,6 +341,20 @@ const PEER_FAMILIES: [PeerRow; 11] = [
         Kind::Counter,
         None,
         |p| load(&p.held_for_deps),
+    ),
+    (
+        "meridian_peer_forwarded_writes_total",
+        "Writes forwarded to the peer: to their user's home, or through it toward the home.",
+        Kind::Counter,
+        Some(("forwarded_writes", InfoFormat::Integer)),
+        |p| load(&p.forwarded),
+    ),
+    (
+        "meridian_peer_home_unreachable_total",
+        "Writes refused at once (TRYAGAIN) because the link toward their home, through the peer, was down.",
+        Kind::Counter,
+        Some(("home_unreachable_refusals", InfoFormat::Integer)),
+        |p| load(&p.home_unreachable),
     ),
 ];
 

@@ -4,15 +4,16 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use bytes::Bytes;
+use meridian_policies::VersionVector;
 
 use super::Context;
 use crate::command;
 use crate::resp::Reply;
 
 /// `WAIT numreplicas timeout`: waits until `numreplicas` other datacenters have
-/// applied this datacenter's writes up to now (so the client's last write too), or
-/// `timeout` milliseconds pass (0: no limit). Replies with how many have.
-pub(super) async fn wait(ctx: &Context, args: &[Bytes]) -> Reply {
+/// applied the client's own writes (its session token, wherever its writes ran),
+/// or `timeout` milliseconds pass (0: no limit). Replies with how many have.
+pub(super) async fn wait(ctx: &Context, args: &[Bytes], token: &VersionVector) -> Reply {
     let (Some(n), Some(timeout)) = (command::parse_i64(&args[1]), command::parse_i64(&args[2]))
     else {
         return command::not_an_integer();
@@ -23,10 +24,9 @@ pub(super) async fn wait(ctx: &Context, args: &[Bytes]) -> Reply {
     let Some(repl) = &ctx.replication else {
         return Reply::Integer(0);
     };
-    let seq = ctx.engine.applied().get(ctx.engine.dc());
     let timeout = (timeout > 0).then(|| Duration::from_millis(timeout as u64));
     let n = n.max(0) as usize;
-    Reply::Integer(repl.wait_for(seq, n, timeout).await as i64)
+    Reply::Integer(repl.wait_for(token, n, timeout).await as i64)
 }
 
 /// `MERIDIAN DIGEST | APPLIED | LAG`.

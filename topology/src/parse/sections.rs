@@ -8,11 +8,11 @@ use super::Ids;
 use super::reader::{Report, Table};
 use crate::model::{
     ClientSettings, FsyncPolicy, Homes, Link, OnHomeDown, OnStale, ReplicationSettings,
-    SessionSettings, TlsSettings, UserKey,
+    SessionSettings, TlsSettings, UserKey, Writes,
 };
 use crate::route::DcIdx;
 
-const HOMES_KEYS: &[&str] = &["user", "default", "pins", "on_home_down"];
+const HOMES_KEYS: &[&str] = &["user", "default", "pins", "on_home_down", "writes"];
 const SESSION_KEYS: &[&str] = &["read_wait_ms", "on_stale"];
 const CLIENTS_KEYS: &[&str] = &["output_buffer_limit"];
 const REPLICATION_KEYS: &[&str] = &["fsync", "log_retention", "heartbeat_ms", "peer_timeout_ms"];
@@ -89,6 +89,7 @@ pub(super) fn homes(report: &mut Report<'_>, root: &Table<'_, '_>, ids: &Ids) ->
         user: UserKey::HashTag,
         pins: Vec::new(),
         on_home_down: OnHomeDown::Reject,
+        writes: Writes::Home,
     };
     if root.get("homes").is_none() {
         return Some(homes);
@@ -105,6 +106,8 @@ pub(super) fn homes(report: &mut Report<'_>, root: &Table<'_, '_>, ids: &Ids) ->
     homes.on_home_down = t
         .choice(report, "on_home_down", &policies)
         .unwrap_or(OnHomeDown::Reject);
+    let writes = [("home", Writes::Home), ("local", Writes::Local)];
+    homes.writes = t.choice(report, "writes", &writes).unwrap_or(Writes::Home);
     if let Some((pins, _)) = t.table(report, "pins") {
         for (user, dc) in pins.iter() {
             let key = format!("homes.pins.{:?}", user.get_ref());

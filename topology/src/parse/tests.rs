@@ -382,3 +382,40 @@ fn a_cluster_name_too_long_for_the_handshake_is_refused() {
         "{found:?}"
     );
 }
+
+#[test]
+fn writes_run_at_home_unless_the_file_says_local() {
+    let t = parse(&cluster("")).unwrap();
+    assert_eq!(t.homes.writes, Writes::Home);
+    let t = parse(&format!("{}[homes]\nwrites = \"local\"\n", cluster(""))).unwrap();
+    assert_eq!(t.homes.writes, Writes::Local);
+    let found = problems(&format!("{}[homes]\nwrites = \"anywhere\"\n", cluster("")));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("homes.writes"), "{found:?}");
+}
+
+#[test]
+fn requests_go_straight_to_the_home_where_a_link_may_exist_else_through_the_hub() {
+    let ids = |t: &Topology, path: Option<Vec<DcIdx>>| -> Vec<String> {
+        path.unwrap()
+            .into_iter()
+            .map(|i| t.dc(i).id.clone())
+            .collect()
+    };
+    let star = format!(
+        "{}[links]\n\"a/b\" = {{ delay_ms = 10 }}\n\"a/c\" = {{ delay_ms = 30 }}\n",
+        cluster("topology = \"star\"\nhub = \"a\"\nstar_fallback = \"none\"")
+    );
+    let t = parse(&star).unwrap();
+    assert_eq!(ids(&t, t.forward_path(DcIdx(1), DcIdx(2))), ["b", "a", "c"]);
+    assert_eq!(ids(&t, t.forward_path(DcIdx(2), DcIdx(0))), ["c", "a"]);
+    assert_eq!(
+        t.path_delay(&t.forward_path(DcIdx(1), DcIdx(2)).unwrap()),
+        Some(Duration::from_millis(40))
+    );
+    for shape in ["", "topology = \"ring\"", "topology = \"star\"\nhub = \"a\""] {
+        let t = parse(&cluster(shape)).unwrap();
+        assert_eq!(ids(&t, t.forward_path(DcIdx(1), DcIdx(2))), ["b", "c"], "{shape}");
+        assert_eq!(t.path_delay(&[DcIdx(1), DcIdx(2)]), None);
+    }
+}

@@ -25,8 +25,27 @@ fn samples() -> Vec<Frame> {
             cluster: "c".into(),
             dc: "us-east".into(),
             applied: vector,
+            incarnation: 7,
         }),
         Frame::Refused("no".into()),
+        Frame::Forward(ForwardRequest {
+            id: RequestId {
+                from: "eu-west".into(),
+                incarnation: 9,
+                n: 3,
+            },
+            home: "us-east".into(),
+            protocol: 3,
+            token: bytes::Bytes::from_static(b"\x01"),
+            commands: vec![vec![
+                bytes::Bytes::from_static(b"INCR"),
+                bytes::Bytes::from_static(b"{u}:n"),
+            ]],
+        }),
+        Frame::ForwardReply(ForwardReply {
+            replies: vec![bytes::Bytes::from_static(b":1\r\n")],
+            token: bytes::Bytes::new(),
+        }),
     ]
 }
 

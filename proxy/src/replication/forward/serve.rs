@@ -1,0 +1,233 @@
+//! The home's side of forwarding: each request a peer opens a stream for is
+//! executed here (once, see [`super::window`]) or passed on toward its home.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use meridian_policies::VersionVector;
+use meridian_topology::{DcIdx, UserKey};
+
+use super::window::{self, Begin};
+use crate::command::{self, Kind, UserRule};
+use crate::link::frame::{self, ForwardReply, ForwardRequest, Frame};
+use crate::replication::{Replication, StreamError};
+use crate::resp::{Protocol, Reply};
+
+/// Answers the requests `peer` sends on `connection` until it closes.
+pub(in crate::replication) async fn run(
+    repl: Arc<Replication>,
+    peer: DcIdx,
+    connection: quinn::Connection,
+) -> Result<(), StreamError> {
+    let peer_id = repl.id(peer).to_owned();
+    loop {
+        let (send, recv) = connection
+            .accept_bi()
+            .await
+            .map_err(|source| StreamError::Accept {
+                peer: peer_id.clone(),
+                source,
+            })?;
+        // Each request runs on: a link that drops does not stop a write half done,
+        // and its reply waits in the window for the resend.
+        let (repl, peer_id) = (repl.clone(), peer_id.clone());
+        let workers = repl.engine.workers().clone();
+        workers.track(async move {
+            if let Err(why) = answer(&repl, &peer_id, send, recv).await {
+                tracing::debug!(peer = %peer_id, %why, "a forwarded request was not answered");
+            }
+        });
+    }
+}
+
+async fn answer(
+    repl: &Replication,
+    peer: &str,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Result<(), String> {
+    let request = match frame::read(&mut recv, peer).await {
+        Ok(Some(Frame::Forward(request))) => request,
+        Ok(Some(other)) => return Err(format!("a {} frame opened a stream", other.name())),
+        Ok(None) => return Err("an empty stream".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let reply = repl.answer(request).await;
+    let mut out = Vec::new();
+    Frame::ForwardReply(reply).encode(&mut out);
+    send.write_all(&out).await.map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    Ok(())
+}
+
+/// The same error for each of `n` commands, encoded.
+fn all_failed(n: usize, protocol: Protocol, message: &str) -> ForwardReply {
+    let mut out = BytesMut::new();
+    Reply::error(message).encode(protocol, &mut out);
+    let one = out.freeze();
+    ForwardReply {
+        replies: vec![one; n],
+        token: Bytes::new(),
+    }
+}
+
+fn protocol(code: u8) -> Protocol {
+    if code == 3 {
+        Protocol::Resp3
+    } else {
+        Protocol::Resp2
+    }
+}
+
+impl Replication {
+    /// Answers a forwarded request: executes it when this is its home (once), or
+    /// passes it on toward its home.
+    async fn answer(&self, request: ForwardRequest) -> ForwardReply {
+        let n = request.commands.len();
+        let proto = protocol(request.protocol);
+        if request.home != self.dc() {
+            self.forwarding
+                .stats
+                .relayed
+                .fetch_add(1, Ordering::Relaxed);
+            return match self.forward(&request).await {
+                Ok(reply) => reply,
+                Err(e) => all_failed(n, proto, &e.to_string()),
+            };
+        }
+        let f = &self.forwarding;
+        match f.window.begin(&request.id, Instant::now()) {
+            Begin::New(slot) => {
+                let reply = self.execute(request).await;
+                slot.send_replace(Some(reply.clone()));
+                reply
+            }
+            Begin::Done(reply) => {
+                f.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                reply
+            }
+            Begin::Running(slot) => {
+                f.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                window::wait(slot).await.unwrap_or_else(|| {
+                    all_failed(
+                        n,
+                        proto,
+                        "ERR the first copy of this request ended without a reply; it may or may not have been applied",
+                    )
+                })
+            }
+        }
+    }
+
+    /// Executes a request's writes here, as local writes, once this datacenter
+    /// has applied what the session had seen.
+    async fn execute(&self, request: ForwardRequest) -> ForwardReply {
+        let n = request.commands.len();
+        let proto = protocol(request.protocol);
+        let token = match VersionVector::decode(&request.token) {
+            Ok(token) => token,
+            Err(e) => return all_failed(n, proto, &format!("ERR bad session token: {e}")),
+        };
+        if let Err(behind) = self.caught_up(&token, self.forwarding.token_wait).await {
+            return all_failed(n, proto, &behind);
+        }
+        let rule = match self.topology().homes.user {
+            UserKey::HashTag => UserRule::HashTag,
+            UserKey::Prefix => UserRule::Prefix,
+        };
+        let mut queued = Vec::with_capacity(n);
+        for args in request.commands {
+            queued.push(self.queue_write(args, rule).await);
+        }
+        let mut replies = Vec::with_capacity(n);
+        let mut newest = 0;
+        for queued in queued {
+            let reply = match queued {
+                Ok(rx) => match rx.await {
+                    Ok(written) => {
+                        newest = newest.max(written.seq);
+                        written.reply
+                    }
+                    Err(_) => Reply::error("ERR the write was abandoned by a stopping proxy"),
+                },
+                Err(reply) => reply,
+            };
+            let mut out = BytesMut::new();
+            reply.encode(proto, &mut out);
+            replies.push(out.freeze());
+        }
+        self.forwarding
+            .stats
+            .served
+            .fetch_add(n as u64, Ordering::Relaxed);
+        let mut seen = VersionVector::new();
+        seen.advance(self.dc(), newest);
+        ForwardReply {
+            replies,
+            token: Bytes::from(seen.to_bytes()),
+        }
+    }
+
+    /// Queues one forwarded write with the engine, after the checks a client's
+    /// own write passes; a write that fails them gets its error.
+    async fn queue_write(
+        &self,
+        args: Vec<Bytes>,
+        rule: UserRule,
+    ) -> Result<tokio::sync::oneshot::Receiver<crate::engine::Written>, Reply> {
+        let Some(name) = args.first() else {
+            return Err(Reply::error("ERR empty command"));
+        };
+        let Some(spec) = command::lookup(name) else {
+            return Err(command::unknown_command(&args));
+        };
+        let Kind::Write(f) = spec.kind else {
+            return Err(Reply::error(format!(
+                "ERR {} is not a write; only writes are forwarded",
+                spec.name
+            )));
+        };
+        if !spec.arity_ok(args.len()) {
+            return Err(command::arity_error(spec.name));
+        }
+        let user = command::user_of_command(spec, &args, rule)?.unwrap_or_default();
+        if let meridian_policies::WriteRoute::Forward { home }
+        | meridian_policies::WriteRoute::HomeUnreachable { home, .. } = self.route(&user)
+        {
+            return Err(Reply::error(format!(
+                "ERR this write's user is homed at {}, not at {}: the datacenters disagree about homes (is the topology file the same everywhere?)",
+                self.id(DcIdx(home as u8)),
+                self.dc()
+            )));
+        }
+        Ok(self.engine.write(f, args, user).await)
+    }
+
+    /// Waits up to `wait` for this datacenter to have applied `token`; the error
+    /// says what is missing.
+    pub async fn caught_up(
+        &self,
+        token: &VersionVector,
+        wait: std::time::Duration,
+    ) -> Result<(), String> {
+        let mut applied = self.engine.watch_applied();
+        let covered = applied.wait_for(|a| a.dominates(token));
+        if let Ok(Ok(_)) = tokio::time::timeout(wait, covered).await {
+            return Ok(());
+        }
+        let have = self.engine.applied();
+        let missing: Vec<String> = token
+            .iter()
+            .filter(|(dc, seq)| have.get(dc) < *seq)
+            .map(|(dc, seq)| format!("{dc} up to #{seq} (have #{})", have.get(dc)))
+            .collect();
+        Err(format!(
+            "TRYAGAIN {} has not yet applied what this session has seen: {} (waited {} ms)",
+            self.dc(),
+            missing.join(", "),
+            wait.as_millis()
+        ))
+    }
+}
