@@ -93,6 +93,8 @@ pub struct Replication {
     next_conn: AtomicU64,
     /// Writes forwarded to their homes, and those forwarded here.
     forwarding: forward::Forwarding,
+    /// When replication started.
+    started: std::time::Instant,
 }
 
 /// Keeps the engine's log retention told what the peers still need, at most once a
@@ -125,6 +127,7 @@ impl Replication {
         let forwarding = forward::Forwarding::new(&config.topology, config.me)?;
         let repl = Arc::new(Replication {
             forwarding,
+            started: std::time::Instant::now(),
             live: watch::Sender::new(DcSet::one(config.me)),
             known: watch::Sender::new(known),
             acked: Mutex::new(HashMap::new()),

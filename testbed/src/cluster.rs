@@ -22,7 +22,7 @@ use tokio::time::{Instant, sleep};
 use crate::ports::{PortError, free_ports};
 use crate::presets::{Preset, one_way_ms};
 use crate::relay::{Direction, LinkShape, Relay, RelayError};
-use crate::topology_file::{TlsSection, TopologyFile};
+use crate::topology_file::{HomesSection, TlsSection, TopologyFile};
 
 /// How changes flow between the datacenters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +86,12 @@ pub struct ClusterSpec {
     pub log_retention: Option<String>,
     /// Seed for the relays' loss and jitter.
     pub seed: u64,
+    /// The topology's `[homes]`: where writes run, pins.
+    pub homes: HomesSection,
+    /// The topology's `peer_timeout_ms` (`None`: its default).
+    pub peer_timeout_ms: Option<u64>,
+    /// The topology's `read_wait_ms` (`None`: its default).
+    pub read_wait_ms: Option<u64>,
 }
 
 impl ClusterSpec {
@@ -100,6 +106,9 @@ impl ClusterSpec {
             fsync: "every-10ms".into(),
             log_retention: None,
             seed: 1,
+            homes: HomesSection::default(),
+            peer_timeout_ms: None,
+            read_wait_ms: None,
         }
     }
 
@@ -242,6 +251,9 @@ fn topology_file(spec: &ClusterSpec, ports: &[DcPorts]) -> TopologyFile {
     }
     file.replication.fsync = Some(spec.fsync.clone());
     file.replication.log_retention = spec.log_retention.clone();
+    file.replication.peer_timeout_ms = spec.peer_timeout_ms;
+    file.homes = spec.homes.clone();
+    file.session.read_wait_ms = spec.read_wait_ms;
     file.tls = Some(TlsSection {
         ca: "certs/ca.pem".into(),
     });

@@ -15,6 +15,12 @@ pub struct TopologyFile {
     /// `[[datacenter]]`, in order.
     #[serde(rename = "datacenter")]
     pub datacenters: Vec<DatacenterEntry>,
+    /// `[homes]`.
+    #[serde(skip_serializing_if = "HomesSection::is_empty")]
+    pub homes: HomesSection,
+    /// `[session]`.
+    #[serde(skip_serializing_if = "SessionSection::is_empty")]
+    pub session: SessionSection,
     /// `[clients]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clients: Option<ClientsSection>,
@@ -73,6 +79,37 @@ pub enum BackendEntry {
     },
 }
 
+/// `[homes]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HomesSection {
+    /// `home` (the default) or `local`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writes: Option<String>,
+    /// Users pinned to a datacenter.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub pins: std::collections::BTreeMap<String, String>,
+}
+
+impl HomesSection {
+    fn is_empty(&self) -> bool {
+        self.writes.is_none() && self.pins.is_empty()
+    }
+}
+
+/// `[session]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SessionSection {
+    /// How long a read, or a write's home, waits to catch up with a session's token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_wait_ms: Option<u64>,
+}
+
+impl SessionSection {
+    fn is_empty(&self) -> bool {
+        self.read_wait_ms.is_none()
+    }
+}
+
 /// `[clients]`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClientsSection {
@@ -89,11 +126,14 @@ pub struct ReplicationSection {
     /// The most log kept for peers (`64MiB`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_retention: Option<String>,
+    /// How long a silent peer is taken for down, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_timeout_ms: Option<u64>,
 }
 
 impl ReplicationSection {
     fn is_empty(&self) -> bool {
-        self.fsync.is_none() && self.log_retention.is_none()
+        self.fsync.is_none() && self.log_retention.is_none() && self.peer_timeout_ms.is_none()
     }
 }
 
@@ -115,6 +155,8 @@ impl TopologyFile {
                 star_fallback: None,
             },
             datacenters: Vec::new(),
+            homes: HomesSection::default(),
+            session: SessionSection::default(),
             clients: None,
             replication: ReplicationSection::default(),
             tls: None,

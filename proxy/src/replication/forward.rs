@@ -31,6 +31,9 @@ use crate::link::frame::{self, ForwardReply, ForwardRequest, Frame, RequestId};
 
 pub(super) use serve::run as serve;
 
+/// The least time after start during which a link not yet made is waited for.
+const START_GRACE: Duration = Duration::from_secs(5);
+
 /// The homes of users: pins, else rendezvous hashing over the datacenters' weights.
 pub fn homes(topology: &Topology) -> Result<Rendezvous, meridian_policies::RendezvousError> {
     let candidates = topology
@@ -84,6 +87,12 @@ pub(super) struct Forwarding {
     deadline: Duration,
     /// How long the home waits to have applied what a request's token names.
     token_wait: Duration,
+    /// How long after start writes wait for a link not yet made, rather than
+    /// being refused (the peer timeout, at least [`START_GRACE`]).
+    start_grace: Duration,
+    /// How long a request waits for its link to come back after it dropped (the
+    /// peer timeout).
+    relink_wait: Duration,
     pub(super) stats: ForwardStats,
 }
 
@@ -120,6 +129,8 @@ impl Forwarding {
             window: window::Window::new((deadline * 4).max(window::MIN_KEEP)),
             deadline: deadline + Duration::from_secs(1),
             token_wait: topology.session.read_wait,
+            start_grace: topology.replication.peer_timeout.max(START_GRACE),
+            relink_wait: topology.replication.peer_timeout,
             stats: ForwardStats::default(),
         })
     }
@@ -177,12 +188,14 @@ impl Replication {
         if home == me {
             return WriteRoute::Here;
         }
-        // Only the home's first hop matters to this decision.
+        // Only the home's first hop matters to this decision. A link not yet up
+        // since this proxy started is still being made: the write waits for it.
         let mut reach = Reach::all(n);
         match self.first_hop(DcIdx(home as u8)) {
             Some(hop) => {
                 let status = self.peer_status(self.id(hop));
-                if let Some(since) = status.down_since_ms() {
+                let starting = !status.ever_up() && self.started.elapsed() < f.start_grace;
+                if let (Some(since), false) = (status.down_since_ms(), starting) {
                     reach.lose(home, since);
                 }
             }
@@ -326,8 +339,14 @@ impl Replication {
                     }
                 }
             }
-            // Wait for the link to come back (or be replaced), then send again.
-            let changed = tokio::time::timeout_at(deadline, changes.changed()).await;
+            // Wait a while for the link to come back (or be replaced), then send
+            // again; a home that stays out of reach is not waited for long.
+            let back_by = match status.ever_up() {
+                true => deadline.min(tokio::time::Instant::now() + self.forwarding.relink_wait),
+                // Not linked yet since this proxy started: the link is being made.
+                false => deadline,
+            };
+            let changed = tokio::time::timeout_at(back_by, changes.changed()).await;
             if !matches!(changed, Ok(Ok(()))) {
                 return Err(match reached {
                     Some(_) => ForwardError::Unknown { home: home_id, why },

@@ -23,6 +23,8 @@ pub struct PeerStatus {
     /// Wall time the link went down (or this proxy started, before the first link);
     /// 0 while it is up.
     down_since_ms: AtomicU64,
+    /// Whether the link has ever been up.
+    ever_up: std::sync::atomic::AtomicBool,
     /// Writes forwarded to the peer as their user's home.
     pub forwarded: AtomicU64,
     /// Writes refused at once because the peer, their home, could not be reached.
@@ -66,6 +68,7 @@ impl PeerStatus {
             conn: Mutex::new(None),
             changed: tokio::sync::watch::Sender::new(0),
             down_since_ms: AtomicU64::new(wall_ms()),
+            ever_up: std::sync::atomic::AtomicBool::new(false),
             forwarded: AtomicU64::new(0),
             home_unreachable: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -93,6 +96,7 @@ impl PeerStatus {
         let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let old = slot.replace((id, conn, incarnation)).map(|(_, c, _)| c);
         self.down_since_ms.store(0, Ordering::Release);
+        self.ever_up.store(true, Ordering::Release);
         self.changed.send_modify(|n| *n += 1);
         old
     }
@@ -119,6 +123,11 @@ impl PeerStatus {
     /// Watches the current connection change.
     pub(super) fn watch_connection(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// Whether the link has been up at least once since this proxy started.
+    pub fn ever_up(&self) -> bool {
+        self.ever_up.load(Ordering::Acquire)
     }
 
     /// Since when (wall time, ms) the link has been down; `None` while it is up.
