@@ -60,6 +60,8 @@ async fn measure(args: &ReplicationArgs, binary: std::path::PathBuf) -> Result<(
     let mut spec = ClusterSpec::new(binary, 2, Shape::AllToAll);
     spec.dcs = vec![DcSpec::new("origin"), DcSpec::new("receiver")];
     spec.name = "bench".into();
+    // This measures the replication stream: every write runs at the origin.
+    spec.homes.writes = Some("local".into());
     let loss = args.loss;
     spec.set_links(move |_, _| LinkShape {
         delay: one_way,
@@ -70,7 +72,7 @@ async fn measure(args: &ReplicationArgs, binary: std::path::PathBuf) -> Result<(
     });
     let mut cluster = Cluster::start(spec).await.map_err(|e| e.to_string())?;
     println!(
-        "one emulated link: {} ms round trip, {}% loss each way, 1% jitter; values of {} bytes; both ends on the embedded store",
+        "one emulated link: {} ms round trip, {}% loss each way, 1% jitter; values of {} bytes; both ends on the embedded store; every write runs at the origin (writes = \"local\")",
         args.rtt_ms,
         args.loss * 100.0,
         args.value_size

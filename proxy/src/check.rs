@@ -84,7 +84,8 @@ pub(crate) fn load(file: &Path) -> Result<Topology, LoadError> {
 /// one-way delay where `[links]` gives every link on it.
 fn forwarding(t: &Topology) -> String {
     if t.homes.writes == meridian_topology::Writes::Local {
-        return "\nwrites run where they arrive (writes = \"local\"); nothing is forwarded\n".into();
+        return "\nwrites run where they arrive (writes = \"local\"); nothing is forwarded\n"
+            .into();
     }
     let mut out = String::from("\nwrites forwarded to their home travel:\n");
     let n = t.datacenters.len();

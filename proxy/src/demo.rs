@@ -1,12 +1,17 @@
 //! `meridian demo`: several regions on this machine, each a meridian proxy on the
 //! embedded store, linked through the testbed's WAN emulator with measured
-//! inter-region delays; a mixed workload from clients in every region; a table of
-//! replication visibility lag per link and whether every region converged.
+//! inter-region delays; a mixed workload from clients in every region, a share of
+//! it roaming (on users homed in other regions, so forwarded there); a table of
+//! write latency per region (at home, and forwarded to each other home beside the
+//! round trip to it), a table of replication visibility lag per link, and whether
+//! every region converged with no write lost to last-writer-wins.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
 use meridian_testbed::{Cluster, ClusterSpec, Preset, Shape};
 use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
@@ -32,6 +37,19 @@ pub(crate) struct DemoArgs {
     /// Fraction of datagrams every link loses (0.001 is a normal day).
     #[arg(long, default_value_t = 0.001)]
     loss: f64,
+    /// Fraction of each region's operations on users homed in another region.
+    #[arg(long, default_value_t = 0.2)]
+    roaming: f64,
+    /// Where writes run: at their user's home, or where they arrive (the
+    /// multi-leader design home leaders replace, for comparison).
+    #[arg(long, value_enum, default_value_t = WritesArg::Home)]
+    writes: WritesArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum WritesArg {
+    Home,
+    Local,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -90,6 +108,9 @@ async fn run(args: &DemoArgs) -> Result<bool, String> {
     if !(0.0..1.0).contains(&args.loss) {
         return Err(format!("--loss {} is not a fraction below 1", args.loss));
     }
+    if !(0.0..=1.0).contains(&args.roaming) {
+        return Err(format!("--roaming {} is not a fraction", args.roaming));
+    }
     let preset = match args.preset {
         PresetArg::Three => Preset::ThreeRegions,
         PresetArg::Five => Preset::FiveRegions,
@@ -100,9 +121,10 @@ async fn run(args: &DemoArgs) -> Result<bool, String> {
         "running a mixed workload for {} s: {} operations per second from a client in each region…",
         args.seconds, args.rate
     );
-    let lags = workload(args, &cluster).await?;
+    let (lags, writes) = workload(args, &cluster).await?;
+    print_writes(preset.regions(), &writes);
     print_lags(args.topology, preset.regions(), &lags);
-    report_convergence(&cluster).await
+    report_convergence(&cluster, args.writes).await
 }
 
 /// Starts the preset's regions with skewed clocks and says what runs.
@@ -132,6 +154,9 @@ async fn start(args: &DemoArgs, preset: Preset) -> Result<Cluster, String> {
         for (dc, offset) in spec.dcs.iter_mut().zip(&offsets) {
             dc.clock_offset_ms = *offset;
         }
+        if args.writes == WritesArg::Local {
+            spec.homes.writes = Some("local".into());
+        }
     })
     .await?;
     println!(
@@ -140,18 +165,38 @@ async fn start(args: &DemoArgs, preset: Preset) -> Result<Cluster, String> {
         args.loss * 100.0,
         offsets
     );
+    match args.writes {
+        WritesArg::Home => println!(
+            "writes run at their user's home region; {:.0}% of each region's operations are on users homed elsewhere (forwarded there)",
+            args.roaming * 100.0
+        ),
+        WritesArg::Local => println!(
+            "writes run where they arrive (writes = \"local\"): concurrent writes of a key settle by last-writer-wins"
+        ),
+    }
     Ok(cluster)
 }
 
 /// Runs a client in every region and visibility probes between all of them for
-/// the demo's duration; returns the lags measured.
-async fn workload(args: &DemoArgs, cluster: &Cluster) -> Result<visibility::LagTable, String> {
+/// the demo's duration; returns the lags and the write latencies measured.
+async fn workload(
+    args: &DemoArgs,
+    cluster: &Cluster,
+) -> Result<(visibility::LagTable, WriteTable), String> {
     let (stop_tx, stop) = watch::channel(false);
     let all: Vec<usize> = (0..cluster.len()).collect();
+    let users = Arc::new(users_by_home(cluster, USERS_PER_REGION)?);
     let mut clients = tokio::task::JoinSet::new();
     for dc in 0..cluster.len() {
         let conn = cluster.connect(dc).await.map_err(|e| e.to_string())?;
-        clients.spawn(client(conn, dc as u64, args.rate, stop.clone()));
+        let load = Load {
+            region: dc,
+            seed: dc as u64,
+            rate: args.rate,
+            roaming: args.roaming,
+            users: users.clone(),
+        };
+        clients.spawn(client(conn, load, stop.clone()));
     }
     let probes = visibility::measure(cluster, &all, Duration::from_millis(20), stop.clone());
     let timer = async {
@@ -160,15 +205,77 @@ async fn workload(args: &DemoArgs, cluster: &Cluster) -> Result<visibility::LagT
     };
     let (lags, ()) = tokio::join!(probes, timer);
     let lags = lags?;
-    let mut totals = Tally::default();
+    let mut totals = Tally::new(cluster.len())?;
+    let mut writes = Vec::new();
     while let Some(done) = clients.join_next().await {
-        totals.add(&done.map_err(|e| e.to_string())??);
+        let (region, tally) = done.map_err(|e| e.to_string())??;
+        totals.add(&tally);
+        writes.push((region, tally.latency));
     }
+    writes.sort_by_key(|(region, _)| *region);
     println!(
-        "workload: {} writes and {} reads, {} errors",
-        totals.writes, totals.reads, totals.errors
+        "workload: {} writes ({} forwarded to their home) and {} reads, {} errors",
+        totals.writes, totals.forwarded, totals.reads, totals.errors
     );
-    Ok(lags)
+    Ok((lags, writes.into_iter().map(|(_, l)| l).collect()))
+}
+
+/// Users of each region's home, by rendezvous hashing over the demo's topology.
+fn users_by_home(cluster: &Cluster, per_region: usize) -> Result<Vec<Vec<String>>, String> {
+    let text = std::fs::read_to_string(cluster.topology()).map_err(|e| e.to_string())?;
+    let topology = meridian_topology::Topology::parse(&text, "demo topology", cluster.dir())
+        .map_err(|e| e.to_string())?;
+    let homes = meridian_proxy::user_homes(&topology).map_err(|e| e.to_string())?;
+    let mut users = vec![Vec::new(); cluster.len()];
+    for i in 0.. {
+        if users.iter().all(|u: &Vec<String>| u.len() >= per_region) {
+            break;
+        }
+        let user = format!("user{i}");
+        let home = homes.home_of(&user);
+        if users[home].len() < per_region {
+            users[home].push(user);
+        }
+    }
+    Ok(users)
+}
+
+/// Write latency of one region's client: `[home]`, the region's own entry
+/// holding its home writes, the others its writes forwarded to that home.
+type WriteLatency = Vec<Histogram<u64>>;
+/// Every region's write latency.
+type WriteTable = Vec<WriteLatency>;
+
+/// Write latency per region: at home, and forwarded to each other home beside
+/// the round trip to it.
+fn print_writes(regions: &[meridian_testbed::Region], writes: &WriteTable) {
+    println!(
+        "\nwrite latency (acknowledged at the client; a forwarded write pays the round trip to its home):"
+    );
+    println!(
+        "{:<14} {:<14} {:>9} {:>8} {:>9} {:>9}",
+        "client in", "home", "rtt", "writes", "p50", "p99"
+    );
+    for (from, latency) in writes.iter().enumerate() {
+        for (home, h) in latency.iter().enumerate() {
+            if h.is_empty() {
+                continue;
+            }
+            let rtt = match home == from {
+                true => 0.0,
+                false => 2.0 * meridian_testbed::one_way_ms(regions[from], regions[home]),
+            };
+            println!(
+                "{:<14} {:<14} {:>6.1} ms {:>8} {:>6.2} ms {:>6.2} ms",
+                regions[from].id(),
+                regions[home].id(),
+                rtt,
+                h.len(),
+                ms(h.value_at_quantile(0.5)),
+                ms(h.value_at_quantile(0.99)),
+            );
+        }
+    }
 }
 
 /// The lag table: every directed pair of regions, beside its route's one-way delay.
@@ -201,9 +308,10 @@ fn print_lags(
     }
 }
 
-/// Waits for every region to hold the same data and says so, with the conflicts
-/// last-writer-wins settled; `false` (and the logs' tails) when they did not.
-async fn report_convergence(cluster: &Cluster) -> Result<bool, String> {
+/// Waits for every region to hold the same data and says so, with the writes
+/// last-writer-wins overwrote; `false` (and the logs' tails) when they did not
+/// converge, or, with home leaders, when any write was lost that way.
+async fn report_convergence(cluster: &Cluster, writes: WritesArg) -> Result<bool, String> {
     let mut conflicts = 0u64;
     for dc in 0..cluster.len() {
         let info = cluster
@@ -230,9 +338,11 @@ async fn report_convergence(cluster: &Cluster) -> Result<bool, String> {
                     .collect::<Vec<_>>()
                     .join(", "),
             );
-            println!(
-                "concurrent writes to the same key settled by last-writer-wins: {conflicts} remote writes lost"
-            );
+            println!("writes lost to last-writer-wins: {conflicts}");
+            if writes == WritesArg::Home && conflicts > 0 {
+                println!("with home leaders no write should be lost that way: this is a defect");
+                return Ok(false);
+            }
             Ok(true)
         }
         Err(e) => {
@@ -272,44 +382,80 @@ fn route_ms(
     }
 }
 
-#[derive(Debug, Default)]
+/// Users per region's home the clients write.
+const USERS_PER_REGION: usize = 50;
+
+/// What one region's client does.
+#[derive(Debug)]
+struct Load {
+    region: usize,
+    seed: u64,
+    rate: u32,
+    roaming: f64,
+    users: Arc<Vec<Vec<String>>>,
+}
+
+#[derive(Debug)]
 struct Tally {
     writes: u64,
+    forwarded: u64,
     reads: u64,
     errors: u64,
+    latency: WriteLatency,
 }
 
 impl Tally {
+    fn new(regions: usize) -> Result<Tally, String> {
+        let latency = (0..regions)
+            .map(|_| Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        Ok(Tally {
+            writes: 0,
+            forwarded: 0,
+            reads: 0,
+            errors: 0,
+            latency,
+        })
+    }
+
     fn add(&mut self, other: &Tally) {
         self.writes += other.writes;
+        self.forwarded += other.forwarded;
         self.reads += other.reads;
         self.errors += other.errors;
     }
 }
 
-/// One region's client: reads and writes on 50 users' keys at `rate` per second.
+/// One region's client: reads and writes on users' keys at `rate` per second,
+/// a `roaming` share of them on users homed in other regions.
 async fn client(
     mut conn: MultiplexedConnection,
-    seed: u64,
-    rate: u32,
+    load: Load,
     mut stop: watch::Receiver<bool>,
-) -> Result<Tally, String> {
-    let mut tally = Tally::default();
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+) -> Result<(usize, Tally), String> {
+    let regions = load.users.len();
+    let mut tally = Tally::new(regions)?;
+    let mut state = load.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = move |n: u64| {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        state % n
+        state % n.max(1)
     };
-    let mut tick = interval(Duration::from_secs(1) / rate.max(1));
+    let mut tick = interval(Duration::from_secs(1) / load.rate.max(1));
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return Ok(tally),
+            _ = stop.wait_for(|s| *s) => return Ok((load.region, tally)),
         }
-        let user = format!("{{user{}}}", next(50));
+        let roams = regions > 1 && (next(1_000_000) as f64) < load.roaming * 1_000_000.0;
+        let home = match roams {
+            true => (load.region + 1 + next(regions as u64 - 1) as usize) % regions,
+            false => load.region,
+        };
+        let homed = &load.users[home];
+        let user = format!("{{{}}}", homed[next(homed.len() as u64) as usize]);
         let mut cmd;
         let write = match next(6) {
             0 => {
@@ -334,8 +480,13 @@ async fn client(
                 false
             }
         };
+        let started = Instant::now();
         match cmd.query_async::<redis::Value>(&mut conn).await {
-            Ok(_) if write => tally.writes += 1,
+            Ok(_) if write => {
+                tally.writes += 1;
+                tally.forwarded += u64::from(home != load.region);
+                tally.latency[home].saturating_record(started.elapsed().as_micros() as u64);
+            }
             Ok(_) => tally.reads += 1,
             Err(_) => tally.errors += 1,
         }

@@ -6,13 +6,37 @@ use std::process::Command;
 #[test]
 fn the_demo_converges_and_prints_lag_per_link() {
     let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(["demo", "--seconds", "2", "--rate", "100"])
+        .args([
+            "demo",
+            "--seconds",
+            "2",
+            "--rate",
+            "100",
+            "--roaming",
+            "0.5",
+        ])
         .output()
         .expect("run meridian demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("converged: yes"), "{stdout}");
+    // Home leaders: one writer per user, so nothing for last-writer-wins to drop.
+    assert!(
+        stdout.contains("writes lost to last-writer-wins: 0"),
+        "{stdout}"
+    );
+    // Roaming clients' writes were forwarded to their homes, and timed.
+    let forwarded = stdout
+        .lines()
+        .filter(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() > 2
+                && cols[0] != cols[1]
+                && cols[2].parse::<f64>().is_ok_and(|rtt| rtt > 0.0)
+        })
+        .count();
+    assert!(forwarded > 0, "no forwarded-write rows in:\n{stdout}");
     // A row per directed link, each with probes that arrived.
     for (from, to) in [
         ("us-east", "eu-west"),

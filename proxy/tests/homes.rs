@@ -208,9 +208,7 @@ async fn a_pipeline_of_local_and_forwarded_writes_answers_in_order() {
         vec![
             Resp::Simple("OK".into()),
             Resp::Error("ERR value is not an integer or out of range".into()),
-            Resp::Error(
-                "WRONGTYPE Operation against a key holding the wrong kind of value".into()
-            ),
+            Resp::Error("WRONGTYPE Operation against a key holding the wrong kind of value".into()),
             Resp::Int(1),
             Resp::Bulk(b"1".to_vec()),
             Resp::Int(1),
@@ -316,8 +314,13 @@ async fn forwarded_incrs_survive_a_flapping_link_exactly_once() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (acked, unknown) = totals(load).await;
     applied_at_most_once(&cluster, &key, acked, unknown).await;
+    // The requests the home ran while its replies were lost were sent again on
+    // the new link, and answered from the home's memory.
     let duplicates = info_u64(&cluster, 1, "forward_duplicates_suppressed").await;
-    eprintln!("acked {acked}, unknown {unknown}, duplicates suppressed {duplicates}");
+    assert!(
+        duplicates > 0,
+        "no request was sent again ({acked} acknowledged, {unknown} unknown)"
+    );
 }
 
 /// The home is killed with SIGKILL while forwarded INCRs are in flight: no
@@ -356,13 +359,16 @@ async fn an_unreachable_home_answers_tryagain_at_once_and_service_resumes() {
     let user = &users_homed_at(&homes, 2, 1)[0];
     let key = format!("{{{user}}}:n");
     let mut c = cluster.connect(0).await.unwrap();
-    let _: i64 = redis::cmd("INCR").arg(&key).query_async(&mut c).await.unwrap();
+    let _: i64 = redis::cmd("INCR")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     cluster.cut(0, 2);
     let cut_at = Instant::now();
     let refused_after = loop {
         let started = Instant::now();
-        let reply: redis::RedisResult<i64> =
-            redis::cmd("INCR").arg(&key).query_async(&mut c).await;
+        let reply: redis::RedisResult<i64> = redis::cmd("INCR").arg(&key).query_async(&mut c).await;
         match reply {
             Err(e) if e.code() == Some("TRYAGAIN") => {
                 let text = e.to_string();
@@ -379,9 +385,9 @@ async fn an_unreachable_home_answers_tryagain_at_once_and_service_resumes() {
         }
     };
     // The link is declared down after the peer timeout (1 s); a write in flight
-    // then waits up to one more peer timeout for the link to come back.
+    // then waits up to two more for the link to come back and give its outcome.
     assert!(
-        refused_after < Duration::from_millis(3_500),
+        refused_after < Duration::from_millis(4_500),
         "refused only after {refused_after:?}"
     );
     assert!(
@@ -440,7 +446,9 @@ async fn a_handed_over_token_orders_writes_across_homes() {
         .query_async(&mut b)
         .await;
     assert!(
-        bad.unwrap_err().to_string().contains("invalid session token"),
+        bad.unwrap_err()
+            .to_string()
+            .contains("invalid session token"),
         "a bad token is refused clearly"
     );
     let _: () = redis::cmd("MERIDIAN")

@@ -1,5 +1,11 @@
 //! Replication between datacenters, each proxy its own process, every link through
 //! the testbed's WAN emulator with delay, jitter and loss.
+//!
+//! These tests are about the replication stream itself (catch-up, snapshots,
+//! routing around down datacenters, causal apply, last-writer-wins), so every
+//! datacenter writes where its clients are (`[homes] writes = "local"`): each
+//! datacenter originates changes, concurrently, on the same keys. Writes forwarded
+//! to their users' homes are tested in `homes.rs`.
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod support;
@@ -29,6 +35,7 @@ fn lossy(i: usize, j: usize) -> LinkShape {
 
 fn spec(n: usize, shape: Shape, seed: u64) -> ClusterSpec {
     let mut spec = ClusterSpec::new(BIN, n, shape);
+    spec.homes.writes = Some("local".into());
     spec.set_links(lossy);
     spec.seed = seed;
     // Skewed clocks exercise the hybrid logical clock.

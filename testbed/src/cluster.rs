@@ -253,6 +253,12 @@ fn topology_file(spec: &ClusterSpec, ports: &[DcPorts]) -> TopologyFile {
     file.replication.log_retention = spec.log_retention.clone();
     file.replication.peer_timeout_ms = spec.peer_timeout_ms;
     file.homes = spec.homes.clone();
+    for dc in &spec.dcs {
+        file.homes
+            .pins
+            .entry(crate::visibility::probe_user(&dc.id))
+            .or_insert_with(|| dc.id.clone());
+    }
     file.session.read_wait_ms = spec.read_wait_ms;
     file.tls = Some(TlsSection {
         ca: "certs/ca.pem".into(),

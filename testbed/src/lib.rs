@@ -25,6 +25,6 @@ pub use ports::{PortError, free_port, free_ports};
 pub use presets::{Preset, Region, one_way_ms};
 pub use relay::{Direction, LinkShape, Relay, RelayError, RelayStats};
 pub use topology_file::{
-    BackendEntry, ClientsSection, ClusterSection, DatacenterEntry, HomesSection, ReplicationSection,
-    SessionSection, TlsSection, TopologyFile,
+    BackendEntry, ClientsSection, ClusterSection, DatacenterEntry, HomesSection,
+    ReplicationSection, SessionSection, TlsSection, TopologyFile,
 };

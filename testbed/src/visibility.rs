@@ -34,9 +34,15 @@ impl Sent {
     }
 }
 
+/// The user whose key `origin`'s probes write: pinned to `origin` in every
+/// topology the testbed writes, so probes run there and measure its replication.
+pub fn probe_user(origin: &str) -> String {
+    format!("probe-{origin}")
+}
+
 /// The probe key of `origin`: a user of its own, so probes never conflict.
 fn key(origin: &str) -> String {
-    format!("{{probe-{origin}}}:n")
+    format!("{{{}}}:n", probe_user(origin))
 }
 
 /// Writes probe 1, 2, ... at `origin` every `every` until `stop` turns true.

@@ -275,20 +275,20 @@ impl Topology {
             let mut next = Vec::new();
             for &at in &frontier {
                 let (_, so_far, _) = best[at.get()].unwrap_or((0, Duration::ZERO, at));
-                for i in 0..n {
+                for (i, slot) in best.iter_mut().enumerate() {
                     let b = DcIdx(i as u8);
                     if !self.router.may_link(at, b) {
                         continue;
                     }
                     let arrive = so_far + delay(at, b);
-                    match best[i] {
+                    match *slot {
                         Some((h, _, _)) if h < hops => {}
                         Some((_, d, _)) if d <= arrive => {}
                         _ => {
-                            if best[i].is_none() {
+                            if slot.is_none() {
                                 next.push(b);
                             }
-                            best[i] = Some((hops, arrive, at));
+                            *slot = Some((hops, arrive, at));
                         }
                     }
                 }

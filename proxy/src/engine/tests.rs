@@ -27,12 +27,14 @@ async fn exec(engine: &Engine, line: &str) -> Reply {
     let args = args(line);
     let spec = lookup(&args[0]).unwrap();
     match spec.kind {
-        crate::command::Kind::Write(f) => engine
-            .write(f, args, Bytes::from_static(b"u"))
-            .await
-            .await
-            .unwrap()
-            .reply,
+        crate::command::Kind::Write(f) => {
+            engine
+                .write(f, args, Bytes::from_static(b"u"))
+                .await
+                .await
+                .unwrap()
+                .reply
+        }
         crate::command::Kind::Read(f) => engine.read(spec, f, &args).await,
         crate::command::Kind::Server => unreachable!(),
     }

@@ -118,8 +118,8 @@ impl Forwarding {
         let paths = (0..n)
             .map(|i| topology.forward_path(me, DcIdx(i as u8)))
             .collect();
-        // Two chances for the link to fail and come back, and the home's wait.
-        let deadline = topology.replication.peer_timeout * 2 + topology.session.read_wait;
+        // The link failing (a peer timeout), coming back (two more), and the home's wait.
+        let deadline = topology.replication.peer_timeout * 3 + topology.session.read_wait;
         Ok(Forwarding {
             homes: homes(topology)?,
             writes: topology.homes.writes,
@@ -202,7 +202,9 @@ impl Replication {
             None => reach.lose(home, 0),
         }
         let route = route_write(&f.homes, me, &user, &reach, wall_ms());
-        if let (WriteRoute::HomeUnreachable { .. }, Some(hop)) = (route, self.first_hop(DcIdx(home as u8))) {
+        if let (WriteRoute::HomeUnreachable { .. }, Some(hop)) =
+            (route, self.first_hop(DcIdx(home as u8)))
+        {
             let status = self.peer_status(self.id(hop));
             status.home_unreachable.fetch_add(1, Ordering::Relaxed);
         }
@@ -341,8 +343,14 @@ impl Replication {
             }
             // Wait a while for the link to come back (or be replaced), then send
             // again; a home that stays out of reach is not waited for long.
+            // A request that may have run waits longer: sent again on the new link,
+            // it gets its real reply instead of an unknown outcome.
+            let wait = match reached {
+                Some(_) => self.forwarding.relink_wait * 2,
+                None => self.forwarding.relink_wait,
+            };
             let back_by = match status.ever_up() {
-                true => deadline.min(tokio::time::Instant::now() + self.forwarding.relink_wait),
+                true => deadline.min(tokio::time::Instant::now() + wait),
                 // Not linked yet since this proxy started: the link is being made.
                 false => deadline,
             };
@@ -373,14 +381,13 @@ async fn exchange(
     encoded: &[u8],
     peer: &str,
 ) -> Result<ForwardReply, Failure> {
-    let fail = |sent: bool| move |e: &dyn std::fmt::Display| Failure {
-        sent,
-        why: e.to_string(),
+    let fail = |sent: bool| {
+        move |e: &dyn std::fmt::Display| Failure {
+            sent,
+            why: e.to_string(),
+        }
     };
-    let (mut send, mut recv) = connection
-        .open_bi()
-        .await
-        .map_err(|e| fail(false)(&e))?;
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| fail(false)(&e))?;
     send.write_all(encoded).await.map_err(|e| fail(true)(&e))?;
     let _ = send.finish();
     match frame::read(&mut recv, peer).await {
@@ -389,7 +396,9 @@ async fn exchange(
             "{peer} answered a forward with a {} frame",
             other.name()
         ))),
-        Ok(None) => Err(fail(true)(&format!("{peer} closed the stream without a reply"))),
+        Ok(None) => Err(fail(true)(&format!(
+            "{peer} closed the stream without a reply"
+        ))),
         Err(e) => Err(fail(true)(&e)),
     }
 }

@@ -348,7 +348,11 @@ impl Conn {
         let (Some(group), Some(repl)) = (self.group.take(), self.ctx.replication.clone()) else {
             return;
         };
-        let protocol = if self.protocol == Protocol::Resp3 { 3 } else { 2 };
+        let protocol = if self.protocol == Protocol::Resp3 {
+            3
+        } else {
+            2
+        };
         let request = repl.request(group.home, protocol, &self.token, group.commands);
         let (tx, rx) = oneshot::channel();
         tokio::spawn(async move {

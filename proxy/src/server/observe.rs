@@ -226,14 +226,15 @@ const SCALARS: [ScalarRow; 26] = [
         "Forwarded requests remembered for at-most-once execution.",
         Kind::Gauge,
         Some((Section::Replication, "forward_remembered")),
-        |c| c.replication.as_ref().map_or(0.0, |r| r.forward_window().0 as f64),
+        |c| {
+            c.replication
+                .as_ref()
+                .map_or(0.0, |r| r.forward_window().0 as f64)
+        },
     ),
 ];
 
-fn forward(
-    ctx: &Context,
-    counter: fn(&crate::replication::ForwardStats) -> &AtomicU64,
-) -> f64 {
+fn forward(ctx: &Context, counter: fn(&crate::replication::ForwardStats) -> &AtomicU64) -> f64 {
     ctx.replication
         .as_ref()
         .map_or(0.0, |r| load(counter(r.forward_stats())))

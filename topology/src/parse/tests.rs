@@ -413,9 +413,17 @@ fn requests_go_straight_to_the_home_where_a_link_may_exist_else_through_the_hub(
         t.path_delay(&t.forward_path(DcIdx(1), DcIdx(2)).unwrap()),
         Some(Duration::from_millis(40))
     );
-    for shape in ["", "topology = \"ring\"", "topology = \"star\"\nhub = \"a\""] {
+    for shape in [
+        "",
+        "topology = \"ring\"",
+        "topology = \"star\"\nhub = \"a\"",
+    ] {
         let t = parse(&cluster(shape)).unwrap();
-        assert_eq!(ids(&t, t.forward_path(DcIdx(1), DcIdx(2))), ["b", "c"], "{shape}");
+        assert_eq!(
+            ids(&t, t.forward_path(DcIdx(1), DcIdx(2))),
+            ["b", "c"],
+            "{shape}"
+        );
         assert_eq!(t.path_delay(&[DcIdx(1), DcIdx(2)]), None);
     }
 }

@@ -87,9 +87,14 @@ async fn bad_frames_are_named_with_the_peer_and_the_reason() {
     let fat = [2, 0, 0, 0, 3, 0];
     let e = err(read(&mut fat.as_slice(), "eu-west").await.unwrap_err());
     assert!(e.contains("heartbeat frame of 2 bytes"), "{e}");
-    let unknown = [1, 0, 0, 0, 10];
+    let unknown = [1, 0, 0, 0, 12];
     let e = err(read(&mut unknown.as_slice(), "eu-west").await.unwrap_err());
-    assert!(e.contains("type 10"), "{e}");
+    assert!(e.contains("type 12"), "{e}");
+    let bad_forward = [3, 0, 0, 0, 10, 0xff, 0xff];
+    let e = err(read(&mut bad_forward.as_slice(), "eu-west")
+        .await
+        .unwrap_err());
+    assert!(e.contains("malformed forward frame"), "{e}");
     let cut = [5, 0, 0, 0, 1, b'a'];
     assert!(read(&mut cut.as_slice(), "eu-west").await.is_err());
     assert!(decode_all(&cut, "eu-west").is_err());
