@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod binary;
 mod faults;
+mod forward;
 mod multikey;
 mod overhead;
 mod processes;
@@ -35,6 +36,10 @@ enum Bench {
     /// Replication over one emulated link (100 ms round trip, 1% loss by default):
     /// catch-up and streaming throughput, and visibility lag under a steady load.
     Replication(replication::ReplicationArgs),
+    /// Home leaders: write latency at home and forwarded on the three-region
+    /// preset (against no routing and against the round trip), and forwarded-write
+    /// throughput over one 100 ms, 1% loss link.
+    Forward(forward::ForwardArgs),
     /// One MSET and DEL of many keys (10k, 80k, 200k): how long each takes, how
     /// long another client's write waits meanwhile, and the store's bytes per byte.
     Multikey(multikey::MultikeyArgs),
@@ -50,6 +55,7 @@ fn main() -> ExitCode {
         Bench::Overhead(args) => ("overhead", overhead::run(&args)),
         Bench::Replication(args) => ("replication", replication::run(&args)),
         Bench::Multikey(args) => ("multikey", multikey::run(&args)),
+        Bench::Forward(args) => ("forward", forward::run(&args)),
         Bench::Faults(args) => ("faults", faults::run(&args)),
     };
     match result {

@@ -222,9 +222,7 @@ async fn workload(
 
 /// Users of each region's home, by rendezvous hashing over the demo's topology.
 fn users_by_home(cluster: &Cluster, per_region: usize) -> Result<Vec<Vec<String>>, String> {
-    let text = std::fs::read_to_string(cluster.topology()).map_err(|e| e.to_string())?;
-    let topology = meridian_topology::Topology::parse(&text, "demo topology", cluster.dir())
-        .map_err(|e| e.to_string())?;
+    let topology = cluster.parsed_topology().map_err(|e| e.to_string())?;
     let homes = meridian_proxy::user_homes(&topology).map_err(|e| e.to_string())?;
     let mut users = vec![Vec::new(); cluster.len()];
     for i in 0.. {

@@ -61,10 +61,7 @@ async fn converged(cluster: &Cluster) -> VersionVector {
 
 /// The homes the cluster's own topology file gives users.
 fn homes(cluster: &Cluster) -> Rendezvous {
-    let text = std::fs::read_to_string(cluster.topology()).unwrap();
-    let topology =
-        meridian_topology::Topology::parse(&text, "topology.toml", cluster.dir()).unwrap();
-    meridian_proxy::user_homes(&topology).unwrap()
+    meridian_proxy::user_homes(&cluster.parsed_topology().unwrap()).unwrap()
 }
 
 /// The first `n` users `u0`, `u1`, ... whose home is datacenter `dc`.

@@ -460,6 +460,17 @@ impl Cluster {
         &self.topology
     }
 
+    /// The cluster's topology, parsed as every proxy of it parses it.
+    pub fn parsed_topology(&self) -> Result<meridian_topology::Topology, HarnessError> {
+        let text = std::fs::read_to_string(&self.topology)
+            .map_err(io(format!("reading {}", self.topology.display())))?;
+        meridian_topology::Topology::parse(&text, &self.topology.display().to_string(), self.dir())
+            .map_err(|e| HarnessError::Io {
+                what: format!("parsing {}", self.topology.display()),
+                source: std::io::Error::other(e.to_string()),
+            })
+    }
+
     /// The cluster's directory (topology, certificates, data, logs).
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -179,7 +179,10 @@ impl Conn {
                 if self.out.len() >= OUT_FLUSH || more {
                     self.flush().await?;
                 }
-                if !more {
+                // Writes gathered for a home wait one WAN round trip once sent: take
+                // the rest of a pipeline the client has already written first, so
+                // they travel together.
+                if !more && !(self.group.is_some() && self.more_arrived(&mut buf).await) {
                     break;
                 }
             }
@@ -195,6 +198,13 @@ impl Conn {
                 return Ok(());
             }
         }
+    }
+
+    /// Whether more of the client's input was already there to read (taken into
+    /// `buf`), after letting other tasks run once.
+    async fn more_arrived(&mut self, buf: &mut BytesMut) -> bool {
+        tokio::task::yield_now().await;
+        matches!(self.stream.try_read_buf(buf), Ok(n) if n > 0)
     }
 
     /// Executes pipelined commands in order; consecutive valid reads run as one group.
