@@ -182,9 +182,11 @@ impl Conn {
                 // Writes gathered for a home wait one WAN round trip once sent: take
                 // the rest of a pipeline the client has already written first, so
                 // they travel together.
-                if !more && !(self.group.is_some() && self.more_arrived(&mut buf).await) {
-                    break;
+                let gathering = self.group.is_some();
+                if more || (gathering && self.more_arrived(&mut buf).await) {
+                    continue;
                 }
+                break;
             }
             self.flush().await?;
             if *stopped.borrow() {
