@@ -84,7 +84,7 @@ fn a_file_with_several_mistakes_gets_every_one_reported() {
         ":8:8: cluster.ring: the ring misses \"ap-northeast\"",
         ":21:10: datacenter \"eu-west\".client: 127.0.0.1:7001 clashes with 127.0.0.1:7001",
         ":38:39: homes.pins.\"bob\": \"ap-north\" is not a datacenter; did you mean \"ap-northeast\"?",
-        ":43:1: session: unknown key \"read_wiat\"; did you mean \"read_wait_ms\"?",
+        ":44:1: session: unknown key \"read_wiat\"; did you mean \"read_wait_ms\"?",
     ];
     for (line, want) in lines[1..].iter().zip(expect) {
         assert!(

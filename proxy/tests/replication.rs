@@ -541,7 +541,7 @@ async fn wait_counts_the_datacenters_that_applied_the_write() {
     }
     for peer in ["dc1", "dc2"] {
         assert_eq!(find("link", Some(peer))["state"], "busy", "{workers:?}");
-        for name in ["shipper", "receiver"] {
+        for name in ["shipper", "receiver", "forward"] {
             let state = find(name, Some(peer))["state"]
                 .as_str()
                 .unwrap_or_default()

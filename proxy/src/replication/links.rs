@@ -173,6 +173,7 @@ async fn run(repl: Arc<Replication>, link: Link, mut stopped: watch::Receiver<bo
     status.link.set(State::Busy);
     status.shipper.set(State::Idle);
     status.receiver.set(State::Idle);
+    status.forward.set(State::Idle);
     tracing::info!(peer = %peer.dc, rtt_ms = connection.rtt().as_millis() as u64, "linked");
     let ship = shipper::run(repl.clone(), idx, connection.clone());
     let receive = receiver::run(repl.clone(), idx, connection.clone());
@@ -180,7 +181,7 @@ async fn run(repl: Arc<Replication>, link: Link, mut stopped: watch::Receiver<bo
     let why = tokio::select! {
         r = ship => failed(r, &status.shipper, "shipper ended"),
         r = receive => failed(r, &status.receiver, "peer closed its stream"),
-        r = requests => failed(r, &status.link, "peer stopped forwarding"),
+        r = requests => failed(r, &status.forward, "peer stopped forwarding"),
         e = connection.closed() => e.to_string(),
         _ = stopped.changed() => "shutting down".into(),
     };
@@ -188,7 +189,12 @@ async fn run(repl: Arc<Replication>, link: Link, mut stopped: watch::Receiver<bo
     if status.clear_connection(conn_id) {
         repl.set_live(idx, false);
         status.set_error(&why);
-        for worker in [&status.link, &status.shipper, &status.receiver] {
+        for worker in [
+            &status.link,
+            &status.shipper,
+            &status.receiver,
+            &status.forward,
+        ] {
             worker.set(State::Waiting);
         }
         tracing::warn!(peer = %peer.dc, reason = %why, "link down");

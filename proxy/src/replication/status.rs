@@ -56,6 +56,8 @@ pub struct PeerStatus {
     pub(super) shipper: Arc<Worker>,
     /// The receiver's state while the link is up.
     pub(super) receiver: Arc<Worker>,
+    /// What answers the peer's forwarded writes while the link is up.
+    pub(super) forward: Arc<Worker>,
 }
 
 impl PeerStatus {
@@ -64,6 +66,7 @@ impl PeerStatus {
             link: workers.register("link", Some(dc)),
             shipper: workers.register("shipper", Some(dc)),
             receiver: workers.register("receiver", Some(dc)),
+            forward: workers.register("forward", Some(dc)),
             dc: dc.to_owned(),
             conn: Mutex::new(None),
             changed: tokio::sync::watch::Sender::new(0),

@@ -29,7 +29,7 @@ pub(super) async fn wait(ctx: &Context, args: &[Bytes], token: &VersionVector) -
     Reply::Integer(repl.wait_for(token, n, timeout).await as i64)
 }
 
-/// `MERIDIAN DIGEST | APPLIED | LAG`.
+/// `MERIDIAN DIGEST | APPLIED | LAG` (`MERIDIAN SESSION` is the connection's own).
 pub(super) async fn meridian(ctx: &Context, args: &[Bytes]) -> Reply {
     let sub = args[1].to_ascii_uppercase();
     match (sub.as_slice(), args.len()) {
@@ -60,7 +60,7 @@ pub(super) async fn meridian(ctx: &Context, args: &[Bytes]) -> Reply {
             String::from_utf8_lossy(&sub).to_lowercase()
         )),
         _ => Reply::error(format!(
-            "ERR unknown subcommand '{}'. Try MERIDIAN DIGEST, MERIDIAN APPLIED or MERIDIAN LAG.",
+            "ERR unknown subcommand '{}'. Try MERIDIAN DIGEST, MERIDIAN APPLIED, MERIDIAN LAG or MERIDIAN SESSION.",
             String::from_utf8_lossy(&args[1])
         )),
     }

@@ -37,6 +37,7 @@ pub(in crate::replication) async fn run(
         workers.track(async move {
             if let Err(why) = answer(&repl, &peer_id, send, recv).await {
                 tracing::debug!(peer = %peer_id, %why, "a forwarded request was not answered");
+                repl.peer_status(&peer_id).forward.error(&why);
             }
         });
     }
