@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use meridian_testbed::{Cluster, ClusterSpec, DcSpec, LinkShape, Preset, Shape};
+use meridian_testbed::{Cluster, ClusterSpec, Preset, Shape};
 use tokio::time::Instant;
 
 /// Settings of the forwarding benchmark.
@@ -245,18 +245,8 @@ async fn latency(args: &ForwardArgs, binary: &std::path::Path) -> Result<(), Str
 }
 
 async fn throughput(args: &ForwardArgs, binary: &std::path::Path) -> Result<(), String> {
-    let one_way = Duration::from_millis(args.rtt_ms) / 2;
-    let mut spec = ClusterSpec::new(binary, 2, Shape::AllToAll);
-    spec.dcs = vec![DcSpec::new("sender"), DcSpec::new("home")];
-    spec.name = "forward".into();
-    let loss = args.link_loss;
-    spec.set_links(move |_, _| LinkShape {
-        delay: one_way,
-        jitter: one_way / 100,
-        loss,
-        bandwidth: None,
-        cut: false,
-    });
+    let spec =
+        crate::replication::one_link(binary, ["sender", "home"], args.rtt_ms, args.link_loss);
     let cluster = Cluster::start(spec).await.map_err(|e| e.to_string())?;
     let users = Arc::new(users_by_home(&cluster, 1_000)?);
     println!(

@@ -56,20 +56,9 @@ async fn measure(args: &ReplicationArgs, binary: std::path::PathBuf) -> Result<(
     if !(0.0..1.0).contains(&args.loss) {
         return Err(format!("--loss {} is not a fraction below 1", args.loss));
     }
-    let one_way = Duration::from_millis(args.rtt_ms) / 2;
-    let mut spec = ClusterSpec::new(binary, 2, Shape::AllToAll);
-    spec.dcs = vec![DcSpec::new("origin"), DcSpec::new("receiver")];
-    spec.name = "bench".into();
+    let mut spec = one_link(binary, ["origin", "receiver"], args.rtt_ms, args.loss);
     // This measures the replication stream: every write runs at the origin.
     spec.homes.writes = Some("local".into());
-    let loss = args.loss;
-    spec.set_links(move |_, _| LinkShape {
-        delay: one_way,
-        jitter: one_way / 100,
-        loss,
-        bandwidth: None,
-        cut: false,
-    });
     let mut cluster = Cluster::start(spec).await.map_err(|e| e.to_string())?;
     println!(
         "one emulated link: {} ms round trip, {}% loss each way, 1% jitter; values of {} bytes; both ends on the embedded store; every write runs at the origin (writes = \"local\")",
@@ -80,7 +69,13 @@ async fn measure(args: &ReplicationArgs, binary: std::path::PathBuf) -> Result<(
     let value = vec![b'v'; args.value_size];
     catch_up(&mut cluster, args, &value).await?;
     streaming(&cluster, args, &value).await?;
-    visibility_lag(&cluster, args, one_way, value).await?;
+    visibility_lag(
+        &cluster,
+        args,
+        Duration::from_millis(args.rtt_ms) / 2,
+        value,
+    )
+    .await?;
     let info = cluster
         .replication_info(0)
         .await
@@ -195,6 +190,28 @@ async fn wait_applied(cluster: &Cluster, seq: u64) -> Result<Instant, String> {
         }
         sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Two datacenters joined by one emulated link of `rtt_ms` round trip, 1% of the
+/// one-way delay as jitter, losing `loss` of datagrams each way.
+pub(crate) fn one_link(
+    binary: impl Into<std::path::PathBuf>,
+    ids: [&str; 2],
+    rtt_ms: u64,
+    loss: f64,
+) -> ClusterSpec {
+    let one_way = Duration::from_millis(rtt_ms) / 2;
+    let mut spec = ClusterSpec::new(binary, 2, Shape::AllToAll);
+    spec.dcs = ids.into_iter().map(DcSpec::new).collect();
+    spec.name = "bench".into();
+    spec.set_links(move |_, _| LinkShape {
+        delay: one_way,
+        jitter: one_way / 100,
+        loss,
+        bandwidth: None,
+        cut: false,
+    });
+    spec
 }
 
 /// Writes `count` SETs of `value` at the origin from several pipelined clients.

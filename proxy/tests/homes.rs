@@ -7,26 +7,14 @@ mod support;
 
 use std::time::Duration;
 
-use meridian_policies::{Rendezvous, VersionVector};
+use meridian_policies::Rendezvous;
 use meridian_testbed::{Cluster, ClusterSpec, LinkShape, Shape};
+use support::wan::{CONVERGE, converged, info_u64, logs, lossy, start, until};
 use support::{Client, Resp};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meridian");
-/// Generous: a 2-core machine running three proxies and their relays.
-const CONVERGE: Duration = Duration::from_secs(90);
-
-/// 4 to 12 ms one way, 3 ms of jitter (datagrams reorder), 1% loss.
-fn lossy(i: usize, j: usize) -> LinkShape {
-    LinkShape {
-        delay: Duration::from_millis(4 + ((i * 7 + j * 3) % 9) as u64),
-        jitter: Duration::from_millis(3),
-        loss: 0.01,
-        bandwidth: None,
-        cut: false,
-    }
-}
 
 fn spec(shape: Shape, seed: u64) -> ClusterSpec {
     let mut spec = ClusterSpec::new(BIN, 3, shape);
@@ -36,27 +24,6 @@ fn spec(shape: Shape, seed: u64) -> ClusterSpec {
     // on a busy machine that can take longer than the default 100 ms.
     spec.read_wait_ms = Some(2_000);
     spec
-}
-
-async fn start(spec: ClusterSpec) -> Cluster {
-    match Cluster::start(spec).await {
-        Ok(c) => c,
-        Err(e) => panic!("cluster did not start: {e}"),
-    }
-}
-
-fn logs(cluster: &Cluster) -> String {
-    (0..cluster.len())
-        .map(|i| format!("--- {} ---\n{}", cluster.id(i), cluster.log_tail(i, 20)))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-async fn converged(cluster: &Cluster) -> VersionVector {
-    match cluster.wait_converged(CONVERGE).await {
-        Ok(v) => v,
-        Err(e) => panic!("{e}\n{}", logs(cluster)),
-    }
 }
 
 /// The homes the cluster's own topology file gives users.
@@ -71,26 +38,6 @@ fn users_homed_at(homes: &Rendezvous, dc: usize, n: usize) -> Vec<String> {
         .filter(|u| homes.home_of(u) == dc)
         .take(n)
         .collect()
-}
-
-async fn info_u64(cluster: &Cluster, dc: usize, field: &str) -> u64 {
-    let info = cluster.replication_info(dc).await.expect("INFO");
-    info.get(field)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("INFO replication of {} has no {field}", cluster.id(dc)))
-}
-
-/// Waits for `condition`, polling, up to a generous bound.
-async fn until<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + CONVERGE;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Clients in all three datacenters INCR the same users' counters at once. Users

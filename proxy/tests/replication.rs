@@ -10,28 +10,16 @@
 
 mod support;
 
-use meridian_policies::VersionVector;
 use std::time::Duration;
 
+use meridian_policies::VersionVector;
 use meridian_testbed::{Cluster, ClusterSpec, LinkShape, Shape};
 use redis::aio::MultiplexedConnection;
+use support::wan::{CONVERGE, converged, info_u64, lossy, start, until};
 use tokio::task::JoinSet;
-use tokio::time::{Instant, sleep};
+use tokio::time::sleep;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meridian");
-/// Generous: a 2-core machine running five proxies and their relays.
-const CONVERGE: Duration = Duration::from_secs(90);
-
-/// 4 to 12 ms one way, 3 ms of jitter (datagrams reorder), 1% loss.
-fn lossy(i: usize, j: usize) -> LinkShape {
-    LinkShape {
-        delay: Duration::from_millis(4 + ((i * 7 + j * 3) % 9) as u64),
-        jitter: Duration::from_millis(3),
-        loss: 0.01,
-        bandwidth: None,
-        cut: false,
-    }
-}
 
 fn spec(n: usize, shape: Shape, seed: u64) -> ClusterSpec {
     let mut spec = ClusterSpec::new(BIN, n, shape);
@@ -43,25 +31,6 @@ fn spec(n: usize, shape: Shape, seed: u64) -> ClusterSpec {
         dc.clock_offset_ms = (i as i64 - 1) * 40;
     }
     spec
-}
-
-async fn start(spec: ClusterSpec) -> Cluster {
-    match Cluster::start(spec).await {
-        Ok(c) => c,
-        Err(e) => panic!("cluster did not start: {e}"),
-    }
-}
-
-async fn converged(cluster: &Cluster) -> VersionVector {
-    match cluster.wait_converged(CONVERGE).await {
-        Ok(v) => v,
-        Err(e) => {
-            let logs: Vec<String> = (0..cluster.len())
-                .map(|i| format!("--- {} ---\n{}", cluster.id(i), cluster.log_tail(i, 15)))
-                .collect();
-            panic!("{e}\n{}", logs.join("\n"));
-        }
-    }
 }
 
 /// A small deterministic generator.
@@ -135,13 +104,6 @@ async fn write_everywhere(cluster: &Cluster, writes: usize, seed: u64) -> Vec<i6
         counters[dc] = counter;
     }
     counters
-}
-
-async fn info_u64(cluster: &Cluster, dc: usize, field: &str) -> u64 {
-    let info = cluster.replication_info(dc).await.expect("INFO");
-    info.get(field)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("INFO replication of {} has no {field}", cluster.id(dc)))
 }
 
 /// Every change applied exactly once: a datacenter that ran throughout applied,
@@ -256,19 +218,6 @@ async fn assert_all_present(cluster: &Cluster, dcs: &[usize], keys: &[String]) {
                 cluster.id(dc)
             );
         }
-    }
-}
-
-/// Polls `what` until it holds, for at most `CONVERGE`.
-async fn until<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + CONVERGE;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        sleep(Duration::from_millis(10)).await;
     }
 }
 

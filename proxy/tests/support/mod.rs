@@ -3,6 +3,8 @@
 //! when dropped.
 #![allow(dead_code)]
 
+pub mod wan;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
