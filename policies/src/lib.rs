@@ -17,11 +17,14 @@
 //!   datacenter has applied.
 //! - [`route_write`]: where a user's write runs: here at its home, forwarded to
 //!   the home, or refused when the home is out of reach.
+//! - [`ReadRule`]: where a session's read is served: here once the datacenter has
+//!   applied the session's token, else after a bounded wait, forwarded, or refused.
 //! - [`SessionToken`]: a client's write timestamp in a text form that fits in a RESP
 //!   bulk string.
 
 mod causal;
 mod hlc;
+mod reads;
 mod rendezvous;
 mod routing;
 mod token;
@@ -31,6 +34,7 @@ mod vv;
 
 pub use causal::{Readiness, dependencies_met, readiness};
 pub use hlc::{ClockError, Hlc, Timestamp};
+pub use reads::{OnStale, ReadDecision, ReadRule, missing};
 pub use rendezvous::{Candidate, Rendezvous, RendezvousError};
 pub use routing::{Reach, WriteRoute, route_write};
 pub use token::{SessionToken, TokenError};

@@ -258,6 +258,17 @@ impl Engine {
         self.shared.applied.borrow().clone()
     }
 
+    /// Whether everything `token` names has been applied here (without copying the
+    /// applied vector).
+    pub fn covers(&self, token: &VersionVector) -> bool {
+        self.shared.applied.borrow().dominates(token)
+    }
+
+    /// The applied vector's entry for `origin`.
+    pub fn applied_of(&self, origin: &str) -> u64 {
+        self.shared.applied.borrow().get(origin)
+    }
+
     /// Watches the applied vector (it changes after every logged batch).
     pub fn watch_applied(&self) -> watch::Receiver<VersionVector> {
         self.shared.applied.subscribe()

@@ -26,6 +26,7 @@
 mod error;
 mod forward;
 mod links;
+mod reads;
 mod receiver;
 mod shipper;
 mod status;
@@ -45,6 +46,7 @@ use crate::link::LinkTls;
 
 pub use error::StreamError;
 pub use forward::{ForwardError, ForwardStats, homes};
+pub use reads::{ReadPlace, ReadStats};
 pub use status::{OriginLag, PeerStatus};
 
 /// How a proxy replicates.
@@ -95,6 +97,8 @@ pub struct Replication {
     forwarding: forward::Forwarding,
     /// When replication started.
     started: std::time::Instant,
+    /// Where session reads were served.
+    read_stats: reads::ReadStats,
 }
 
 /// Keeps the engine's log retention told what the peers still need, at most once a
@@ -128,6 +132,7 @@ impl Replication {
         let repl = Arc::new(Replication {
             forwarding,
             started: std::time::Instant::now(),
+            read_stats: reads::ReadStats::default(),
             live: watch::Sender::new(DcSet::one(config.me)),
             known: watch::Sender::new(known),
             acked: Mutex::new(HashMap::new()),

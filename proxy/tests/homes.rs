@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use meridian_policies::Rendezvous;
 use meridian_testbed::{Cluster, ClusterSpec, LinkShape, Shape};
-use support::wan::{CONVERGE, converged, info_u64, logs, lossy, start, until};
+use support::wan::{CONVERGE, converged, info_u64, linked, logs, lossy, start, until};
 use support::{Client, Resp};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -22,7 +22,7 @@ fn spec(shape: Shape, seed: u64) -> ClusterSpec {
     spec.seed = seed;
     // Homes wait for a session's earlier writes to reach them: over lossy links
     // on a busy machine that can take longer than the default 100 ms.
-    spec.read_wait_ms = Some(2_000);
+    spec.session.read_wait_ms = Some(2_000);
     spec
 }
 
@@ -241,6 +241,7 @@ async fn forwarded_incrs_survive_a_flapping_link_exactly_once() {
     let mut spec = spec(Shape::AllToAll, 31);
     spec.peer_timeout_ms = Some(1_000);
     let cluster = start(spec).await;
+    linked(&cluster).await;
     let homes = homes(&cluster);
     let key = format!("{{{}}}:n", users_homed_at(&homes, 1, 1)[0]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -274,6 +275,7 @@ async fn a_home_killed_mid_request_loses_no_acknowledged_write() {
     let mut spec = spec(Shape::AllToAll, 61);
     spec.peer_timeout_ms = Some(1_000);
     let mut cluster = start(spec).await;
+    linked(&cluster).await;
     let homes = homes(&cluster);
     let key = format!("{{{}}}:n", users_homed_at(&homes, 1, 1)[0]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -299,6 +301,7 @@ async fn an_unreachable_home_answers_tryagain_at_once_and_service_resumes() {
     let mut spec = spec(Shape::AllToAll, 41);
     spec.peer_timeout_ms = Some(1_000);
     let cluster = start(spec).await;
+    linked(&cluster).await;
     let homes = homes(&cluster);
     let user = &users_homed_at(&homes, 2, 1)[0];
     let key = format!("{{{user}}}:n");

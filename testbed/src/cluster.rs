@@ -22,7 +22,7 @@ use tokio::time::{Instant, sleep};
 use crate::ports::{PortError, free_ports};
 use crate::presets::{Preset, one_way_ms};
 use crate::relay::{Direction, LinkShape, Relay, RelayError};
-use crate::topology_file::{HomesSection, TlsSection, TopologyFile};
+use crate::topology_file::{HomesSection, SessionSection, TlsSection, TopologyFile};
 
 /// How changes flow between the datacenters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,8 +90,8 @@ pub struct ClusterSpec {
     pub homes: HomesSection,
     /// The topology's `peer_timeout_ms` (`None`: its default).
     pub peer_timeout_ms: Option<u64>,
-    /// The topology's `read_wait_ms` (`None`: its default).
-    pub read_wait_ms: Option<u64>,
+    /// The topology's `[session]` (`read_wait_ms`, `on_stale`; unset: defaults).
+    pub session: SessionSection,
 }
 
 impl ClusterSpec {
@@ -108,7 +108,7 @@ impl ClusterSpec {
             seed: 1,
             homes: HomesSection::default(),
             peer_timeout_ms: None,
-            read_wait_ms: None,
+            session: SessionSection::default(),
         }
     }
 
@@ -259,7 +259,7 @@ fn topology_file(spec: &ClusterSpec, ports: &[DcPorts]) -> TopologyFile {
             .entry(crate::visibility::probe_user(&dc.id))
             .or_insert_with(|| dc.id.clone());
     }
-    file.session.read_wait_ms = spec.read_wait_ms;
+    file.session = spec.session.clone();
     file.tls = Some(TlsSection {
         ca: "certs/ca.pem".into(),
     });

@@ -102,11 +102,14 @@ pub struct SessionSection {
     /// How long a read, or a write's home, waits to catch up with a session's token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub read_wait_ms: Option<u64>,
+    /// `forward`, `wait` or `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_stale: Option<String>,
 }
 
 impl SessionSection {
     fn is_empty(&self) -> bool {
-        self.read_wait_ms.is_none()
+        self.read_wait_ms.is_none() && self.on_stale.is_none()
     }
 }
 

@@ -138,6 +138,11 @@ impl Forwarding {
     pub(super) fn incarnation(&self) -> u64 {
         self.incarnation
     }
+
+    /// Where writes run.
+    pub(super) fn writes(&self) -> Writes {
+        self.writes
+    }
 }
 
 /// Why a forwarded request got no reply from its home.
@@ -175,6 +180,13 @@ pub enum ForwardError {
 }
 
 impl Replication {
+    /// The home of `user`.
+    pub fn home_of(&self, user: &[u8]) -> usize {
+        self.forwarding
+            .homes
+            .home_of(&String::from_utf8_lossy(user))
+    }
+
     /// Where a write of `user` arriving here runs.
     pub fn route(&self, user: &[u8]) -> WriteRoute {
         let f = &self.forwarding;
@@ -228,7 +240,8 @@ impl Replication {
         self.forwarding.token_wait
     }
 
-    fn first_hop(&self, home: DcIdx) -> Option<DcIdx> {
+    /// The first datacenter on the path from here to `home`.
+    pub(super) fn first_hop(&self, home: DcIdx) -> Option<DcIdx> {
         self.forwarding
             .paths
             .get(home.get())?

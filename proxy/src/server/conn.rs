@@ -16,7 +16,7 @@ use super::{Context, info};
 use crate::command::{self, Kind, Spec};
 use crate::engine::Written;
 use crate::link::frame::ForwardReply;
-use crate::replication::ForwardError;
+use crate::replication::{ForwardError, ReadPlace};
 use crate::resp::{Protocol, Reply, RequestParser};
 
 /// Replies are written out once this much is encoded, even mid-pipeline.
@@ -32,6 +32,7 @@ struct QueuedRead {
     spec: &'static Spec,
     f: command::DataFn,
     args: Vec<Bytes>,
+    user: Bytes,
     started: Instant,
 }
 
@@ -213,22 +214,21 @@ impl Conn {
     async fn execute_all(&mut self, batch: Vec<Vec<Bytes>>) -> Next {
         let mut reads: Vec<QueuedRead> = Vec::new();
         for args in batch {
-            if let Some((index, spec)) = command::lookup_indexed(&args[0]) {
-                if let (Kind::Read(f), true) = (spec.kind, self.authenticated) {
-                    let valid = spec.arity_ok(args.len())
-                        && command::user_of_command(spec, &args, self.ctx.config.user_rule).is_ok();
-                    if valid {
-                        self.ctx.total_commands.fetch_add(1, Ordering::Relaxed);
-                        reads.push(QueuedRead {
-                            index,
-                            spec,
-                            f,
-                            args,
-                            started: Instant::now(),
-                        });
-                        continue;
-                    }
-                }
+            if let Some((index, spec)) = command::lookup_indexed(&args[0])
+                && let (Kind::Read(f), true) = (spec.kind, self.authenticated)
+                && spec.arity_ok(args.len())
+                && let Ok(user) = command::user_of_command(spec, &args, self.ctx.config.user_rule)
+            {
+                self.ctx.total_commands.fetch_add(1, Ordering::Relaxed);
+                reads.push(QueuedRead {
+                    index,
+                    spec,
+                    f,
+                    args,
+                    user: user.unwrap_or_default(),
+                    started: Instant::now(),
+                });
+                continue;
             }
             self.run_reads(&mut reads).await;
             if self.execute(args).await == Next::Close {
@@ -239,12 +239,28 @@ impl Conn {
         Next::Continue
     }
 
-    /// Runs queued reads after this connection's earlier writes.
+    /// Runs queued reads after this connection's earlier writes, where the
+    /// session's token allows (here once this datacenter has applied it), and
+    /// records what they observed in the token.
     async fn run_reads(&mut self, reads: &mut Vec<QueuedRead>) {
         if reads.is_empty() {
             return;
         }
         self.settle().await;
+        if let Some(repl) = self.ctx.replication.clone() {
+            match repl.place_reads(&self.token, &reads[0].user).await {
+                ReadPlace::Here => {}
+                ReadPlace::At(dc) => return self.forward_reads(&repl, dc, reads).await,
+                ReadPlace::Refused(why) => {
+                    for read in reads.drain(..) {
+                        let took = read.started.elapsed();
+                        self.ctx.commands.record(read.index, took, true);
+                        self.reply(Reply::Error(why.clone()));
+                    }
+                    return;
+                }
+            }
+        }
         let group: Vec<(&Spec, command::DataFn, &[Bytes])> = reads
             .iter()
             .map(|r| (r.spec, r.f, r.args.as_slice()))
@@ -252,6 +268,35 @@ impl Conn {
         let allowed = (self.ctx.config.max_output as usize)
             .saturating_sub(self.pending_bytes.saturating_add(self.out.len()));
         let replies = self.ctx.engine.read_many(&group, allowed).await;
+        if let Some(repl) = &self.ctx.replication {
+            let users: Vec<Bytes> = reads.iter().map(|r| r.user.clone()).collect();
+            self.token.merge(&repl.observed(&users));
+        }
+        for (read, reply) in reads.drain(..).zip(replies) {
+            self.ctx
+                .commands
+                .record(read.index, read.started.elapsed(), reply.is_error());
+            self.reply(reply);
+        }
+    }
+
+    /// Sends reads to datacenter `dc`, which has applied the session's token, and
+    /// answers with its replies.
+    async fn forward_reads(
+        &mut self,
+        repl: &Arc<crate::replication::Replication>,
+        dc: usize,
+        reads: &mut Vec<QueuedRead>,
+    ) {
+        let protocol = if self.protocol == Protocol::Resp3 {
+            3
+        } else {
+            2
+        };
+        let commands = reads.iter().map(|r| r.args.clone()).collect();
+        let request = repl.request(dc, protocol, &self.token, commands);
+        let outcome = repl.forward(&request).await;
+        let replies = forwarded_replies(outcome, reads.len(), &mut self.token);
         for (read, reply) in reads.drain(..).zip(replies) {
             self.ctx
                 .commands
@@ -399,7 +444,7 @@ impl Conn {
                     self.settle().await;
                 }
                 if let Some(repl) = &self.ctx.replication
-                    && !self.ctx.engine.applied().dominates(&self.token)
+                    && !self.ctx.engine.covers(&self.token)
                     && let Err(behind) = repl.caught_up(&self.token, repl.token_wait()).await
                 {
                     self.ctx.commands.record(index, started.elapsed(), true);
@@ -493,12 +538,15 @@ impl Conn {
                 Next::Continue
             }
             Kind::Read(f) => {
-                self.settle().await;
-                let reply = self.ctx.engine.read(spec, f, &args).await;
-                self.ctx
-                    .commands
-                    .record(index, started.elapsed(), reply.is_error());
-                self.reply(reply);
+                let mut read = vec![QueuedRead {
+                    index,
+                    spec,
+                    f,
+                    args,
+                    user: user.unwrap_or_default(),
+                    started,
+                }];
+                self.run_reads(&mut read).await;
                 Next::Continue
             }
             Kind::Server => {

@@ -20,7 +20,11 @@ pub(super) fn collect(ctx: &Context) -> Vec<Family> {
     if let Some(repl) = &ctx.replication {
         families.push(repl.forward_stats().latency.family(
             "meridian_forward_seconds",
-            "Time from sending a forwarded request to its home's reply.",
+            "Time from sending a forwarded request to its reply.",
+        ));
+        families.push(repl.read_stats().waits.family(
+            "meridian_session_read_wait_seconds",
+            "Time a read waited for this datacenter to catch up with its session's token.",
         ));
     }
     families.push(ctx.engine.backend_stats().family(
@@ -45,7 +49,7 @@ fn stat(ctx: &Context, counter: fn(&crate::engine::Stats) -> &AtomicU64) -> f64 
 }
 
 /// The proxy's and engine's single values, in the order INFO shows them.
-const SCALARS: [ScalarRow; 26] = [
+const SCALARS: [ScalarRow; 31] = [
     (
         "meridian_connected_clients",
         "Client connections open now.",
@@ -232,7 +236,55 @@ const SCALARS: [ScalarRow; 26] = [
                 .map_or(0.0, |r| r.forward_window().0 as f64)
         },
     ),
+    (
+        "meridian_session_reads_local_total",
+        "Reads served here at once: this datacenter had applied the session's token.",
+        Kind::Counter,
+        Some((Section::Replication, "session_reads_local")),
+        |c| reads(c, |r| &r.local),
+    ),
+    (
+        "meridian_session_reads_waited_total",
+        "Reads served here after waiting for this datacenter to catch up with the token.",
+        Kind::Counter,
+        Some((Section::Replication, "session_reads_waited")),
+        |c| reads(c, |r| &r.waited),
+    ),
+    (
+        "meridian_session_reads_forwarded_total",
+        "Reads sent to a datacenter that had applied the session's token.",
+        Kind::Counter,
+        Some((Section::Replication, "session_reads_forwarded")),
+        |c| reads(c, |r| &r.forwarded),
+    ),
+    (
+        "meridian_session_reads_refused_total",
+        "Reads refused as stale (on_stale = error, or nowhere to send them).",
+        Kind::Counter,
+        Some((Section::Replication, "session_reads_refused")),
+        |c| reads(c, |r| &r.refused),
+    ),
+    (
+        "meridian_session_token_entries_mean",
+        "Mean number of entries (origins) of the session tokens reads carried.",
+        Kind::Gauge,
+        None,
+        |c| {
+            let tokens = reads(c, |r| &r.tokens);
+            if tokens == 0.0 {
+                0.0
+            } else {
+                reads(c, |r| &r.token_entries) / tokens
+            }
+        },
+    ),
 ];
+
+fn reads(ctx: &Context, counter: fn(&crate::replication::ReadStats) -> &AtomicU64) -> f64 {
+    ctx.replication
+        .as_ref()
+        .map_or(0.0, |r| load(counter(r.read_stats())))
+}
 
 fn forward(ctx: &Context, counter: fn(&crate::replication::ForwardStats) -> &AtomicU64) -> f64 {
     ctx.replication

@@ -74,6 +74,23 @@ fn all_failed(n: usize, protocol: Protocol, message: &str) -> ForwardReply {
     }
 }
 
+/// Whether every command of `request` is a read.
+fn is_read_only(request: &ForwardRequest) -> bool {
+    request.commands.iter().all(|args| {
+        args.first()
+            .and_then(|name| command::lookup(name))
+            .is_some_and(|spec| matches!(spec.kind, Kind::Read(_)))
+    })
+}
+
+/// How keys name users in this cluster.
+fn user_rule(repl: &Replication) -> UserRule {
+    match repl.topology().homes.user {
+        UserKey::HashTag => UserRule::HashTag,
+        UserKey::Prefix => UserRule::Prefix,
+    }
+}
+
 fn protocol(code: u8) -> Protocol {
     if code == 3 {
         Protocol::Resp3
@@ -97,6 +114,10 @@ impl Replication {
                 Ok(reply) => reply,
                 Err(e) => all_failed(n, proto, &e.to_string()),
             };
+        }
+        if is_read_only(&request) {
+            // Reads change nothing: one run twice is harmless, nothing to remember.
+            return self.execute_reads(request).await;
         }
         let f = &self.forwarding;
         match f.window.begin(&request.id, Instant::now()) {
@@ -134,10 +155,7 @@ impl Replication {
         if let Err(behind) = self.caught_up(&token, self.forwarding.token_wait).await {
             return all_failed(n, proto, &behind);
         }
-        let rule = match self.topology().homes.user {
-            UserKey::HashTag => UserRule::HashTag,
-            UserKey::Prefix => UserRule::Prefix,
-        };
+        let rule = user_rule(self);
         let mut queued = Vec::with_capacity(n);
         for args in request.commands {
             queued.push(self.queue_write(args, rule).await);
@@ -167,6 +185,48 @@ impl Replication {
         seen.advance(self.dc(), newest);
         ForwardReply {
             replies,
+            token: Bytes::from(seen.to_bytes()),
+        }
+    }
+
+    /// Runs a session's forwarded reads here, once this datacenter has applied
+    /// what the session had seen; the token says what they observed.
+    async fn execute_reads(&self, request: ForwardRequest) -> ForwardReply {
+        let n = request.commands.len();
+        let proto = protocol(request.protocol);
+        let token = match VersionVector::decode(&request.token) {
+            Ok(token) => token,
+            Err(e) => return all_failed(n, proto, &format!("ERR bad session token: {e}")),
+        };
+        if let Err(behind) = self.caught_up(&token, self.forwarding.token_wait).await {
+            return all_failed(n, proto, &behind);
+        }
+        let rule = user_rule(self);
+        let mut reads = Vec::with_capacity(n);
+        let mut users = Vec::with_capacity(n);
+        for args in &request.commands {
+            let spec = args.first().and_then(|name| command::lookup(name));
+            let (Some(spec), true) = (spec, spec.is_some_and(|s| s.arity_ok(args.len()))) else {
+                return all_failed(n, proto, "ERR a forwarded read is not a valid read");
+            };
+            let (Kind::Read(f), Ok(user)) = (spec.kind, command::user_of_command(spec, args, rule))
+            else {
+                return all_failed(n, proto, "ERR a forwarded read is not a valid read");
+            };
+            users.push(user.unwrap_or_default());
+            reads.push((spec, f, args.as_slice()));
+        }
+        let replies = self.engine.read_many(&reads, usize::MAX).await;
+        let seen = self.observed(&users);
+        ForwardReply {
+            replies: replies
+                .into_iter()
+                .map(|reply| {
+                    let mut out = BytesMut::new();
+                    reply.encode(proto, &mut out);
+                    out.freeze()
+                })
+                .collect(),
             token: Bytes::from(seen.to_bytes()),
         }
     }

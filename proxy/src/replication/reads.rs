@@ -1,0 +1,188 @@
+//! The read side of the session guarantees: where a session's reads are served,
+//! and what a read tells the session it has seen.
+//!
+//! A read is served here once this datacenter has applied the session's token
+//! (everything the session wrote or read). Until then it waits, woken by apply, up
+//! to `[session] read_wait_ms`; then `on_stale` decides: forward it to a datacenter
+//! known to cover the token (the nearest; the home of its user when none is known),
+//! keep waiting up to [`HARD_BOUND`], or refuse it naming what is missing. The
+//! decision is `policies::ReadRule`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use meridian_policies::{OnStale, ReadDecision, ReadRule, VersionVector};
+use meridian_topology::{DcIdx, Writes};
+
+use super::Replication;
+
+/// The longest a read waits in all under `on_stale = "wait"`.
+pub const HARD_BOUND: Duration = Duration::from_secs(10);
+
+/// Where a session's read runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadPlace {
+    /// Here: this datacenter has applied the session's token.
+    Here,
+    /// At datacenter number `dc`, which has.
+    At(usize),
+    /// Nowhere: the reply is this error.
+    Refused(String),
+}
+
+/// What the read path counts.
+#[derive(Debug, Default)]
+pub struct ReadStats {
+    /// Reads served here at once.
+    pub local: AtomicU64,
+    /// Reads served here after waiting for this datacenter to catch up.
+    pub waited: AtomicU64,
+    /// Reads forwarded to a datacenter that had caught up.
+    pub forwarded: AtomicU64,
+    /// Reads refused as stale.
+    pub refused: AtomicU64,
+    /// Time reads waited for this datacenter to catch up.
+    pub(crate) waits: crate::metrics::Latency,
+    /// Entries of the session tokens reads checked, summed (with `tokens`, the mean).
+    pub token_entries: AtomicU64,
+    /// Session tokens reads checked.
+    pub tokens: AtomicU64,
+}
+
+impl Replication {
+    /// The read rule of this cluster.
+    fn read_rule(&self) -> ReadRule {
+        let session = &self.topology().session;
+        ReadRule {
+            wait_ms: session.read_wait.as_millis() as u64,
+            on_stale: match session.on_stale {
+                meridian_topology::OnStale::Forward => OnStale::Forward,
+                meridian_topology::OnStale::Wait => OnStale::Wait,
+                meridian_topology::OnStale::Error => OnStale::Error,
+            },
+            hard_bound_ms: HARD_BOUND.as_millis() as u64,
+        }
+    }
+
+    /// Where reads of `user` (the first read's) run for a session that has seen
+    /// `token`: here, once this datacenter has caught up (waiting for it by the
+    /// rule), elsewhere, or nowhere.
+    pub async fn place_reads(&self, token: &VersionVector, user: &[u8]) -> ReadPlace {
+        let stats = &self.read_stats;
+        stats
+            .token_entries
+            .fetch_add(token.iter().count() as u64, Ordering::Relaxed);
+        stats.tokens.fetch_add(1, Ordering::Relaxed);
+        if self.engine.covers(token) {
+            stats.local.fetch_add(1, Ordering::Relaxed);
+            return ReadPlace::Here;
+        }
+        let rule = self.read_rule();
+        let started = Instant::now();
+        let mut applied = self.engine.watch_applied();
+        loop {
+            let waited = started.elapsed();
+            let covering = self.covering(token);
+            let home = self.forwarding_home(user);
+            let decision = rule.decide(
+                &applied.borrow_and_update(),
+                token,
+                waited.as_millis() as u64,
+                &covering,
+                home,
+            );
+            match decision {
+                ReadDecision::Serve => {
+                    let counter = match waited.is_zero() {
+                        true => &stats.local,
+                        false => {
+                            stats.waits.record(waited);
+                            &stats.waited
+                        }
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    return ReadPlace::Here;
+                }
+                ReadDecision::Wait { for_ms } => {
+                    let more = Duration::from_millis(for_ms.max(1));
+                    let caught = applied.wait_for(|a| a.dominates(token));
+                    let _ = tokio::time::timeout(more, caught).await;
+                }
+                ReadDecision::Forward { to } => {
+                    stats.waits.record(waited);
+                    stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                    return ReadPlace::At(to);
+                }
+                ReadDecision::Refuse { missing } => {
+                    stats.waits.record(waited);
+                    stats.refused.fetch_add(1, Ordering::Relaxed);
+                    return ReadPlace::Refused(self.stale_error(token, missing, waited));
+                }
+            }
+        }
+    }
+
+    /// The datacenters other than this one known (by gossip) to have applied
+    /// `token` and reachable now, nearest first.
+    fn covering(&self, token: &VersionVector) -> Vec<usize> {
+        let me = self.config.me.get();
+        let mut found: Vec<(Duration, usize)> = (0..self.topology().datacenters.len())
+            .filter(|&dc| dc != me)
+            .filter(|&dc| self.known(self.dc_id(dc)).dominates(token))
+            .filter_map(|dc| {
+                let hop = self.first_hop(DcIdx(dc as u8))?;
+                let status = self.peer_status(self.id(hop));
+                let (rtt, _) = status.path()?;
+                Some((rtt, dc))
+            })
+            .collect();
+        found.sort();
+        found.into_iter().map(|(_, dc)| dc).collect()
+    }
+
+    /// The home of `user`, when it is another datacenter that can be reached.
+    fn forwarding_home(&self, user: &[u8]) -> Option<usize> {
+        let home = self.home_of(user);
+        let me = self.config.me.get();
+        let hop = self.first_hop(DcIdx(home as u8))?;
+        (home != me && self.peer_status(self.id(hop)).connected()).then_some(home)
+    }
+
+    fn stale_error(&self, token: &VersionVector, missing: u64, waited: Duration) -> String {
+        let have = self.engine.applied();
+        let behind: Vec<String> = token
+            .iter()
+            .filter(|(dc, seq)| have.get(dc) < *seq)
+            .map(|(dc, seq)| format!("{dc} up to #{seq} (have #{})", have.get(dc)))
+            .collect();
+        format!(
+            "TRYAGAIN {} has not yet applied what this session has seen, {missing} changes behind: {} (waited {} ms)",
+            self.dc(),
+            behind.join(", "),
+            waited.as_millis()
+        )
+    }
+
+    /// What a session has seen by reading `users`' keys here: each user's home's
+    /// position in this datacenter's applied vector, read after the reads (every
+    /// change of a user runs at its home, so that covers what the reads returned
+    /// and no more of other origins). With writes where they arrive, any origin
+    /// may have written a key: then the whole applied vector.
+    pub fn observed(&self, users: &[Bytes]) -> VersionVector {
+        if self.forwarding.writes() == Writes::Local {
+            return self.engine.applied();
+        }
+        let mut seen = VersionVector::new();
+        for user in users {
+            let home = self.dc_id(self.home_of(user));
+            seen.advance(home, self.engine.applied_of(home));
+        }
+        seen
+    }
+
+    /// What the read path counts.
+    pub fn read_stats(&self) -> &ReadStats {
+        &self.read_stats
+    }
+}

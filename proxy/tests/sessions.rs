@@ -1,0 +1,239 @@
+//! Session guarantees on the read side: a read is served where the session's
+//! token is applied, after a bounded wait, or forwarded, or refused clearly. Each
+//! proxy is its own process, every link through the WAN emulator.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod support;
+
+use std::time::Duration;
+
+use meridian_testbed::{Cluster, ClusterSpec, LinkShape, Shape};
+use redis::aio::MultiplexedConnection;
+use support::wan::{linked, lossy, start};
+use tokio::time::Instant;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meridian");
+
+/// Links of 30 to 40 ms one way, with jitter that reorders and 1% loss: a read
+/// right after a write elsewhere would find the old value without the read rule.
+fn slow(i: usize, j: usize) -> LinkShape {
+    let mut shape = lossy(i, j);
+    shape.delay += Duration::from_millis(30);
+    shape
+}
+
+fn spec(shape: Shape, seed: u64) -> ClusterSpec {
+    let mut spec = ClusterSpec::new(BIN, 3, shape);
+    spec.set_links(slow);
+    spec.seed = seed;
+    for (i, dc) in spec.dcs.iter_mut().enumerate() {
+        dc.clock_offset_ms = (i as i64 - 1) * 25;
+    }
+    spec.session.read_wait_ms = Some(1_000);
+    spec
+}
+
+/// Starts the cluster and waits for every link: sessions are about reads racing
+/// replication, not links still being made.
+async fn start_linked(spec: ClusterSpec) -> Cluster {
+    let cluster = start(spec).await;
+    linked(&cluster).await;
+    cluster
+}
+
+async fn token(c: &mut MultiplexedConnection) -> String {
+    redis::cmd("MERIDIAN")
+        .arg("SESSION")
+        .query_async(c)
+        .await
+        .unwrap()
+}
+
+async fn hand_over(c: &mut MultiplexedConnection, token: &str) {
+    redis::cmd("MERIDIAN")
+        .arg("SESSION")
+        .arg(token)
+        .query_async::<()>(c)
+        .await
+        .unwrap();
+}
+
+/// A session writes at one datacenter, then its token moves with it to a new
+/// connection at another (a device switch), which reads at once: it always reads
+/// its own write.
+async fn device_switches_read_their_writes(shape: Shape, seed: u64) {
+    let cluster = start_linked(spec(shape, seed)).await;
+    for i in 0..24usize {
+        let (from, to) = (i % 3, (i + 1 + i / 3 % 2) % 3);
+        let key = format!("{{s{}}}:k", i % 5);
+        let value = format!("v{i}");
+        let mut a = cluster.connect(from).await.unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(&value)
+            .query_async(&mut a)
+            .await
+            .unwrap();
+        let token = token(&mut a).await;
+        let mut b = cluster.connect(to).await.unwrap();
+        hand_over(&mut b, &token).await;
+        let got: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut b)
+            .await
+            .unwrap();
+        assert_eq!(
+            got.as_deref(),
+            Some(value.as_str()),
+            "write {i} at dc{from}, read with its token at dc{to}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_switch_reads_its_own_writes_all_to_all() {
+    device_switches_read_their_writes(Shape::AllToAll, 71).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_switch_reads_its_own_writes_ring() {
+    device_switches_read_their_writes(Shape::Ring, 72).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_switch_reads_its_own_writes_star() {
+    device_switches_read_their_writes(
+        Shape::Star {
+            hub: 0,
+            direct: false,
+        },
+        73,
+    )
+    .await;
+}
+
+/// A session that has read a value at one datacenter never reads an older one
+/// at another, wherever the writes run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_never_go_back_in_time_across_datacenters() {
+    let cluster = start_linked(spec(Shape::AllToAll, 74)).await;
+    // Writes of dc0 reach dc2 much later than dc1.
+    let mut far = slow(0, 2);
+    far.delay = Duration::from_millis(200);
+    cluster.set_link(0, 2, far);
+    let homes = meridian_proxy::user_homes(&cluster.parsed_topology().unwrap()).unwrap();
+    let user = (0..)
+        .map(|i| format!("m{i}"))
+        .find(|u| homes.home_of(u) == 0)
+        .unwrap();
+    let mut writer = cluster.connect(0).await.unwrap();
+    let key = &format!("{{{user}}}:n");
+    let mut last = 0i64;
+    for round in 0..20usize {
+        let _: i64 = redis::cmd("INCR")
+            .arg(key)
+            .query_async(&mut writer)
+            .await
+            .unwrap();
+        // A reader that saw the newest value at dc1 (waiting for it there) moves to
+        // dc2 at once.
+        let mut first = cluster.connect(1).await.unwrap();
+        let seen = loop {
+            let n: Option<i64> = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut first)
+                .await
+                .unwrap();
+            if n.unwrap_or(0) as usize > round {
+                break n.unwrap_or(0);
+            }
+        };
+        assert!(seen >= last);
+        let token = token(&mut first).await;
+        let mut second = cluster.connect(2).await.unwrap();
+        hand_over(&mut second, &token).await;
+        let again: Option<i64> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut second)
+            .await
+            .unwrap();
+        assert!(
+            again.unwrap_or(0) >= seen,
+            "read {seen} at dc1, then {again:?} at dc2"
+        );
+        last = seen;
+    }
+}
+
+/// Where the token cannot be caught up with (the link from the writer is cut),
+/// `on_stale = "error"` answers at once after the wait with an error naming what
+/// is missing, and `"forward"` answers from a datacenter that has it, in about a
+/// round trip after the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_read_is_refused_clearly_or_forwarded() {
+    for on_stale in ["error", "forward"] {
+        let mut spec = spec(Shape::AllToAll, 75);
+        spec.peer_timeout_ms = Some(1_000);
+        spec.session.read_wait_ms = Some(200);
+        spec.session.on_stale = Some(on_stale.into());
+        let cluster = start_linked(spec).await;
+        let mut a = cluster.connect(0).await.unwrap();
+        // dc0 and dc1 are cut off from each other (and know it); dc2 still gets
+        // dc0's writes.
+        cluster.cut(0, 1);
+        support::wan::until("dc1 to see its link to dc0 down", || async {
+            let info = cluster.replication_info(1).await.unwrap();
+            info.get("peer_dc0")
+                .is_some_and(|l| l.contains("state=down"))
+        })
+        .await;
+        // A user homed at dc0, so the write runs there.
+        let homes = meridian_proxy::user_homes(&cluster.parsed_topology().unwrap()).unwrap();
+        let user = (0..)
+            .map(|i| format!("stale{i}"))
+            .find(|u| homes.home_of(u) == 0)
+            .unwrap();
+        let key = &format!("{{{user}}}:k");
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg("fresh")
+            .query_async(&mut a)
+            .await
+            .unwrap();
+        let token = token(&mut a).await;
+        // dc2 learns of the write (and tells dc1 by gossip) before the read.
+        support::wan::until("dc2 to apply the write", || async {
+            let v: Option<String> = cluster.cmd(2, &["GET", key]).await.unwrap_or(None);
+            v.as_deref() == Some("fresh")
+        })
+        .await;
+        support::wan::until("dc1 to hear that dc2 has the write", || async {
+            let info = cluster.replication_info(1).await.unwrap();
+            info.get("origin_dc0")
+                .is_some_and(|line| line.contains("known=1,"))
+        })
+        .await;
+        let mut b = cluster.connect(1).await.unwrap();
+        hand_over(&mut b, &token).await;
+        let started = Instant::now();
+        let got: redis::RedisResult<Option<String>> =
+            redis::cmd("GET").arg(key).query_async(&mut b).await;
+        let took = started.elapsed();
+        match on_stale {
+            "error" => {
+                let e = got.unwrap_err();
+                assert_eq!(e.code(), Some("TRYAGAIN"), "{e}");
+                assert!(e.to_string().contains("has not yet applied"), "{e}");
+                assert!(
+                    took < Duration::from_millis(1_000),
+                    "refused after {took:?}"
+                );
+            }
+            _ => {
+                assert_eq!(got.unwrap().as_deref(), Some("fresh"));
+                // The wait, then one round trip to dc2 (about 80 ms) and a margin.
+                assert!(took < Duration::from_millis(1_500), "forwarded in {took:?}");
+            }
+        }
+    }
+}
