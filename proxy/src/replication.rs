@@ -99,6 +99,8 @@ pub struct Replication {
     started: std::time::Instant,
     /// Where session reads were served.
     read_stats: reads::ReadStats,
+    /// Each user's token, in user scope.
+    user_tokens: Option<moka::sync::Cache<bytes::Bytes, VersionVector>>,
 }
 
 /// Keeps the engine's log retention told what the peers still need, at most once a
@@ -133,6 +135,7 @@ impl Replication {
             forwarding,
             started: std::time::Instant::now(),
             read_stats: reads::ReadStats::default(),
+            user_tokens: reads::user_tokens(&config.topology.session),
             live: watch::Sender::new(DcSet::one(config.me)),
             known: watch::Sender::new(known),
             acked: Mutex::new(HashMap::new()),

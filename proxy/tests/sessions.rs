@@ -237,3 +237,55 @@ async fn a_stale_read_is_refused_clearly_or_forwarded() {
         }
     }
 }
+
+/// Writes through one connection of a pool and reads through another at once:
+/// how many reads missed the write just made. The users are homed at dc1 and the
+/// pool is at dc0 on a ring, where dc1's changes reach dc0 through dc2 while the
+/// forwarded writes' replies come straight back: without the user's token, a read
+/// at once would often miss the write.
+async fn pooled_reads_missing_their_writes(scope: Option<&str>, seed: u64) -> usize {
+    let mut spec = spec(Shape::Ring, seed);
+    spec.session.scope = scope.map(str::to_owned);
+    let cluster = start_linked(spec).await;
+    let homes = meridian_proxy::user_homes(&cluster.parsed_topology().unwrap()).unwrap();
+    let users: Vec<String> = (0..)
+        .map(|i| format!("p{i}"))
+        .filter(|u| homes.home_of(u) == 1)
+        .take(40)
+        .collect();
+    let mut pool = Vec::new();
+    for _ in 0..20 {
+        pool.push(cluster.connect(0).await.unwrap());
+    }
+    let mut missed = 0;
+    for (i, user) in users.iter().enumerate() {
+        let key = format!("{{{user}}}:k");
+        let value = format!("v{i}");
+        let (a, b) = (i * 7 % 20, (i * 7 + 3) % 20);
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(&value)
+            .query_async(&mut pool[a])
+            .await
+            .unwrap();
+        let got: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut pool[b])
+            .await
+            .unwrap();
+        missed += usize::from(got.as_deref() != Some(value.as_str()));
+    }
+    missed
+}
+
+/// In user scope a pool's connections share each user's guarantees: a read on
+/// any connection sees the user's write made on another. In connection scope,
+/// with no token passed, they do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_user_scope_a_pool_reads_its_users_writes() {
+    assert_eq!(pooled_reads_missing_their_writes(Some("user"), 81).await, 0);
+    assert!(
+        pooled_reads_missing_their_writes(None, 82).await > 0,
+        "without user scope, reads at once on another connection should miss some writes"
+    );
+}

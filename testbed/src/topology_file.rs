@@ -105,11 +105,14 @@ pub struct SessionSection {
     /// `forward`, `wait` or `error`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_stale: Option<String>,
+    /// `connection` or `user`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 impl SessionSection {
     fn is_empty(&self) -> bool {
-        self.read_wait_ms.is_none() && self.on_stale.is_none()
+        self.read_wait_ms.is_none() && self.on_stale.is_none() && self.scope.is_none()
     }
 }
 

@@ -175,6 +175,23 @@ pub struct SessionSettings {
     pub read_wait: Duration,
     /// What a read does when the wait runs out (default forward).
     pub on_stale: OnStale,
+    /// Where a session's token lives (default the connection).
+    pub scope: SessionScope,
+    /// How long a user's token is kept after its last use, in user scope
+    /// (default an hour).
+    pub ttl: Duration,
+    /// Most users whose tokens are kept, in user scope (default 1,000,000).
+    pub max_users: u64,
+}
+
+/// Where a session's token lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionScope {
+    /// In the client connection; `MERIDIAN SESSION` hands it to another.
+    Connection,
+    /// Also in the proxy, per user: every connection serving a user shares its
+    /// guarantees (pools), without the application passing tokens.
+    User,
 }
 
 /// What a read that this datacenter cannot serve yet does after `read_wait`.

@@ -185,4 +185,33 @@ impl Replication {
     pub fn read_stats(&self) -> &ReadStats {
         &self.read_stats
     }
+
+    /// What `user`'s sessions have seen here, in user scope (`None` in connection
+    /// scope, or for a user not seen lately).
+    pub fn user_token(&self, user: &[u8]) -> Option<VersionVector> {
+        self.user_tokens.as_ref()?.get(user)
+    }
+
+    /// Records, in user scope, that `user`'s session has now seen `seen`.
+    pub fn remember(&self, user: &Bytes, seen: &VersionVector) {
+        if let Some(cache) = &self.user_tokens {
+            cache.entry(user.clone()).and_upsert_with(|known| {
+                let mut token = known.map(|e| e.into_value()).unwrap_or_default();
+                token.merge(seen);
+                token
+            });
+        }
+    }
+}
+
+/// The per-user tokens of user scope: bounded, each forgotten after `ttl` unused.
+pub(super) fn user_tokens(
+    session: &meridian_topology::SessionSettings,
+) -> Option<moka::sync::Cache<Bytes, VersionVector>> {
+    (session.scope == meridian_topology::SessionScope::User).then(|| {
+        moka::sync::Cache::builder()
+            .max_capacity(session.max_users)
+            .time_to_idle(session.ttl)
+            .build()
+    })
 }

@@ -45,12 +45,14 @@ enum Pending {
         rx: oneshot::Receiver<Written>,
         started: Instant,
         index: usize,
+        user: Bytes,
     },
     /// Writes forwarded to their home together: one reply each.
     Forwarded {
         rx: oneshot::Receiver<Result<ForwardReply, ForwardError>>,
         started: Instant,
         indices: Vec<usize>,
+        users: Vec<Bytes>,
     },
 }
 
@@ -59,6 +61,7 @@ struct Group {
     home: usize,
     commands: Vec<Vec<Bytes>>,
     indices: Vec<usize>,
+    users: Vec<Bytes>,
     bytes: usize,
     started: Instant,
 }
@@ -248,6 +251,12 @@ impl Conn {
         }
         self.settle().await;
         if let Some(repl) = self.ctx.replication.clone() {
+            // In user scope, the reads follow what the users' sessions saw.
+            for read in reads.iter() {
+                if let Some(seen) = repl.user_token(&read.user) {
+                    self.token.merge(&seen);
+                }
+            }
             match repl.place_reads(&self.token, &reads[0].user).await {
                 ReadPlace::Here => {}
                 ReadPlace::At(dc) => return self.forward_reads(&repl, dc, reads).await,
@@ -269,8 +278,11 @@ impl Conn {
             .saturating_sub(self.pending_bytes.saturating_add(self.out.len()));
         let replies = self.ctx.engine.read_many(&group, allowed).await;
         if let Some(repl) = &self.ctx.replication {
-            let users: Vec<Bytes> = reads.iter().map(|r| r.user.clone()).collect();
-            self.token.merge(&repl.observed(&users));
+            for read in reads.iter() {
+                let seen = repl.observed(std::slice::from_ref(&read.user));
+                repl.remember(&read.user, &seen);
+                self.token.merge(&seen);
+            }
         }
         for (read, reply) in reads.drain(..).zip(replies) {
             self.ctx
@@ -296,7 +308,14 @@ impl Conn {
         let commands = reads.iter().map(|r| r.args.clone()).collect();
         let request = repl.request(dc, protocol, &self.token, commands);
         let outcome = repl.forward(&request).await;
-        let replies = forwarded_replies(outcome, reads.len(), &mut self.token);
+        let users: Vec<Bytes> = reads.iter().map(|r| r.user.clone()).collect();
+        let replies = forwarded_replies(
+            outcome,
+            reads.len(),
+            &mut self.token,
+            Some(repl.as_ref()),
+            &users,
+        );
         for (read, reply) in reads.drain(..).zip(replies) {
             self.ctx
                 .commands
@@ -358,10 +377,20 @@ impl Conn {
         let me = self.ctx.engine.dc().to_owned();
         for pending in self.pending.iter_mut() {
             match pending {
-                Pending::Write { rx, started, index } => {
+                Pending::Write {
+                    rx,
+                    started,
+                    index,
+                    user,
+                } => {
                     let reply = match rx.await {
                         Ok(written) => {
                             self.token.advance(&me, written.seq);
+                            if let Some(repl) = &self.ctx.replication {
+                                let mut seen = VersionVector::new();
+                                seen.advance(&me, written.seq);
+                                repl.remember(user, &seen);
+                            }
                             written.reply
                         }
                         Err(_) => Reply::error(
@@ -378,6 +407,7 @@ impl Conn {
                     rx,
                     started,
                     indices,
+                    users,
                 } => {
                     let outcome = rx.await.unwrap_or_else(|_| {
                         Err(ForwardError::Unknown {
@@ -385,7 +415,13 @@ impl Conn {
                             why: "the forwarding task stopped".into(),
                         })
                     });
-                    let replies = forwarded_replies(outcome, indices.len(), &mut self.token);
+                    let replies = forwarded_replies(
+                        outcome,
+                        indices.len(),
+                        &mut self.token,
+                        self.ctx.replication.as_deref(),
+                        users,
+                    );
                     for (index, reply) in indices.iter().zip(&replies) {
                         self.ctx
                             .commands
@@ -419,6 +455,7 @@ impl Conn {
             rx,
             started: group.started,
             indices: group.indices,
+            users: group.users,
         });
         self.forwarding = true;
     }
@@ -434,7 +471,13 @@ impl Conn {
         started: Instant,
     ) {
         let route = match &self.ctx.replication {
-            Some(repl) => repl.route(&user),
+            Some(repl) => {
+                // In user scope, the write follows what the user's sessions saw.
+                if let Some(seen) = repl.user_token(&user) {
+                    self.token.merge(&seen);
+                }
+                repl.route(&user)
+            }
             None => WriteRoute::Here,
         };
         match route {
@@ -451,9 +494,13 @@ impl Conn {
                     self.reply(Reply::Error(behind));
                     return;
                 }
-                let rx = self.ctx.engine.write(f, args, user).await;
-                self.pending
-                    .push_back(Pending::Write { rx, started, index });
+                let rx = self.ctx.engine.write(f, args, user.clone()).await;
+                self.pending.push_back(Pending::Write {
+                    rx,
+                    started,
+                    index,
+                    user,
+                });
             }
             WriteRoute::Forward { home } => {
                 if self.group.as_ref().is_some_and(|g| g.home != home) {
@@ -467,6 +514,7 @@ impl Conn {
                         home,
                         commands: Vec::new(),
                         indices: Vec::new(),
+                        users: Vec::new(),
                         bytes: 0,
                         started,
                     });
@@ -475,6 +523,7 @@ impl Conn {
                     group.bytes += args.iter().map(Bytes::len).sum::<usize>();
                     group.commands.push(args);
                     group.indices.push(index);
+                    group.users.push(user);
                     if group.bytes >= GROUP_BYTES || group.commands.len() >= MAX_PIPELINE {
                         self.send_group();
                     }
@@ -764,11 +813,14 @@ impl Conn {
 }
 
 /// The replies of a forwarded group (the home's, byte for byte, or one error
-/// each), absorbing what the home says the session has seen into `token`.
+/// each), absorbing what the home says the session has seen into `token` (and,
+/// in user scope, into the tokens of `users`).
 fn forwarded_replies(
     outcome: Result<ForwardReply, ForwardError>,
     n: usize,
     token: &mut VersionVector,
+    repl: Option<&crate::replication::Replication>,
+    users: &[Bytes],
 ) -> Vec<Reply> {
     let reply = match outcome {
         Ok(reply) if reply.replies.len() == n => reply,
@@ -782,7 +834,12 @@ fn forwarded_replies(
         Err(e) => return vec![Reply::error(e.to_string()); n],
     };
     match VersionVector::decode(&reply.token) {
-        Ok(seen) => token.merge(&seen),
+        Ok(seen) => {
+            token.merge(&seen);
+            if let Some(repl) = repl {
+                users.iter().for_each(|user| repl.remember(user, &seen));
+            }
+        }
         Err(e) => tracing::warn!(error = %e, "a home answered with a damaged session token"),
     }
     reply.replies.into_iter().map(Reply::Encoded).collect()

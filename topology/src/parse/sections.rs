@@ -8,12 +8,18 @@ use super::Ids;
 use super::reader::{Report, Table};
 use crate::model::{
     ClientSettings, FsyncPolicy, Homes, Link, OnHomeDown, OnStale, ReplicationSettings,
-    SessionSettings, TlsSettings, UserKey, Writes,
+    SessionScope, SessionSettings, TlsSettings, UserKey, Writes,
 };
 use crate::route::DcIdx;
 
 const HOMES_KEYS: &[&str] = &["user", "default", "pins", "on_home_down", "writes"];
-const SESSION_KEYS: &[&str] = &["read_wait_ms", "on_stale"];
+const SESSION_KEYS: &[&str] = &[
+    "read_wait_ms",
+    "on_stale",
+    "scope",
+    "session_ttl_ms",
+    "max_users",
+];
 const CLIENTS_KEYS: &[&str] = &["output_buffer_limit"];
 const REPLICATION_KEYS: &[&str] = &["fsync", "log_retention", "heartbeat_ms", "peer_timeout_ms"];
 const TLS_KEYS: &[&str] = &["ca"];
@@ -134,6 +140,9 @@ pub(super) fn session(report: &mut Report<'_>, root: &Table<'_, '_>) -> Option<S
     let mut session = SessionSettings {
         read_wait: Duration::from_millis(100),
         on_stale: OnStale::Forward,
+        scope: SessionScope::Connection,
+        ttl: Duration::from_secs(3_600),
+        max_users: 1_000_000,
     };
     if root.get("session").is_none() {
         return Some(session);
@@ -141,6 +150,19 @@ pub(super) fn session(report: &mut Report<'_>, root: &Table<'_, '_>) -> Option<S
     let t = section(report, root, "session", SESSION_KEYS)?;
     if let Some((ms, _)) = t.integer(report, "read_wait_ms", 0..=60_000, " ms") {
         session.read_wait = Duration::from_millis(ms as u64);
+    }
+    let scopes = [
+        ("connection", SessionScope::Connection),
+        ("user", SessionScope::User),
+    ];
+    session.scope = t
+        .choice(report, "scope", &scopes)
+        .unwrap_or(SessionScope::Connection);
+    if let Some((ms, _)) = t.integer(report, "session_ttl_ms", 1_000..=604_800_000, " ms") {
+        session.ttl = Duration::from_millis(ms as u64);
+    }
+    if let Some((n, _)) = t.integer(report, "max_users", 1..=100_000_000, " users") {
+        session.max_users = n as u64;
     }
     let policies = [
         ("forward", OnStale::Forward),

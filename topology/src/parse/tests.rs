@@ -427,3 +427,24 @@ fn requests_go_straight_to_the_home_where_a_link_may_exist_else_through_the_hub(
         assert_eq!(t.path_delay(&[DcIdx(1), DcIdx(2)]), None);
     }
 }
+
+#[test]
+fn sessions_live_in_the_connection_unless_the_file_says_user() {
+    let t = parse(&cluster("")).unwrap();
+    assert_eq!(t.session.scope, SessionScope::Connection);
+    let text = format!(
+        "{}[session]\nscope = \"user\"\nsession_ttl_ms = 60000\nmax_users = 5000\n",
+        cluster("")
+    );
+    let t = parse(&text).unwrap();
+    assert_eq!(t.session.scope, SessionScope::User);
+    assert_eq!(t.session.ttl, Duration::from_secs(60));
+    assert_eq!(t.session.max_users, 5000);
+    let found = problems(&format!(
+        "{}[session]\nscope = \"device\"\nsession_ttl_ms = 5\n",
+        cluster("")
+    ));
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found[0].contains("session.scope"), "{found:?}");
+    assert!(found[1].contains("session.session_ttl_ms"), "{found:?}");
+}
