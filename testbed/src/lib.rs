@@ -13,6 +13,7 @@
 //! replication lag end to end through a running cluster.
 
 mod cluster;
+pub mod history;
 mod ports;
 mod presets;
 mod relay;
