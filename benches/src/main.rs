@@ -15,6 +15,7 @@ mod multikey;
 mod overhead;
 mod processes;
 mod replication;
+mod sessions;
 
 /// Exit code for a benchmark that could not run (EX_SOFTWARE).
 const EX_SOFTWARE: u8 = 70;
@@ -40,6 +41,10 @@ enum Bench {
     /// preset (against no routing and against the round trip), and forwarded-write
     /// throughput over one 100 ms, 1% loss link.
     Forward(forward::ForwardArgs),
+    /// Session reads on three regions: reads served locally, the read right after
+    /// a device switch, forwarded stale reads, and the history checker's verdict
+    /// (`--faults`: a soak with cut links and a SIGKILLed proxy).
+    Sessions(sessions::SessionArgs),
     /// One MSET and DEL of many keys (10k, 80k, 200k): how long each takes, how
     /// long another client's write waits meanwhile, and the store's bytes per byte.
     Multikey(multikey::MultikeyArgs),
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
         Bench::Replication(args) => ("replication", replication::run(&args)),
         Bench::Multikey(args) => ("multikey", multikey::run(&args)),
         Bench::Forward(args) => ("forward", forward::run(&args)),
+        Bench::Sessions(args) => ("sessions", sessions::run(&args)),
         Bench::Faults(args) => ("faults", faults::run(&args)),
     };
     match result {

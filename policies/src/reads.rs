@@ -65,15 +65,15 @@ pub fn missing(applied: &VersionVector, token: &VersionVector) -> u64 {
 impl ReadRule {
     /// Where a read runs, given what this datacenter has applied, the session's
     /// token, how long the read has waited, and which datacenters are known to
-    /// cover the token (`covering`, nearest first; `home`, the key's user's home,
-    /// is tried when none is known).
+    /// cover the token (`covering`, nearest first; `fallback`, the origin of a
+    /// change the token names, is tried when none is known).
     pub fn decide(
         &self,
         applied: &VersionVector,
         token: &VersionVector,
         waited_ms: u64,
         covering: &[usize],
-        home: Option<usize>,
+        fallback: Option<usize>,
     ) -> ReadDecision {
         if applied.dominates(token) {
             return ReadDecision::Serve;
@@ -90,7 +90,7 @@ impl ReadRule {
             OnStale::Forward => covering
                 .first()
                 .copied()
-                .or(home)
+                .or(fallback)
                 .map_or(refuse, |to| ReadDecision::Forward { to }),
             OnStale::Wait if waited_ms < self.hard_bound_ms => ReadDecision::Wait {
                 for_ms: self.hard_bound_ms - waited_ms,

@@ -63,6 +63,10 @@ pub struct Op {
 pub enum Kind {
     /// Wrote the value `(session, op)`.
     Write,
+    /// Tried to write the value `(session, op)` and got no answer (an error, a
+    /// dropped connection): it may or may not have been applied. Reads may return
+    /// it; nothing requires them to.
+    MaybeWrite,
     /// Read this value (`None`: the key was missing).
     Read(Option<Value>),
 }
@@ -144,15 +148,34 @@ impl Seen {
 /// Checks a history; returns every violation, in the order found.
 pub fn check(history: &[Op]) -> Vec<Violation> {
     let mut sessions: HashMap<u32, Vec<&Op>> = HashMap::new();
-    // Each key's writes, in its writer's order.
+    // Each key's acknowledged writes, in its writer's order, and every value
+    // that may have been written.
     let mut writes: HashMap<&str, Vec<Value>> = HashMap::new();
+    let mut possible: HashMap<&str, Vec<Value>> = HashMap::new();
     for op in history {
         sessions.entry(op.session).or_default().push(op);
+        let value = Value {
+            session: op.session,
+            op: op.op,
+        };
         if op.kind == Kind::Write {
-            writes.entry(op.key.as_str()).or_default().push(Value {
-                session: op.session,
-                op: op.op,
-            });
+            writes.entry(op.key.as_str()).or_default().push(value);
+        }
+        if matches!(op.kind, Kind::Write | Kind::MaybeWrite) {
+            possible.entry(op.key.as_str()).or_default().push(value);
+        }
+    }
+    // A write of unknown outcome that somebody read was applied: from then on it
+    // binds like any write.
+    for op in history {
+        if let Kind::Read(Some(v)) = op.kind {
+            let maybe = possible
+                .get(op.key.as_str())
+                .is_some_and(|p| p.contains(&v));
+            let known = writes.get(op.key.as_str()).is_some_and(|w| w.contains(&v));
+            if maybe && !known {
+                writes.entry(op.key.as_str()).or_default().push(v);
+            }
         }
     }
     for ops in sessions.values_mut() {
@@ -162,6 +185,7 @@ pub fn check(history: &[Op]) -> Vec<Violation> {
     let mut run = Run {
         sessions,
         writes,
+        possible,
         deps: HashMap::new(),
         violations: Vec::new(),
     };
@@ -172,6 +196,7 @@ pub fn check(history: &[Op]) -> Vec<Violation> {
 struct Run<'h> {
     sessions: HashMap<u32, Vec<&'h Op>>,
     writes: HashMap<&'h str, Vec<Value>>,
+    possible: HashMap<&'h str, Vec<Value>>,
     /// What each write's session had seen when it wrote.
     deps: HashMap<Value, HashMap<u32, Seen>>,
     violations: Vec<Violation>,
@@ -227,6 +252,18 @@ impl<'h> Run<'h> {
 
     fn step(&mut self, op: &Op, seen: &mut HashMap<u32, Seen>) -> Step {
         match op.kind {
+            Kind::MaybeWrite => {
+                // Whoever reads it sees what the writer had seen; the writer
+                // itself is not bound to see it.
+                self.deps.insert(
+                    Value {
+                        session: op.session,
+                        op: op.op,
+                    },
+                    seen.clone(),
+                );
+                Step::Done
+            }
             Kind::Write => {
                 self.deps.insert(
                     Value {
@@ -243,7 +280,7 @@ impl<'h> Run<'h> {
                     && v.session != op.session
                     && !self.deps.contains_key(&v)
                 {
-                    let written = self.writes.get(op.key.as_str());
+                    let written = self.possible.get(op.key.as_str());
                     if written.is_some_and(|w| w.contains(&v)) {
                         return Step::Blocked;
                     }

@@ -4,9 +4,10 @@
 //! A read is served here once this datacenter has applied the session's token
 //! (everything the session wrote or read). Until then it waits, woken by apply, up
 //! to `[session] read_wait_ms`; then `on_stale` decides: forward it to a datacenter
-//! known to cover the token (the nearest; the home of its user when none is known),
-//! keep waiting up to [`HARD_BOUND`], or refuse it naming what is missing. The
-//! decision is `policies::ReadRule`.
+//! known to cover the token (the nearest),
+//! keep waiting up to [`HARD_BOUND`], or refuse it naming what is missing. When
+//! gossip has not yet said who has the token, the origin of a missing change is
+//! asked: it made the change, so it has it. The decision is `policies::ReadRule`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -65,10 +66,9 @@ impl Replication {
         }
     }
 
-    /// Where reads of `user` (the first read's) run for a session that has seen
-    /// `token`: here, once this datacenter has caught up (waiting for it by the
-    /// rule), elsewhere, or nowhere.
-    pub async fn place_reads(&self, token: &VersionVector, user: &[u8]) -> ReadPlace {
+    /// Where reads run for a session that has seen `token`: here, once this
+    /// datacenter has caught up (waiting for it by the rule), elsewhere, or nowhere.
+    pub async fn place_reads(&self, token: &VersionVector) -> ReadPlace {
         let stats = &self.read_stats;
         stats
             .token_entries
@@ -84,7 +84,7 @@ impl Replication {
         loop {
             let waited = started.elapsed();
             let covering = self.covering(token);
-            let home = self.forwarding_home(user);
+            let home = self.missing_origin(token);
             let decision = rule.decide(
                 &applied.borrow_and_update(),
                 token,
@@ -141,12 +141,20 @@ impl Replication {
         found.into_iter().map(|(_, dc)| dc).collect()
     }
 
-    /// The home of `user`, when it is another datacenter that can be reached.
-    fn forwarding_home(&self, user: &[u8]) -> Option<usize> {
-        let home = self.home_of(user);
+    /// A datacenter whose own changes `token` names and this one lacks, reachable
+    /// now: it has applied them (it made them), whatever gossip has said yet.
+    fn missing_origin(&self, token: &VersionVector) -> Option<usize> {
         let me = self.config.me.get();
-        let hop = self.first_hop(DcIdx(home as u8))?;
-        (home != me && self.peer_status(self.id(hop)).connected()).then_some(home)
+        token
+            .iter()
+            .filter(|&(origin, seq)| self.engine.applied_of(origin) < seq)
+            .filter_map(|(origin, _)| self.topology().index_of(origin))
+            .map(DcIdx::get)
+            .filter(|&dc| dc != me)
+            .find(|&dc| {
+                self.first_hop(DcIdx(dc as u8))
+                    .is_some_and(|hop| self.peer_status(self.id(hop)).connected())
+            })
     }
 
     fn stale_error(&self, token: &VersionVector, missing: u64, waited: Duration) -> String {

@@ -257,7 +257,7 @@ impl Conn {
                     self.token.merge(&seen);
                 }
             }
-            match repl.place_reads(&self.token, &reads[0].user).await {
+            match repl.place_reads(&self.token).await {
                 ReadPlace::Here => {}
                 ReadPlace::At(dc) => return self.forward_reads(&repl, dc, reads).await,
                 ReadPlace::Refused(why) => {

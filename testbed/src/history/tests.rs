@@ -104,3 +104,27 @@ fn a_value_never_written_is_impossible() {
     );
     assert_eq!(Value::parse("x"), None);
 }
+
+#[test]
+fn a_write_of_unknown_outcome_may_be_read_and_need_not_be() {
+    let maybe = Op {
+        kind: Kind::MaybeWrite,
+        ..write(1, 2, "a")
+    };
+    let history = [
+        write(1, 1, "a"),
+        maybe.clone(),
+        read(1, 3, "a", Some((1, 1))),
+        read(2, 1, "a", Some((1, 2))),
+        read(2, 2, "a", Some((1, 2))),
+    ];
+    assert_eq!(check(&history), vec![]);
+    // Once read, it is seen: going back before it is a violation.
+    let history = [
+        write(1, 1, "a"),
+        maybe,
+        read(2, 1, "a", Some((1, 2))),
+        read(2, 2, "a", Some((1, 1))),
+    ];
+    assert_eq!(found(&history), [Guarantee::MonotonicReads]);
+}
