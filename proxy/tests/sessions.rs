@@ -10,6 +10,7 @@ use std::time::Duration;
 use meridian_testbed::{Cluster, ClusterSpec, LinkShape, Shape};
 use redis::aio::MultiplexedConnection;
 use support::wan::{linked, lossy, start};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meridian");
@@ -290,11 +291,25 @@ async fn in_user_scope_a_pool_reads_its_users_writes() {
     );
 }
 
+/// A connection to `addr` that waits long for replies (a forwarded write may wait
+/// for a link to come back), or `None` when the proxy is not there.
+async fn dial(addr: std::net::SocketAddr) -> Option<MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://{addr}/")).ok()?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(30)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .ok()
+}
+
 /// One session of the checked workload: writes of its own keys and reads of
 /// everybody's, moving to another datacenter (its token handed over) now and
-/// then; returns its history.
+/// then, and whenever its proxy fails; returns its history. Each command goes
+/// with `MERIDIAN SESSION`, so the session always holds its newest token.
 async fn hopping_session(
-    cluster: &Cluster,
+    addrs: Vec<std::net::SocketAddr>,
     session: u32,
     sessions: u32,
     ops: u64,
@@ -307,72 +322,98 @@ async fn hopping_session(
         state ^= state << 17;
         state % n
     };
-    let mut dc = session as usize % cluster.len();
-    let mut c = cluster.connect(dc).await.unwrap();
+    let mut dc = session as usize % addrs.len();
+    let mut c: Option<MultiplexedConnection> = None;
+    let mut held = String::new();
     let mut history = Vec::new();
-    for op in 1..=ops {
-        if next(3) == 0 {
-            let handed = token(&mut c).await;
-            dc = (dc + 1 + next(2) as usize) % cluster.len();
-            c = cluster.connect(dc).await.unwrap();
-            hand_over(&mut c, &handed).await;
-        }
-        let kind = if next(2) == 0 {
-            let key = format!("{{u{session}}}:k{}", next(3));
-            let value = Value { session, op }.text();
-            let _: () = redis::cmd("SET")
-                .arg(&key)
-                .arg(&value)
-                .query_async(&mut c)
-                .await
-                .unwrap();
-            (key, Kind::Write)
-        } else {
-            // Half the reads on its own keys, the rest on anybody's.
-            let of = match next(2) {
-                0 => session,
-                _ => next(u64::from(sessions)) as u32,
+    let mut op = 0;
+    while op < ops {
+        if c.is_none() || next(3) == 0 {
+            if c.is_some() {
+                dc = (dc + 1 + next(2) as usize) % addrs.len();
+            }
+            c = dial(addrs[dc]).await;
+            if let (Some(conn), false) = (c.as_mut(), held.is_empty()) {
+                let handed: redis::RedisResult<()> = redis::cmd("MERIDIAN")
+                    .arg("SESSION")
+                    .arg(&held)
+                    .query_async(conn)
+                    .await;
+                if handed.is_err() {
+                    c = None;
+                }
+            }
+            let Some(_) = c else {
+                dc = (dc + 1) % addrs.len();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             };
-            let key = format!("{{u{of}}}:k{}", next(3));
-            let got: Option<String> = redis::cmd("GET")
-                .arg(&key)
-                .query_async(&mut c)
-                .await
-                .unwrap();
-            (
-                key.clone(),
-                Kind::Read(got.as_deref().and_then(Value::parse)),
-            )
+        }
+        let Some(conn) = c.as_mut() else { continue };
+        op += 1;
+        let write = next(2) == 0;
+        // Its own keys for writes and half the reads, anybody's for the rest.
+        let of = if write || next(2) == 0 {
+            session
+        } else {
+            next(u64::from(sessions)) as u32
+        };
+        let key = format!("{{u{of}}}:k{}", next(3));
+        let mut pipe = redis::pipe();
+        if write {
+            pipe.cmd("SET").arg(&key).arg(Value { session, op }.text());
+        } else {
+            pipe.cmd("GET").arg(&key);
+        }
+        pipe.cmd("MERIDIAN").arg("SESSION");
+        let reply: redis::RedisResult<(Option<String>, String)> = pipe.query_async(conn).await;
+        let kind = match reply {
+            Ok((got, token)) => {
+                held = token;
+                match write {
+                    true => Kind::Write,
+                    false => Kind::Read(got.as_deref().and_then(Value::parse)),
+                }
+            }
+            Err(_) => {
+                // Refused or cut off: go on elsewhere with the token held.
+                c = None;
+                if !write {
+                    continue;
+                }
+                Kind::MaybeWrite
+            }
         };
         history.push(Op {
             session,
             op,
             dc,
-            key: kind.0,
-            kind: kind.1,
+            key,
+            kind,
         });
     }
     history
 }
 
-/// Sessions that write, read each other's keys and move between datacenters
-/// with their tokens: the history checker finds no violation of any guarantee,
-/// and every datacenter converges.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hopping_sessions_break_no_guarantee() {
-    const SESSIONS: u32 = 6;
-    let cluster = start_linked(spec(Shape::AllToAll, 91)).await;
-    // What dc0 and dc1 write reaches dc2 late: sessions moving there would read
-    // the past without their tokens.
-    for from in [0, 1] {
-        let mut late = slow(from, 2);
-        late.delay += Duration::from_millis(150);
-        cluster.set_link(from, 2, late);
+/// Runs `sessions` hopping sessions of `ops` operations each at once.
+fn hopping_sessions(
+    cluster: &Cluster,
+    sessions: u32,
+    ops: u64,
+) -> JoinSet<Vec<meridian_testbed::history::Op>> {
+    let addrs: Vec<_> = (0..cluster.len()).map(|i| cluster.client_addr(i)).collect();
+    let mut tasks = JoinSet::new();
+    for s in 0..sessions {
+        tasks.spawn(hopping_session(addrs.clone(), s, sessions, ops));
     }
+    tasks
+}
+
+/// Checks the sessions' histories; fails naming the first violations.
+async fn assert_no_violation(mut tasks: JoinSet<Vec<meridian_testbed::history::Op>>) {
     let mut histories = Vec::new();
-    let runs = (0..SESSIONS).map(|s| hopping_session(&cluster, s, SESSIONS, 40));
-    for history in futures_join_all(runs).await {
-        histories.extend(history);
+    while let Some(done) = tasks.join_next().await {
+        histories.extend(done.unwrap());
     }
     let violations = meridian_testbed::history::check(&histories);
     let first: Vec<String> = violations.iter().take(5).map(|v| v.to_string()).collect();
@@ -382,31 +423,41 @@ async fn hopping_sessions_break_no_guarantee() {
         violations.len(),
         histories.len()
     );
+}
+
+/// Sessions that write, read each other's keys and move between datacenters
+/// with their tokens: the history checker finds no violation of any guarantee,
+/// and every datacenter converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hopping_sessions_break_no_guarantee() {
+    let cluster = start_linked(spec(Shape::AllToAll, 91)).await;
+    // What dc0 and dc1 write reaches dc2 late: sessions moving there would read
+    // the past without their tokens.
+    for from in [0, 1] {
+        let mut late = slow(from, 2);
+        late.delay += Duration::from_millis(150);
+        cluster.set_link(from, 2, late);
+    }
+    assert_no_violation(hopping_sessions(&cluster, 6, 40)).await;
     support::wan::converged(&cluster).await;
 }
 
-/// Runs futures concurrently on this task, returning their outputs in order.
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut pinned: Vec<_> = futures.map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (f, out) in pinned.iter_mut().zip(outputs.iter_mut()) {
-            if out.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *out = Some(v),
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
+/// The same while a link is cut and healed and a datacenter is SIGKILLed and
+/// restarted: sessions that lose their proxy go on elsewhere with their token,
+/// and still no guarantee breaks; every datacenter converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hopping_sessions_break_no_guarantee_through_faults() {
+    let mut spec = spec(Shape::AllToAll, 92);
+    spec.peer_timeout_ms = Some(1_000);
+    let mut cluster = start_linked(spec).await;
+    let sessions = hopping_sessions(&cluster, 6, 80);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.cut(0, 1);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    cluster.heal(0, 1);
+    cluster.kill(2).unwrap();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    cluster.restart(2).await.unwrap();
+    assert_no_violation(sessions).await;
+    support::wan::converged(&cluster).await;
 }
