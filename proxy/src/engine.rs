@@ -432,12 +432,36 @@ impl Engine {
         reads: &[(&Spec, DataFn, &[Bytes])],
         max_reply: usize,
     ) -> Vec<Reply> {
+        self.read_many_as(reads, max_reply, b"", &VersionVector::new())
+            .await
+    }
+
+    /// [`Engine::read_many`] for a session of `user` that has seen `token`: on Redis
+    /// with read replicas, the user's replica serves them once it has applied the
+    /// token (else the next in the user's order, then the primary).
+    pub async fn read_many_as(
+        &self,
+        reads: &[(&Spec, DataFn, &[Bytes])],
+        max_reply: usize,
+        user: &[u8],
+        token: &VersionVector,
+    ) -> Vec<Reply> {
         let ctx = ReadContext {
             memtable: &self.shared.memtable,
             committed: &self.shared.committed,
             max_reply,
+            user,
+            token,
         };
         self.shared.backend.read_many(ctx, reads).await
+    }
+
+    /// Each read replica's URL, reads served, reads skipped (behind the session),
+    /// failures, and changes behind this datacenter (none without replicas).
+    pub fn replica_stats(&self) -> Vec<(String, u64, u64, u64, u64)> {
+        self.shared
+            .backend
+            .replica_stats(&self.shared.applied.borrow())
     }
 
     /// Number of keys, expired ones included until they are removed (meridian's own

@@ -42,6 +42,9 @@ pub(crate) enum Section {
     Peer,
     /// `# Replication`, one `origin_<dc>:` line per origin, a field per family.
     Origin,
+    /// `# Replication`, one `replica_<n>:` line per Redis read replica (in the
+    /// topology's order), a field per family.
+    Replica,
 }
 
 /// How INFO writes a value.
@@ -208,11 +211,11 @@ pub(crate) fn info_section(families: &[Family], section: Section) -> String {
         .iter()
         .filter_map(|f| f.info.filter(|i| i.section == section).map(|i| (f, i)));
     match section {
-        Section::Peer | Section::Origin => {
-            let prefix = if section == Section::Peer {
-                "peer"
-            } else {
-                "origin"
+        Section::Peer | Section::Origin | Section::Replica => {
+            let prefix = match section {
+                Section::Peer => "peer",
+                Section::Origin => "origin",
+                _ => "replica",
             };
             // One line per label value, a field per family, in family order.
             let mut lines: Vec<(String, Vec<String>)> = Vec::new();

@@ -76,6 +76,9 @@ pub enum BackendEntry {
     Redis {
         /// `redis://host:port/db`.
         url: String,
+        /// Its read replicas, same form.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        replicas: Vec<String>,
     },
 }
 
@@ -202,6 +205,15 @@ impl TopologyFile {
 }
 
 impl DatacenterEntry {
+    /// Puts a Redis server with read replicas behind the datacenter.
+    pub fn redis_with_replicas(&mut self, url: &str, replicas: &[String]) -> &mut Self {
+        self.backend = BackendEntry::Redis {
+            url: url.to_owned(),
+            replicas: replicas.to_vec(),
+        };
+        self
+    }
+
     /// Sets the data directory.
     pub fn data_dir(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
         self.data_dir = Some(dir.into());
@@ -213,6 +225,7 @@ impl DatacenterEntry {
         self.backend = match url {
             Some(url) => BackendEntry::Redis {
                 url: url.to_owned(),
+                replicas: Vec::new(),
             },
             None => BackendEntry::Embedded,
         };

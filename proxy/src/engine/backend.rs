@@ -177,6 +177,11 @@ pub(super) struct ReadContext<'a> {
     /// The most bytes of values the reads may return together; a read that would
     /// return more answers [`Reply::OverLimit`] instead of building its reply.
     pub(super) max_reply: usize,
+    /// The user whose keys the reads touch (read replicas are chosen by it).
+    pub(super) user: &'a [u8],
+    /// What the reading session has seen: a replica serves it only once it has
+    /// applied this.
+    pub(super) token: &'a VersionVector,
 }
 
 /// A database behind the engine.
@@ -206,6 +211,12 @@ pub(super) trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Number of keys clients see, expired ones included until they are removed.
     fn key_count<'a>(&'a self, memtable: &'a Memtable) -> BoxFuture<'a, Result<u64, BackendError>>;
+
+    /// Each read replica's URL, reads served, reads skipped, failures, and changes
+    /// behind `applied` (none for a database without replicas).
+    fn replica_stats(&self, _applied: &VersionVector) -> Vec<(String, u64, u64, u64, u64)> {
+        Vec::new()
+    }
 }
 
 /// One thread's connection to the database.
@@ -247,9 +258,9 @@ pub(super) fn open(
         BackendConfig::Embedded => {
             std::sync::Arc::new(embedded::Embedded::open(&data_dir.join("store.redb"))?)
         }
-        // Read replicas come with the session guarantees; writes and reads go to
-        // the primary until then.
-        BackendConfig::Redis { url, .. } => std::sync::Arc::new(redis::RedisBackend::new(url)?),
+        BackendConfig::Redis { url, replicas } => {
+            std::sync::Arc::new(redis::RedisBackend::new(url, replicas)?)
+        }
     })
 }
 

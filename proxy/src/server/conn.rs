@@ -276,7 +276,11 @@ impl Conn {
             .collect();
         let allowed = (self.ctx.config.max_output as usize)
             .saturating_sub(self.pending_bytes.saturating_add(self.out.len()));
-        let replies = self.ctx.engine.read_many(&group, allowed).await;
+        let replies = self
+            .ctx
+            .engine
+            .read_many_as(&group, allowed, &reads[0].user, &self.token)
+            .await;
         if let Some(repl) = &self.ctx.replication {
             for read in reads.iter() {
                 let seen = repl.observed(std::slice::from_ref(&read.user));

@@ -56,12 +56,13 @@ pub(super) fn info(
     if show("replication") {
         let _ = write!(
             out,
-            "# Replication\r\nrole:master\r\ndatacenter:{}\r\napplied:{}\r\n{}{}{}\r\n",
+            "# Replication\r\nrole:master\r\ndatacenter:{}\r\napplied:{}\r\n{}{}{}{}\r\n",
             ctx.config.dc,
             ctx.engine.applied(),
             section(Section::Replication),
             section(Section::Peer),
             section(Section::Origin),
+            section(Section::Replica),
         );
     }
     if show("keyspace") {

@@ -16,6 +16,7 @@ pub(super) fn collect(ctx: &Context) -> Vec<Family> {
     let mut families = scalars(ctx);
     families.extend(peers(ctx));
     families.extend(origins(ctx));
+    families.extend(replicas(ctx));
     families.extend(ctx.commands.families());
     if let Some(repl) = &ctx.replication {
         families.push(repl.forward_stats().latency.family(
@@ -429,6 +430,59 @@ fn peers(ctx: &Context) -> Vec<Family> {
             }
         })
         .collect()
+}
+
+/// The Redis backend's read replicas: reads each served, skipped (behind the
+/// session), failed, and how far behind this datacenter each last said it was.
+fn replicas(ctx: &Context) -> Vec<Family> {
+    let stats = ctx.engine.replica_stats();
+    if stats.is_empty() {
+        return Vec::new();
+    }
+    type Pick = fn(&(String, u64, u64, u64, u64)) -> u64;
+    let per = |name, help, kind, field: &'static str, value: Pick| {
+        Family::labelled(
+            name,
+            help,
+            kind,
+            "replica",
+            stats
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i.to_string(), value(s) as f64)),
+        )
+        .in_info(Section::Replica, field, InfoFormat::Integer)
+    };
+    vec![
+        per(
+            "meridian_replica_reads_total",
+            "Read pipelines the replica served.",
+            Kind::Counter,
+            "reads",
+            |s| s.1,
+        ),
+        per(
+            "meridian_replica_skips_total",
+            "Reads the replica could not serve: it had not applied the session's token.",
+            Kind::Counter,
+            "skips",
+            |s| s.2,
+        ),
+        per(
+            "meridian_replica_errors_total",
+            "Reads that failed on the replica (it is then left alone for a second).",
+            Kind::Counter,
+            "errors",
+            |s| s.3,
+        ),
+        per(
+            "meridian_replica_behind_changes",
+            "Changes this datacenter has applied that the replica had not, when it last said.",
+            Kind::Gauge,
+            "changes_behind",
+            |s| s.4,
+        ),
+    ]
 }
 
 fn origins(ctx: &Context) -> Vec<Family> {

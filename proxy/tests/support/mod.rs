@@ -200,6 +200,24 @@ pub fn start_redis_loading_slowly(dir: &Path, port: u16, key_load_delay_us: u32)
     )
 }
 
+/// Starts a real redis-server replicating `primary` (`--replicaof`), and waits
+/// until its link to the primary is up.
+pub fn start_redis_replica(primary: SocketAddr) -> (Process, SocketAddr) {
+    let port = free_port();
+    let host = primary.ip().to_string();
+    let primary_port = primary.port().to_string();
+    let process = redis_server(port, &["--replicaof", &host, &primary_port]);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    eventually("the replica's link to its primary", || {
+        let Ok(mut c) = Client::connect(addr) else {
+            return false;
+        };
+        matches!(c.cmd(&[b"INFO", b"replication"]), Resp::Bulk(info)
+            if String::from_utf8_lossy(&info).contains("master_link_status:up"))
+    });
+    (process, addr)
+}
+
 /// redis-server on loopback `port`, without snapshots, with `extra` arguments.
 fn redis_server(port: u16, extra: &[&str]) -> Process {
     let mut child = Command::new("redis-server")

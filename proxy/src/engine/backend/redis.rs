@@ -12,6 +12,7 @@
 //! [`reads`]) use a multiplexed async connection. All reconnect after Redis restarts.
 
 mod reads;
+mod replicas;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -421,6 +422,8 @@ pub(in crate::engine) struct RedisBackend {
     /// Held around each commit and by a snapshot, which is consistent only while
     /// nothing commits.
     commit_lock: Arc<Mutex<()>>,
+    /// Read replicas, sticky per user.
+    replicas: replicas::Replicas,
 }
 
 /// One thread's blocking connection, sharing the backend's commit lock.
@@ -431,11 +434,15 @@ struct RedisSession {
 }
 
 impl RedisBackend {
-    pub(in crate::engine) fn new(url: &str) -> Result<RedisBackend, RedisStoreError> {
+    pub(in crate::engine) fn new(
+        url: &str,
+        replica_urls: &[String],
+    ) -> Result<RedisBackend, RedisStoreError> {
         Ok(RedisBackend {
             store: RedisStore::new(url)?,
             reader: tokio::sync::Mutex::new(None),
             commit_lock: Arc::new(Mutex::new(())),
+            replicas: replicas::Replicas::new(replica_urls)?,
         })
     }
 }
@@ -470,6 +477,22 @@ impl Backend for RedisBackend {
         reads: &'a [Read<'a>],
     ) -> BoxFuture<'a, Vec<Reply>> {
         Box::pin(self.read_many(ctx, reads))
+    }
+
+    fn replica_stats(&self, applied: &VersionVector) -> Vec<(String, u64, u64, u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.replicas
+            .each()
+            .map(|(url, r)| {
+                (
+                    url.to_owned(),
+                    r.reads.load(Relaxed),
+                    r.skips.load(Relaxed),
+                    r.errors.load(Relaxed),
+                    r.behind(applied),
+                )
+            })
+            .collect()
     }
 
     fn key_count<'a>(

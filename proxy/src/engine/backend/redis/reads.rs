@@ -44,7 +44,23 @@ impl RedisBackend {
             .filter(|(_, r)| r.is_none())
             .map(|(read, _)| read.2)
             .collect();
-        let mut forwarded = self.forward_many(&forward).await.into_iter();
+        // A replica serves what the memtable does not hold, unless the reads had to
+        // wait for this proxy's own commits (those are on the primary first).
+        let on_replica = match (wait_for, forward.is_empty()) {
+            (None, false) => {
+                let reply = |value, args: &[Bytes]| {
+                    to_reply(value, args[0].eq_ignore_ascii_case(b"HGETALL"))
+                };
+                self.replicas
+                    .read(ctx.user, ctx.token, &forward, reply)
+                    .await
+            }
+            _ => None,
+        };
+        let mut forwarded = match on_replica {
+            Some(replies) => replies.into_iter(),
+            None => self.forward_many(&forward).await.into_iter(),
+        };
         replies
             .iter_mut()
             .map(|r| r.take().or_else(|| forwarded.next()).unwrap_or(Reply::Null))
@@ -191,7 +207,7 @@ fn to_reply(value: RValue, map_pairs: bool) -> Reply {
 
 /// A Redis error as the client's error reply: Redis's own words when Redis refused
 /// the command, otherwise a backend error naming the server.
-fn error_reply(url: &str, e: &redis::RedisError) -> Reply {
+pub(super) fn error_reply(url: &str, e: &redis::RedisError) -> Reply {
     match (e.code(), e.detail()) {
         (Some(code), Some(detail)) => Reply::Error(format!("{code} {detail}")),
         (Some(code), None) => Reply::Error(code.to_owned()),
