@@ -187,6 +187,7 @@ pub fn check(history: &[Op]) -> Vec<Violation> {
         writes,
         possible,
         deps: HashMap::new(),
+        ids: Vec::new(),
         violations: Vec::new(),
     };
     run.all();
@@ -197,8 +198,11 @@ struct Run<'h> {
     sessions: HashMap<u32, Vec<&'h Op>>,
     writes: HashMap<&'h str, Vec<Value>>,
     possible: HashMap<&'h str, Vec<Value>>,
-    /// What each write's session had seen when it wrote.
-    deps: HashMap<Value, HashMap<u32, Seen>>,
+    /// What each write's session had seen when it wrote: the bound of each
+    /// session, in the order of `ids` (compact: a history has many writes).
+    deps: HashMap<Value, Box<[u64]>>,
+    /// Every session, in order.
+    ids: Vec<u32>,
     violations: Vec<Violation>,
 }
 
@@ -208,6 +212,7 @@ impl<'h> Run<'h> {
     fn all(&mut self) {
         let mut ids: Vec<u32> = self.sessions.keys().copied().collect();
         ids.sort_unstable();
+        self.ids = ids.clone();
         let mut cursor: HashMap<u32, usize> = ids.iter().map(|&s| (s, 0)).collect();
         let mut seen: HashMap<u32, HashMap<u32, Seen>> =
             ids.iter().map(|&s| (s, HashMap::new())).collect();
@@ -215,8 +220,7 @@ impl<'h> Run<'h> {
             let mut progressed = false;
             let mut pending = false;
             for &s in &ids {
-                let ops = self.sessions[&s].clone();
-                while let Some(&op) = ops.get(cursor[&s]) {
+                while let Some(&op) = self.sessions[&s].get(cursor[&s]) {
                     let vector = seen.entry(s).or_default();
                     match self.step(op, vector) {
                         Step::Done => {
@@ -255,22 +259,24 @@ impl<'h> Run<'h> {
             Kind::MaybeWrite => {
                 // Whoever reads it sees what the writer had seen; the writer
                 // itself is not bound to see it.
+                let snapshot = self.snapshot(seen);
                 self.deps.insert(
                     Value {
                         session: op.session,
                         op: op.op,
                     },
-                    seen.clone(),
+                    snapshot,
                 );
                 Step::Done
             }
             Kind::Write => {
+                let snapshot = self.snapshot(seen);
                 self.deps.insert(
                     Value {
                         session: op.session,
                         op: op.op,
                     },
-                    seen.clone(),
+                    snapshot,
                 );
                 raise(seen, op.session, op.op, Guarantee::ReadYourWrites);
                 Step::Done
@@ -294,13 +300,13 @@ impl<'h> Run<'h> {
                 self.check_read(op, got, seen);
                 if let Some(v) = got {
                     if let Some(deps) = self.deps.get(&v) {
-                        for (&writer, dep) in deps {
+                        for (&writer, &bound) in self.ids.iter().zip(deps.iter()) {
                             let why = if writer == v.session {
                                 Guarantee::MonotonicWrites
                             } else {
                                 Guarantee::WritesFollowReads
                             };
-                            raise(seen, writer, dep.op(), why);
+                            raise(seen, writer, bound, why);
                         }
                     }
                     raise(seen, v.session, v.op, Guarantee::MonotonicReads);
@@ -308,6 +314,14 @@ impl<'h> Run<'h> {
                 Step::Done
             }
         }
+    }
+
+    /// The bounds of `seen`, one per session in `ids` order.
+    fn snapshot(&self, seen: &HashMap<u32, Seen>) -> Box<[u64]> {
+        self.ids
+            .iter()
+            .map(|id| seen.get(id).map_or(0, Seen::op))
+            .collect()
     }
 
     /// Whether `got` is at least the key's newest value within what `seen` holds.
@@ -337,6 +351,9 @@ enum Step {
 }
 
 fn raise(seen: &mut HashMap<u32, Seen>, writer: u32, op: u64, why: Guarantee) {
+    if op == 0 {
+        return;
+    }
     let bounds = seen.entry(writer).or_default();
     if op > bounds.op() {
         bounds.0.push((op, why));
