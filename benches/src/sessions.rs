@@ -318,13 +318,8 @@ async fn session(
     forwards_at_once: bool,
     one_way: impl Fn(usize, usize) -> f64,
 ) -> Result<Session, String> {
-    let mut rng = u64::from(s).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n.max(1)
-    };
+    let mut rng = meridian_testbed::Rng::new(u64::from(s));
+    let mut next = move |n: u64| rng.below(n);
     let mut record = Session {
         ops: Vec::new(),
         reads: histogram()?,

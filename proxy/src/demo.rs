@@ -433,13 +433,8 @@ async fn client(
 ) -> Result<(usize, Tally), String> {
     let regions = load.users.len();
     let mut tally = Tally::new(regions)?;
-    let mut state = load.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move |n: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % n.max(1)
-    };
+    let mut state = meridian_testbed::Rng::new(load.seed);
+    let mut next = move |n: u64| state.below(n);
     let mut tick = interval(Duration::from_secs(1) / load.rate.max(1));
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {

@@ -315,13 +315,8 @@ async fn hopping_session(
     ops: u64,
 ) -> Vec<meridian_testbed::history::Op> {
     use meridian_testbed::history::{Kind, Op, Value};
-    let mut state = u64::from(session).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move |n: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % n
-    };
+    let mut state = meridian_testbed::Rng::new(u64::from(session));
+    let mut next = move |n: u64| state.below(n);
     let mut dc = session as usize % addrs.len();
     let mut c: Option<MultiplexedConnection> = None;
     let mut held = String::new();

@@ -256,29 +256,18 @@ impl<'h> Run<'h> {
 
     fn step(&mut self, op: &Op, seen: &mut HashMap<u32, Seen>) -> Step {
         match op.kind {
-            Kind::MaybeWrite => {
-                // Whoever reads it sees what the writer had seen; the writer
-                // itself is not bound to see it.
+            Kind::Write | Kind::MaybeWrite => {
+                // Whoever reads it sees what the writer had seen. The writer is
+                // bound to see its own write only once it was acknowledged.
+                let value = Value {
+                    session: op.session,
+                    op: op.op,
+                };
                 let snapshot = self.snapshot(seen);
-                self.deps.insert(
-                    Value {
-                        session: op.session,
-                        op: op.op,
-                    },
-                    snapshot,
-                );
-                Step::Done
-            }
-            Kind::Write => {
-                let snapshot = self.snapshot(seen);
-                self.deps.insert(
-                    Value {
-                        session: op.session,
-                        op: op.op,
-                    },
-                    snapshot,
-                );
-                raise(seen, op.session, op.op, Guarantee::ReadYourWrites);
+                self.deps.insert(value, snapshot);
+                if op.kind == Kind::Write {
+                    raise(seen, op.session, op.op, Guarantee::ReadYourWrites);
+                }
                 Step::Done
             }
             Kind::Read(got) => {

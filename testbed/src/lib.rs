@@ -25,6 +25,7 @@ pub use cluster::{Cluster, ClusterSpec, DcSpec, HarnessError, Shape};
 pub use ports::{PortError, free_port, free_ports};
 pub use presets::{Preset, Region, one_way_ms};
 pub use relay::{Direction, LinkShape, Relay, RelayError, RelayStats};
+pub use rng::Rng;
 pub use topology_file::{
     BackendEntry, ClientsSection, ClusterSection, DatacenterEntry, HomesSection,
     ReplicationSection, SessionSection, TlsSection, TopologyFile,

@@ -143,17 +143,25 @@ impl Replication {
         }
     }
 
+    /// Waits until this datacenter has applied the request's session token (up to
+    /// the token wait); else the reply refusing every command, saying why.
+    async fn admit(&self, request: &ForwardRequest) -> Result<(), ForwardReply> {
+        let n = request.commands.len();
+        let proto = protocol(request.protocol);
+        let token = VersionVector::decode(&request.token)
+            .map_err(|e| all_failed(n, proto, &format!("ERR bad session token: {e}")))?;
+        self.caught_up(&token, self.forwarding.token_wait)
+            .await
+            .map_err(|behind| all_failed(n, proto, &behind))
+    }
+
     /// Executes a request's writes here, as local writes, once this datacenter
     /// has applied what the session had seen.
     async fn execute(&self, request: ForwardRequest) -> ForwardReply {
         let n = request.commands.len();
         let proto = protocol(request.protocol);
-        let token = match VersionVector::decode(&request.token) {
-            Ok(token) => token,
-            Err(e) => return all_failed(n, proto, &format!("ERR bad session token: {e}")),
-        };
-        if let Err(behind) = self.caught_up(&token, self.forwarding.token_wait).await {
-            return all_failed(n, proto, &behind);
+        if let Err(refused) = self.admit(&request).await {
+            return refused;
         }
         let rule = user_rule(self);
         let mut queued = Vec::with_capacity(n);
@@ -194,12 +202,8 @@ impl Replication {
     async fn execute_reads(&self, request: ForwardRequest) -> ForwardReply {
         let n = request.commands.len();
         let proto = protocol(request.protocol);
-        let token = match VersionVector::decode(&request.token) {
-            Ok(token) => token,
-            Err(e) => return all_failed(n, proto, &format!("ERR bad session token: {e}")),
-        };
-        if let Err(behind) = self.caught_up(&token, self.forwarding.token_wait).await {
-            return all_failed(n, proto, &behind);
+        if let Err(refused) = self.admit(&request).await {
+            return refused;
         }
         let rule = user_rule(self);
         let mut reads = Vec::with_capacity(n);
