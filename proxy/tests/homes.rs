@@ -238,8 +238,11 @@ async fn applied_at_most_once(cluster: &Cluster, key: &str, acked: u64, unknown:
 /// others at most once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_incrs_survive_a_flapping_link_exactly_once() {
+    // A 2 s peer timeout: the sender drops the link 2 s into the loss of the
+    // home's replies, and requests that reached the home wait 4 s more for a new
+    // link to be sent again on, ample on a loaded machine.
     let mut spec = spec(Shape::AllToAll, 31);
-    spec.peer_timeout_ms = Some(1_000);
+    spec.peer_timeout_ms = Some(2_000);
     let cluster = start(spec).await;
     linked(&cluster).await;
     let homes = homes(&cluster);
@@ -249,13 +252,13 @@ async fn forwarded_incrs_survive_a_flapping_link_exactly_once() {
     let shape = lossy(1, 0);
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.set_link(1, 0, LinkShape { cut: true, ..shape });
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
     cluster.set_link(1, 0, shape);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
     cluster.cut(0, 1);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
     cluster.heal(0, 1);
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (acked, unknown) = totals(load).await;
     applied_at_most_once(&cluster, &key, acked, unknown).await;
