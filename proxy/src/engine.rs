@@ -36,7 +36,7 @@ use crate::resp::Reply;
 use crate::workers::Workers;
 use backend::{Backend, ReadContext};
 
-pub use backend::{BackendConfig, BackendError, Entries, Stored};
+pub use backend::{BackendConfig, BackendError, Entries, ReplicaStats, Stored};
 pub use error::{ApplyError, Unapplied};
 pub use writer::{Fsync, Written};
 
@@ -456,9 +456,9 @@ impl Engine {
         self.shared.backend.read_many(ctx, reads).await
     }
 
-    /// Each read replica's URL, reads served, reads skipped (behind the session),
-    /// failures, and changes behind this datacenter (none without replicas).
-    pub fn replica_stats(&self) -> Vec<(String, u64, u64, u64, u64)> {
+    /// Each read replica's reads served, skipped (behind the session) and failed,
+    /// and how far behind this datacenter it is (none without replicas).
+    pub fn replica_stats(&self) -> Vec<ReplicaStats> {
         self.shared
             .backend
             .replica_stats(&self.shared.applied.borrow())

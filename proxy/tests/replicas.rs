@@ -11,6 +11,10 @@ use support::{Client, Resp, eventually, start_meridian, start_redis, start_redis
 
 /// A field of `INFO replication`'s `replica_<n>:` line.
 fn replica_field(c: &mut Client, n: usize, field: &str) -> u64 {
+    replica_value(c, n, field) as u64
+}
+
+fn replica_value(c: &mut Client, n: usize, field: &str) -> f64 {
     let Resp::Bulk(info) = c.cmd(&[b"INFO", b"replication"]) else {
         panic!("INFO failed")
     };

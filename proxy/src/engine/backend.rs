@@ -212,11 +212,28 @@ pub(super) trait Backend: Send + Sync + std::fmt::Debug {
     /// Number of keys clients see, expired ones included until they are removed.
     fn key_count<'a>(&'a self, memtable: &'a Memtable) -> BoxFuture<'a, Result<u64, BackendError>>;
 
-    /// Each read replica's URL, reads served, reads skipped, failures, and changes
-    /// behind `applied` (none for a database without replicas).
-    fn replica_stats(&self, _applied: &VersionVector) -> Vec<(String, u64, u64, u64, u64)> {
+    /// Each read replica's figures against `applied` (none for a database
+    /// without replicas).
+    fn replica_stats(&self, _applied: &VersionVector) -> Vec<ReplicaStats> {
         Vec::new()
     }
+}
+
+/// What one read replica did, and how far behind it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaStats {
+    /// Its URL.
+    pub url: String,
+    /// Read pipelines it served.
+    pub reads: u64,
+    /// Reads it could not serve: behind the session's token.
+    pub skips: u64,
+    /// Reads that failed on it.
+    pub errors: u64,
+    /// Changes this datacenter has applied that it had not, when it last said.
+    pub behind_changes: u64,
+    /// While behind, the age of the newest commit it had, in seconds.
+    pub behind_seconds: f64,
 }
 
 /// One thread's connection to the database.

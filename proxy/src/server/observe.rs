@@ -439,8 +439,8 @@ fn replicas(ctx: &Context) -> Vec<Family> {
     if stats.is_empty() {
         return Vec::new();
     }
-    type Pick = fn(&(String, u64, u64, u64, u64)) -> u64;
-    let per = |name, help, kind, field: &'static str, value: Pick| {
+    type Pick = fn(&crate::engine::ReplicaStats) -> f64;
+    let per = |name, help, kind, field: &'static str, format, value: Pick| {
         Family::labelled(
             name,
             help,
@@ -449,38 +449,51 @@ fn replicas(ctx: &Context) -> Vec<Family> {
             stats
                 .iter()
                 .enumerate()
-                .map(|(i, s)| (i.to_string(), value(s) as f64)),
+                .map(|(i, s)| (i.to_string(), value(s))),
         )
-        .in_info(Section::Replica, field, InfoFormat::Integer)
+        .in_info(Section::Replica, field, format)
     };
+    use InfoFormat::{Integer, Seconds};
     vec![
         per(
             "meridian_replica_reads_total",
             "Read pipelines the replica served.",
             Kind::Counter,
             "reads",
-            |s| s.1,
+            Integer,
+            |s| s.reads as f64,
         ),
         per(
             "meridian_replica_skips_total",
             "Reads the replica could not serve: it had not applied the session's token.",
             Kind::Counter,
             "skips",
-            |s| s.2,
+            Integer,
+            |s| s.skips as f64,
         ),
         per(
             "meridian_replica_errors_total",
             "Reads that failed on the replica (it is then left alone for a second).",
             Kind::Counter,
             "errors",
-            |s| s.3,
+            Integer,
+            |s| s.errors as f64,
         ),
         per(
             "meridian_replica_behind_changes",
             "Changes this datacenter has applied that the replica had not, when it last said.",
             Kind::Gauge,
             "changes_behind",
-            |s| s.4,
+            Integer,
+            |s| s.behind_changes as f64,
+        ),
+        per(
+            "meridian_replica_behind_seconds",
+            "While the replica is behind, the age of the newest commit it had.",
+            Kind::Gauge,
+            "seconds_behind",
+            Seconds,
+            |s| s.behind_seconds,
         ),
     ]
 }

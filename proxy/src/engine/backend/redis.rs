@@ -3,8 +3,10 @@
 //! Values live at their own key names in Redis's native types (strings and hashes,
 //! with native expiry), so existing tools can read them. Meridian's metadata lives
 //! beside them in one hash, `__meridian:meta`: field `applied` holds the applied
-//! version vector, and field `v:<key>` the [`Version`] of each key in its binary
-//! encoding (earlier builds wrote `timestamp/origin` as text, still read).
+//! version vector, `committed_ms` the wall time of the commit that wrote it (read
+//! replicas report their lag from it), and field `v:<key>` the [`Version`] of each
+//! key in its binary encoding (earlier builds wrote `timestamp/origin` as text,
+//! still read).
 //! A batch of changes and the new applied vector go to Redis in one MULTI/EXEC, so
 //! data, versions and vector change together.
 //!
@@ -306,7 +308,9 @@ impl SyncConn {
             .cmd("HSET")
             .arg(META_KEY)
             .arg("applied")
-            .arg(applied.to_string());
+            .arg(applied.to_string())
+            .arg("committed_ms")
+            .arg(crate::engine::wall_ms());
         for (field, version) in &versions {
             meta.arg(field.as_slice()).arg(version.as_slice());
         }
@@ -479,18 +483,20 @@ impl Backend for RedisBackend {
         Box::pin(self.read_many(ctx, reads))
     }
 
-    fn replica_stats(&self, applied: &VersionVector) -> Vec<(String, u64, u64, u64, u64)> {
+    fn replica_stats(&self, applied: &VersionVector) -> Vec<super::ReplicaStats> {
         use std::sync::atomic::Ordering::Relaxed;
         self.replicas
             .each()
             .map(|(url, r)| {
-                (
-                    url.to_owned(),
-                    r.reads.load(Relaxed),
-                    r.skips.load(Relaxed),
-                    r.errors.load(Relaxed),
-                    r.behind(applied),
-                )
+                let (behind_changes, behind_seconds) = r.behind(applied);
+                super::ReplicaStats {
+                    url: url.to_owned(),
+                    reads: r.reads.load(Relaxed),
+                    skips: r.skips.load(Relaxed),
+                    errors: r.errors.load(Relaxed),
+                    behind_changes,
+                    behind_seconds,
+                }
             })
             .collect()
     }

@@ -3,7 +3,7 @@
 //! timeline.
 //!
 //! Each read to a replica carries, first in its pipeline, a read of the applied
-//! vector the proxy stores with its data (Redis replication brings it to the
+//! vector (and the commit's wall time) the proxy stores with its data (Redis replication brings it to the
 //! replica in the same transaction as the data it describes). A replica applies
 //! the primary's stream in order, so the reads after it see at least that state:
 //! when the vector covers the session's token the replies stand; when it does not,
@@ -37,8 +37,9 @@ pub(in crate::engine) struct Replica {
     pub(in crate::engine) skips: AtomicU64,
     /// Reads that failed on it (connection errors).
     pub(in crate::engine) errors: AtomicU64,
-    /// The applied vector it last reported.
-    applied: Mutex<VersionVector>,
+    /// The applied vector it last reported, and the wall time (ms) of the primary
+    /// commit that vector came from.
+    applied: Mutex<(VersionVector, u64)>,
 }
 
 /// A Redis backend's read replicas.
@@ -60,7 +61,7 @@ impl Replicas {
                     reads: AtomicU64::new(0),
                     skips: AtomicU64::new(0),
                     errors: AtomicU64::new(0),
-                    applied: Mutex::new(VersionVector::new()),
+                    applied: Mutex::new((VersionVector::new(), 0)),
                 })
             })
             .collect::<Result<Vec<_>, RedisStoreError>>()?;
@@ -114,10 +115,16 @@ impl Replica {
         down.is_some_and(|until| Instant::now() < until)
     }
 
-    /// Changes `primary` has applied that this replica had not, when it last said.
-    pub(in crate::engine) fn behind(&self, primary: &VersionVector) -> u64 {
-        let applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
-        meridian_policies::missing(&applied, primary)
+    /// Changes `primary` has applied that this replica had not when it last said,
+    /// and, when it was behind, the age in seconds of the newest commit it had.
+    pub(in crate::engine) fn behind(&self, primary: &VersionVector) -> (u64, f64) {
+        let (applied, committed_ms) = &*self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        let changes = meridian_policies::missing(applied, primary);
+        let seconds = match (changes, *committed_ms) {
+            (0, _) | (_, 0) => 0.0,
+            (_, at) => crate::engine::wall_ms().saturating_sub(at) as f64 / 1000.0,
+        };
+        (changes, seconds)
     }
 
     /// The replies, or `None` when this replica has not applied `token`.
@@ -136,7 +143,10 @@ impl Replica {
         };
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        pipe.cmd("HGET").arg(META_KEY).arg("applied");
+        pipe.cmd("HMGET")
+            .arg(META_KEY)
+            .arg("applied")
+            .arg("committed_ms");
         for args in commands {
             let cmd = pipe.cmd(&String::from_utf8_lossy(&args[0]));
             for arg in &args[1..] {
@@ -148,14 +158,21 @@ impl Replica {
             .await
             .map_err(|e| self.store.error(&e))?
             .into_iter();
-        let applied = match results.next() {
-            Some(Ok(RValue::BulkString(text))) => String::from_utf8_lossy(&text)
-                .parse::<VersionVector>()
-                .unwrap_or_default(),
-            _ => VersionVector::new(),
+        let text = |v: &RValue| match v {
+            RValue::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            _ => String::new(),
+        };
+        let (applied, committed_ms) = match results.next() {
+            Some(Ok(RValue::Array(fields))) if fields.len() == 2 => (
+                text(&fields[0])
+                    .parse::<VersionVector>()
+                    .unwrap_or_default(),
+                text(&fields[1]).parse::<u64>().unwrap_or(0),
+            ),
+            _ => (VersionVector::new(), 0),
         };
         let covered = applied.dominates(token);
-        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = applied;
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = (applied, committed_ms);
         if !covered {
             return Ok(None);
         }
