@@ -294,17 +294,6 @@ fn users_homed_in_turn(
         .collect()
 }
 
-async fn connect(addr: std::net::SocketAddr) -> Option<MultiplexedConnection> {
-    let client = redis::Client::open(format!("redis://{addr}/")).ok()?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(30)));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .ok()
-}
-
 /// One session: its own user's four keys, reads of everybody's, switches.
 #[allow(clippy::too_many_arguments)]
 async fn session(
@@ -345,7 +334,7 @@ async fn session(
             tick.tick().await;
         }
         let Some(c) = conn.as_mut() else {
-            conn = connect(addrs[dc]).await;
+            conn = meridian_testbed::connect_to(addrs[dc]).await.ok();
             if let (Some(c), false) = (conn.as_mut(), token.is_empty()) {
                 let handed: redis::RedisResult<()> = redis::cmd("MERIDIAN")
                     .arg("SESSION")

@@ -291,19 +291,6 @@ async fn in_user_scope_a_pool_reads_its_users_writes() {
     );
 }
 
-/// A connection to `addr` that waits long for replies (a forwarded write may wait
-/// for a link to come back), or `None` when the proxy is not there.
-async fn dial(addr: std::net::SocketAddr) -> Option<MultiplexedConnection> {
-    let client = redis::Client::open(format!("redis://{addr}/")).ok()?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(30)));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .ok()
-}
-
 /// One session of the checked workload: writes of its own keys and reads of
 /// everybody's, moving to another datacenter (its token handed over) now and
 /// then, and whenever its proxy fails; returns its history. Each command goes
@@ -327,7 +314,7 @@ async fn hopping_session(
             if c.is_some() {
                 dc = (dc + 1 + next(2) as usize) % addrs.len();
             }
-            c = dial(addrs[dc]).await;
+            c = meridian_testbed::connect_to(addrs[dc]).await.ok();
             if let (Some(conn), false) = (c.as_mut(), held.is_empty()) {
                 let handed: redis::RedisResult<()> = redis::cmd("MERIDIAN")
                     .arg("SESSION")

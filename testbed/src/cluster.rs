@@ -190,6 +190,18 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
     move |source| HarnessError::Io { what, source }
 }
 
+/// A Redis connection to a proxy at `addr` that waits long for replies (a
+/// forwarded write may wait for its link to come back).
+pub async fn connect_to(addr: SocketAddr) -> Result<MultiplexedConnection, redis::RedisError> {
+    let client = redis::Client::open(format!("redis://{addr}/"))?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(30)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
 /// One datacenter of the cluster.
 #[derive(Debug)]
 struct Dc {
@@ -498,14 +510,7 @@ impl Cluster {
             dc: dc.id.clone(),
             source,
         };
-        let client = redis::Client::open(format!("redis://{}/", dc.client)).map_err(redis_err)?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(30)));
-        client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(redis_err)
+        connect_to(dc.client).await.map_err(redis_err)
     }
 
     /// Runs one command at datacenter `i` on a new connection.

@@ -21,7 +21,7 @@ mod rng;
 mod topology_file;
 pub mod visibility;
 
-pub use cluster::{Cluster, ClusterSpec, DcSpec, HarnessError, Shape};
+pub use cluster::{Cluster, ClusterSpec, DcSpec, HarnessError, Shape, connect_to};
 pub use ports::{PortError, free_port, free_ports};
 pub use presets::{Preset, Region, one_way_ms};
 pub use relay::{Direction, LinkShape, Relay, RelayError, RelayStats};
