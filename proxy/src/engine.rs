@@ -467,7 +467,14 @@ impl Engine {
     /// Number of keys, expired ones included until they are removed (meridian's own
     /// metadata not counted).
     pub async fn key_count(&self) -> Result<u64, BackendError> {
-        self.shared.backend.key_count(&self.shared.memtable).await
+        let ctx = ReadContext {
+            memtable: &self.shared.memtable,
+            committed: &self.shared.committed,
+            max_reply: usize::MAX,
+            user: b"",
+            token: &VersionVector::new(),
+        };
+        self.shared.backend.key_count(ctx).await
     }
 
     /// A digest of the data (keys, values and expiry times, not versions) and the

@@ -280,3 +280,34 @@ fn errors_and_protocol_edges_match_redis() {
         assert_eq!(proxy.read().unwrap(), redis.read().unwrap());
     }
 }
+
+/// DBSIZE on a Redis backend counts the writes acknowledged before it, even those
+/// the committer has not yet written to Redis.
+#[test]
+fn dbsize_counts_writes_not_yet_committed_to_redis() {
+    let setup = proxy_on(Behind::Redis);
+    let mut proxy = Client::connect(setup.addr).unwrap();
+    let keys: Vec<String> = (0..2_000).map(|i| format!("{{u}}:n{i}")).collect();
+    for round in 0..5 {
+        for key in &keys {
+            proxy.send(&[b"SET", key.as_bytes(), b"v"]);
+        }
+        proxy.send(&[b"DBSIZE"]);
+        for _ in &keys {
+            assert_eq!(proxy.read().unwrap(), Resp::Simple("OK".into()));
+        }
+        assert_eq!(
+            proxy.read().unwrap(),
+            Resp::Int(keys.len() as i64),
+            "round {round}"
+        );
+        for key in &keys {
+            proxy.send(&[b"DEL", key.as_bytes()]);
+        }
+        proxy.send(&[b"DBSIZE"]);
+        for _ in &keys {
+            assert_eq!(proxy.read().unwrap(), Resp::Int(1));
+        }
+        assert_eq!(proxy.read().unwrap(), Resp::Int(0), "round {round}");
+    }
+}

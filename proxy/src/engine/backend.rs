@@ -209,8 +209,9 @@ pub(super) trait Backend: Send + Sync + std::fmt::Debug {
         reads: &'a [Read<'a>],
     ) -> BoxFuture<'a, Vec<Reply>>;
 
-    /// Number of keys clients see, expired ones included until they are removed.
-    fn key_count<'a>(&'a self, memtable: &'a Memtable) -> BoxFuture<'a, Result<u64, BackendError>>;
+    /// Number of keys clients see, expired ones included until they are removed,
+    /// counting every write this proxy has acknowledged.
+    fn key_count<'a>(&'a self, ctx: ReadContext<'a>) -> BoxFuture<'a, Result<u64, BackendError>>;
 
     /// Each read replica's figures against `applied` (none for a database
     /// without replicas).

@@ -74,6 +74,11 @@ impl Memtable {
         }
     }
 
+    /// The newest batch with an entry not yet committed.
+    pub(super) fn newest_batch(&self) -> Option<u64> {
+        self.view().values().map(|e| e.batch).max()
+    }
+
     pub(super) fn len(&self) -> usize {
         self.view().len()
     }

@@ -420,9 +420,9 @@ impl Backend for Embedded {
         Box::pin(std::future::ready(replies))
     }
 
-    fn key_count<'a>(&'a self, memtable: &'a Memtable) -> BoxFuture<'a, Result<u64, BackendError>> {
+    fn key_count<'a>(&'a self, ctx: ReadContext<'a>) -> BoxFuture<'a, Result<u64, BackendError>> {
         Box::pin(std::future::ready(
-            self.count(memtable).map_err(BackendError::from),
+            self.count(ctx.memtable).map_err(BackendError::from),
         ))
     }
 }

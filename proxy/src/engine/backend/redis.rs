@@ -501,11 +501,8 @@ impl Backend for RedisBackend {
             .collect()
     }
 
-    fn key_count<'a>(
-        &'a self,
-        _memtable: &'a Memtable,
-    ) -> BoxFuture<'a, Result<u64, BackendError>> {
-        Box::pin(self.key_count())
+    fn key_count<'a>(&'a self, ctx: ReadContext<'a>) -> BoxFuture<'a, Result<u64, BackendError>> {
+        Box::pin(self.key_count(ctx))
     }
 }
 

@@ -22,21 +22,13 @@ impl RedisBackend {
     /// memtable waits until they are committed, then goes to Redis.
     pub(super) async fn read_many(&self, ctx: ReadContext<'_>, reads: &[Read<'_>]) -> Vec<Reply> {
         let (mut replies, wait_for) = from_memtable(ctx, reads);
-        if let Some(batch) = wait_for {
-            let mut committed = ctx.committed.subscribe();
-            if tokio::time::timeout(READ_WAIT, committed.wait_for(|c| *c >= batch))
-                .await
-                .is_err()
-            {
-                let behind = Reply::error(format!(
-                    "ERR redis backend {} is behind this proxy's writes; retry later",
-                    self.store.url()
-                ));
-                return replies
-                    .into_iter()
-                    .map(|r| r.unwrap_or_else(|| behind.clone()))
-                    .collect();
-            }
+        if let Some(batch) = wait_for
+            && let Err(behind) = self.committed_up_to(ctx, batch).await
+        {
+            return replies
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| behind.clone()))
+                .collect();
         }
         let forward: Vec<&[Bytes]> = reads
             .iter()
@@ -67,8 +59,27 @@ impl RedisBackend {
             .collect()
     }
 
-    /// Keys clients see in Redis: DBSIZE less meridian's metadata key.
-    pub(super) async fn key_count(&self) -> Result<u64, BackendError> {
+    /// Waits until the committer has written `batch` to Redis; past [`READ_WAIT`],
+    /// the error to answer.
+    async fn committed_up_to(&self, ctx: ReadContext<'_>, batch: u64) -> Result<(), Reply> {
+        let mut committed = ctx.committed.subscribe();
+        match tokio::time::timeout(READ_WAIT, committed.wait_for(|c| *c >= batch)).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Reply::error(format!(
+                "ERR redis backend {} is behind this proxy's writes; retry later",
+                self.store.url()
+            ))),
+        }
+    }
+
+    /// Keys clients see in Redis: DBSIZE less meridian's metadata key, once every
+    /// write this proxy acknowledged before the call is in Redis.
+    pub(super) async fn key_count(&self, ctx: ReadContext<'_>) -> Result<u64, BackendError> {
+        if let Some(batch) = ctx.memtable.newest_batch()
+            && let Err(Reply::Error(e)) = self.committed_up_to(ctx, batch).await
+        {
+            return Err(BackendError::Refused(e));
+        }
         let dbsize = [Bytes::from_static(b"DBSIZE")];
         let meta = [
             Bytes::from_static(b"EXISTS"),
