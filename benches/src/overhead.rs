@@ -64,6 +64,8 @@ pub(crate) fn run(args: &OverheadArgs) -> Result<(), String> {
             "",
             "--appendonly",
             "no",
+            "--dir",
+            &dir.to_string_lossy(),
         ]),
         redis_port,
     )?;

@@ -2,8 +2,9 @@
 //! three-region preset.
 //!
 //! Sessions in every region write their own user's keys and read their own and
-//! others'; after a write, a share of them moves to another region (a device
-//! switch, the token handed over) and reads there at once. Every operation is
+//! others'; a share of them travels: after one of every few writes such a session
+//! moves to another region (a device switch, the token handed over) and reads
+//! there at once. Every operation is
 //! recorded and the history checker looks for violations of the guarantees. It
 //! prints the share of reads served locally without waiting, the latency of the
 //! read right after a switch beside the one-way delay from the home, and, in a
@@ -36,8 +37,9 @@ pub(crate) struct SessionArgs {
     /// Operations per second of each session (at most; one at a time).
     #[arg(long, default_value_t = 20)]
     rate: u32,
-    /// Fraction of sessions that move to another region (once, right after one of
-    /// their first writes) and go on there.
+    /// Fraction of sessions that travel: each moves to another region right after
+    /// one of its next three writes, reads there at once, and goes on (moving again
+    /// after one of its next three writes there).
     #[arg(long, default_value_t = 0.1)]
     switch: f64,
     /// Fraction of datagrams every link loses.
@@ -179,7 +181,7 @@ async fn measure(
     let regions = Preset::ThreeRegions.regions();
     let sessions = args.sessions * n as u32;
     println!(
-        "\nsessions: three regions, {sessions} sessions ({} per region, each on a user homed there) at {} operations/s each for {} s; {:.0}% of the sessions move to another region after a write{}",
+        "\nsessions: three regions, {sessions} sessions ({} per region, each on a user homed there) at {} operations/s each for {} s; {:.0}% of the sessions travel, moving to another region after one of every few writes{}",
         args.sessions,
         args.rate,
         args.seconds,
@@ -324,9 +326,9 @@ async fn session(
     let mut tick = tokio::time::interval(Duration::from_secs(1) / args.rate.max(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut op = 0u64;
-    // Whether this session moves, and after which of its writes.
-    let mut switch_after =
-        ((next(1_000_000) as f64) < args.switch * 1_000_000.0).then(|| 1 + next(3));
+    // Whether this session travels, and after which of its writes it moves next.
+    let travels = (next(1_000_000) as f64) < args.switch * 1_000_000.0;
+    let mut switch_after = travels.then(|| 1 + next(3));
     let mut writes = 0u64;
     while Instant::now() < deadline {
         // The read right after a switch goes at once.
@@ -430,7 +432,7 @@ async fn session(
         just_switched = false;
         writes += u64::from(write);
         if write && switch_after == Some(writes) {
-            switch_after = None;
+            switch_after = Some(writes + 1 + next(3));
             // A device switch: the next read is at another region.
             dc = (dc + 1 + next(addrs.len() as u64 - 1) as usize) % addrs.len();
             conn = None;

@@ -7,7 +7,7 @@ mod support;
 
 use std::net::SocketAddr;
 
-use support::{Client, Resp, eventually, start_meridian, start_redis, start_redis_replica};
+use support::{Client, Resp, eventually, signal, start_meridian, start_redis, start_redis_replica};
 
 /// A field of `INFO replication`'s `replica_<n>:` line.
 fn replica_field(c: &mut Client, n: usize, field: &str) -> u64 {
@@ -38,6 +38,25 @@ fn all_committed(c: &mut Client) {
         };
         String::from_utf8_lossy(&info).contains("uncommitted_keys:0\r\n")
     });
+}
+
+/// Which of two replicas serves 20 reads of `key` (it must hold `value`), failing
+/// unless one serves them all.
+fn sticky_replica(c: &mut Client, key: &[u8], value: &[u8]) -> usize {
+    let reads = |c: &mut Client| [replica_field(c, 0, "reads"), replica_field(c, 1, "reads")];
+    let before = reads(c);
+    for _ in 0..20 {
+        assert_eq!(c.cmd(&[b"GET", key]), Resp::Bulk(value.to_vec()));
+    }
+    let after = reads(c);
+    let served = [after[0] - before[0], after[1] - before[1]];
+    assert!(
+        served == [20, 0] || served == [0, 20],
+        "20 reads went {served:?} to the replicas (skips {:?}, errors {:?})",
+        [replica_field(c, 0, "skips"), replica_field(c, 1, "skips")],
+        [replica_field(c, 0, "errors"), replica_field(c, 1, "errors")]
+    );
+    usize::from(served[1] == 20)
 }
 
 fn topology(
@@ -78,31 +97,7 @@ fn a_users_reads_stick_to_one_replica_and_skip_one_that_lags() {
         })
     });
     all_committed(&mut c);
-    let before = [
-        replica_field(&mut c, 0, "reads"),
-        replica_field(&mut c, 1, "reads"),
-    ];
-    for _ in 0..20 {
-        assert_eq!(c.cmd(&[b"GET", b"{alice}:k"]), Resp::Bulk(b"v1".to_vec()));
-    }
-    let after = [
-        replica_field(&mut c, 0, "reads"),
-        replica_field(&mut c, 1, "reads"),
-    ];
-    let served = [after[0] - before[0], after[1] - before[1]];
-    assert!(
-        served == [20, 0] || served == [0, 20],
-        "alice's 20 reads went {served:?} to the replicas (skips {:?}, errors {:?})",
-        [
-            replica_field(&mut c, 0, "skips"),
-            replica_field(&mut c, 1, "skips")
-        ],
-        [
-            replica_field(&mut c, 0, "errors"),
-            replica_field(&mut c, 1, "errors")
-        ]
-    );
-    let sticky = usize::from(served[1] == 20);
+    let sticky = sticky_replica(&mut c, b"{alice}:k", b"v1");
     // Her replica stops replicating: her next write is not there, and her next
     // read skips it and still returns the write.
     let lagging = [r0, r1][sticky];
@@ -127,4 +122,48 @@ fn a_users_reads_stick_to_one_replica_and_skip_one_that_lags() {
         replica.cmd(&[b"GET", b"{alice}:k"]),
         Resp::Bulk(b"v1".to_vec())
     );
+}
+
+/// A replica that stops answering (its process frozen with SIGSTOP) costs its
+/// users one bounded wait: the read goes on to the next replica, the health check
+/// takes the frozen one out of every order (INFO says `up=0`), and when it answers
+/// again it gets its users back.
+#[test]
+fn a_frozen_replica_is_passed_over_and_taken_back_when_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_primary, primary) = start_redis();
+    let replicas = [start_redis_replica(primary), start_redis_replica(primary)];
+    let (topology, addr) = topology(dir.path(), primary, &[replicas[0].1, replicas[1].1]);
+    let _proxy = start_meridian(&topology, addr);
+    let mut c = Client::connect(addr).unwrap();
+    assert_eq!(
+        c.cmd(&[b"SET", b"{bob}:k", b"v1"]),
+        Resp::Simple("OK".into())
+    );
+    eventually("the replicas to have the write", || {
+        replicas.iter().all(|(_, r)| {
+            Client::connect(*r).unwrap().cmd(&[b"GET", b"{bob}:k"]) == Resp::Bulk(b"v1".to_vec())
+        })
+    });
+    all_committed(&mut c);
+    let sticky = sticky_replica(&mut c, b"{bob}:k", b"v1");
+    let other = 1 - sticky;
+    signal(&replicas[sticky].0, "STOP");
+    // Without a bound on the replica's answer, this read would wait for as long
+    // as the replica stays frozen (the client gives up after 30 s).
+    let before = replica_field(&mut c, other, "reads");
+    for _ in 0..20 {
+        assert_eq!(c.cmd(&[b"GET", b"{bob}:k"]), Resp::Bulk(b"v1".to_vec()));
+    }
+    assert!(replica_field(&mut c, sticky, "errors") > 0);
+    assert_eq!(replica_field(&mut c, other, "reads") - before, 20);
+    eventually("the health check to find the frozen replica", || {
+        replica_field(&mut c, sticky, "up") == 0
+    });
+    signal(&replicas[sticky].0, "CONT");
+    eventually(
+        "the health check to find the replica answering again",
+        || replica_field(&mut c, sticky, "up") == 1,
+    );
+    assert_eq!(sticky_replica(&mut c, b"{bob}:k", b"v1"), sticky);
 }

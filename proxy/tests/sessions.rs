@@ -398,6 +398,11 @@ async fn assert_no_violation(mut tasks: JoinSet<Vec<meridian_testbed::history::O
         histories.extend(done.unwrap());
     }
     let violations = meridian_testbed::history::check(&histories);
+    // For a failure's post-mortem: every operation, one per line.
+    if let Ok(path) = std::env::var("MERIDIAN_HISTORY_DUMP") {
+        let text: Vec<String> = histories.iter().map(|o| format!("{o:?}")).collect();
+        std::fs::write(path, text.join("\n")).unwrap();
+    }
     let first: Vec<String> = violations.iter().take(5).map(|v| v.to_string()).collect();
     assert!(
         violations.is_empty(),
@@ -424,22 +429,56 @@ async fn hopping_sessions_break_no_guarantee() {
     support::wan::converged(&cluster).await;
 }
 
-/// The same while a link is cut and healed and a datacenter is SIGKILLed and
-/// restarted: sessions that lose their proxy go on elsewhere with their token,
-/// and still no guarantee breaks; every datacenter converges.
+/// The same while a link is cut and healed, a datacenter is SIGKILLed and
+/// restarted, and of dc1's two read replicas one is frozen and thawed, the other
+/// cut off from its primary (so it falls behind) and reattached: sessions that lose their
+/// proxy go on elsewhere with their token, and still no guarantee breaks; every
+/// datacenter converges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hopping_sessions_break_no_guarantee_through_faults() {
     let mut spec = spec(Shape::AllToAll, 92);
     spec.peer_timeout_ms = Some(1_000);
+    let (_primary, primary) = support::start_redis();
+    let replicas = [
+        support::start_redis_replica(primary),
+        support::start_redis_replica(primary),
+    ];
+    spec.dcs[1].redis = Some(format!("redis://{primary}/0"));
+    spec.dcs[1].replicas = replicas
+        .iter()
+        .map(|(_, addr)| format!("redis://{addr}/0"))
+        .collect();
     let mut cluster = start_linked(spec).await;
     let sessions = hopping_sessions(&cluster, 6, 80);
     tokio::time::sleep(Duration::from_millis(500)).await;
+    support::signal(&replicas[0].0, "STOP");
+    let mut detached = support::Client::connect(replicas[1].1).unwrap();
+    let ok = support::Resp::Simple("OK".into());
+    assert_eq!(detached.cmd(&[b"REPLICAOF", b"NO", b"ONE"]), ok);
     cluster.cut(0, 1);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     cluster.heal(0, 1);
+    support::signal(&replicas[0].0, "CONT");
+    let port = primary.port().to_string();
+    assert_eq!(
+        detached.cmd(&[b"REPLICAOF", b"127.0.0.1", port.as_bytes()]),
+        ok
+    );
     cluster.kill(2).unwrap();
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     cluster.restart(2).await.unwrap();
     assert_no_violation(sessions).await;
     support::wan::converged(&cluster).await;
+    // The replicas took part: each served reads.
+    let info: String = cluster.cmd(1, &["INFO", "replication"]).await.unwrap();
+    for n in 0..2 {
+        let reads = info
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("replica_{n}:reads=")))
+            .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok());
+        assert!(
+            reads.unwrap_or(0) > 0,
+            "replica {n} served no read:\n{info}"
+        );
+    }
 }

@@ -50,6 +50,8 @@ pub struct DcSpec {
     pub clock_offset_ms: i64,
     /// A Redis URL to use as its backend (`None`: the embedded store).
     pub redis: Option<String>,
+    /// Read replicas of that Redis (URLs).
+    pub replicas: Vec<String>,
     /// Further `meridian run` arguments.
     pub extra_args: Vec<String>,
 }
@@ -61,6 +63,7 @@ impl DcSpec {
             id: id.into(),
             clock_offset_ms: 0,
             redis: None,
+            replicas: Vec::new(),
             extra_args: Vec::new(),
         }
     }
@@ -259,7 +262,8 @@ fn topology_file(spec: &ClusterSpec, ports: &[DcPorts]) -> TopologyFile {
     for (dc, p) in spec.dcs.iter().zip(ports) {
         file.datacenter(&dc.id, [p.client, p.peer, p.admin])
             .data_dir(Path::new("data").join(&dc.id))
-            .redis(dc.redis.as_deref());
+            .redis(dc.redis.as_deref())
+            .replicas(&dc.replicas);
     }
     file.replication.fsync = Some(spec.fsync.clone());
     file.replication.log_retention = spec.log_retention.clone();

@@ -214,6 +214,15 @@ impl DatacenterEntry {
         self
     }
 
+    /// Gives the datacenter's Redis backend read replicas (nothing on the
+    /// embedded store).
+    pub fn replicas(&mut self, urls: &[String]) -> &mut Self {
+        if let BackendEntry::Redis { replicas, .. } = &mut self.backend {
+            *replicas = urls.to_vec();
+        }
+        self
+    }
+
     /// Sets the data directory.
     pub fn data_dir(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
         self.data_dir = Some(dir.into());

@@ -229,8 +229,11 @@ pub struct ReplicaStats {
     pub reads: u64,
     /// Reads it could not serve: behind the session's token.
     pub skips: u64,
-    /// Reads that failed on it.
+    /// Reads that failed on it (errors, no answer in time).
     pub errors: u64,
+    /// Whether reads go to it now: its health check answers and no read failed
+    /// on it since.
+    pub up: bool,
     /// Changes this datacenter has applied that it had not, when it last said.
     pub behind_changes: u64,
     /// While behind, the age of the newest commit it had, in seconds.

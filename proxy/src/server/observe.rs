@@ -473,11 +473,19 @@ fn replicas(ctx: &Context) -> Vec<Family> {
         ),
         per(
             "meridian_replica_errors_total",
-            "Reads that failed on the replica (it is then left alone for a second).",
+            "Reads that failed on the replica or got no answer in time (it is then left alone until a health check answers).",
             Kind::Counter,
             "errors",
             Integer,
             |s| s.errors as f64,
+        ),
+        per(
+            "meridian_replica_up",
+            "Whether reads go to the replica: 1 when its health check answers and no read failed on it since.",
+            Kind::Gauge,
+            "up",
+            Integer,
+            |s| f64::from(u8::from(s.up)),
         ),
         per(
             "meridian_replica_behind_changes",

@@ -143,13 +143,22 @@ fn topology_with_backend(dir: &Path, fsync: &str, redis: Option<&str>) -> (PathB
 }
 
 /// A child process killed when dropped.
-pub struct Process(pub Child);
+pub struct Process(pub Child, Option<tempfile::TempDir>);
 
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Sends a signal to a process (SIGSTOP freezes it as a stalled machine would).
+pub fn signal(process: &Process, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &process.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name}");
 }
 
 /// Starts `meridian run` for datacenter dc1 of `topology`.
@@ -162,7 +171,7 @@ pub fn start_meridian(topology: &Path, addr: SocketAddr) -> Process {
         .spawn()
         .expect("start meridian");
     wait_listening(addr, &mut child);
-    Process(child)
+    Process(child, None)
 }
 
 /// Starts a real redis-server on a free loopback port, without persistence.
@@ -219,8 +228,19 @@ pub fn start_redis_replica(primary: SocketAddr) -> (Process, SocketAddr) {
 }
 
 /// redis-server on loopback `port`, without snapshots, with `extra` arguments.
+/// Unless `extra` names a `--dir`, it works in a fresh directory of its own: a
+/// replica's full resync writes an RDB file there, which a later server started in
+/// the same directory would load.
 fn redis_server(port: u16, extra: &[&str]) -> Process {
-    let mut child = Command::new("redis-server")
+    let own_dir = match extra.contains(&"--dir") {
+        true => None,
+        false => Some(tempfile::tempdir().unwrap()),
+    };
+    let mut command = Command::new("redis-server");
+    if let Some(dir) = &own_dir {
+        command.args(["--dir", dir.path().to_str().unwrap()]);
+    }
+    let mut child = command
         .args([
             "--port",
             &port.to_string(),
@@ -236,7 +256,7 @@ fn redis_server(port: u16, extra: &[&str]) -> Process {
             "redis-server must be installed (apt-get install redis-server); .ci/run installs it",
         );
     wait_listening(format!("127.0.0.1:{port}").parse().unwrap(), &mut child);
-    Process(child)
+    Process(child, own_dir)
 }
 
 /// The admin address written in a topology file made by this module.

@@ -494,6 +494,7 @@ impl Backend for RedisBackend {
                     reads: r.reads.load(Relaxed),
                     skips: r.skips.load(Relaxed),
                     errors: r.errors.load(Relaxed),
+                    up: r.is_up(),
                     behind_changes,
                     behind_seconds,
                 }
