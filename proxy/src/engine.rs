@@ -14,6 +14,7 @@
 mod backend;
 mod committer;
 mod error;
+mod marks;
 mod memtable;
 mod replay;
 mod retention;
@@ -118,6 +119,8 @@ struct Shared {
     index: Mutex<Vec<(u64, VersionVector)>>,
     /// Timestamp of the newest change applied from each origin.
     last_hlc: Mutex<std::collections::HashMap<String, u64>>,
+    /// Each user's newest change per origin.
+    marks: marks::Marks,
     /// Why writes are refused, after the backend failed for good.
     broken: Mutex<Option<String>>,
     /// Backend commit latencies.
@@ -218,6 +221,7 @@ impl Engine {
             log_dir: data_dir.join("log"),
             index: Mutex::new(state.index.clone()),
             last_hlc: Mutex::new(state.last_hlc_by_origin.clone()),
+            marks: marks::Marks::default(),
             broken: Mutex::new(None),
             backend_stats: crate::metrics::Latency::default(),
             committed: watch::Sender::new(0),
@@ -267,6 +271,13 @@ impl Engine {
     /// The applied vector's entry for `origin`.
     pub fn applied_of(&self, origin: &str) -> u64 {
         self.shared.applied.borrow().get(origin)
+    }
+
+    /// `user`'s newest change applied here, per origin: at least what any read of
+    /// the user's keys here has returned (`None` when not known; the origins'
+    /// whole positions then stand in for it).
+    pub fn user_mark(&self, user: &[u8]) -> Option<Vec<(Box<str>, u64)>> {
+        self.shared.marks.of(user)
     }
 
     /// Watches the applied vector (it changes after every logged batch).

@@ -239,6 +239,49 @@ async fn a_stale_read_is_refused_clearly_or_forwarded() {
     }
 }
 
+/// A read's token names what the read saw: the newest change of the user whose
+/// key it read, not everything the datacenter has applied. A session that read
+/// alice's key at dc0 moves to dc1, which has alice's write but is cut off from
+/// dc0's later writes for bob (same home): dc1 serves the read at once. With the
+/// datacenter's whole position in the token, dc1 would refuse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_token_names_only_the_users_it_read() {
+    let mut spec = spec(Shape::AllToAll, 76);
+    spec.peer_timeout_ms = Some(1_000);
+    spec.session.read_wait_ms = Some(200);
+    spec.session.on_stale = Some("error".into());
+    let cluster = start_linked(spec).await;
+    let homes = meridian_proxy::user_homes(&cluster.parsed_topology().unwrap()).unwrap();
+    let mut at_home = (0..)
+        .map(|i| format!("tok{i}"))
+        .filter(|u| homes.home_of(u) == 0);
+    let (alice, bob) = (at_home.next().unwrap(), at_home.next().unwrap());
+    let (alice_key, bob_key) = (format!("{{{alice}}}:k"), format!("{{{bob}}}:k"));
+    let _: () = cluster.cmd(0, &["SET", &alice_key, "a1"]).await.unwrap();
+    support::wan::until("dc1 to apply alice's write", || async {
+        let v: Option<String> = cluster.cmd(1, &["GET", &alice_key]).await.unwrap_or(None);
+        v.as_deref() == Some("a1")
+    })
+    .await;
+    // dc1 hears nothing more from dc0, directly or through dc2.
+    cluster.cut(0, 1);
+    cluster.cut(0, 2);
+    let _: () = cluster.cmd(0, &["SET", &bob_key, "b1"]).await.unwrap();
+    let mut a = cluster.connect(0).await.unwrap();
+    let got: Option<String> = redis::cmd("GET")
+        .arg(&alice_key)
+        .query_async(&mut a)
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref(), Some("a1"));
+    let token = token(&mut a).await;
+    let mut b = cluster.connect(1).await.unwrap();
+    hand_over(&mut b, &token).await;
+    let got: redis::RedisResult<Option<String>> =
+        redis::cmd("GET").arg(&alice_key).query_async(&mut b).await;
+    assert_eq!(got.unwrap().as_deref(), Some("a1"), "token {token}");
+}
+
 /// Writes through one connection of a pool and reads through another at once:
 /// how many reads missed the write just made. The users are homed at dc1 and the
 /// pool is at dc0 on a ring, where dc1's changes reach dc0 through dc2 while the

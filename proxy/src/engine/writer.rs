@@ -437,6 +437,12 @@ impl Writer {
     /// queues them for the committer.
     fn hand_over(&mut self, changes: Vec<Change>, next_lsn: u64) {
         self.batch_no += 1;
+        self.shared.marks.record(
+            changes
+                .iter()
+                .filter(|c| c.seq > 0)
+                .map(|c| (c.user.as_slice(), c.origin.as_str(), c.seq)),
+        );
         let ops = changes.iter().flat_map(|c| {
             let version = apply::shared_version(&self.dc, c);
             c.ops

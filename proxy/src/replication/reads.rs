@@ -172,19 +172,30 @@ impl Replication {
         )
     }
 
-    /// What a session has seen by reading `users`' keys here: each user's home's
-    /// position in this datacenter's applied vector, read after the reads (every
-    /// change of a user runs at its home, so that covers what the reads returned
-    /// and no more of other origins). With writes where they arrive, any origin
-    /// may have written a key: then the whole applied vector.
+    /// What a session has seen by reading `users`' keys here: each user's newest
+    /// change applied here, per origin (marked before it became visible, so at
+    /// least what the reads returned, and nothing of other users). For a user
+    /// without a mark, its home's position in the applied vector, read after the
+    /// reads (every change of a user runs at its home). With writes where they
+    /// arrive, any origin may have written a key, and a keyless read may see
+    /// every user's keys: then the whole applied vector.
     pub fn observed(&self, users: &[Bytes]) -> VersionVector {
-        if self.forwarding.writes() == Writes::Local {
+        if self.forwarding.writes() == Writes::Local || users.iter().any(|u| u.is_empty()) {
             return self.engine.applied();
         }
         let mut seen = VersionVector::new();
         for user in users {
-            let home = self.dc_id(self.home_of(user));
-            seen.advance(home, self.engine.applied_of(home));
+            match self.engine.user_mark(user) {
+                Some(mark) => {
+                    for (origin, seq) in mark {
+                        seen.advance(&origin, seq);
+                    }
+                }
+                None => {
+                    let home = self.dc_id(self.home_of(user));
+                    seen.advance(home, self.engine.applied_of(home));
+                }
+            }
         }
         seen
     }

@@ -35,6 +35,9 @@ impl Writer {
             return Ok(0);
         }
         let winners = self.snapshot_winners(&vector, entries)?;
+        // The snapshot's data carries no changes to mark users by: their reads
+        // fall back to the origins' whole positions.
+        self.shared.marks.clear();
         self.applied.merge(&vector);
         // Changes of this datacenter the peer has (from before it lost its data)
         // keep their numbers: new ones follow them.
