@@ -15,6 +15,7 @@
 //! SIGKILLed and restarted while the sessions run; sessions that lose their
 //! proxy move on to another region with their token.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,6 +82,9 @@ struct Figures {
     /// delay from the user's home to the new region.
     switched: Histogram<u64>,
     switched_over_one_way: Histogram<u64>,
+    /// The same, per (home, new region) pair, with the regions' names.
+    by_pair: BTreeMap<(usize, usize), Histogram<u64>>,
+    names: Vec<String>,
     /// Latency of switch reads the new region forwarded at once (with no read
     /// wait, every read slower than 5 ms), minus the round trip to the home.
     forwarded_over_rtt: Histogram<u64>,
@@ -116,6 +120,17 @@ impl Figures {
             signed_ms(self.switched_over_one_way.value_at_quantile(0.99)),
             self.switched.len()
         );
+        for ((home, to), h) in &self.by_pair {
+            println!(
+                "    home {} -> read at {}: minus the one-way delay p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} switches)",
+                self.names[*home],
+                self.names[*to],
+                signed_ms(h.value_at_quantile(0.5)),
+                signed_ms(h.value_at_quantile(0.99)),
+                signed_ms(h.max()),
+                h.len()
+            );
+        }
         if !self.forwarded_over_rtt.is_empty() {
             println!(
                 "  switch reads that were forwarded, minus the round trip to the home: p50 {:.1} ms, p99 {:.1} ms ({} reads)",
@@ -153,6 +168,8 @@ struct Session {
     reads: Histogram<u64>,
     switched: Histogram<u64>,
     switched_over_one_way: Histogram<u64>,
+    /// The same, per (home, new region) pair.
+    by_pair: BTreeMap<(usize, usize), Histogram<u64>>,
     forwarded_over_rtt: Histogram<u64>,
     errors: u64,
 }
@@ -220,6 +237,8 @@ async fn measure(
         reads: histogram()?,
         switched: histogram()?,
         switched_over_one_way: histogram()?,
+        by_pair: BTreeMap::new(),
+        names: regions.iter().map(|r| r.id().to_owned()).collect(),
         forwarded_over_rtt: histogram()?,
         checked: 0,
         violations: Vec::new(),
@@ -233,6 +252,12 @@ async fn measure(
         add(&mut figures.switched, &s.switched)?;
         add(&mut figures.switched_over_one_way, &s.switched_over_one_way)?;
         add(&mut figures.forwarded_over_rtt, &s.forwarded_over_rtt)?;
+        for (pair, h) in &s.by_pair {
+            match figures.by_pair.get_mut(pair) {
+                Some(all) => add(all, h)?,
+                None => drop(figures.by_pair.insert(*pair, h.clone())),
+            }
+        }
         figures.errors += s.errors;
         all.extend(s.ops);
     }
@@ -316,6 +341,7 @@ async fn session(
         reads: histogram()?,
         switched: histogram()?,
         switched_over_one_way: histogram()?,
+        by_pair: BTreeMap::new(),
         forwarded_over_rtt: histogram()?,
         errors: 0,
     };
@@ -411,9 +437,18 @@ async fn session(
             if just_switched {
                 record.switched.saturating_record(took);
                 let lag = (one_way(home, dc) * 1000.0) as u64;
-                record
-                    .switched_over_one_way
-                    .saturating_record(took + SHIFT - lag.min(SHIFT));
+                let over = took + SHIFT - lag.min(SHIFT);
+                record.switched_over_one_way.saturating_record(over);
+                match record.by_pair.entry((home, dc)) {
+                    std::collections::btree_map::Entry::Occupied(mut h) => {
+                        h.get_mut().saturating_record(over)
+                    }
+                    std::collections::btree_map::Entry::Vacant(slot) => {
+                        let mut h = histogram()?;
+                        h.saturating_record(over);
+                        slot.insert(h);
+                    }
+                }
                 if forwards_at_once && took > 5_000 {
                     let rtt = (2.0 * one_way(dc, home) * 1000.0) as u64;
                     record
