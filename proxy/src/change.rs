@@ -106,7 +106,7 @@ pub enum ChangeDecodeError {
 impl Change {
     /// The version its writes give the keys they touch.
     pub fn version(&self) -> Version {
-        Version::new(Timestamp::from_u64(self.hlc), self.origin.as_str())
+        Version::new(Timestamp::from_u64(self.hlc), self.origin.as_str()).with_seq(self.seq)
     }
 
     /// Appends the encoded change (format byte, then the body) to `out`.

@@ -317,7 +317,7 @@ async fn report_convergence(cluster: &Cluster, writes: WritesArg) -> Result<bool
             .await
             .map_err(|e| e.to_string())?;
         conflicts += info
-            .get("conflicts_lww_lost")
+            .get("conflicts")
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
     }

@@ -13,6 +13,7 @@
 
 mod backend;
 mod committer;
+pub mod conflicts;
 mod error;
 mod marks;
 mod memtable;
@@ -88,7 +89,8 @@ pub struct Stats {
     pub applied_remote: AtomicU64,
     /// Changes received again after they were applied (and skipped).
     pub duplicates: AtomicU64,
-    /// Remote writes that lost last-writer-wins to a newer write of the same key.
+    /// Writes last-writer-wins discarded here without their writer having seen the
+    /// write that beat them (see `conflicts`).
     pub conflicts: AtomicU64,
     /// Remote timestamps further ahead of this clock than the drift bound.
     pub clock_drift_refusals: AtomicU64,
@@ -121,6 +123,8 @@ struct Shared {
     last_hlc: Mutex<std::collections::HashMap<String, u64>>,
     /// Each user's newest change per origin.
     marks: marks::Marks,
+    /// The newest conflicts found here.
+    conflicts: conflicts::ConflictLog,
     /// Why writes are refused, after the backend failed for good.
     broken: Mutex<Option<String>>,
     /// Backend commit latencies.
@@ -222,6 +226,7 @@ impl Engine {
             index: Mutex::new(state.index.clone()),
             last_hlc: Mutex::new(state.last_hlc_by_origin.clone()),
             marks: marks::Marks::default(),
+            conflicts: conflicts::ConflictLog::default(),
             broken: Mutex::new(None),
             backend_stats: crate::metrics::Latency::default(),
             committed: watch::Sender::new(0),
@@ -278,6 +283,11 @@ impl Engine {
     /// whole positions then stand in for it).
     pub fn user_mark(&self, user: &[u8]) -> Option<Vec<(Box<str>, u64)>> {
         self.shared.marks.of(user)
+    }
+
+    /// The newest `count` conflicts found here, newest first.
+    pub fn conflicts(&self, count: usize) -> Vec<conflicts::Conflict> {
+        self.shared.conflicts.newest(count)
     }
 
     /// Watches the applied vector (it changes after every logged batch).

@@ -84,7 +84,7 @@ async fn one_writer_per_user(shape: Shape, seed: u64) {
                 logs(&cluster)
             );
         }
-        assert_eq!(info_u64(&cluster, dc, "conflicts_lww_lost").await, 0);
+        assert_eq!(info_u64(&cluster, dc, "conflicts").await, 0);
     }
     // Every change of a user has the user's home as its origin.
     for (dc, homed) in [(0, 3), (1, 2), (2, 1)] {

@@ -91,3 +91,38 @@ fn ties_are_broken_by_origin_and_bad_input_named() {
     bad[last] = b' ';
     assert_eq!(Version::decode(&bad), Err(VersionDecodeError::BadOrigin));
 }
+
+#[test]
+fn the_sequence_number_round_trips_and_format_1_still_reads() {
+    let v = Version::new(Timestamp::from_u64(9), "eu-west").with_seq(41);
+    let decoded = Version::decode(&v.to_bytes()).unwrap();
+    assert_eq!(decoded.seq, 41);
+    assert!(decoded.to_string().ends_with("@eu-west#41"), "{decoded}");
+    // Format 1: [1][hlc][len][origin].
+    let mut old = vec![1u8];
+    old.extend_from_slice(&9u64.to_le_bytes());
+    old.push(7);
+    old.extend_from_slice(b"eu-west");
+    let decoded = Version::decode(&old).unwrap();
+    assert_eq!((decoded.seq, &*decoded.origin), (0, "eu-west"));
+    // The sequence number takes no part in the order.
+    assert_eq!(decoded, v);
+}
+
+#[test]
+fn a_state_is_unseen_by_a_change_whose_origin_had_not_applied_it() {
+    let t = Timestamp::from_u64(5);
+    let state = Version::new(t, "b").with_seq(10);
+    let deps = |n: u64| {
+        let mut d = crate::VersionVector::new();
+        d.advance("b", n);
+        d
+    };
+    assert!(state.unseen_by("a", &deps(9)));
+    assert!(!state.unseen_by("a", &deps(10)));
+    assert!(!state.unseen_by("a", &deps(11)));
+    // A change has seen every earlier change of its own origin.
+    assert!(!state.unseen_by("b", &deps(0)));
+    // A state of unknown number counts as seen.
+    assert!(!Version::new(t, "b").unseen_by("a", &deps(0)));
+}

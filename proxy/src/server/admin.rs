@@ -132,6 +132,13 @@ fn status(ctx: &Context) -> String {
         "changes_committed": stats.changes.load(Ordering::Relaxed),
         "changes_replayed_at_start": stats.replayed.load(Ordering::Relaxed),
         "writes_stopped": engine.broken(),
+        "conflicts": stats.conflicts.load(Ordering::Relaxed),
+        "recent_conflicts": engine.conflicts(10).iter().map(|c| serde_json::json!({
+            "key": String::from_utf8_lossy(&c.key),
+            "found_at_ms": c.at_ms,
+            "kept": c.kept.0.to_string(),
+            "lost": c.lost.0.to_string(),
+        })).collect::<Vec<_>>(),
         "workers": engine.workers().json(),
         "metrics": crate::metrics::json(&super::observe::collect(ctx)),
     });

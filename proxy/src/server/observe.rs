@@ -143,10 +143,10 @@ const SCALARS: [ScalarRow; 31] = [
         |c| stat(c, |s| &s.duplicates),
     ),
     (
-        "meridian_conflicts_lww_lost_total",
-        "Remote writes that lost last-writer-wins to a newer write of the key.",
+        "meridian_conflicts_total",
+        "Writes last-writer-wins discarded here without their writer having seen the write that beat them (MERIDIAN CONFLICTS lists them).",
         Kind::Counter,
-        Some((Section::Replication, "conflicts_lww_lost")),
+        Some((Section::Replication, "conflicts")),
         |c| stat(c, |s| &s.conflicts),
     ),
     (

@@ -29,7 +29,8 @@ pub(super) async fn wait(ctx: &Context, args: &[Bytes], token: &VersionVector) -
     Reply::Integer(repl.wait_for(token, n, timeout).await as i64)
 }
 
-/// `MERIDIAN DIGEST | APPLIED | LAG` (`MERIDIAN SESSION` is the connection's own).
+/// `MERIDIAN DIGEST | APPLIED | LAG | CONFLICTS [count]` (`MERIDIAN SESSION` is
+/// the connection's own).
 pub(super) async fn meridian(ctx: &Context, args: &[Bytes]) -> Reply {
     let sub = args[1].to_ascii_uppercase();
     match (sub.as_slice(), args.len()) {
@@ -55,13 +56,48 @@ pub(super) async fn meridian(ctx: &Context, args: &[Bytes]) -> Reply {
             }
             Reply::bulk(out)
         }
-        (b"DIGEST" | b"APPLIED" | b"LAG", _) => Reply::error(format!(
+        (b"CONFLICTS", 2 | 3) => {
+            let count = match args.get(2).map(|a| command::parse_i64(a)) {
+                None => 10,
+                Some(Some(n)) if n >= 0 => n as usize,
+                Some(_) => return Reply::error("ERR count must be a non-negative integer"),
+            };
+            Reply::Array(ctx.engine.conflicts(count).iter().map(conflict).collect())
+        }
+        (b"DIGEST" | b"APPLIED" | b"LAG" | b"CONFLICTS", _) => Reply::error(format!(
             "ERR wrong number of arguments for 'meridian|{}' command",
             String::from_utf8_lossy(&sub).to_lowercase()
         )),
         _ => Reply::error(format!(
-            "ERR unknown subcommand '{}'. Try MERIDIAN DIGEST, MERIDIAN APPLIED, MERIDIAN LAG or MERIDIAN SESSION.",
+            "ERR unknown subcommand '{}'. Try MERIDIAN DIGEST, MERIDIAN APPLIED, MERIDIAN LAG, MERIDIAN CONFLICTS or MERIDIAN SESSION.",
             String::from_utf8_lossy(&args[1])
         )),
     }
+}
+
+/// One conflict as `MERIDIAN CONFLICTS` gives it: a map of `key`, `found_at_ms`,
+/// `kept` and `lost` (each a version `timestamp@origin#seq`) and `kept_value` and
+/// `lost_value` (a string, a hash as a flat array of fields and values, or nil
+/// for a delete).
+fn conflict(c: &crate::engine::conflicts::Conflict) -> Reply {
+    use crate::change::Data;
+    let value = |v: &Option<crate::change::Value>| match v.as_ref().map(|v| &v.data) {
+        None => Reply::Null,
+        Some(Data::String(s)) => Reply::Bulk(Bytes::copy_from_slice(s)),
+        Some(Data::Hash(h)) => Reply::Array(
+            h.iter()
+                .flat_map(|(f, v)| [f, v])
+                .map(|b| Reply::Bulk(Bytes::copy_from_slice(b)))
+                .collect(),
+        ),
+    };
+    let field = |name: &str, reply| (Reply::bulk(name.to_owned()), reply);
+    Reply::Map(vec![
+        field("key", Reply::Bulk(Bytes::copy_from_slice(&c.key))),
+        field("found_at_ms", Reply::Integer(c.at_ms as i64)),
+        field("kept", Reply::bulk(c.kept.0.to_string())),
+        field("kept_value", value(&c.kept.1)),
+        field("lost", Reply::bulk(c.lost.0.to_string())),
+        field("lost_value", value(&c.lost.1)),
+    ])
 }

@@ -9,7 +9,9 @@ use std::sync::atomic::Ordering;
 use meridian_policies::{Readiness, Resolution, Timestamp, Version, readiness};
 
 use super::{Writer, wall_ms};
-use crate::change::Change;
+use crate::change::{Change, Value};
+use crate::engine::backend::Fetched;
+use crate::engine::conflicts::Conflict;
 use crate::engine::{ApplyError, Unapplied};
 
 impl Writer {
@@ -43,10 +45,15 @@ impl Writer {
                 });
             }
         };
+        let mut staged = HashMap::new();
+        let mut found = Vec::new();
         for change in &mut ready {
             self.observe(change.hlc);
-            self.resolve(change, &mut versions);
+            self.resolve(change, &mut versions, &mut staged, &mut found);
             change.path.push(self.shared.dc.clone());
+        }
+        if !found.is_empty() {
+            self.record_conflicts(found);
         }
         self.publish(ready, false)
             .map_err(|e| Unapplied::from(ApplyError::Log(e.0)))?;
@@ -81,31 +88,96 @@ impl Writer {
     }
 
     /// Keeps the change's ops that win last-writer-wins against the keys' current
-    /// versions (and records their new versions); counts and logs those that lose.
-    fn resolve(&self, change: &mut Change, versions: &mut HashMap<Vec<u8>, Option<Version>>) {
+    /// versions (and records their new versions and values in `versions` and
+    /// `staged`). Notes in `found` each concurrent pair: an op that replaces a
+    /// state its change had not seen, and every op that loses (causal apply means
+    /// the state that beats it had not seen it).
+    fn resolve(
+        &self,
+        change: &mut Change,
+        versions: &mut HashMap<Vec<u8>, Option<Version>>,
+        staged: &mut HashMap<Vec<u8>, Option<Value>>,
+        found: &mut Vec<Found>,
+    ) {
         let version = change.version();
-        let stats = &self.shared.stats;
+        let (origin, deps) = (&change.origin, &change.deps);
         change.ops.retain(|op| {
             let current = versions.get(&op.key).and_then(Option::as_ref);
-            match version.resolve(current) {
-                Resolution::Wins => {
+            let current_value = || staged.get(&op.key).cloned();
+            match (version.resolve(current), current) {
+                (Resolution::Wins, current) => {
+                    if let Some(current) = current.filter(|c| c.unseen_by(origin, deps)) {
+                        found.push(Found {
+                            key: op.key.clone(),
+                            kept: (version.clone(), Some(op.value.clone())),
+                            lost: (current.clone(), current_value()),
+                        });
+                    }
                     versions.insert(op.key.clone(), Some(version.clone()));
+                    staged.insert(op.key.clone(), op.value.clone());
                     true
                 }
                 // The same write again: harmless to store once more.
-                Resolution::Same => true,
-                Resolution::Loses => {
-                    stats.conflicts.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(
-                        key = %String::from_utf8_lossy(&op.key),
-                        origin = %change.origin,
-                        seq = change.seq,
-                        "a remote write lost last-writer-wins to a newer write"
-                    );
+                (Resolution::Same, _) => true,
+                (Resolution::Loses, Some(current)) => {
+                    found.push(Found {
+                        key: op.key.clone(),
+                        kept: (current.clone(), current_value()),
+                        lost: (version.clone(), Some(op.value.clone())),
+                    });
                     false
                 }
+                (Resolution::Loses, None) => false,
             }
         });
+    }
+
+    /// Counts the conflicts and logs them with both values, reading those of
+    /// states from before this batch (the memtable's, else the backend's).
+    fn record_conflicts(&mut self, found: Vec<Found>) {
+        let shared = self.shared.clone();
+        shared
+            .stats
+            .conflicts
+            .fetch_add(found.len() as u64, Ordering::Relaxed);
+        let mut before: HashMap<Vec<u8>, Option<Value>> = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let view = shared.memtable.view();
+            for f in &found {
+                for side in [&f.kept, &f.lost] {
+                    if side.1.is_none() {
+                        match view.get(&f.key) {
+                            Some(entry) => drop(before.insert(f.key.clone(), entry.value.clone())),
+                            None => missing.push(f.key.clone()),
+                        }
+                    }
+                }
+            }
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        match self.session.fetch(missing, wall_ms()) {
+            Ok(fetched) => before.extend(fetched.into_iter().map(|(key, f)| match f {
+                Fetched::Known(value) => (key, value),
+                Fetched::Foreign(_) => (key, None),
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the values of conflicting writes for the conflict log")
+            }
+        }
+        let at_ms = wall_ms();
+        for f in found {
+            let value = |side: Option<Option<Value>>| {
+                side.unwrap_or_else(|| before.get(&f.key).cloned().flatten())
+            };
+            shared.conflicts.push(Conflict {
+                at_ms,
+                kept: (f.kept.0, value(f.kept.1)),
+                lost: (f.lost.0, value(f.lost.1)),
+                key: f.key,
+            });
+        }
     }
 
     /// Moves the clock past a remote timestamp, so later local writes order after it.
@@ -147,6 +219,15 @@ impl Writer {
     }
 }
 
+/// A concurrent pair found while applying: the write that stays and the one that
+/// is gone, each with its value when known here (`None`: the state from before
+/// the batch, to be read).
+pub(super) struct Found {
+    key: Vec<u8>,
+    kept: (Version, Option<Option<Value>>),
+    lost: (Version, Option<Option<Value>>),
+}
+
 /// The version of a key's state as the memtable holds it: shares this
 /// datacenter's id among its own writes instead of allocating one per key.
 pub(super) fn shared_version(dc: &Arc<str>, change: &Change) -> Version {
@@ -155,8 +236,5 @@ pub(super) fn shared_version(dc: &Arc<str>, change: &Change) -> Version {
     } else {
         Arc::from(change.origin.as_str())
     };
-    Version {
-        hlc: Timestamp::from_u64(change.hlc),
-        origin,
-    }
+    Version::new(Timestamp::from_u64(change.hlc), origin).with_seq(change.seq)
 }
