@@ -43,6 +43,14 @@ pub(crate) struct SessionArgs {
     /// after one of its next three writes there).
     #[arg(long, default_value_t = 0.1)]
     switch: f64,
+    /// How many times a travelling session moves (0: as long as the run lasts).
+    #[arg(long, default_value_t = 0)]
+    moves: u32,
+    /// Seconds at the start whose latencies are not recorded (links warming up:
+    /// QUIC starts from a cautious round-trip estimate); their operations are
+    /// checked all the same.
+    #[arg(long, default_value_t = 3)]
+    warmup: u64,
     /// Fraction of datagrams every link loses.
     #[arg(long, default_value_t = 0.001)]
     loss: f64,
@@ -85,9 +93,14 @@ struct Figures {
     /// The same, per (home, new region) pair, with the regions' names.
     by_pair: BTreeMap<(usize, usize), Histogram<u64>>,
     names: Vec<String>,
+    /// The same, by what the token named: the home only, or other regions too.
+    switched_own_only: Histogram<u64>,
+    switched_with_others: Histogram<u64>,
     /// Latency of switch reads the new region forwarded at once (with no read
     /// wait, every read slower than 5 ms), minus the round trip to the home.
     forwarded_over_rtt: Histogram<u64>,
+    /// The same less the round trip QUIC measured on the link (`rtt_ms` in INFO).
+    forwarded_over_quic_rtt: Histogram<u64>,
     checked: usize,
     violations: Vec<history::Violation>,
     errors: u64,
@@ -112,14 +125,34 @@ impl Figures {
             ms(self.reads.value_at_quantile(0.99)),
             self.reads.len()
         );
-        println!(
-            "  read right after a switch: p50 {:.1} ms, p99 {:.1} ms; minus the one-way delay from the home: p50 {:.1} ms, p99 {:.1} ms ({} switches)",
-            ms(self.switched.value_at_quantile(0.5)),
-            ms(self.switched.value_at_quantile(0.99)),
-            signed_ms(self.switched_over_one_way.value_at_quantile(0.5)),
-            signed_ms(self.switched_over_one_way.value_at_quantile(0.99)),
-            self.switched.len()
-        );
+        if !self.switched.is_empty() {
+            println!(
+                "  read right after a switch: p50 {:.1} ms, p99 {:.1} ms; minus the one-way delay from the home: p50 {:.1} ms, p99 {:.1} ms ({} switches)",
+                ms(self.switched.value_at_quantile(0.5)),
+                ms(self.switched.value_at_quantile(0.99)),
+                signed_ms(self.switched_over_one_way.value_at_quantile(0.5)),
+                signed_ms(self.switched_over_one_way.value_at_quantile(0.99)),
+                self.switched.len()
+            );
+        }
+        for (what, h) in [
+            ("the token named the home only", &self.switched_own_only),
+            (
+                "the token named other regions too",
+                &self.switched_with_others,
+            ),
+        ] {
+            if h.is_empty() {
+                continue;
+            }
+            println!(
+                "    {what}: minus the one-way delay p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} switches)",
+                signed_ms(h.value_at_quantile(0.5)),
+                signed_ms(h.value_at_quantile(0.99)),
+                signed_ms(h.max()),
+                h.len()
+            );
+        }
         for ((home, to), h) in &self.by_pair {
             println!(
                 "    home {} -> read at {}: minus the one-way delay p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} switches)",
@@ -137,6 +170,11 @@ impl Figures {
                 signed_ms(self.forwarded_over_rtt.value_at_quantile(0.5)),
                 signed_ms(self.forwarded_over_rtt.value_at_quantile(0.99)),
                 self.forwarded_over_rtt.len()
+            );
+            println!(
+                "  the same, minus the round trip QUIC measures on the link: p50 {:.1} ms, p99 {:.1} ms",
+                signed_ms(self.forwarded_over_quic_rtt.value_at_quantile(0.5)),
+                signed_ms(self.forwarded_over_quic_rtt.value_at_quantile(0.99)),
             );
         }
         println!(
@@ -158,6 +196,35 @@ fn signed_ms(shifted: u64) -> f64 {
     (shifted as f64 - SHIFT as f64) / 1000.0
 }
 
+/// Records `value` in the histogram of `key`, made on first use.
+fn record_in<K: Ord>(
+    map: &mut BTreeMap<K, Histogram<u64>>,
+    key: K,
+    value: u64,
+) -> Result<(), String> {
+    match map.entry(key) {
+        std::collections::btree_map::Entry::Occupied(mut h) => h.get_mut().saturating_record(value),
+        std::collections::btree_map::Entry::Vacant(slot) => {
+            slot.insert(histogram()?).saturating_record(value)
+        }
+    }
+    Ok(())
+}
+
+/// Merges `from`'s histograms into `into`'s.
+fn merge_into<K: Ord + Copy>(
+    into: &mut BTreeMap<K, Histogram<u64>>,
+    from: &BTreeMap<K, Histogram<u64>>,
+) -> Result<(), String> {
+    for (key, h) in from {
+        match into.get_mut(key) {
+            Some(all) => all.add(h).map_err(|e| e.to_string())?,
+            None => drop(into.insert(*key, h.clone())),
+        }
+    }
+    Ok(())
+}
+
 fn histogram() -> Result<Histogram<u64>, String> {
     Histogram::new_with_bounds(1, 120_000_000, 3).map_err(|e| e.to_string())
 }
@@ -170,7 +237,13 @@ struct Session {
     switched_over_one_way: Histogram<u64>,
     /// The same, per (home, new region) pair.
     by_pair: BTreeMap<(usize, usize), Histogram<u64>>,
+    /// The same, split by what the session's token named: its home only, or other
+    /// regions' changes too (what it read of users homed elsewhere).
+    switched_own_only: Histogram<u64>,
+    switched_with_others: Histogram<u64>,
     forwarded_over_rtt: Histogram<u64>,
+    /// Forwarded reads' latency by (region, home).
+    forwarded_by_pair: BTreeMap<(usize, usize), Histogram<u64>>,
     errors: u64,
 }
 
@@ -195,13 +268,18 @@ async fn measure(
         let addrs: Vec<_> = (0..c.len()).map(|i| c.client_addr(i)).collect();
         (c.len(), homes, addrs)
     };
+    let ids: Arc<Vec<String>> = {
+        let c = cluster.lock().await;
+        Arc::new((0..c.len()).map(|i| c.id(i).to_owned()).collect())
+    };
     let regions = Preset::ThreeRegions.regions();
     let sessions = args.sessions * n as u32;
     println!(
-        "\nsessions: three regions, {sessions} sessions ({} per region, each on a user homed there) at {} operations/s each for {} s; {:.0}% of the sessions travel, moving to another region after one of every few writes{}",
+        "\nsessions: three regions, {sessions} sessions ({} per region, each on a user homed there) at {} operations/s each for {} s after {} s of warm-up (not in the latencies; the read counts are of the whole run); {:.0}% of the sessions travel, moving to another region after one of every few writes{}",
         args.sessions,
         args.rate,
         args.seconds,
+        args.warmup,
         args.switch * 100.0,
         if args.faults {
             "; links cut and a proxy SIGKILLed meanwhile"
@@ -209,7 +287,8 @@ async fn measure(
             ""
         }
     );
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let measured_from = Instant::now() + Duration::from_secs(args.warmup);
+    let deadline = measured_from + Duration::from_secs(args.seconds);
     let mut tasks = tokio::task::JoinSet::new();
     // Session s starts in region s % n, and its user is homed there (users are
     // numbered so that user s's home is that region).
@@ -217,14 +296,24 @@ async fn measure(
     for s in 0..sessions {
         let home = homes.home_of(&users[s as usize]);
         let (addrs, args, users) = (addrs.clone(), args.clone(), users.clone());
+        let home_id = ids[home].clone();
         tasks.spawn(async move {
             let one_way = |a: usize, b: usize| match a == b {
                 true => 0.0,
                 false => one_way_ms(regions[a], regions[b]),
             };
             let at_once = read_wait_ms == Some(0);
+            let home = (home, home_id.as_str());
             session(
-                s, sessions, &users, home, &addrs, &args, deadline, at_once, one_way,
+                s,
+                sessions,
+                &users,
+                home,
+                &addrs,
+                &args,
+                (measured_from, deadline),
+                at_once,
+                one_way,
             )
             .await
         });
@@ -239,12 +328,16 @@ async fn measure(
         switched_over_one_way: histogram()?,
         by_pair: BTreeMap::new(),
         names: regions.iter().map(|r| r.id().to_owned()).collect(),
+        switched_own_only: histogram()?,
+        switched_with_others: histogram()?,
         forwarded_over_rtt: histogram()?,
+        forwarded_over_quic_rtt: histogram()?,
         checked: 0,
         violations: Vec::new(),
         errors: 0,
     };
     let mut all = Vec::new();
+    let mut forwarded_by_pair = BTreeMap::new();
     while let Some(done) = tasks.join_next().await {
         let s = done.map_err(|e| e.to_string())??;
         let add = |h: &mut Histogram<u64>, o: &Histogram<u64>| h.add(o).map_err(|e| e.to_string());
@@ -252,12 +345,10 @@ async fn measure(
         add(&mut figures.switched, &s.switched)?;
         add(&mut figures.switched_over_one_way, &s.switched_over_one_way)?;
         add(&mut figures.forwarded_over_rtt, &s.forwarded_over_rtt)?;
-        for (pair, h) in &s.by_pair {
-            match figures.by_pair.get_mut(pair) {
-                Some(all) => add(all, h)?,
-                None => drop(figures.by_pair.insert(*pair, h.clone())),
-            }
-        }
+        add(&mut figures.switched_own_only, &s.switched_own_only)?;
+        add(&mut figures.switched_with_others, &s.switched_with_others)?;
+        merge_into(&mut figures.by_pair, &s.by_pair)?;
+        merge_into(&mut forwarded_by_pair, &s.forwarded_by_pair)?;
         figures.errors += s.errors;
         all.extend(s.ops);
     }
@@ -271,6 +362,25 @@ async fn measure(
         figures.served[1] += field("session_reads_waited");
         figures.served[2] += field("session_reads_forwarded");
         figures.served[3] += field("session_reads_refused");
+        // Forwarded reads from here, less the round trip QUIC measures to the home.
+        for ((from, home), h) in forwarded_by_pair.range((dc, 0)..(dc + 1, 0)) {
+            let rtt_us = info
+                .get(&format!("peer_{}", c.id(*home)))
+                .and_then(|line| {
+                    line.split(',')
+                        .find_map(|f| f.strip_prefix("rtt_ms="))
+                        .and_then(|v| v.parse::<f64>().ok())
+                })
+                .map(|ms| (ms * 1000.0) as u64);
+            if let (Some(rtt), true) = (rtt_us, *from == dc) {
+                for v in h.iter_recorded() {
+                    figures.forwarded_over_quic_rtt.saturating_record_n(
+                        v.value_iterated_to() + SHIFT - rtt.min(SHIFT),
+                        v.count_at_value(),
+                    );
+                }
+            }
+        }
     }
     c.wait_converged(Duration::from_secs(120))
         .await
@@ -327,10 +437,10 @@ async fn session(
     s: u32,
     sessions: u32,
     users: &[String],
-    home: usize,
+    (home, home_id): (usize, &str),
     addrs: &[std::net::SocketAddr],
     args: &SessionArgs,
-    deadline: Instant,
+    (measured_from, deadline): (Instant, Instant),
     forwards_at_once: bool,
     one_way: impl Fn(usize, usize) -> f64,
 ) -> Result<Session, String> {
@@ -342,7 +452,10 @@ async fn session(
         switched: histogram()?,
         switched_over_one_way: histogram()?,
         by_pair: BTreeMap::new(),
+        switched_own_only: histogram()?,
+        switched_with_others: histogram()?,
         forwarded_over_rtt: histogram()?,
+        forwarded_by_pair: BTreeMap::new(),
         errors: 0,
     };
     let mut dc = s as usize % addrs.len();
@@ -355,6 +468,7 @@ async fn session(
     // Whether this session travels, and after which of its writes it moves next.
     let travels = (next(1_000_000) as f64) < args.switch * 1_000_000.0;
     let mut switch_after = travels.then(|| 1 + next(3));
+    let mut moved = 0u32;
     let mut writes = 0u64;
     while Instant::now() < deadline {
         // The read right after a switch goes at once.
@@ -401,6 +515,7 @@ async fn session(
             pipe.cmd("GET").arg(&key);
         }
         pipe.cmd("MERIDIAN").arg("SESSION");
+        let before = token.clone();
         let started = Instant::now();
         let reply: redis::RedisResult<(Option<String>, String)> = pipe.query_async(c).await;
         let took = started.elapsed().as_micros() as u64;
@@ -432,28 +547,30 @@ async fn session(
                 continue;
             }
         }
-        if !write {
+        if !write && started >= measured_from {
             record.reads.saturating_record(took);
             if just_switched {
                 record.switched.saturating_record(took);
                 let lag = (one_way(home, dc) * 1000.0) as u64;
                 let over = took + SHIFT - lag.min(SHIFT);
                 record.switched_over_one_way.saturating_record(over);
-                match record.by_pair.entry((home, dc)) {
-                    std::collections::btree_map::Entry::Occupied(mut h) => {
-                        h.get_mut().saturating_record(over)
-                    }
-                    std::collections::btree_map::Entry::Vacant(slot) => {
-                        let mut h = histogram()?;
-                        h.saturating_record(over);
-                        slot.insert(h);
-                    }
-                }
+                // Did the session carry more than its own writes (reads of users
+                // homed elsewhere), which the new region must have too?
+                let others = before
+                    .parse::<meridian_policies::SessionToken>()
+                    .map(|t| t.vector().iter().any(|(origin, _)| origin != home_id))
+                    .unwrap_or(false);
+                match others {
+                    true => record.switched_with_others.saturating_record(over),
+                    false => record.switched_own_only.saturating_record(over),
+                };
+                record_in(&mut record.by_pair, (home, dc), over)?;
                 if forwards_at_once && took > 5_000 {
                     let rtt = (2.0 * one_way(dc, home) * 1000.0) as u64;
                     record
                         .forwarded_over_rtt
                         .saturating_record(took + SHIFT - rtt.min(SHIFT));
+                    record_in(&mut record.forwarded_by_pair, (dc, home), took)?;
                 }
             }
         }
@@ -467,7 +584,8 @@ async fn session(
         just_switched = false;
         writes += u64::from(write);
         if write && switch_after == Some(writes) {
-            switch_after = Some(writes + 1 + next(3));
+            moved += 1;
+            switch_after = (args.moves == 0 || moved < args.moves).then(|| writes + 1 + next(3));
             // A device switch: the next read is at another region.
             dc = (dc + 1 + next(addrs.len() as u64 - 1) as usize) % addrs.len();
             conn = None;
