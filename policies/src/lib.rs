@@ -17,12 +17,16 @@
 //!   datacenter has applied.
 //! - [`route_write`]: where a user's write runs: here at its home, forwarded to
 //!   the home, or refused when the home is out of reach.
+//! - [`Epochs`]: which datacenters serve as homes, the state a majority agrees on
+//!   (by Raft, in the proxy): who is out, who writes for its users meanwhile, and
+//!   the handover back.
 //! - [`ReadRule`]: where a session's read is served: here once the datacenter has
 //!   applied the session's token, else after a bounded wait, forwarded, or refused.
 //! - [`SessionToken`]: a client's write timestamp in a text form that fits in a RESP
 //!   bulk string.
 
 mod causal;
+mod epochs;
 mod hlc;
 mod reads;
 mod rendezvous;
@@ -33,6 +37,7 @@ mod version;
 mod vv;
 
 pub use causal::{Readiness, dependencies_met, readiness};
+pub use epochs::{Command as EpochCommand, Epochs, Outcome as EpochOutcome, Service, Writer};
 pub use hlc::{ClockError, Hlc, Timestamp};
 pub use reads::{OnStale, ReadDecision, ReadRule, missing};
 pub use rendezvous::{Candidate, Rendezvous, RendezvousError};
