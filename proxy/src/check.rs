@@ -130,5 +130,34 @@ fn homes(t: &Topology) -> String {
             share, dc.id, dc.weight
         );
     }
+    out.push_str(&takeover(t, &rendezvous));
     out
+}
+
+/// What happens to a user's writes while its home is out, and, under
+/// `next-in-line`, the order in which datacenters take them over for a few users.
+fn takeover(t: &Topology, rendezvous: &meridian_policies::Rendezvous) -> String {
+    use meridian_topology::OnHomeDown;
+    match t.homes.on_home_down {
+        OnHomeDown::Reject => {
+            "  on_home_down = \"reject\": while a user's home is out, its writes are refused\n"
+                .to_owned()
+        }
+        OnHomeDown::NextInLine => {
+            let mut out = String::from(
+                "  on_home_down = \"next-in-line\": while a user's home is out (a majority cannot hear it), the next in its order that is in service takes its writes:\n",
+            );
+            let pinned = t.homes.pins.iter().map(|(user, _)| user.clone());
+            let sample = (0..4).map(|i| format!("user-{i}"));
+            for user in pinned.take(2).chain(sample) {
+                let order: Vec<&str> = rendezvous
+                    .ranking(&user)
+                    .into_iter()
+                    .map(|dc| t.datacenters[dc].id.as_str())
+                    .collect();
+                let _ = writeln!(out, "    {user}: {}", order.join(" -> "));
+            }
+            out
+        }
+    }
 }

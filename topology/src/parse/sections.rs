@@ -112,6 +112,18 @@ pub(super) fn homes(report: &mut Report<'_>, root: &Table<'_, '_>, ids: &Ids) ->
     homes.on_home_down = t
         .choice(report, "on_home_down", &policies)
         .unwrap_or(OnHomeDown::Reject);
+    if let (OnHomeDown::NextInLine, Some(value)) = (homes.on_home_down, t.get("on_home_down"))
+        && ids.names.len() < 3
+    {
+        report.at(
+            &value.span(),
+            "homes.on_home_down",
+            format!(
+                "\"next-in-line\" needs at least three datacenters, and this topology has {}: a takeover must be agreed by a majority, and with two datacenters neither side of a cut is a majority without the other, so the next in line could never take over; use \"reject\"",
+                ids.names.len()
+            ),
+        );
+    }
     let writes = [("home", Writes::Home), ("local", Writes::Local)];
     homes.writes = t.choice(report, "writes", &writes).unwrap_or(Writes::Home);
     if let Some((pins, _)) = t.table(report, "pins") {

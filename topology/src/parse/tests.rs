@@ -448,3 +448,20 @@ fn sessions_live_in_the_connection_unless_the_file_says_user() {
     assert!(found[0].contains("session.scope"), "{found:?}");
     assert!(found[1].contains("session.session_ttl_ms"), "{found:?}");
 }
+
+#[test]
+fn next_in_line_needs_three_datacenters() {
+    let two = format!(
+        "[cluster]\nname = \"t\"\n{}{}[homes]\non_home_down = \"next-in-line\"\n",
+        dc("a", 7001),
+        dc("b", 7002)
+    );
+    let found = problems(&two);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("homes.on_home_down: \"next-in-line\" needs at least three datacenters, and this topology has 2"),
+        "{found:?}"
+    );
+    let three = format!("{}[homes]\non_home_down = \"next-in-line\"\n", cluster(""));
+    assert!(parse(&three).is_ok());
+}
