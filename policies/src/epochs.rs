@@ -142,6 +142,12 @@ impl Epochs {
         matches!(self.service.get(dc), Some(Service::InService))
     }
 
+    /// The datacenters `dc` last reported it cannot hear from (`None`: it has not
+    /// reported).
+    pub fn report(&self, dc: usize) -> Option<&BTreeSet<usize>> {
+        self.reports.get(&dc)
+    }
+
     /// A majority of all datacenters.
     pub fn majority(&self) -> usize {
         self.service.len() / 2 + 1

@@ -13,6 +13,7 @@
 mod certs;
 mod change;
 mod command;
+mod control;
 mod engine;
 mod error;
 mod link;
