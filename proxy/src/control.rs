@@ -32,7 +32,7 @@ use openraft::{EmptyNode, Raft};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-pub use network::Transport;
+pub use network::{BoxFuture, Transport};
 
 /// A datacenter's node id: its index in the topology.
 pub type NodeId = u64;

@@ -23,6 +23,7 @@
 //!   recomputes its routes (ring and star route around it) and every shipper
 //!   restarts from what its peer has acknowledged, so nothing falls between routes.
 
+mod agreement;
 mod error;
 mod forward;
 mod links;
@@ -101,6 +102,8 @@ pub struct Replication {
     read_stats: reads::ReadStats,
     /// Each user's token, in user scope.
     user_tokens: Option<moka::sync::Cache<bytes::Bytes, VersionVector>>,
+    /// The home agreement, under `on_home_down = "next-in-line"`.
+    control: std::sync::OnceLock<Arc<crate::control::Control>>,
 }
 
 /// Keeps the engine's log retention told what the peers still need, at most once a
@@ -136,6 +139,7 @@ impl Replication {
             started: std::time::Instant::now(),
             read_stats: reads::ReadStats::default(),
             user_tokens: reads::user_tokens(&config.topology.session),
+            control: std::sync::OnceLock::new(),
             live: watch::Sender::new(DcSet::one(config.me)),
             known: watch::Sender::new(known),
             acked: Mutex::new(HashMap::new()),

@@ -105,6 +105,9 @@ pub enum StartError {
     /// Replication could not start.
     #[error(transparent)]
     Replication(#[from] crate::replication::ReplicationError),
+    /// The home agreement could not start.
+    #[error(transparent)]
+    Agreement(crate::control::ControlError),
     /// The client address could not be bound.
     #[error("cannot listen for clients on {addr}: {source}")]
     Bind {
@@ -143,6 +146,12 @@ impl Context {
     }
 }
 
+/// Whether this proxy takes part in the home agreement: where a home that is out
+/// has its users' writes taken over (`on_home_down = "next-in-line"`).
+fn repl_wants_agreement(repl: &crate::replication::Replication) -> bool {
+    repl.on_home_down() == meridian_topology::OnHomeDown::NextInLine
+}
+
 /// A running proxy.
 #[derive(Debug)]
 pub struct Proxy {
@@ -171,6 +180,13 @@ impl Proxy {
             )?),
             None => None,
         };
+        if let Some(repl) = &replication
+            && repl_wants_agreement(repl)
+        {
+            repl.start_agreement(&config.data_dir, stopped.clone())
+                .await
+                .map_err(StartError::Agreement)?;
+        }
         let ctx = Arc::new(Context {
             replication,
             engine,

@@ -18,8 +18,10 @@
 //! | 9 | refused | the reason, postcard | 64 KiB |
 //! | 10 | forward | writes sent to a user's home ([`ForwardRequest`]), postcard | [`MAX_FORWARD`] |
 //! | 11 | forward reply | the home's replies and token ([`ForwardReply`]), postcard | [`MAX_FORWARD`] |
+//! | 12 | agreement | a request of the home agreement for a datacenter ([`AgreementRequest`]), postcard | [`MAX_AGREEMENT`] |
+//! | 13 | agreement reply | its reply (JSON, see `control`) | [`MAX_AGREEMENT`] |
 //!
-//! A forward and its reply travel alone on a bidirectional stream of their own,
+//! A forward and its reply, and an agreement request and its reply, travel alone on a bidirectional stream of their own,
 //! never behind the replication stream. The length is checked against the type's limit before the body is
 //! read, and the body's buffer grows only as bytes arrive, so a peer cannot make
 //! the proxy allocate more than it has sent. Change frames also travel, several to
@@ -51,8 +53,11 @@ const fn ty(code: u8, name: &'static str, limit: usize) -> FrameType {
 /// record holds, and the rest of its group.
 pub const MAX_FORWARD: usize = MAX_RECORD + (64 << 20);
 
+/// The longest agreement request or reply (Raft messages of a small state).
+pub const MAX_AGREEMENT: usize = 4 << 20;
+
 /// Every frame type this build reads, by code.
-pub const TYPES: [FrameType; 11] = [
+pub const TYPES: [FrameType; 13] = [
     ty(1, "change", MAX_RECORD + 1),
     ty(2, "applied", 1 << 20),
     ty(3, "heartbeat", 1),
@@ -64,6 +69,8 @@ pub const TYPES: [FrameType; 11] = [
     ty(9, "refused", 64 << 10),
     ty(10, "forward", MAX_FORWARD),
     ty(11, "forward-reply", MAX_FORWARD),
+    ty(12, "agreement", MAX_AGREEMENT),
+    ty(13, "agreement-reply", MAX_AGREEMENT),
 ];
 
 /// The first bytes of the body read before the buffer grows with what arrives.
@@ -94,6 +101,20 @@ pub enum Frame {
     Forward(ForwardRequest),
     /// The home's answer to a forward.
     ForwardReply(ForwardReply),
+    /// A request of the home agreement.
+    Agreement(AgreementRequest),
+    /// The reply to an agreement request.
+    AgreementReply(Vec<u8>),
+}
+
+/// A request of the home agreement for datacenter `to` (passed on along the
+/// forwarding path where there is no direct link).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgreementRequest {
+    /// The datacenter it is for.
+    pub to: String,
+    /// The request, as the agreement encodes it.
+    pub body: Vec<u8>,
 }
 
 /// Who sent a forwarded request, and which one it is: a resend carries the same id,
@@ -232,6 +253,8 @@ impl Frame {
             Frame::Refused(_) => 9,
             Frame::Forward(_) => 10,
             Frame::ForwardReply(_) => 11,
+            Frame::Agreement(_) => 12,
+            Frame::AgreementReply(_) => 13,
         }
     }
 
@@ -264,6 +287,8 @@ impl Frame {
             Frame::Refused(reason) => append_postcard(out, reason),
             Frame::Forward(request) => append_postcard(out, request),
             Frame::ForwardReply(reply) => append_postcard(out, reply),
+            Frame::Agreement(request) => append_postcard(out, request),
+            Frame::AgreementReply(body) => out.extend_from_slice(body),
             Frame::Heartbeat | Frame::SnapshotEnd | Frame::SnapshotRequest => {}
         }
         let len = (out.len() - start - 4) as u32;
@@ -324,6 +349,10 @@ impl Frame {
             11 => postcard::from_bytes(body)
                 .map(Frame::ForwardReply)
                 .map_err(|e| bad(&e)),
+            12 => postcard::from_bytes(body)
+                .map(Frame::Agreement)
+                .map_err(|e| bad(&e)),
+            13 => Ok(Frame::AgreementReply(body.to_vec())),
             3 => empty(Frame::Heartbeat),
             6 => empty(Frame::SnapshotEnd),
             _ => empty(Frame::SnapshotRequest),

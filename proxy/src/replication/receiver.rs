@@ -204,7 +204,12 @@ impl Receiver {
                 Ok(())
             }
             Frame::Heartbeat => Ok(()),
-            Frame::Hello(_) | Frame::Refused(_) | Frame::Forward(_) | Frame::ForwardReply(_) => {
+            Frame::Hello(_)
+            | Frame::Refused(_)
+            | Frame::Forward(_)
+            | Frame::ForwardReply(_)
+            | Frame::Agreement(_)
+            | Frame::AgreementReply(_) => {
                 Err(self.protocol(format!(
                     "sent a {} frame on its replication stream",
                     frame.name()

@@ -46,6 +46,11 @@ fn samples() -> Vec<Frame> {
             replies: vec![bytes::Bytes::from_static(b":1\r\n")],
             token: bytes::Bytes::new(),
         }),
+        Frame::Agreement(AgreementRequest {
+            to: "eu-west".into(),
+            body: b"{}".to_vec(),
+        }),
+        Frame::AgreementReply(b"{\"Vote\":1}".to_vec()),
     ]
 }
 
@@ -87,9 +92,9 @@ async fn bad_frames_are_named_with_the_peer_and_the_reason() {
     let fat = [2, 0, 0, 0, 3, 0];
     let e = err(read(&mut fat.as_slice(), "eu-west").await.unwrap_err());
     assert!(e.contains("heartbeat frame of 2 bytes"), "{e}");
-    let unknown = [1, 0, 0, 0, 12];
+    let unknown = [1, 0, 0, 0, 14];
     let e = err(read(&mut unknown.as_slice(), "eu-west").await.unwrap_err());
-    assert!(e.contains("type 12"), "{e}");
+    assert!(e.contains("type 14"), "{e}");
     let bad_forward = [3, 0, 0, 0, 10, 0xff, 0xff];
     let e = err(read(&mut bad_forward.as_slice(), "eu-west")
         .await

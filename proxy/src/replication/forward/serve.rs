@@ -51,6 +51,16 @@ async fn answer(
 ) -> Result<(), String> {
     let request = match frame::read(&mut recv, peer).await {
         Ok(Some(Frame::Forward(request))) => request,
+        Ok(Some(Frame::Agreement(request))) => {
+            let Some(reply) = repl.answer_agreement(request).await else {
+                return Ok(());
+            };
+            let mut out = Vec::new();
+            Frame::AgreementReply(reply).encode(&mut out);
+            send.write_all(&out).await.map_err(|e| e.to_string())?;
+            let _ = send.finish();
+            return Ok(());
+        }
         Ok(Some(other)) => return Err(format!("a {} frame opened a stream", other.name())),
         Ok(None) => return Err("an empty stream".into()),
         Err(e) => return Err(e.to_string()),
