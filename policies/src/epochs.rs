@@ -34,6 +34,10 @@ pub enum Service {
     Out {
         /// The epoch it went out in.
         since: u64,
+        /// The newest of its changes any datacenter that reported it had applied:
+        /// whoever writes for its users first applies its changes up to here, so
+        /// no write of it that reached a survivor is overwritten.
+        catch_up: u64,
     },
     /// It is back and catching up with what was written for its users meanwhile;
     /// nobody writes for them until it resumes.
@@ -50,12 +54,14 @@ pub enum Service {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Datacenter `from` cannot hear from `unreachable` now (replacing its last
-    /// report).
+    /// report), and had applied each one's changes up to `applied` (by index).
     Report {
         /// Who reports.
         from: usize,
         /// Whom it cannot hear from.
         unreachable: BTreeSet<usize>,
+        /// How far it had applied each of them (missing: 0).
+        applied: BTreeMap<usize, u64>,
     },
     /// Datacenter `from` writes no more for the users of returning datacenter
     /// `returning`; its last change is `seq`.
@@ -105,6 +111,8 @@ pub struct Epochs {
     epoch: u64,
     service: Vec<Service>,
     reports: BTreeMap<usize, BTreeSet<usize>>,
+    /// How far each reporter had applied each datacenter it reported.
+    applied: BTreeMap<(usize, usize), u64>,
 }
 
 impl Epochs {
@@ -114,6 +122,7 @@ impl Epochs {
             epoch: 0,
             service: vec![Service::InService; n],
             reports: BTreeMap::new(),
+            applied: BTreeMap::new(),
         }
     }
 
@@ -165,6 +174,17 @@ impl Epochs {
         Writer::Nobody
     }
 
+    /// The newest change of `dc` that a datacenter now reporting it had applied.
+    fn catch_up(&self, dc: usize) -> u64 {
+        self.reports
+            .iter()
+            .filter(|(from, down)| **from != dc && down.contains(&dc))
+            .filter_map(|(from, _)| self.applied.get(&(*from, dc)))
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The datacenters that report `dc` unreachable (itself not counted).
     fn suspects(&self, dc: usize) -> usize {
         self.reports
@@ -177,7 +197,11 @@ impl Epochs {
     pub fn apply(&mut self, command: &Command) -> Outcome {
         let n = self.service.len();
         match command {
-            Command::Report { from, unreachable } => {
+            Command::Report {
+                from,
+                unreachable,
+                applied,
+            } => {
                 if *from >= n {
                     return Outcome::Ignored("a report from a datacenter that is not a member");
                 }
@@ -186,6 +210,15 @@ impl Epochs {
                     .copied()
                     .filter(|d| *d < n && d != from)
                     .collect();
+                for &d in &down {
+                    let seq = applied.get(&d).copied().unwrap_or(0);
+                    let known = self.applied.entry((*from, d)).or_default();
+                    *known = (*known).max(seq);
+                    // A later report raises the target of a datacenter already out.
+                    if let Service::Out { catch_up, .. } = &mut self.service[d] {
+                        *catch_up = (*catch_up).max(seq);
+                    }
+                }
                 self.reports.insert(*from, down);
                 self.settle(*from)
             }
@@ -230,6 +263,7 @@ impl Epochs {
             let next = match &self.service[dc] {
                 Service::InService | Service::Returning { .. } if suspected => Some(Service::Out {
                     since: self.epoch + 1,
+                    catch_up: self.catch_up(dc),
                 }),
                 Service::Out { .. } if dc == reporter && !suspected => Some(Service::Returning {
                     since: self.epoch + 1,

@@ -90,7 +90,9 @@ pub enum ControlError {
 #[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
 pub enum ProposeError {
     /// No leader is known (an election is under way, or no majority is reachable).
-    #[error("no leader of the home agreement is known (no majority reachable, or an election under way)")]
+    #[error(
+        "no leader of the home agreement is known (no majority reachable, or an election under way)"
+    )]
     NoLeader,
     /// The leader could not be reached, or failed.
     #[error("the home agreement's leader failed: {0}")]
@@ -127,7 +129,8 @@ impl Control {
         timing: Timing,
         transport: Arc<dyn Transport>,
     ) -> Result<Arc<Control>, ControlError> {
-        let store = store::Store::open(&data_dir.join("control.redb")).map_err(ControlError::Store)?;
+        let store =
+            store::Store::open(&data_dir.join("control.redb")).map_err(ControlError::Store)?;
         let (published, epochs) = watch::channel(Epochs::new(n));
         let machine = store::StateMachine::open(store.clone(), n, published)
             .map_err(|e| ControlError::Store(e.to_string()))?;
@@ -169,7 +172,11 @@ impl Control {
 
     /// The current leader, if known.
     pub fn leader(&self) -> Option<usize> {
-        self.raft.metrics().borrow().current_leader.map(|id| id as usize)
+        self.raft
+            .metrics()
+            .borrow()
+            .current_leader
+            .map(|id| id as usize)
     }
 
     /// Appends `command` to the agreed log; returns the epoch after it.
@@ -206,10 +213,12 @@ impl Control {
     }
 
     /// Proposes `unreachable` as this datacenter's report whenever it differs
-    /// from the one the agreed state holds, until `stopped`.
+    /// from the one the agreed state holds, until `stopped`; with each, how far
+    /// this datacenter has applied each unreachable one (`applied_of`).
     pub async fn report(
         self: Arc<Self>,
         mut unreachable: watch::Receiver<BTreeSet<usize>>,
+        applied_of: impl Fn(usize) -> u64 + Send + 'static,
         mut stopped: watch::Receiver<bool>,
     ) {
         let mut epochs = self.epochs();
@@ -217,9 +226,11 @@ impl Control {
             let view = unreachable.borrow_and_update().clone();
             let agreed = epochs.borrow_and_update().report(self.me as usize).cloned();
             if agreed.as_ref() != Some(&view) {
+                let applied = view.iter().map(|&d| (d, applied_of(d))).collect();
                 let command = EpochCommand::Report {
                     from: self.me as usize,
                     unreachable: view,
+                    applied,
                 };
                 if let Err(e) = self.propose(command).await {
                     tracing::debug!(error = %e, "could not report which peers this datacenter hears");

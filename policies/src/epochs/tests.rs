@@ -5,9 +5,15 @@ use proptest::prelude::*;
 use super::*;
 
 fn report(from: usize, unreachable: &[usize]) -> Command {
+    report_at(from, unreachable, 0)
+}
+
+/// A report that had applied each unreachable datacenter's changes up to `seq`.
+fn report_at(from: usize, unreachable: &[usize], seq: u64) -> Command {
     Command::Report {
         from,
         unreachable: unreachable.iter().copied().collect(),
+        applied: unreachable.iter().map(|&d| (d, seq)).collect(),
     }
 }
 
@@ -18,7 +24,13 @@ fn a_home_goes_out_only_when_a_majority_cannot_hear_it() {
     assert_eq!(e.apply(&report(2, &[0])), Outcome::Noted);
     assert!(e.in_service(0), "two of five are no majority");
     assert_eq!(e.apply(&report(3, &[0])), Outcome::Changed(vec![0]));
-    assert_eq!(e.service(0), Some(&Service::Out { since: 1 }));
+    assert_eq!(
+        e.service(0),
+        Some(&Service::Out {
+            since: 1,
+            catch_up: 0
+        })
+    );
     assert_eq!(e.epoch(), 1);
     // Its users' writes go to the next in their order that is in service.
     assert_eq!(e.writer(&[0, 3, 1]), Writer::At(3));
@@ -26,6 +38,30 @@ fn a_home_goes_out_only_when_a_majority_cannot_hear_it() {
     // A datacenter's report about itself counts for nothing.
     assert_eq!(e.apply(&report(0, &[0, 1])), Outcome::Noted);
     assert!(e.in_service(1));
+}
+
+#[test]
+fn the_catch_up_target_is_the_most_any_reporter_had_applied() {
+    let mut e = Epochs::new(5);
+    e.apply(&report_at(1, &[0], 7));
+    e.apply(&report_at(2, &[0], 12));
+    e.apply(&report_at(3, &[0], 9));
+    assert_eq!(
+        e.service(0),
+        Some(&Service::Out {
+            since: 1,
+            catch_up: 12
+        })
+    );
+    // A later report of more raises it.
+    e.apply(&report_at(4, &[0], 15));
+    assert_eq!(
+        e.service(0),
+        Some(&Service::Out {
+            since: 1,
+            catch_up: 15
+        })
+    );
 }
 
 #[test]
@@ -48,7 +84,13 @@ fn a_returning_home_resumes_after_every_datacenter_in_service_released() {
     // The others hear it again, but it has not spoken: still out.
     e.apply(&report(1, &[]));
     e.apply(&report(2, &[]));
-    assert_eq!(e.service(0), Some(&Service::Out { since: 1 }));
+    assert_eq!(
+        e.service(0),
+        Some(&Service::Out {
+            since: 1,
+            catch_up: 0
+        })
+    );
     // It reports: returning. Nobody writes for its users meanwhile.
     assert_eq!(e.apply(&report(0, &[])), Outcome::Changed(vec![0]));
     assert_eq!(e.epoch(), 2);
@@ -126,8 +168,9 @@ fn reports_replace_earlier_ones() {
 
 fn command(n: usize) -> impl Strategy<Value = Command> {
     prop_oneof![
-        4 => (0..n, proptest::collection::btree_set(0..n, 0..n)).prop_map(|(from, unreachable)| {
-            Command::Report { from, unreachable }
+        4 => (0..n, proptest::collection::btree_set(0..n, 0..n), 0..50u64).prop_map(|(from, unreachable, seq)| {
+            let applied = unreachable.iter().map(|&d| (d, seq)).collect();
+            Command::Report { from, unreachable, applied }
         }),
         1 => (0..n, 0..n, 0..100u64).prop_map(|(from, returning, seq)| Command::Released {
             from,

@@ -102,8 +102,14 @@ impl RaftNetwork<Agreement> for Network {
         rpc: AppendEntriesRequest<Agreement>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, EmptyNode, RaftError<NodeId>>> {
-        match self.call(&RaftCall::Append(rpc)).await.map_err(unreachable)? {
-            RaftAnswer::Append(result) => result.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target as NodeId, e))),
+        match self
+            .call(&RaftCall::Append(rpc))
+            .await
+            .map_err(unreachable)?
+        {
+            RaftAnswer::Append(result) => result.map_err(|e| {
+                RPCError::RemoteError(openraft::error::RemoteError::new(self.target as NodeId, e))
+            }),
             other => Err(garbled(format!("{other:?} answered an append"))),
         }
     }
@@ -116,8 +122,14 @@ impl RaftNetwork<Agreement> for Network {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, EmptyNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        match self.call(&RaftCall::Snapshot(rpc)).await.map_err(unreachable)? {
-            RaftAnswer::Snapshot(result) => result.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target as NodeId, e))),
+        match self
+            .call(&RaftCall::Snapshot(rpc))
+            .await
+            .map_err(unreachable)?
+        {
+            RaftAnswer::Snapshot(result) => result.map_err(|e| {
+                RPCError::RemoteError(openraft::error::RemoteError::new(self.target as NodeId, e))
+            }),
             other => Err(garbled(format!("{other:?} answered a snapshot"))),
         }
     }
@@ -128,7 +140,9 @@ impl RaftNetwork<Agreement> for Network {
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, EmptyNode, RaftError<NodeId>>> {
         match self.call(&RaftCall::Vote(rpc)).await.map_err(unreachable)? {
-            RaftAnswer::Vote(result) => result.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target as NodeId, e))),
+            RaftAnswer::Vote(result) => result.map_err(|e| {
+                RPCError::RemoteError(openraft::error::RemoteError::new(self.target as NodeId, e))
+            }),
             other => Err(garbled(format!("{other:?} answered a vote"))),
         }
     }
@@ -148,7 +162,9 @@ pub(super) async fn propose_at(
         .map_err(ProposeError::Failed)?;
     match serde_json::from_slice(&reply) {
         Ok(RaftAnswer::Propose(result)) => result,
-        Ok(other) => Err(ProposeError::Failed(format!("{other:?} answered a proposal"))),
+        Ok(other) => Err(ProposeError::Failed(format!(
+            "{other:?} answered a proposal"
+        ))),
         Err(e) => Err(ProposeError::Failed(format!("an unreadable reply: {e}"))),
     }
 }

@@ -22,8 +22,8 @@ use openraft::{
     Vote,
 };
 use redb::{Database, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{Agreement, Entry, NodeId};
@@ -61,16 +61,22 @@ impl Store {
         let db = Database::create(path)
             .map_err(|e| format!("cannot open the agreement's store {}: {e}", path.display()))?;
         let store = Store { db: Arc::new(db) };
-        store
-            .write(|_, _| Ok(()))
-            .map_err(|e| format!("cannot prepare the agreement's store {}: {e}", path.display()))?;
+        store.write(|_, _| Ok(())).map_err(|e| {
+            format!(
+                "cannot prepare the agreement's store {}: {e}",
+                path.display()
+            )
+        })?;
         Ok(store)
     }
 
     /// Runs `f` in one durable write transaction.
     fn write(
         &self,
-        f: impl FnOnce(&mut redb::Table<'_, u64, &[u8]>, &mut redb::Table<'_, &str, &[u8]>) -> Result<(), Error>,
+        f: impl FnOnce(
+            &mut redb::Table<'_, u64, &[u8]>,
+            &mut redb::Table<'_, &str, &[u8]>,
+        ) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let txn = self
             .db
@@ -98,10 +104,7 @@ impl Store {
         let meta = txn
             .open_table(META)
             .map_err(|e| failed(ErrorVerb::Read, "open the metadata", e))?;
-        let Some(bytes) = meta
-            .get(key)
-            .map_err(|e| failed(ErrorVerb::Read, key, e))?
-        else {
+        let Some(bytes) = meta.get(key).map_err(|e| failed(ErrorVerb::Read, key, e))? else {
             return Ok(None);
         };
         serde_json::from_slice(bytes.value())
@@ -133,8 +136,14 @@ impl Store {
                 .transpose()
                 .map_err(|e| failed(ErrorVerb::Read, "a log entry", e))
         };
-        let first = decode(log.first().map_err(|e| failed(ErrorVerb::Read, "the log", e))?)?;
-        let last = decode(log.last().map_err(|e| failed(ErrorVerb::Read, "the log", e))?)?;
+        let first = decode(
+            log.first()
+                .map_err(|e| failed(ErrorVerb::Read, "the log", e))?,
+        )?;
+        let last = decode(
+            log.last()
+                .map_err(|e| failed(ErrorVerb::Read, "the log", e))?,
+        )?;
         Ok(first.zip(last))
     }
 }
@@ -237,8 +246,7 @@ impl RaftLogStorage<Agreement> for Store {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), Error> {
-        let bytes =
-            serde_json::to_vec(&log_id).map_err(|e| failed(ErrorVerb::Write, PURGED, e))?;
+        let bytes = serde_json::to_vec(&log_id).map_err(|e| failed(ErrorVerb::Write, PURGED, e))?;
         self.write(|log, meta| {
             meta.insert(PURGED, bytes.as_slice())
                 .map_err(|e| failed(ErrorVerb::Write, PURGED, e))?;
@@ -300,7 +308,13 @@ impl RaftStateMachine<Agreement> for StateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, openraft::EmptyNode>), Error> {
+    ) -> Result<
+        (
+            Option<LogId<NodeId>>,
+            StoredMembership<NodeId, openraft::EmptyNode>,
+        ),
+        Error,
+    > {
         Ok((self.state.last_applied, self.state.membership.clone()))
     }
 
@@ -381,9 +395,16 @@ fn log_outcome(command: &EpochCommand, outcome: &meridian_policies::EpochOutcome
     use meridian_policies::EpochOutcome;
     match outcome {
         EpochOutcome::Changed(dcs) => {
-            tracing::warn!(epoch, ?dcs, ?command, "home epochs: datacenters changed service")
+            tracing::warn!(
+                epoch,
+                ?dcs,
+                ?command,
+                "home epochs: datacenters changed service"
+            )
         }
-        EpochOutcome::Ignored(why) => tracing::debug!(?command, why, "home epochs: a command was ignored"),
+        EpochOutcome::Ignored(why) => {
+            tracing::debug!(?command, why, "home epochs: a command was ignored")
+        }
         EpochOutcome::Noted => {}
     }
 }
@@ -397,8 +418,8 @@ pub(super) struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<Agreement> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<Agreement>, Error> {
-        let data =
-            serde_json::to_vec(&self.state).map_err(|e| failed(ErrorVerb::Write, "a snapshot", e))?;
+        let data = serde_json::to_vec(&self.state)
+            .map_err(|e| failed(ErrorVerb::Write, "a snapshot", e))?;
         let id = match self.state.last_applied {
             Some(log_id) => format!("{}-{}", log_id.leader_id.term, log_id.index),
             None => "empty".to_owned(),

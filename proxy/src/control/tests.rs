@@ -94,6 +94,7 @@ fn report(from: usize, down: &[usize]) -> EpochCommand {
     EpochCommand::Report {
         from,
         unreachable: down.iter().copied().collect(),
+        applied: down.iter().map(|&d| (d, 0)).collect(),
     }
 }
 
@@ -110,12 +111,22 @@ async fn a_majority_takes_a_home_out_and_every_member_learns_it() {
     propose(&members[1], report(1, &[0])).await;
     propose(&members[2], report(2, &[0])).await;
     for m in &members[1..] {
-        until(m.epochs(), "dc0 out", |e| matches!(e.service(0), Some(Service::Out { .. }))).await;
+        until(m.epochs(), "dc0 out", |e| {
+            matches!(e.service(0), Some(Service::Out { .. }))
+        })
+        .await;
     }
     // Datacenter 0 alone cannot agree on anything.
-    let alone = tokio::time::timeout(Duration::from_secs(2), members[0].propose(report(0, &[1, 2]))).await;
+    let alone = tokio::time::timeout(
+        Duration::from_secs(2),
+        members[0].propose(report(0, &[1, 2])),
+    )
+    .await;
     assert!(!matches!(alone, Ok(Ok(_))), "a minority agreed: {alone:?}");
-    assert!(members[0].epochs().borrow().in_service(0), "dc0 never learned it is out while cut off");
+    assert!(
+        members[0].epochs().borrow().in_service(0),
+        "dc0 never learned it is out while cut off"
+    );
     // Healed, it learns the agreed state.
     hub.cut.lock().unwrap().clear();
     until(members[0].epochs(), "dc0 learns it is out", |e| {
@@ -156,12 +167,20 @@ async fn a_restarted_member_keeps_the_agreed_state() {
 #[test]
 fn the_store_passes_openraft_s_storage_suite() {
     struct Builder;
-    impl openraft::testing::StoreBuilder<Agreement, store::Store, store::StateMachine, tempfile::TempDir>
-        for Builder
+    impl
+        openraft::testing::StoreBuilder<
+            Agreement,
+            store::Store,
+            store::StateMachine,
+            tempfile::TempDir,
+        > for Builder
     {
         async fn build(
             &self,
-        ) -> Result<(tempfile::TempDir, store::Store, store::StateMachine), openraft::StorageError<NodeId>> {
+        ) -> Result<
+            (tempfile::TempDir, store::Store, store::StateMachine),
+            openraft::StorageError<NodeId>,
+        > {
             let dir = tempfile::tempdir().unwrap();
             let store = store::Store::open(&dir.path().join("control.redb")).unwrap();
             let (published, _) = watch::channel(Epochs::new(3));

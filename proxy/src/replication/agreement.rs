@@ -28,15 +28,21 @@ impl Replication {
         let n = self.topology().datacenters.len();
         let timing = Timing::for_peer_timeout(self.topology().replication.peer_timeout);
         let transport = Arc::new(LinkTransport(Arc::downgrade(self)));
-        let control =
-            Control::start(self.config.me.get(), n, data_dir, timing, transport).await?;
+        let control = Control::start(self.config.me.get(), n, data_dir, timing, transport).await?;
         let _ = self.control.set(control.clone());
         let unreachable = self.unreachable_watch(stopped.clone());
         let reporter = control.clone();
-        self.engine.workers().spawn("agreement-reports", None, |worker| {
-            worker.set(crate::workers::State::Idle);
-            reporter.report(unreachable, stopped)
-        });
+        let weak = Arc::downgrade(self);
+        let applied_of = move |dc: usize| {
+            weak.upgrade()
+                .map_or(0, |repl| repl.engine.applied_of(repl.dc_id(dc)))
+        };
+        self.engine
+            .workers()
+            .spawn("agreement-reports", None, |worker| {
+                worker.set(crate::workers::State::Idle);
+                reporter.report(unreachable, applied_of, stopped)
+            });
         Ok(control)
     }
 

@@ -209,12 +209,10 @@ impl Receiver {
             | Frame::Forward(_)
             | Frame::ForwardReply(_)
             | Frame::Agreement(_)
-            | Frame::AgreementReply(_) => {
-                Err(self.protocol(format!(
-                    "sent a {} frame on its replication stream",
-                    frame.name()
-                )))
-            }
+            | Frame::AgreementReply(_) => Err(self.protocol(format!(
+                "sent a {} frame on its replication stream",
+                frame.name()
+            ))),
         }
     }
 
