@@ -26,6 +26,7 @@
 mod agreement;
 mod error;
 mod forward;
+mod lease;
 mod links;
 mod reads;
 mod receiver;

@@ -20,6 +20,7 @@
 //! | 11 | forward reply | the home's replies and token ([`ForwardReply`]), postcard | [`MAX_FORWARD`] |
 //! | 12 | agreement | a request of the home agreement for a datacenter ([`AgreementRequest`]), postcard | [`MAX_AGREEMENT`] |
 //! | 13 | agreement reply | its reply (JSON, see `control`) | [`MAX_AGREEMENT`] |
+//! | 14 | beat | `[sent u64][echo u64]`: the sender's clock (ms) and the latest beat it had from the receiver, echoed (a datagram; the home lease) | 17 |
 //!
 //! A forward and its reply, and an agreement request and its reply, travel alone on a bidirectional stream of their own,
 //! never behind the replication stream. The length is checked against the type's limit before the body is
@@ -57,7 +58,7 @@ pub const MAX_FORWARD: usize = MAX_RECORD + (64 << 20);
 pub const MAX_AGREEMENT: usize = 4 << 20;
 
 /// Every frame type this build reads, by code.
-pub const TYPES: [FrameType; 13] = [
+pub const TYPES: [FrameType; 14] = [
     ty(1, "change", MAX_RECORD + 1),
     ty(2, "applied", 1 << 20),
     ty(3, "heartbeat", 1),
@@ -71,6 +72,7 @@ pub const TYPES: [FrameType; 13] = [
     ty(11, "forward-reply", MAX_FORWARD),
     ty(12, "agreement", MAX_AGREEMENT),
     ty(13, "agreement-reply", MAX_AGREEMENT),
+    ty(14, "beat", 17),
 ];
 
 /// The first bytes of the body read before the buffer grows with what arrives.
@@ -105,6 +107,14 @@ pub enum Frame {
     Agreement(AgreementRequest),
     /// The reply to an agreement request.
     AgreementReply(Vec<u8>),
+    /// Liveness for the home lease: the sender's clock, and the latest `sent` it
+    /// had from the receiver (0: none), which proves the receiver's beat arrived.
+    Beat {
+        /// The sender's clock, in milliseconds since it started.
+        sent: u64,
+        /// The receiver's `sent` of the latest beat the sender had from it.
+        echo: u64,
+    },
 }
 
 /// A request of the home agreement for datacenter `to` (passed on along the
@@ -255,6 +265,7 @@ impl Frame {
             Frame::ForwardReply(_) => 11,
             Frame::Agreement(_) => 12,
             Frame::AgreementReply(_) => 13,
+            Frame::Beat { .. } => 14,
         }
     }
 
@@ -289,6 +300,10 @@ impl Frame {
             Frame::ForwardReply(reply) => append_postcard(out, reply),
             Frame::Agreement(request) => append_postcard(out, request),
             Frame::AgreementReply(body) => out.extend_from_slice(body),
+            Frame::Beat { sent, echo } => {
+                out.extend_from_slice(&sent.to_le_bytes());
+                out.extend_from_slice(&echo.to_le_bytes());
+            }
             Frame::Heartbeat | Frame::SnapshotEnd | Frame::SnapshotRequest => {}
         }
         let len = (out.len() - start - 4) as u32;
@@ -353,6 +368,13 @@ impl Frame {
                 .map(Frame::Agreement)
                 .map_err(|e| bad(&e)),
             13 => Ok(Frame::AgreementReply(body.to_vec())),
+            14 => match body.split_first_chunk::<8>() {
+                Some((sent, echo)) if echo.len() == 8 => Ok(Frame::Beat {
+                    sent: u64::from_le_bytes(*sent),
+                    echo: u64::from_le_bytes(echo.try_into().unwrap_or_default()),
+                }),
+                _ => Err(bad(&"a beat is 16 bytes")),
+            },
             3 => empty(Frame::Heartbeat),
             6 => empty(Frame::SnapshotEnd),
             _ => empty(Frame::SnapshotRequest),

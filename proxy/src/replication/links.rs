@@ -178,7 +178,9 @@ async fn run(repl: Arc<Replication>, link: Link, mut stopped: watch::Receiver<bo
     let ship = shipper::run(repl.clone(), idx, connection.clone());
     let receive = receiver::run(repl.clone(), idx, connection.clone());
     let requests = forward::serve(repl.clone(), idx, connection.clone());
+    let beats = repl.clone().beats(idx, connection.clone());
     let why = tokio::select! {
+        () = beats => "beats ended".into(),
         r = ship => failed(r, &status.shipper, "shipper ended"),
         r = receive => failed(r, &status.receiver, "peer closed its stream"),
         r = requests => failed(r, &status.forward, "peer stopped forwarding"),

@@ -75,7 +75,8 @@ pub(super) async fn run(
     let (tx, mut incoming) = mpsc::channel(FRAME_QUEUE);
     // Both end with the link's receiver (aborted on drop), in the link's span.
     let stream = read_stream(recv, peer_id.clone(), tx.clone()).in_current_span();
-    let echoes = read_echoes(connection, peer_id.clone(), tx).in_current_span();
+    let status = repl.peer_status(&peer_id);
+    let echoes = read_echoes(connection, peer_id.clone(), status, tx).in_current_span();
     let _stream = AbortOnDrop(tokio::spawn(stream));
     let _echoes = AbortOnDrop(tokio::spawn(echoes));
     let mut receiver = Receiver {
@@ -110,12 +111,23 @@ async fn read_stream(recv: quinn::RecvStream, peer: String, tx: mpsc::Sender<Inc
 }
 
 /// Reads datagram copies of changes: best effort, in any order; dropped when the
-/// apply loop is behind (the stream carries them too).
-async fn read_echoes(connection: quinn::Connection, peer: String, tx: mpsc::Sender<Incoming>) {
+/// apply loop is behind (the stream carries them too). Beats go to the peer's
+/// status (the home lease).
+async fn read_echoes(
+    connection: quinn::Connection,
+    peer: String,
+    status: Arc<super::PeerStatus>,
+    tx: mpsc::Sender<Incoming>,
+) {
     while let Ok(datagram) = connection.read_datagram().await {
         let Ok(frames) = frame::decode_all(&datagram, &peer) else {
             continue;
         };
+        for frame in &frames {
+            if let Frame::Beat { sent, echo } = frame {
+                status.beat(*sent, *echo);
+            }
+        }
         for frame in frames.into_iter().filter(|f| matches!(f, Frame::Change(_))) {
             if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Incoming::Echo(frame)) {
                 return;
@@ -209,7 +221,8 @@ impl Receiver {
             | Frame::Forward(_)
             | Frame::ForwardReply(_)
             | Frame::Agreement(_)
-            | Frame::AgreementReply(_) => Err(self.protocol(format!(
+            | Frame::AgreementReply(_)
+            | Frame::Beat { .. } => Err(self.protocol(format!(
                 "sent a {} frame on its replication stream",
                 frame.name()
             ))),

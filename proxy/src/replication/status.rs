@@ -50,6 +50,11 @@ pub struct PeerStatus {
     pub snapshots_installed: AtomicU64,
     /// Times the shipper restarted from the peer's acknowledged position.
     pub restarts: AtomicU64,
+    /// The latest beat's clock the peer sent (its clock), to echo back.
+    beat_seen: AtomicU64,
+    /// The latest of this proxy's beats the peer echoed (this proxy's clock): the
+    /// peer had heard from here by then.
+    echoed: AtomicU64,
     /// The link to the peer, as `/status` shows it: dialling, up, or waiting.
     pub(super) link: Arc<Worker>,
     /// The shipper's state while the link is up.
@@ -85,7 +90,26 @@ impl PeerStatus {
             restart_shipper: tokio::sync::Notify::new(),
             snapshots_installed: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
+            beat_seen: AtomicU64::new(0),
+            echoed: AtomicU64::new(0),
         }
+    }
+
+    /// Records a beat from the peer: its clock, and the beat of ours it echoes.
+    pub(super) fn beat(&self, sent: u64, echo: u64) {
+        self.beat_seen.fetch_max(sent, Ordering::Relaxed);
+        self.echoed.fetch_max(echo, Ordering::Relaxed);
+    }
+
+    /// The peer's latest beat clock, to echo in ours.
+    pub(super) fn beat_seen(&self) -> u64 {
+        self.beat_seen.load(Ordering::Relaxed)
+    }
+
+    /// The latest beat of ours (this proxy's clock, ms) the peer is known to have
+    /// received; 0 for none.
+    pub(super) fn echoed(&self) -> u64 {
+        self.echoed.load(Ordering::Relaxed)
     }
 
     /// Makes `conn` (to the peer's process `incarnation`) the current connection;

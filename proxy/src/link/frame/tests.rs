@@ -51,6 +51,7 @@ fn samples() -> Vec<Frame> {
             body: b"{}".to_vec(),
         }),
         Frame::AgreementReply(b"{\"Vote\":1}".to_vec()),
+        Frame::Beat { sent: 5, echo: 3 },
     ]
 }
 
@@ -92,9 +93,9 @@ async fn bad_frames_are_named_with_the_peer_and_the_reason() {
     let fat = [2, 0, 0, 0, 3, 0];
     let e = err(read(&mut fat.as_slice(), "eu-west").await.unwrap_err());
     assert!(e.contains("heartbeat frame of 2 bytes"), "{e}");
-    let unknown = [1, 0, 0, 0, 14];
+    let unknown = [1, 0, 0, 0, 15];
     let e = err(read(&mut unknown.as_slice(), "eu-west").await.unwrap_err());
-    assert!(e.contains("type 14"), "{e}");
+    assert!(e.contains("type 15"), "{e}");
     let bad_forward = [3, 0, 0, 0, 10, 0xff, 0xff];
     let e = err(read(&mut bad_forward.as_slice(), "eu-west")
         .await

@@ -1,0 +1,88 @@
+//! The home lease: under `next-in-line`, a datacenter writes as a home (its own
+//! users', or those of a home that is out) only while a majority of datacenters,
+//! itself included, has heard from it within the lease.
+//!
+//! Every linked pair exchanges beats (datagrams) several times per lease; each
+//! carries the sender's clock and echoes the latest clock it had from the other
+//! side. An echo of this datacenter's time `t` proves the peer heard from it at
+//! `t` or later, on this datacenter's own clock: no synchronised clocks, and a
+//! one-way cut (this side hears the peer, the peer does not hear this side) ends
+//! the lease too.
+//!
+//! Why it fences: a peer reports a datacenter unreachable only after hearing
+//! nothing from it for the peer timeout, which is twice the lease; and whoever
+//! takes over waits a further lease (with a margin for clock rate) after it sees
+//! the agreed takeover. By then every reporting peer's lease on the old home has
+//! run out, and the peers that did not report are fewer than a majority.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_topology::DcIdx;
+
+use crate::link::frame::Frame;
+use crate::replication::Replication;
+
+/// How many beats a lease spans.
+const BEATS_PER_LEASE: u32 = 5;
+
+impl Replication {
+    /// This proxy's clock for beats: milliseconds since replication started, from 1.
+    fn beat_clock(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    /// How long a peer's echo keeps this datacenter's lease: half the peer timeout.
+    pub fn lease_period(&self) -> Duration {
+        self.topology().replication.peer_timeout / 2
+    }
+
+    /// Sends beats to `peer` on `connection` until it closes (only where the home
+    /// agreement runs).
+    pub(super) async fn beats(self: Arc<Self>, peer: DcIdx, connection: quinn::Connection) {
+        if self.control().is_none() {
+            return std::future::pending().await;
+        }
+        let status = self.peer_status(self.id(peer));
+        let every = (self.lease_period() / BEATS_PER_LEASE).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let mut out = Vec::with_capacity(21);
+            Frame::Beat {
+                sent: self.beat_clock(),
+                echo: status.beat_seen(),
+            }
+            .encode(&mut out);
+            if connection.send_datagram(out.into()).is_err() && connection.close_reason().is_some() {
+                return;
+            }
+        }
+    }
+
+    /// Whether this datacenter may write as a home now: a majority, itself
+    /// included, has heard from it within the lease. The error says how many have.
+    pub fn lease(&self) -> Result<(), String> {
+        let n = self.topology().datacenters.len();
+        let majority = n / 2 + 1;
+        let now = self.beat_clock();
+        let lease = self.lease_period().as_millis() as u64;
+        let me = self.config.me.get();
+        let heard = (0..n)
+            .filter(|&dc| dc != me)
+            .filter(|&dc| {
+                let echoed = self.peer_status(self.dc_id(dc)).echoed();
+                echoed > 0 && now.saturating_sub(echoed) < lease
+            })
+            .count();
+        match heard + 1 >= majority {
+            true => Ok(()),
+            false => Err(format!(
+                "{} has heard from {heard} of the other {} datacenters within its home lease ({lease} ms), and writes as a home only while a majority ({majority} of {n}, itself included) has",
+                self.dc(),
+                n - 1
+            )),
+        }
+    }
+}
