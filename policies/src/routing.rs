@@ -76,6 +76,29 @@ pub enum WriteRoute {
         /// How long it has been out of reach, in milliseconds (0 when unknown).
         for_ms: u64,
     },
+    /// Nobody may write the user's data now (failover under way): wait or refuse.
+    Unavailable {
+        /// The datacenter concerned: the returning home, the home being taken
+        /// over, or this one when it is fenced.
+        home: usize,
+        /// Why.
+        why: Unavailable,
+    },
+}
+
+/// Why a user's writes cannot run now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// This datacenter writes for the user but has not heard from a majority
+    /// within its lease: it is fenced until it does.
+    Fenced,
+    /// This datacenter takes over for a home that is out, once it has applied the
+    /// home's changes the others hold and the old home's lease has run out.
+    CatchingUp,
+    /// The user's writer is returning to service: writes wait until it resumes.
+    Handover,
+    /// No datacenter of the user's order is in service.
+    NoWriter,
 }
 
 impl WriteRoute {
@@ -84,7 +107,7 @@ impl WriteRoute {
         match self {
             WriteRoute::Here => Some(me),
             WriteRoute::Forward { home } => Some(home),
-            WriteRoute::HomeUnreachable { .. } => None,
+            WriteRoute::HomeUnreachable { .. } | WriteRoute::Unavailable { .. } => None,
         }
     }
 }

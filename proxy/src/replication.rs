@@ -25,6 +25,7 @@
 
 mod agreement;
 mod error;
+mod failover;
 mod forward;
 mod lease;
 mod links;
@@ -105,6 +106,8 @@ pub struct Replication {
     user_tokens: Option<moka::sync::Cache<bytes::Bytes, VersionVector>>,
     /// The home agreement, under `on_home_down = "next-in-line"`.
     control: std::sync::OnceLock<Arc<crate::control::Control>>,
+    /// Takeovers seen here, and when.
+    seen: failover::Seen,
 }
 
 /// Keeps the engine's log retention told what the peers still need, at most once a
@@ -141,6 +144,7 @@ impl Replication {
             read_stats: reads::ReadStats::default(),
             user_tokens: reads::user_tokens(&config.topology.session),
             control: std::sync::OnceLock::new(),
+            seen: failover::Seen::default(),
             live: watch::Sender::new(DcSet::one(config.me)),
             known: watch::Sender::new(known),
             acked: Mutex::new(HashMap::new()),

@@ -37,12 +37,18 @@ impl Replication {
             weak.upgrade()
                 .map_or(0, |repl| repl.engine.applied_of(repl.dc_id(dc)))
         };
+        let reports_stopped = stopped.clone();
         self.engine
             .workers()
             .spawn("agreement-reports", None, |worker| {
                 worker.set(crate::workers::State::Idle);
-                reporter.report(unreachable, applied_of, stopped)
+                reporter.report(unreachable, applied_of, reports_stopped)
             });
+        let (repl, follower) = (self.clone(), control.clone());
+        self.engine.workers().spawn("failover", None, |worker| {
+            worker.set(crate::workers::State::Idle);
+            repl.follow_epochs(follower, stopped)
+        });
         Ok(control)
     }
 

@@ -187,6 +187,11 @@ impl Replication {
             .home_of(&String::from_utf8_lossy(user))
     }
 
+    /// `user`'s rendezvous order: its home first, then who takes over.
+    pub(super) fn ranking(&self, user: &str) -> Vec<usize> {
+        self.forwarding.homes.ranking(user)
+    }
+
     /// Where a write of `user` arriving here runs.
     pub fn route(&self, user: &[u8]) -> WriteRoute {
         let f = &self.forwarding;
@@ -194,6 +199,9 @@ impl Replication {
             return WriteRoute::Here;
         }
         let user = String::from_utf8_lossy(user);
+        if let Some(control) = self.control() {
+            return self.route_by_epochs(control, &user);
+        }
         let n = self.topology().datacenters.len();
         let me = self.config.me.get();
         let home = f.homes.home_of(&user);

@@ -480,7 +480,7 @@ impl Conn {
                 if let Some(seen) = repl.user_token(&user) {
                     self.token.merge(&seen);
                 }
-                repl.route(&user)
+                repl.route_waiting(&user).await
             }
             None => WriteRoute::Here,
         };
@@ -532,6 +532,16 @@ impl Conn {
                         self.send_group();
                     }
                 }
+            }
+            WriteRoute::Unavailable { home, why } => {
+                self.send_group();
+                let message = self
+                    .ctx
+                    .replication
+                    .as_ref()
+                    .map_or_else(String::new, |r| r.unavailable_message(&user, home, why));
+                self.ctx.commands.record(index, started.elapsed(), true);
+                self.reply(Reply::error(message));
             }
             WriteRoute::HomeUnreachable { home, for_ms } => {
                 self.send_group();

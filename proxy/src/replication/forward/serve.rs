@@ -268,6 +268,11 @@ impl Replication {
             return Err(command::arity_error(spec.name));
         }
         let user = command::user_of_command(spec, &args, rule)?.unwrap_or_default();
+        if let meridian_policies::WriteRoute::Unavailable { home, why } =
+            self.route_waiting(&user).await
+        {
+            return Err(Reply::error(self.unavailable_message(&user, home, why)));
+        }
         if let meridian_policies::WriteRoute::Forward { home }
         | meridian_policies::WriteRoute::HomeUnreachable { home, .. } = self.route(&user)
         {
