@@ -111,8 +111,11 @@ pub struct Epochs {
     epoch: u64,
     service: Vec<Service>,
     reports: BTreeMap<usize, BTreeSet<usize>>,
-    /// How far each reporter had applied each datacenter it reported.
-    applied: BTreeMap<(usize, usize), u64>,
+    /// How far each reporter had applied each datacenter it reported (by
+    /// reporter, then by datacenter).
+    applied: BTreeMap<usize, BTreeMap<usize, u64>>,
+    /// The epoch of each datacenter's latest report.
+    reported_in: BTreeMap<usize, u64>,
 }
 
 impl Epochs {
@@ -123,6 +126,7 @@ impl Epochs {
             service: vec![Service::InService; n],
             reports: BTreeMap::new(),
             applied: BTreeMap::new(),
+            reported_in: BTreeMap::new(),
         }
     }
 
@@ -179,7 +183,7 @@ impl Epochs {
         self.reports
             .iter()
             .filter(|(from, down)| **from != dc && down.contains(&dc))
-            .filter_map(|(from, _)| self.applied.get(&(*from, dc)))
+            .filter_map(|(from, _)| self.applied.get(from)?.get(&dc))
             .copied()
             .max()
             .unwrap_or(0)
@@ -212,7 +216,7 @@ impl Epochs {
                     .collect();
                 for &d in &down {
                     let seq = applied.get(&d).copied().unwrap_or(0);
-                    let known = self.applied.entry((*from, d)).or_default();
+                    let known = self.applied.entry(*from).or_default().entry(d).or_default();
                     *known = (*known).max(seq);
                     // A later report raises the target of a datacenter already out.
                     if let Service::Out { catch_up, .. } = &mut self.service[d] {
@@ -220,7 +224,8 @@ impl Epochs {
                     }
                 }
                 self.reports.insert(*from, down);
-                self.settle(*from)
+                self.reported_in.insert(*from, self.epoch);
+                self.settle()
             }
             Command::Released {
                 from,
@@ -253,9 +258,9 @@ impl Epochs {
     }
 
     /// Takes out every datacenter a majority suspects (returning ones too), and
-    /// lets `reporter` return if it was out and fewer than a majority suspect it
-    /// now.
-    fn settle(&mut self, reporter: usize) -> Outcome {
+    /// lets one that is out return once fewer than a majority suspect it and it
+    /// has reported since it went out (so it reaches the agreement).
+    fn settle(&mut self) -> Outcome {
         let majority = self.majority();
         let mut changed = Vec::new();
         for dc in 0..self.service.len() {
@@ -265,10 +270,14 @@ impl Epochs {
                     since: self.epoch + 1,
                     catch_up: self.catch_up(dc),
                 }),
-                Service::Out { .. } if dc == reporter && !suspected => Some(Service::Returning {
-                    since: self.epoch + 1,
-                    released: BTreeMap::new(),
-                }),
+                Service::Out { since, .. }
+                    if !suspected && self.reported_in.get(&dc).is_some_and(|e| e >= since) =>
+                {
+                    Some(Service::Returning {
+                        since: self.epoch + 1,
+                        released: BTreeMap::new(),
+                    })
+                }
                 _ => None,
             };
             if let Some(next) = next {

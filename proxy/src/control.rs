@@ -225,6 +225,7 @@ impl Control {
         loop {
             let view = unreachable.borrow_and_update().clone();
             let agreed = epochs.borrow_and_update().report(self.me as usize).cloned();
+            let mut failed = false;
             if agreed.as_ref() != Some(&view) {
                 let applied = view.iter().map(|&d| (d, applied_of(d))).collect();
                 let command = EpochCommand::Report {
@@ -234,14 +235,19 @@ impl Control {
                 };
                 if let Err(e) = self.propose(command).await {
                     tracing::debug!(error = %e, "could not report which peers this datacenter hears");
+                    failed = true;
                 }
             }
-            // Again when the view or the agreed state changes, and every few
-            // seconds in case a proposal was lost.
+            // Again when the view or the agreed state changes; soon after a
+            // proposal failed (a leader being elected); every few seconds anyway.
+            let again = match failed {
+                true => Duration::from_millis(100),
+                false => Duration::from_secs(2),
+            };
             tokio::select! {
                 _ = unreachable.changed() => {}
                 _ = epochs.changed() => {}
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = tokio::time::sleep(again) => {}
                 _ = stopped.changed() => return,
             }
         }

@@ -88,6 +88,9 @@ pub struct HomesSection {
     /// `home` (the default) or `local`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub writes: Option<String>,
+    /// `reject` (the default) or `next-in-line`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_home_down: Option<String>,
     /// Users pinned to a datacenter.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub pins: std::collections::BTreeMap<String, String>,
@@ -95,7 +98,7 @@ pub struct HomesSection {
 
 impl HomesSection {
     fn is_empty(&self) -> bool {
-        self.writes.is_none() && self.pins.is_empty()
+        self.writes.is_none() && self.on_home_down.is_none() && self.pins.is_empty()
     }
 }
 

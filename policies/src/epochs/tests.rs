@@ -120,6 +120,18 @@ fn a_returning_home_resumes_after_every_datacenter_in_service_released() {
 }
 
 #[test]
+fn a_home_that_spoke_before_the_others_heard_it_returns_when_they_do() {
+    let mut e = Epochs::new(3);
+    e.apply(&report(1, &[0]));
+    e.apply(&report(2, &[0]));
+    // It speaks first, while both still suspect it.
+    assert_eq!(e.apply(&report(0, &[])), Outcome::Noted);
+    // One of the two hears it again: no majority suspects it any more.
+    assert_eq!(e.apply(&report(1, &[])), Outcome::Changed(vec![0]));
+    assert!(matches!(e.service(0), Some(Service::Returning { .. })));
+}
+
+#[test]
 fn a_returning_home_cut_off_again_goes_out_again() {
     let mut e = Epochs::new(3);
     e.apply(&report(1, &[0]));

@@ -8,6 +8,10 @@
 //! persisted on every apply, so a restart resumes from it without replaying the
 //! log; a snapshot is the same state, kept for a peer that fell behind.
 
+// openraft's traits return its `StorageError` (over 200 bytes); the helpers here
+// return the same so `?` carries it through.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;

@@ -63,23 +63,34 @@ impl Replication {
     }
 
     /// The datacenters this one cannot hear from, kept up to date from the links.
+    /// A link not yet up since this proxy started counts as unreachable only after
+    /// the peer timeout: at start-up every link is still being made.
     fn unreachable_watch(
         self: &Arc<Self>,
         mut stopped: watch::Receiver<bool>,
     ) -> watch::Receiver<BTreeSet<usize>> {
         let n = self.topology().datacenters.len();
         let me = self.config.me.get();
+        let grace = self.topology().replication.peer_timeout;
+        let weak = Arc::downgrade(self);
         let view = move |live: meridian_topology::DcSet| -> BTreeSet<usize> {
+            let Some(repl) = weak.upgrade() else {
+                return BTreeSet::new();
+            };
+            let starting = repl.started.elapsed() < grace;
             (0..n)
                 .filter(|&d| d != me && !live.contains(DcIdx(d as u8)))
+                .filter(|&d| !starting || repl.peer_status(repl.dc_id(d)).ever_up())
                 .collect()
         };
         let (tx, rx) = watch::channel(view(self.live()));
         let mut live = self.live.subscribe();
         tokio::spawn(async move {
+            let mut grace_over = Box::pin(tokio::time::sleep(grace));
             loop {
                 tokio::select! {
                     changed = live.changed() => if changed.is_err() { return },
+                    () = &mut grace_over => grace_over.set(tokio::time::sleep(Duration::from_secs(86_400 * 365))),
                     _ = stopped.changed() => return,
                 }
                 let now = view(*live.borrow_and_update());

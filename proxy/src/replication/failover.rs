@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use meridian_policies::{EpochCommand, Epochs, Service, Unavailable, Writer, WriteRoute};
+use meridian_policies::{EpochCommand, Epochs, Service, Unavailable, WriteRoute, Writer};
 use meridian_topology::DcIdx;
 use tokio::sync::watch;
 

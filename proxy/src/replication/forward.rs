@@ -187,6 +187,16 @@ impl Replication {
             .home_of(&String::from_utf8_lossy(user))
     }
 
+    /// Resolves once the agreed epochs say datacenter `dc` is not in service
+    /// (never without the home agreement).
+    async fn taken_over(&self, dc: usize) {
+        let Some(control) = self.control() else {
+            return std::future::pending().await;
+        };
+        let mut epochs = control.epochs();
+        let _ = epochs.wait_for(|e| !e.in_service(dc)).await;
+    }
+
     /// `user`'s rendezvous order: its home first, then who takes over.
     pub(super) fn ranking(&self, user: &str) -> Vec<usize> {
         self.forwarding.homes.ranking(user)
@@ -375,8 +385,17 @@ impl Replication {
                 // Not linked yet since this proxy started: the link is being made.
                 false => deadline,
             };
-            let changed = tokio::time::timeout_at(back_by, changes.changed()).await;
-            if !matches!(changed, Ok(Ok(()))) {
+            // The others agreeing that the home is out also ends the wait: its
+            // users' writes go elsewhere now, and this one's outcome stays unknown.
+            let taken_over = self.taken_over(home.get());
+            let changed = tokio::select! {
+                changed = tokio::time::timeout_at(back_by, changes.changed()) => changed.is_ok_and(|r| r.is_ok()),
+                () = taken_over => {
+                    why = format!("{home_id} was taken out of service while the write was in flight ({why})");
+                    false
+                }
+            };
+            if !changed {
                 return Err(match reached {
                     Some(_) => ForwardError::Unknown { home: home_id, why },
                     None => ForwardError::Unreachable {

@@ -37,10 +37,10 @@ impl Replication {
         self.topology().replication.peer_timeout / 2
     }
 
-    /// Sends beats to `peer` on `connection` until it closes (only where the home
-    /// agreement runs).
+    /// Sends beats to `peer` on `connection` until it closes (only under
+    /// `next-in-line`, where the home agreement runs).
     pub(super) async fn beats(self: Arc<Self>, peer: DcIdx, connection: quinn::Connection) {
-        if self.control().is_none() {
+        if self.on_home_down() != meridian_topology::OnHomeDown::NextInLine {
             return std::future::pending().await;
         }
         let status = self.peer_status(self.id(peer));
@@ -55,7 +55,8 @@ impl Replication {
                 echo: status.beat_seen(),
             }
             .encode(&mut out);
-            if connection.send_datagram(out.into()).is_err() && connection.close_reason().is_some() {
+            if connection.send_datagram(out.into()).is_err() && connection.close_reason().is_some()
+            {
                 return;
             }
         }

@@ -1,0 +1,96 @@
+//! Failover under `on_home_down = "next-in-line"`: a home cut off from the others
+//! is taken over by the next datacenter in its users' order, after a majority
+//! agrees (Raft) and the old home's lease has run out; the cut-off home fences
+//! itself; after the heal it takes its users back once it has applied what was
+//! written for them meanwhile. Each proxy is its own process, every link through
+//! the WAN emulator.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod support;
+
+use std::time::Duration;
+
+use meridian_testbed::{Cluster, ClusterSpec, Shape};
+use support::wan::{converged, info_u64, linked, logs, lossy, start, until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meridian");
+
+fn spec(seed: u64) -> ClusterSpec {
+    let mut spec = ClusterSpec::new(BIN, 3, Shape::AllToAll);
+    spec.set_links(lossy);
+    spec.seed = seed;
+    spec.peer_timeout_ms = Some(1_000);
+    spec.homes.on_home_down = Some("next-in-line".into());
+    spec
+}
+
+/// SET `key` `value` at datacenter `dc`: the reply, or the error's text.
+async fn set(cluster: &Cluster, dc: usize, key: &str, value: &str) -> Result<(), String> {
+    cluster
+        .cmd::<()>(dc, &["SET", key, value])
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_home_is_fenced_taken_over_and_given_back() {
+    let cluster = start(spec(301)).await;
+    linked(&cluster).await;
+    let homes = meridian_proxy::user_homes(&cluster.parsed_topology().unwrap()).unwrap();
+    let user = (0..)
+        .map(|i| format!("f{i}"))
+        .find(|u| homes.home_of(u) == 0)
+        .unwrap();
+    let next = homes.ranking(&user)[1];
+    let third = 3 - next;
+    let key = format!("{{{user}}}:k");
+    // The agreement elects a leader and the home's lease starts: then it writes.
+    until("the home to write", || async {
+        set(&cluster, 0, &key, "v0").await.is_ok()
+    })
+    .await;
+    converged(&cluster).await;
+    // The home is cut off from both others.
+    cluster.cut(0, 1);
+    cluster.cut(0, 2);
+    let cut = tokio::time::Instant::now();
+    // The next in line takes the user's writes, directly and forwarded.
+    let last = std::sync::Mutex::new(String::new());
+    let took_over = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match set(&cluster, next, &key, "v1").await {
+                Ok(()) => return,
+                Err(e) => *last.lock().unwrap() = e,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        took_over.is_ok(),
+        "the next in line never took the user's writes; last error: {}\n{}",
+        last.lock().unwrap(),
+        logs(&cluster)
+    );
+    eprintln!(
+        "writes for the cut-off home's user ran again after {:?}",
+        cut.elapsed()
+    );
+    set(&cluster, third, &key, "v2").await.unwrap();
+    // The cut-off home refuses them: its lease is gone.
+    let refused = set(&cluster, 0, &key, "never").await.unwrap_err();
+    assert!(refused.contains("fenced"), "{refused}\n{}", logs(&cluster));
+    // Healed, the home returns, applies what was written meanwhile, resumes.
+    cluster.heal(0, 1);
+    cluster.heal(0, 2);
+    until("the home to write again", || async {
+        set(&cluster, 0, &key, "v3").await.is_ok()
+    })
+    .await;
+    converged(&cluster).await;
+    for dc in 0..3 {
+        let got: Option<String> = cluster.cmd(dc, &["GET", &key]).await.unwrap();
+        assert_eq!(got.as_deref(), Some("v3"), "at dc{dc}");
+        assert_eq!(info_u64(&cluster, dc, "conflicts").await, 0, "at dc{dc}");
+    }
+}
