@@ -80,6 +80,9 @@ async fn a_cut_off_home_is_fenced_taken_over_and_given_back() {
     // The cut-off home refuses them: its lease is gone.
     let refused = set(&cluster, 0, &key, "never").await.unwrap_err();
     assert!(refused.contains("fenced"), "{refused}\n{}", logs(&cluster));
+    assert!(info_u64(&cluster, 0, "writes_fenced").await > 0);
+    assert!(info_u64(&cluster, next, "takeovers").await > 0);
+    assert!(info_u64(&cluster, next, "home_epoch").await > 0);
     // Healed, the home returns, applies what was written meanwhile, resumes.
     cluster.heal(0, 1);
     cluster.heal(0, 2);
@@ -92,5 +95,59 @@ async fn a_cut_off_home_is_fenced_taken_over_and_given_back() {
         let got: Option<String> = cluster.cmd(dc, &["GET", &key]).await.unwrap();
         assert_eq!(got.as_deref(), Some("v3"), "at dc{dc}");
         assert_eq!(info_u64(&cluster, dc, "conflicts").await, 0, "at dc{dc}");
+    }
+    until("the next in line to see the home back", || async {
+        info_u64(&cluster, next, "failbacks").await > 0
+    })
+    .await;
+}
+
+/// Every datacenter cut off from every other: no majority anywhere, so nobody
+/// takes over; each refuses writes for users homed elsewhere at once, and, its
+/// lease gone, its own users' writes too. The agreed epoch never moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_majority_nobody_takes_over() {
+    let cluster = start(spec(302)).await;
+    linked(&cluster).await;
+    let homes = meridian_proxy::user_homes(&cluster.parsed_topology().unwrap()).unwrap();
+    let user_of = |dc: usize| {
+        (0..)
+            .map(|i| format!("n{i}"))
+            .find(|u| homes.home_of(u) == dc)
+            .unwrap()
+    };
+    let (mine, theirs) = (
+        format!("{{{}}}:k", user_of(0)),
+        format!("{{{}}}:k", user_of(1)),
+    );
+    until("the home to write", || async {
+        set(&cluster, 0, &mine, "a").await.is_ok()
+    })
+    .await;
+    let epoch = info_u64(&cluster, 0, "home_epoch").await;
+    for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+        cluster.cut(a, b);
+    }
+    until("dc0 to refuse its own user's writes, fenced", || async {
+        set(&cluster, 0, &mine, "b")
+            .await
+            .is_err_and(|e| e.contains("fenced"))
+    })
+    .await;
+    let refused = set(&cluster, 0, &theirs, "c").await.unwrap_err();
+    assert!(
+        refused.contains("unreachable") && refused.contains("next-in-line"),
+        "{refused}"
+    );
+    // Long enough for a takeover, had one been possible (peer timeout, lease,
+    // an election): nothing moved.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for dc in 0..3 {
+        assert_eq!(
+            info_u64(&cluster, dc, "home_epoch").await,
+            epoch,
+            "at dc{dc}"
+        );
+        assert_eq!(info_u64(&cluster, dc, "takeovers").await, 0, "at dc{dc}");
     }
 }

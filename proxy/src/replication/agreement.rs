@@ -57,6 +57,18 @@ impl Replication {
         self.topology().homes.on_home_down
     }
 
+    /// What happens meanwhile, for an error message.
+    pub fn on_home_down_text(&self) -> String {
+        match self.on_home_down() {
+            meridian_topology::OnHomeDown::Reject => {
+                "on_home_down = \"reject\": its users' writes are refused until it is back".into()
+            }
+            meridian_topology::OnHomeDown::NextInLine => {
+                "on_home_down = \"next-in-line\": the next in line takes them once a majority agrees the home is out".into()
+            }
+        }
+    }
+
     /// The home agreement, when this proxy takes part in one.
     pub fn control(&self) -> Option<&Arc<Control>> {
         self.control.get()

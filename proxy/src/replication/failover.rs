@@ -16,6 +16,7 @@
 //!   resumes. Writes for its users wait meanwhile (bounded).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,21 +31,53 @@ use crate::replication::Replication;
 const LEASE_MARGIN: f64 = 1.25;
 
 /// What this datacenter has seen of takeovers: when it first saw each datacenter
-/// out (the old home's lease runs from there).
+/// out (the old home's lease runs from there), and the counts.
 #[derive(Debug, Default)]
 pub(super) struct Seen {
     out_since: Mutex<HashMap<usize, Instant>>,
+    last: Mutex<Option<Epochs>>,
+    stats: FailoverStats,
+}
+
+/// What failover counts here.
+#[derive(Debug, Default)]
+pub struct FailoverStats {
+    /// Writes refused because this datacenter had no home lease.
+    pub fenced: AtomicU64,
+    /// Datacenters seen taken out of service.
+    pub takeovers: AtomicU64,
+    /// Datacenters seen resuming service after an outage.
+    pub failbacks: AtomicU64,
 }
 
 impl Seen {
     fn update(&self, epochs: &Epochs) {
         let mut out = self.out_since.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         for dc in 0..epochs.len() {
+            let before = last.as_ref().and_then(|l| l.service(dc).cloned());
+            match (before, epochs.service(dc)) {
+                (
+                    Some(Service::InService | Service::Returning { .. }),
+                    Some(Service::Out { .. }),
+                ) => {
+                    self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+                }
+                // Seen from out, when the watch skipped the returning state.
+                (
+                    Some(Service::Out { .. } | Service::Returning { .. }),
+                    Some(Service::InService),
+                ) => {
+                    self.stats.failbacks.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
             match epochs.service(dc) {
                 Some(Service::Out { .. }) => drop(out.entry(dc).or_insert_with(Instant::now)),
                 _ => drop(out.remove(&dc)),
             }
         }
+        *last = Some(epochs.clone());
     }
 
     fn out_for(&self, dc: usize) -> Option<Duration> {
@@ -150,6 +183,9 @@ impl Replication {
     pub fn unavailable_message(&self, user: &[u8], home: usize, why: Unavailable) -> String {
         let user = String::from_utf8_lossy(user);
         let home = self.dc_id(home);
+        if why == Unavailable::Fenced {
+            self.seen.stats.fenced.fetch_add(1, Ordering::Relaxed);
+        }
         match why {
             Unavailable::Fenced => format!(
                 "TRYAGAIN {} writes for user '{user}' but is fenced: {}",
@@ -167,6 +203,31 @@ impl Replication {
                 "TRYAGAIN no datacenter of user '{user}''s order is in service (on_home_down = \"next-in-line\")"
             ),
         }
+    }
+
+    /// What failover counts here.
+    pub fn failover_stats(&self) -> &FailoverStats {
+        &self.seen.stats
+    }
+
+    /// The agreed epoch, the agreement's leader, and each datacenter's service, as
+    /// applied here (`None` without the home agreement).
+    pub fn agreement_status(&self) -> Option<(u64, Option<usize>, Vec<(String, &'static str)>)> {
+        let control = self.control()?;
+        let epochs = control.epochs();
+        let epochs = epochs.borrow();
+        let service = (0..epochs.len())
+            .map(|dc| {
+                let state = match epochs.service(dc) {
+                    Some(Service::InService) => "in service",
+                    Some(Service::Out { .. }) => "out",
+                    Some(Service::Returning { .. }) => "returning",
+                    None => "unknown",
+                };
+                (self.dc_id(dc).to_owned(), state)
+            })
+            .collect();
+        Some((epochs.epoch(), control.leader(), service))
     }
 
     /// Follows the agreed epochs: notes takeovers, releases the users of a

@@ -545,14 +545,13 @@ impl Conn {
             }
             WriteRoute::HomeUnreachable { home, for_ms } => {
                 self.send_group();
-                let home = self
-                    .ctx
-                    .replication
-                    .as_ref()
-                    .map_or_else(String::new, |r| r.dc_id(home).to_owned());
+                let (home, policy) = match &self.ctx.replication {
+                    Some(r) => (r.dc_id(home).to_owned(), r.on_home_down_text()),
+                    None => (String::new(), String::new()),
+                };
                 self.ctx.commands.record(index, started.elapsed(), true);
                 self.reply(Reply::error(format!(
-                    "TRYAGAIN {home}, the home of user '{}', has been unreachable from {} for {for_ms} ms",
+                    "TRYAGAIN {home}, the home of user '{}', has been unreachable from {} for {for_ms} ms ({policy})",
                     String::from_utf8_lossy(&user),
                     self.ctx.config.dc
                 )));

@@ -50,7 +50,7 @@ fn stat(ctx: &Context, counter: fn(&crate::engine::Stats) -> &AtomicU64) -> f64 
 }
 
 /// The proxy's and engine's single values, in the order INFO shows them.
-const SCALARS: [ScalarRow; 31] = [
+const SCALARS: [ScalarRow; 36] = [
     (
         "meridian_connected_clients",
         "Client connections open now.",
@@ -185,6 +185,45 @@ const SCALARS: [ScalarRow; 31] = [
         |c| c.engine.log_start().1 as f64,
     ),
     (
+        "meridian_home_epoch",
+        "The home agreement's epoch as applied here (0 without next-in-line failover).",
+        Kind::Gauge,
+        Some((Section::Replication, "home_epoch")),
+        |c| agreement(c).map_or(0.0, |(epoch, _)| epoch as f64),
+    ),
+    (
+        "meridian_home_agreement_leader",
+        "The home agreement's leader, by topology index (-1: none known or no agreement).",
+        Kind::Gauge,
+        Some((Section::Replication, "home_agreement_leader")),
+        |c| {
+            agreement(c)
+                .and_then(|(_, leader)| leader)
+                .map_or(-1.0, |l| l as f64)
+        },
+    ),
+    (
+        "meridian_writes_fenced_total",
+        "Writes refused because this datacenter had not heard from a majority within its home lease.",
+        Kind::Counter,
+        Some((Section::Replication, "writes_fenced")),
+        |c| failover(c, |f| &f.fenced),
+    ),
+    (
+        "meridian_takeovers_total",
+        "Datacenters seen taken out of service (their users' writes went to the next in line).",
+        Kind::Counter,
+        Some((Section::Replication, "takeovers")),
+        |c| failover(c, |f| &f.takeovers),
+    ),
+    (
+        "meridian_failbacks_total",
+        "Datacenters seen back in service after an outage.",
+        Kind::Counter,
+        Some((Section::Replication, "failbacks")),
+        |c| failover(c, |f| &f.failbacks),
+    ),
+    (
         "meridian_forward_requests_total",
         "Requests (groups of writes of one connection) sent toward their users' homes.",
         Kind::Counter,
@@ -285,6 +324,18 @@ fn reads(ctx: &Context, counter: fn(&crate::replication::ReadStats) -> &AtomicU6
     ctx.replication
         .as_ref()
         .map_or(0.0, |r| load(counter(r.read_stats())))
+}
+
+fn failover(ctx: &Context, counter: fn(&crate::replication::FailoverStats) -> &AtomicU64) -> f64 {
+    ctx.replication
+        .as_ref()
+        .map_or(0.0, |r| load(counter(r.failover_stats())))
+}
+
+/// The agreed epoch and the agreement's leader.
+fn agreement(ctx: &Context) -> Option<(u64, Option<usize>)> {
+    let (epoch, leader, _) = ctx.replication.as_ref()?.agreement_status()?;
+    Some((epoch, leader))
 }
 
 fn forward(ctx: &Context, counter: fn(&crate::replication::ForwardStats) -> &AtomicU64) -> f64 {
