@@ -50,6 +50,17 @@ pub struct FailoverStats {
     pub failbacks: AtomicU64,
 }
 
+/// The home agreement as this datacenter sees it.
+#[derive(Debug, Clone)]
+pub struct AgreementStatus {
+    /// The agreed epoch applied here.
+    pub epoch: u64,
+    /// The agreement's leader (topology index), if known.
+    pub leader: Option<usize>,
+    /// Each datacenter and its service: "in service", "out" or "returning".
+    pub service: Vec<(String, &'static str)>,
+}
+
 impl Seen {
     fn update(&self, epochs: &Epochs) {
         let mut out = self.out_since.lock().unwrap_or_else(|p| p.into_inner());
@@ -212,7 +223,7 @@ impl Replication {
 
     /// The agreed epoch, the agreement's leader, and each datacenter's service, as
     /// applied here (`None` without the home agreement).
-    pub fn agreement_status(&self) -> Option<(u64, Option<usize>, Vec<(String, &'static str)>)> {
+    pub fn agreement_status(&self) -> Option<AgreementStatus> {
         let control = self.control()?;
         let epochs = control.epochs();
         let epochs = epochs.borrow();
@@ -227,7 +238,11 @@ impl Replication {
                 (self.dc_id(dc).to_owned(), state)
             })
             .collect();
-        Some((epochs.epoch(), control.leader(), service))
+        Some(AgreementStatus {
+            epoch: epochs.epoch(),
+            leader: control.leader(),
+            service,
+        })
     }
 
     /// Follows the agreed epochs: notes takeovers, releases the users of a

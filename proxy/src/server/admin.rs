@@ -133,11 +133,14 @@ fn status(ctx: &Context) -> String {
         "changes_replayed_at_start": stats.replayed.load(Ordering::Relaxed),
         "writes_stopped": engine.broken(),
         "conflicts": stats.conflicts.load(Ordering::Relaxed),
-        "home_agreement": ctx.replication.as_ref().and_then(|r| r.agreement_status()).map(|(epoch, leader, service)| serde_json::json!({
-            "epoch": epoch,
-            "leader": leader.and_then(|l| ctx.replication.as_ref().map(|r| r.dc_id(l).to_owned())),
-            "service": service.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
-        })),
+        "home_agreement": ctx.replication.as_ref().and_then(|r| {
+            let status = r.agreement_status()?;
+            Some(serde_json::json!({
+                "epoch": status.epoch,
+                "leader": status.leader.map(|l| r.dc_id(l).to_owned()),
+                "service": status.service.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            }))
+        }),
         "recent_conflicts": engine.conflicts(10).iter().map(|c| serde_json::json!({
             "key": String::from_utf8_lossy(&c.key),
             "found_at_ms": c.at_ms,

@@ -334,8 +334,8 @@ fn failover(ctx: &Context, counter: fn(&crate::replication::FailoverStats) -> &A
 
 /// The agreed epoch and the agreement's leader.
 fn agreement(ctx: &Context) -> Option<(u64, Option<usize>)> {
-    let (epoch, leader, _) = ctx.replication.as_ref()?.agreement_status()?;
-    Some((epoch, leader))
+    let status = ctx.replication.as_ref()?.agreement_status()?;
+    Some((status.epoch, status.leader))
 }
 
 fn forward(ctx: &Context, counter: fn(&crate::replication::ForwardStats) -> &AtomicU64) -> f64 {
