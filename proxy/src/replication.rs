@@ -48,7 +48,7 @@ use crate::engine::Engine;
 use crate::link::LinkTls;
 
 pub use error::StreamError;
-pub use failover::{AgreementStatus, FailoverStats};
+pub use failover::FailoverStats;
 pub use forward::{ForwardError, ForwardStats, homes};
 pub use reads::{ReadPlace, ReadStats};
 pub use status::{OriginLag, PeerStatus};
