@@ -161,6 +161,16 @@ impl Epochs {
         self.reports.get(&dc)
     }
 
+    /// Whether datacenter `dc` is out and has not reported since it went out: its
+    /// next report, whatever it says, lets it return once it is no longer
+    /// suspected.
+    pub fn awaits_report(&self, dc: usize) -> bool {
+        match self.service.get(dc) {
+            Some(Service::Out { since, .. }) => self.reported_in.get(&dc).is_none_or(|e| e < since),
+            _ => false,
+        }
+    }
+
     /// A majority of all datacenters.
     pub fn majority(&self) -> usize {
         self.service.len() / 2 + 1

@@ -224,9 +224,16 @@ impl Control {
         let mut epochs = self.epochs();
         loop {
             let view = unreachable.borrow_and_update().clone();
-            let agreed = epochs.borrow_and_update().report(self.me as usize).cloned();
+            let (agreed, out) = {
+                let e = epochs.borrow_and_update();
+                (
+                    e.report(self.me as usize).cloned(),
+                    e.awaits_report(self.me as usize),
+                )
+            };
             let mut failed = false;
-            if agreed.as_ref() != Some(&view) {
+            // Out and silent since: report again, even the same view, to return.
+            if agreed.as_ref() != Some(&view) || out {
                 let applied = view.iter().map(|&d| (d, applied_of(d))).collect();
                 let command = EpochCommand::Report {
                     from: self.me as usize,

@@ -132,6 +132,22 @@ fn a_home_that_spoke_before_the_others_heard_it_returns_when_they_do() {
 }
 
 #[test]
+fn an_out_home_awaits_its_own_report_to_return() {
+    let mut e = Epochs::new(3);
+    e.apply(&report(0, &[]));
+    e.apply(&report(1, &[0]));
+    e.apply(&report(2, &[0]));
+    assert!(e.awaits_report(0));
+    e.apply(&report(1, &[]));
+    e.apply(&report(2, &[]));
+    // Its report from before it went out says the same as a new one would: a
+    // new one is still needed.
+    assert!(e.awaits_report(0));
+    assert_eq!(e.apply(&report(0, &[])), Outcome::Changed(vec![0]));
+    assert!(!e.awaits_report(0));
+}
+
+#[test]
 fn a_returning_home_cut_off_again_goes_out_again() {
     let mut e = Epochs::new(3);
     e.apply(&report(1, &[0]));
