@@ -257,7 +257,13 @@ impl Replication {
         loop {
             let now = epochs.borrow_and_update().clone();
             self.seen.update(&now);
-            if let Some(command) = self.handover_step(&now) {
+            if let Some(mut command) = self.handover_step(&now) {
+                // A release names this datacenter's last change once every write
+                // it had taken is logged: an empty apply queued behind them.
+                if let EpochCommand::Released { seq, .. } = &mut command {
+                    let _ = self.engine.apply(Vec::new()).await;
+                    *seq = self.engine.applied_of(self.dc());
+                }
                 if let Err(e) = control.propose(command.clone()).await {
                     tracing::debug!(error = %e, ?command, "handover step not agreed yet");
                 }
@@ -280,11 +286,12 @@ impl Replication {
             };
             if dc != me && epochs.in_service(me) && !released.contains_key(&me) {
                 // Writes for its users stopped when this datacenter saw it
-                // returning (they route to the handover now).
+                // returning (they route to the handover now); the caller fills in
+                // the last change once the writes already taken are logged.
                 return Some(EpochCommand::Released {
                     from: me,
                     returning: dc,
-                    seq: self.engine.applied_of(self.dc()),
+                    seq: 0,
                 });
             }
             if dc == me {
