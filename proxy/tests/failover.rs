@@ -166,3 +166,102 @@ async fn without_a_majority_nobody_takes_over() {
         assert_eq!(info_u64(&cluster, dc, "takeovers").await, 0, "at dc{dc}");
     }
 }
+
+/// Writers at every datacenter increment one counter of a user homed at dc0
+/// while dc0's links go down and up again, long enough for takeovers and
+/// failbacks. What dc0 acknowledges in a cut before its lease runs out reaches
+/// nobody, and the next in line overwrites it: that loss of asynchronous
+/// failover must be in the conflict log, every lost increment of it. And the
+/// two sides never write at once: had the next in line written while dc0 still
+/// did, some of its own writes would have lost to dc0's later ones, so every
+/// conflict's lost write is dc0's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_that_comes_and_goes_never_has_two_writers() {
+    let cluster = std::sync::Arc::new(start(spec(303)).await);
+    linked(&cluster).await;
+    let homes = meridian_proxy::user_homes(&cluster.parsed_topology().unwrap()).unwrap();
+    let user = (0..)
+        .map(|i| format!("c{i}"))
+        .find(|u| homes.home_of(u) == 0)
+        .unwrap();
+    let key = format!("{{{user}}}:n");
+    until("the home to write", || async {
+        set(&cluster, 0, &key, "0").await.is_ok()
+    })
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = tokio::task::JoinSet::new();
+    for dc in 0..3 {
+        let (cluster, key, stop) = (cluster.clone(), key.clone(), stop.clone());
+        writers.spawn(async move {
+            let (mut acked, mut unknown) = (0u64, 0u64);
+            let mut c = cluster.connect(dc).await.unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r: redis::RedisResult<i64> =
+                    redis::cmd("INCR").arg(&key).query_async(&mut c).await;
+                match r {
+                    Ok(_) => acked += 1,
+                    Err(e) if e.to_string().contains("may or may not") => unknown += 1,
+                    Err(e) if e.is_io_error() || e.is_timeout() => {
+                        unknown += 1;
+                        c = cluster.connect(dc).await.unwrap();
+                    }
+                    // Refused before it ran: fenced, out of reach, handing over.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+            (acked, unknown)
+        });
+    }
+    for _ in 0..3 {
+        cluster.cut(0, 1);
+        cluster.cut(0, 2);
+        tokio::time::sleep(Duration::from_millis(2_000)).await;
+        cluster.heal(0, 1);
+        cluster.heal(0, 2);
+        tokio::time::sleep(Duration::from_millis(2_000)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut acked, mut unknown) = (0, 0);
+    while let Some(done) = writers.join_next().await {
+        let (a, u) = done.unwrap();
+        acked += a;
+        unknown += u;
+    }
+    converged(&cluster).await;
+    let total: i64 = cluster
+        .cmd::<Option<i64>>(0, &["GET", &key])
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    let total = total as u64;
+    assert!(
+        total <= acked + unknown,
+        "counter {total}, {acked} increments acknowledged, {unknown} of unknown outcome"
+    );
+    let (mut takeovers, mut most_conflicts) = (0, 0);
+    for dc in 0..3 {
+        takeovers += info_u64(&cluster, dc, "takeovers").await;
+        most_conflicts = most_conflicts.max(info_u64(&cluster, dc, "conflicts").await);
+        let entries: Vec<std::collections::HashMap<String, Option<String>>> = cluster
+            .cmd(dc, &["MERIDIAN", "CONFLICTS", "1000"])
+            .await
+            .unwrap();
+        for entry in entries {
+            let lost = entry.get("lost").cloned().flatten().unwrap_or_default();
+            assert!(
+                lost.contains("@dc0#"),
+                "at dc{dc}, a write of {lost} was lost: two datacenters wrote at once? {entry:?}"
+            );
+        }
+    }
+    eprintln!(
+        "{acked} increments acknowledged, {unknown} of unknown outcome, counter {total}; {most_conflicts} conflicts logged; {takeovers} takeovers seen"
+    );
+    assert!(takeovers > 0, "the cuts were long enough for a takeover");
+    assert!(
+        acked.saturating_sub(total) <= most_conflicts,
+        "{} acknowledged increments are gone, {most_conflicts} conflicts logged",
+        acked.saturating_sub(total)
+    );
+}

@@ -20,7 +20,7 @@
 //! | 11 | forward reply | the home's replies and token ([`ForwardReply`]), postcard | [`MAX_FORWARD`] |
 //! | 12 | agreement | a request of the home agreement for a datacenter ([`AgreementRequest`]), postcard | [`MAX_AGREEMENT`] |
 //! | 13 | agreement reply | its reply (JSON, see `control`) | [`MAX_AGREEMENT`] |
-//! | 14 | beat | `[sent u64][echo u64]`: the sender's clock (ms) and the latest beat it had from the receiver, echoed (a datagram; the home lease) | 17 |
+//! | 14 | beat | `[sent u64][echo u64][epoch u64]`: the sender's clock (ms), the latest beat it had from the receiver, echoed, and the home epoch it has applied (a datagram; the home lease) | 25 |
 //!
 //! A forward and its reply, and an agreement request and its reply, travel alone on a bidirectional stream of their own,
 //! never behind the replication stream. The length is checked against the type's limit before the body is
@@ -72,7 +72,7 @@ pub const TYPES: [FrameType; 14] = [
     ty(11, "forward-reply", MAX_FORWARD),
     ty(12, "agreement", MAX_AGREEMENT),
     ty(13, "agreement-reply", MAX_AGREEMENT),
-    ty(14, "beat", 17),
+    ty(14, "beat", 25),
 ];
 
 /// The first bytes of the body read before the buffer grows with what arrives.
@@ -107,13 +107,16 @@ pub enum Frame {
     Agreement(AgreementRequest),
     /// The reply to an agreement request.
     AgreementReply(Vec<u8>),
-    /// Liveness for the home lease: the sender's clock, and the latest `sent` it
-    /// had from the receiver (0: none), which proves the receiver's beat arrived.
+    /// Liveness for the home lease: the sender's clock, the latest `sent` it had
+    /// from the receiver (0: none), which proves the receiver's beat arrived, and
+    /// the home epoch the sender has applied.
     Beat {
         /// The sender's clock, in milliseconds since it started.
         sent: u64,
         /// The receiver's `sent` of the latest beat the sender had from it.
         echo: u64,
+        /// The home agreement's epoch as the sender has applied it.
+        epoch: u64,
     },
 }
 
@@ -300,9 +303,10 @@ impl Frame {
             Frame::ForwardReply(reply) => append_postcard(out, reply),
             Frame::Agreement(request) => append_postcard(out, request),
             Frame::AgreementReply(body) => out.extend_from_slice(body),
-            Frame::Beat { sent, echo } => {
+            Frame::Beat { sent, echo, epoch } => {
                 out.extend_from_slice(&sent.to_le_bytes());
                 out.extend_from_slice(&echo.to_le_bytes());
+                out.extend_from_slice(&epoch.to_le_bytes());
             }
             Frame::Heartbeat | Frame::SnapshotEnd | Frame::SnapshotRequest => {}
         }
@@ -368,13 +372,19 @@ impl Frame {
                 .map(Frame::Agreement)
                 .map_err(|e| bad(&e)),
             13 => Ok(Frame::AgreementReply(body.to_vec())),
-            14 => match body.split_first_chunk::<8>() {
-                Some((sent, echo)) if echo.len() == 8 => Ok(Frame::Beat {
-                    sent: u64::from_le_bytes(*sent),
-                    echo: u64::from_le_bytes(echo.try_into().unwrap_or_default()),
-                }),
-                _ => Err(bad(&"a beat is 16 bytes")),
-            },
+            14 => {
+                let word = |i: usize| {
+                    body.get(i * 8..i * 8 + 8)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map(u64::from_le_bytes)
+                };
+                match (word(0), word(1), word(2), body.len()) {
+                    (Some(sent), Some(echo), Some(epoch), 24) => {
+                        Ok(Frame::Beat { sent, echo, epoch })
+                    }
+                    _ => Err(bad(&"a beat is 24 bytes")),
+                }
+            }
             3 => empty(Frame::Heartbeat),
             6 => empty(Frame::SnapshotEnd),
             _ => empty(Frame::SnapshotRequest),

@@ -9,6 +9,11 @@
 //! one-way cut (this side hears the peer, the peer does not hear this side) ends
 //! the lease too.
 //!
+//! Beats also carry the home epoch the sender has applied; a peer that knows a
+//! newer one does not count toward the lease. A home coming back from a cut has
+//! its lease back as soon as beats flow, before the agreement's log reaches it:
+//! without this it would write for users the others gave to the next in line.
+//!
 //! Why it fences: a peer reports a datacenter unreachable only after hearing
 //! nothing from it for the peer timeout, which is twice the lease; and whoever
 //! takes over waits a further lease (with a margin for clock rate) after it sees
@@ -53,6 +58,7 @@ impl Replication {
             Frame::Beat {
                 sent: self.beat_clock(),
                 echo: status.beat_seen(),
+                epoch: self.agreed_epoch(),
             }
             .encode(&mut out);
             if connection.send_datagram(out.into()).is_err() && connection.close_reason().is_some()
@@ -62,25 +68,35 @@ impl Replication {
         }
     }
 
+    /// The home epoch this datacenter has applied (0 without the agreement).
+    fn agreed_epoch(&self) -> u64 {
+        self.control().map_or(0, |c| c.epochs().borrow().epoch())
+    }
+
     /// Whether this datacenter may write as a home now: a majority, itself
-    /// included, has heard from it within the lease. The error says how many have.
+    /// included, has heard from it within the lease, and none of those knows a
+    /// newer home epoch than this datacenter has applied (one coming back from a
+    /// cut may have been taken out meanwhile: it learns that before it writes).
+    /// The error says how many count.
     pub fn lease(&self) -> Result<(), String> {
         let n = self.topology().datacenters.len();
         let majority = n / 2 + 1;
         let now = self.beat_clock();
         let lease = self.lease_period().as_millis() as u64;
         let me = self.config.me.get();
+        let epoch = self.agreed_epoch();
         let heard = (0..n)
             .filter(|&dc| dc != me)
             .filter(|&dc| {
-                let echoed = self.peer_status(self.dc_id(dc)).echoed();
-                echoed > 0 && now.saturating_sub(echoed) < lease
+                let status = self.peer_status(self.dc_id(dc));
+                let echoed = status.echoed();
+                echoed > 0 && now.saturating_sub(echoed) < lease && status.epoch() <= epoch
             })
             .count();
         match heard + 1 >= majority {
             true => Ok(()),
             false => Err(format!(
-                "{} has heard from {heard} of the other {} datacenters within its home lease ({lease} ms), and writes as a home only while a majority ({majority} of {n}, itself included) has",
+                "{} has heard from {heard} of the other {} datacenters within its home lease ({lease} ms) with no newer home epoch than its own ({epoch}), and writes as a home only while a majority ({majority} of {n}, itself included) has",
                 self.dc(),
                 n - 1
             )),

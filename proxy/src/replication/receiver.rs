@@ -124,8 +124,8 @@ async fn read_echoes(
             continue;
         };
         for frame in &frames {
-            if let Frame::Beat { sent, echo } = frame {
-                status.beat(*sent, *echo);
+            if let Frame::Beat { sent, echo, epoch } = frame {
+                status.beat(*sent, *echo, *epoch);
             }
         }
         for frame in frames.into_iter().filter(|f| matches!(f, Frame::Change(_))) {

@@ -55,6 +55,8 @@ pub struct PeerStatus {
     /// The latest of this proxy's beats the peer echoed (this proxy's clock): the
     /// peer had heard from here by then.
     echoed: AtomicU64,
+    /// The newest home epoch the peer said it has applied.
+    epoch: AtomicU64,
     /// The link to the peer, as `/status` shows it: dialling, up, or waiting.
     pub(super) link: Arc<Worker>,
     /// The shipper's state while the link is up.
@@ -92,13 +94,21 @@ impl PeerStatus {
             restarts: AtomicU64::new(0),
             beat_seen: AtomicU64::new(0),
             echoed: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
         }
     }
 
-    /// Records a beat from the peer: its clock, and the beat of ours it echoes.
-    pub(super) fn beat(&self, sent: u64, echo: u64) {
+    /// Records a beat from the peer: its clock, the beat of ours it echoes, and
+    /// the home epoch it has applied.
+    pub(super) fn beat(&self, sent: u64, echo: u64, epoch: u64) {
         self.beat_seen.fetch_max(sent, Ordering::Relaxed);
         self.echoed.fetch_max(echo, Ordering::Relaxed);
+        self.epoch.fetch_max(epoch, Ordering::Relaxed);
+    }
+
+    /// The newest home epoch the peer said it has applied.
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
     }
 
     /// The peer's latest beat clock, to echo in ours.

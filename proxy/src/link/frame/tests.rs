@@ -51,7 +51,11 @@ fn samples() -> Vec<Frame> {
             body: b"{}".to_vec(),
         }),
         Frame::AgreementReply(b"{\"Vote\":1}".to_vec()),
-        Frame::Beat { sent: 5, echo: 3 },
+        Frame::Beat {
+            sent: 5,
+            echo: 3,
+            epoch: 2,
+        },
     ]
 }
 
