@@ -265,3 +265,77 @@ async fn a_home_that_comes_and_goes_never_has_two_writers() {
         acked.saturating_sub(total)
     );
 }
+
+/// Five datacenters: a home is cut off and, at once, the agreement's leader is
+/// SIGKILLed. The three left are a majority: they elect a new leader, take the
+/// home out, and the next in line writes for its users. Once the leader is back
+/// and the home healed, the home resumes and everything converges, with no
+/// conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_survives_the_loss_of_the_agreement_s_leader() {
+    let mut spec = spec(304);
+    spec = ClusterSpec {
+        dcs: (0..5)
+            .map(|i| meridian_testbed::DcSpec::new(format!("dc{i}")))
+            .collect(),
+        ..spec
+    };
+    spec.set_links(lossy);
+    let mut cluster = start(spec).await;
+    linked(&cluster).await;
+    let leader = tokio::time::timeout(support::wan::CONVERGE, async {
+        loop {
+            let info = cluster.replication_info(0).await.unwrap();
+            if let Some(l) = info
+                .get("home_agreement_leader")
+                .and_then(|v| v.parse::<usize>().ok())
+            {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("an agreement leader");
+    let homes = meridian_proxy::user_homes(&cluster.parsed_topology().unwrap()).unwrap();
+    let home = (0..5).find(|&d| d != leader).unwrap();
+    let (user, next) = (0..)
+        .map(|i| format!("k{i}"))
+        .find_map(|u| {
+            let ranking = homes.ranking(&u);
+            (ranking[0] == home && ranking[1] != leader).then(|| (u, ranking[1]))
+        })
+        .unwrap();
+    let key = format!("{{{user}}}:k");
+    until("the home to write", || async {
+        set(&cluster, home, &key, "v0").await.is_ok()
+    })
+    .await;
+    converged(&cluster).await;
+    for other in (0..5).filter(|&d| d != home) {
+        cluster.cut(home, other);
+    }
+    cluster.kill(leader).unwrap();
+    until("the next in line to take the user's writes", || async {
+        set(&cluster, next, &key, "v1").await.is_ok()
+    })
+    .await;
+    cluster.restart(leader).await.unwrap();
+    for other in (0..5).filter(|&d| d != home) {
+        cluster.heal(home, other);
+    }
+    until("the home to resume", || async {
+        info_u64(&cluster, home, "failbacks").await > 0
+    })
+    .await;
+    until("the home to write again", || async {
+        set(&cluster, home, &key, "v2").await.is_ok()
+    })
+    .await;
+    converged(&cluster).await;
+    for dc in 0..5 {
+        let got: Option<String> = cluster.cmd(dc, &["GET", &key]).await.unwrap();
+        assert_eq!(got.as_deref(), Some("v2"), "at dc{dc}");
+        assert_eq!(info_u64(&cluster, dc, "conflicts").await, 0, "at dc{dc}");
+    }
+}
