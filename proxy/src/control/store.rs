@@ -99,15 +99,24 @@ impl Store {
             .map_err(|e| failed(ErrorVerb::Write, "commit", e))
     }
 
-    /// A metadata value.
-    fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+    /// `table` in a new read transaction (kept alive by the returned one).
+    fn read<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        table: TableDefinition<'_, K, V>,
+    ) -> Result<(redb::ReadTransaction, redb::ReadOnlyTable<K, V>), Error> {
         let txn = self
             .db
             .begin_read()
             .map_err(|e| failed(ErrorVerb::Read, "begin", e))?;
-        let meta = txn
-            .open_table(META)
-            .map_err(|e| failed(ErrorVerb::Read, "open the metadata", e))?;
+        let opened = txn
+            .open_table(table)
+            .map_err(|e| failed(ErrorVerb::Read, redb::TableHandle::name(&table), e))?;
+        Ok((txn, opened))
+    }
+
+    /// A metadata value.
+    fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        let (_txn, meta) = self.read(META)?;
         let Some(bytes) = meta.get(key).map_err(|e| failed(ErrorVerb::Read, key, e))? else {
             return Ok(None);
         };
@@ -128,13 +137,7 @@ impl Store {
 
     /// The first and last entries of the log.
     fn log_bounds(&self) -> Result<Option<(Entry, Entry)>, Error> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| failed(ErrorVerb::Read, "begin", e))?;
-        let log = txn
-            .open_table(LOG)
-            .map_err(|e| failed(ErrorVerb::Read, "open the log", e))?;
+        let (_txn, log) = self.read(LOG)?;
         let decode = |row: Option<(redb::AccessGuard<'_, u64>, redb::AccessGuard<'_, &[u8]>)>| {
             row.map(|(_, v)| serde_json::from_slice::<Entry>(v.value()))
                 .transpose()
@@ -157,13 +160,7 @@ impl RaftLogReader<Agreement> for Store {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, Error> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| failed(ErrorVerb::Read, "begin", e))?;
-        let log = txn
-            .open_table(LOG)
-            .map_err(|e| failed(ErrorVerb::Read, "open the log", e))?;
+        let (_txn, log) = self.read(LOG)?;
         let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
         let rows = log
             .range::<u64>(bounds)
