@@ -109,6 +109,9 @@ fn incarnation() -> u64 {
     h.finish() | 1
 }
 
+/// How long a forwarded write's reply waits for its changes to be applied here.
+const VISIBLE_WAIT: Duration = Duration::from_millis(10);
+
 impl Forwarding {
     pub(super) fn new(
         topology: &Topology,
@@ -185,6 +188,23 @@ impl Replication {
         self.forwarding
             .homes
             .home_of(&String::from_utf8_lossy(user))
+    }
+
+    /// Waits, briefly, until the changes a home's reply names are applied here
+    /// too: they travel on the replication stream beside the reply and usually
+    /// arrive with it. Answering the client after them lets its next read here
+    /// run at once instead of waiting for them. Bounded by [`VISIBLE_WAIT`]: a
+    /// change held up by a retransmission is not waited for.
+    pub async fn until_visible(&self, token: &bytes::Bytes) {
+        let Ok(token) = VersionVector::decode(token) else {
+            return;
+        };
+        if self.engine.covers(&token) {
+            return;
+        }
+        let mut applied = self.engine.watch_applied();
+        let covered = applied.wait_for(|a| a.dominates(&token));
+        let _ = tokio::time::timeout(VISIBLE_WAIT, covered).await;
     }
 
     /// Resolves once the agreed epochs say datacenter `dc` is not in service

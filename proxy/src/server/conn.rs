@@ -453,7 +453,11 @@ impl Conn {
         let request = repl.request(group.home, protocol, &self.token, group.commands);
         let (tx, rx) = oneshot::channel();
         tokio::spawn(async move {
-            let _ = tx.send(repl.forward(&request).await);
+            let outcome = repl.forward(&request).await;
+            if let Ok(reply) = &outcome {
+                repl.until_visible(&reply.token).await;
+            }
+            let _ = tx.send(outcome);
         });
         self.pending.push_back(Pending::Forwarded {
             rx,
