@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod binary;
+mod failover;
 mod faults;
 mod forward;
 mod multikey;
@@ -52,6 +53,11 @@ enum Bench {
     /// and a Redis backend are SIGKILLed; then every acknowledged write is looked
     /// for at every datacenter.
     Faults(faults::FaultArgs),
+    /// Failover under load (not part of CI): cycles of cutting a home off until
+    /// the next in line writes for its users and healing it until it resumes;
+    /// write unavailability, failback time, and whether every lost write is in
+    /// the conflict log.
+    Failover(failover::FailoverArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +69,7 @@ fn main() -> ExitCode {
         Bench::Forward(args) => ("forward", forward::run(&args)),
         Bench::Sessions(args) => ("sessions", sessions::run(&args)),
         Bench::Faults(args) => ("faults", faults::run(&args)),
+        Bench::Failover(args) => ("failover", failover::run(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -201,8 +201,12 @@ impl Router {
         let path = path.with(me);
         let candidates = live.minus(path);
         match self {
+            // The origin sends to everyone. While it is down (or cut off from
+            // here), those that have its changes pass them on, so the others
+            // can still catch up with everything it wrote (a takeover waits for
+            // that); path tags and applied vectors stop the copies.
             Router::AllToAll { n } => {
-                if me == origin {
+                if me == origin || !live.contains(origin) {
                     candidates.intersect(DcSet::all(*n))
                 } else {
                     DcSet::EMPTY

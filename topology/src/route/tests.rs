@@ -215,3 +215,22 @@ fn links_are_allowed_where_routing_may_use_them() {
     assert!(Router::ring(vec![a, b, c]).may_link(a, c));
     assert!(!Router::all_to_all(3).may_link(b, b));
 }
+
+#[test]
+fn all_to_all_passes_on_the_changes_of_an_origin_that_is_down() {
+    let r = Router::all_to_all(3);
+    let (a, b, c) = (DcIdx(0), DcIdx(1), DcIdx(2));
+    let all = DcSet::all(3);
+    // a is live: b sends none of a's changes on.
+    assert_eq!(r.next_hops(b, a, DcSet::EMPTY.with(a), all), DcSet::EMPTY);
+    // a is down from b's view: b passes them to c (never back along the path).
+    let live = all.without(a);
+    assert_eq!(
+        r.next_hops(b, a, DcSet::EMPTY.with(a), live),
+        DcSet::EMPTY.with(c)
+    );
+    assert_eq!(
+        r.next_hops(b, a, DcSet::EMPTY.with(a).with(c), live),
+        DcSet::EMPTY
+    );
+}
