@@ -10,7 +10,9 @@ use std::future::Future;
 use std::pin::Pin;
 
 use meridian_policies::EpochCommand;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -89,6 +91,15 @@ fn garbled<E: std::error::Error>(why: String) -> RPCError<NodeId, EmptyNode, E> 
 }
 
 impl Network {
+    /// The peer's own answer, its error as a remote one (openraft's error type).
+    #[allow(clippy::result_large_err)]
+    fn remote<T, E: std::error::Error>(
+        &self,
+        result: Result<T, E>,
+    ) -> Result<T, RPCError<NodeId, EmptyNode, E>> {
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target as NodeId, e)))
+    }
+
     async fn call(&self, call: &RaftCall) -> Result<RaftAnswer, String> {
         let request = serde_json::to_vec(call).map_err(|e| e.to_string())?;
         let reply = self.transport.call(self.target, request).await?;
@@ -107,9 +118,7 @@ impl RaftNetwork<Agreement> for Network {
             .await
             .map_err(unreachable)?
         {
-            RaftAnswer::Append(result) => result.map_err(|e| {
-                RPCError::RemoteError(openraft::error::RemoteError::new(self.target as NodeId, e))
-            }),
+            RaftAnswer::Append(result) => self.remote(result),
             other => Err(garbled(format!("{other:?} answered an append"))),
         }
     }
@@ -127,9 +136,7 @@ impl RaftNetwork<Agreement> for Network {
             .await
             .map_err(unreachable)?
         {
-            RaftAnswer::Snapshot(result) => result.map_err(|e| {
-                RPCError::RemoteError(openraft::error::RemoteError::new(self.target as NodeId, e))
-            }),
+            RaftAnswer::Snapshot(result) => self.remote(result),
             other => Err(garbled(format!("{other:?} answered a snapshot"))),
         }
     }
@@ -140,9 +147,7 @@ impl RaftNetwork<Agreement> for Network {
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, EmptyNode, RaftError<NodeId>>> {
         match self.call(&RaftCall::Vote(rpc)).await.map_err(unreachable)? {
-            RaftAnswer::Vote(result) => result.map_err(|e| {
-                RPCError::RemoteError(openraft::error::RemoteError::new(self.target as NodeId, e))
-            }),
+            RaftAnswer::Vote(result) => self.remote(result),
             other => Err(garbled(format!("{other:?} answered a vote"))),
         }
     }

@@ -98,11 +98,14 @@ impl Replication {
         let (tx, rx) = watch::channel(view(self.live()));
         let mut live = self.live.subscribe();
         tokio::spawn(async move {
-            let mut grace_over = Box::pin(tokio::time::sleep(grace));
+            // Once more when the start-up grace ends: links never made count then.
+            let grace_over = tokio::time::sleep(grace);
+            tokio::pin!(grace_over);
+            let mut in_grace = true;
             loop {
                 tokio::select! {
                     changed = live.changed() => if changed.is_err() { return },
-                    () = &mut grace_over => grace_over.set(tokio::time::sleep(Duration::from_secs(86_400 * 365))),
+                    () = &mut grace_over, if in_grace => in_grace = false,
                     _ = stopped.changed() => return,
                 }
                 let now = view(*live.borrow_and_update());

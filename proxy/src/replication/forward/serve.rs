@@ -268,19 +268,19 @@ impl Replication {
             return Err(command::arity_error(spec.name));
         }
         let user = command::user_of_command(spec, &args, rule)?.unwrap_or_default();
-        if let meridian_policies::WriteRoute::Unavailable { home, why } =
-            self.route_waiting(&user).await
-        {
-            return Err(Reply::error(self.unavailable_message(&user, home, why)));
-        }
-        if let meridian_policies::WriteRoute::Forward { home }
-        | meridian_policies::WriteRoute::HomeUnreachable { home, .. } = self.route(&user)
-        {
-            return Err(Reply::error(format!(
-                "ERR this write's user is homed at {}, not at {}: the datacenters disagree about homes (is the topology file the same everywhere?)",
-                self.id(DcIdx(home as u8)),
-                self.dc()
-            )));
+        match self.route_waiting(&user).await {
+            meridian_policies::WriteRoute::Here => {}
+            meridian_policies::WriteRoute::Unavailable { home, why } => {
+                return Err(Reply::error(self.unavailable_message(&user, home, why)));
+            }
+            meridian_policies::WriteRoute::Forward { home }
+            | meridian_policies::WriteRoute::HomeUnreachable { home, .. } => {
+                return Err(Reply::error(format!(
+                    "TRYAGAIN this write's user is written at {}, not at {}: the datacenters see homes differently (a failover under way, or topology files that differ)",
+                    self.id(DcIdx(home as u8)),
+                    self.dc()
+                )));
+            }
         }
         Ok(self.engine.write(f, args, user).await)
     }
