@@ -663,5 +663,19 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
+        // `MERIDIAN_KEEP_LOGS=<dir>`: the logs of a failed run, to read afterwards.
+        if std::thread::panicking()
+            && let Some(keep) = std::env::var_os("MERIDIAN_KEEP_LOGS")
+        {
+            let to = PathBuf::from(keep).join(self.dir.path().file_name().unwrap_or_default());
+            if std::fs::create_dir_all(&to).is_ok() {
+                for dc in &self.dcs {
+                    if let Some(name) = dc.log.file_name() {
+                        let _ = std::fs::copy(&dc.log, to.join(name));
+                    }
+                }
+                eprintln!("logs kept in {}", to.display());
+            }
+        }
     }
 }

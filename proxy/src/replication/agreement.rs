@@ -15,6 +15,12 @@ use crate::control::{Control, ControlError, Timing, Transport};
 use crate::link::frame::{self, AgreementRequest, Frame};
 use crate::replication::Replication;
 
+/// How long after start a peer never linked counts as unreachable (at least the
+/// peer timeout): the datacenters of a cluster started together link within it,
+/// so a slow start is not taken for an outage, and one that stays down is taken
+/// out after it.
+const START_GRACE: Duration = Duration::from_secs(10);
+
 /// How long one agreement request waits for its reply.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -75,40 +81,70 @@ impl Replication {
     }
 
     /// The datacenters this one cannot hear from, kept up to date from the links.
-    /// A link not yet up since this proxy started counts as unreachable only after
-    /// the peer timeout: at start-up every link is still being made.
+    ///
+    /// A datacenter counts once its link is down and no beat has come from it for
+    /// the peer timeout: a link that fails early (an error, a restart) does not
+    /// shorten the silence the home lease relies on ([`super::lease`]). A link never
+    /// up since this proxy started counts only after the start-up grace: at
+    /// start-up every link is still being made.
     fn unreachable_watch(
         self: &Arc<Self>,
         mut stopped: watch::Receiver<bool>,
     ) -> watch::Receiver<BTreeSet<usize>> {
         let n = self.topology().datacenters.len();
         let me = self.config.me.get();
-        let grace = self.topology().replication.peer_timeout;
+        let silence = self.topology().replication.peer_timeout;
+        let start_grace = silence.max(START_GRACE);
         let weak = Arc::downgrade(self);
-        let view = move |live: meridian_topology::DcSet| -> BTreeSet<usize> {
+        // The view now, and when it next changes with no link changing.
+        let view = move |live: meridian_topology::DcSet| {
+            let mut unreachable = BTreeSet::new();
+            let mut recheck: Option<tokio::time::Instant> = None;
             let Some(repl) = weak.upgrade() else {
-                return BTreeSet::new();
+                return (unreachable, recheck);
             };
-            let starting = repl.started.elapsed() < grace;
-            (0..n)
-                .filter(|&d| d != me && !live.contains(DcIdx(d as u8)))
-                .filter(|&d| !starting || repl.peer_status(repl.dc_id(d)).ever_up())
-                .collect()
+            let now = std::time::Instant::now();
+            let mut later = |at: std::time::Instant| {
+                let at = tokio::time::Instant::from_std(at);
+                recheck = Some(recheck.map_or(at, |r| r.min(at)));
+            };
+            for d in (0..n).filter(|&d| d != me && !live.contains(DcIdx(d as u8))) {
+                let status = repl.peer_status(repl.dc_id(d));
+                // When it counts: the peer timeout after its last beat; at once if
+                // its link was up and no beat came (it echoed none from here
+                // either); the start-up grace after start if it never linked.
+                let due = match status.last_heard() {
+                    Some(heard) => heard + silence,
+                    None if status.ever_up() => now,
+                    None => repl.started + start_grace,
+                };
+                match due <= now {
+                    true => {
+                        unreachable.insert(d);
+                    }
+                    false => later(due),
+                }
+            }
+            (unreachable, recheck)
         };
-        let (tx, rx) = watch::channel(view(self.live()));
+        let (first, mut recheck) = view(self.live());
+        let (tx, rx) = watch::channel(first);
         let mut live = self.live.subscribe();
         tokio::spawn(async move {
-            // Once more when the start-up grace ends: links never made count then.
-            let grace_over = tokio::time::sleep(grace);
-            tokio::pin!(grace_over);
-            let mut in_grace = true;
             loop {
+                let wake = async {
+                    match recheck {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     changed = live.changed() => if changed.is_err() { return },
-                    () = &mut grace_over, if in_grace => in_grace = false,
+                    () = wake => {}
                     _ = stopped.changed() => return,
                 }
-                let now = view(*live.borrow_and_update());
+                let (now, next) = view(*live.borrow_and_update());
+                recheck = next;
                 tx.send_if_modified(|current| {
                     let changed = *current != now;
                     *current = now;

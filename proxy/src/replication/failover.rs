@@ -8,17 +8,17 @@
 //!   service. Writing as that datacenter needs the home lease ([`super::lease`]).
 //!   Taking over for a home that is out needs two more things: this datacenter has
 //!   applied the old home's changes up to the agreed catch-up target (the most any
-//!   reporting survivor had), and the old home's lease has surely run out (a lease
-//!   and a margin since the takeover was seen here).
+//!   reporting survivor had). The old home's lease has run out by then: a majority
+//!   reported it unreachable only after hearing nothing from it for twice the
+//!   lease ([`super::lease`]).
 //! - When a home that was out comes back, it is returning: every datacenter in
 //!   service stops writing for its users and says up to which of its own changes
 //!   it wrote (a release); once the returning home has applied all of them, it
 //!   resumes. Writes for its users wait meanwhile (bounded).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meridian_policies::{EpochCommand, Epochs, Service, Unavailable, WriteRoute, Writer};
 use meridian_topology::DcIdx;
@@ -27,14 +27,9 @@ use tokio::sync::watch;
 use crate::control::Control;
 use crate::replication::Replication;
 
-/// The margin on the old home's lease before taking over (clock rates differ).
-const LEASE_MARGIN: f64 = 1.25;
-
-/// What this datacenter has seen of takeovers: when it first saw each datacenter
-/// out (the old home's lease runs from there), and the counts.
+/// What this datacenter has seen of takeovers and failbacks.
 #[derive(Debug, Default)]
 pub(super) struct Seen {
-    out_since: Mutex<HashMap<usize, Instant>>,
     last: Mutex<Option<Epochs>>,
     stats: FailoverStats,
 }
@@ -63,7 +58,6 @@ pub struct AgreementStatus {
 
 impl Seen {
     fn update(&self, epochs: &Epochs) {
-        let mut out = self.out_since.lock().unwrap_or_else(|p| p.into_inner());
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         for dc in 0..epochs.len() {
             let before = last.as_ref().and_then(|l| l.service(dc).cloned());
@@ -83,17 +77,8 @@ impl Seen {
                 }
                 _ => {}
             }
-            match epochs.service(dc) {
-                Some(Service::Out { .. }) => drop(out.entry(dc).or_insert_with(Instant::now)),
-                _ => drop(out.remove(&dc)),
-            }
         }
         *last = Some(epochs.clone());
-    }
-
-    fn out_for(&self, dc: usize) -> Option<Duration> {
-        let out = self.out_since.lock().unwrap_or_else(|p| p.into_inner());
-        out.get(&dc).map(Instant::elapsed)
     }
 }
 
@@ -135,18 +120,12 @@ impl Replication {
     }
 
     /// Whether this datacenter may write for the users of `home`, which is out: it
-    /// has applied `home`'s changes up to the catch-up target, and `home`'s lease
-    /// has run out (a lease and a margin since the takeover was seen here).
+    /// has applied `home`'s changes up to the catch-up target.
     fn may_take_over(&self, epochs: &Epochs, home: usize) -> bool {
         let Some(Service::Out { catch_up, .. }) = epochs.service(home) else {
             return false;
         };
-        let caught_up = self.engine.applied_of(self.dc_id(home)) >= *catch_up;
-        let lease_gone = self
-            .seen
-            .out_for(home)
-            .is_some_and(|d| d.as_secs_f64() >= self.lease_period().as_secs_f64() * LEASE_MARGIN);
-        caught_up && lease_gone
+        self.engine.applied_of(self.dc_id(home)) >= *catch_up
     }
 
     /// Forward to `writer`, unless its first hop is down.
@@ -204,7 +183,7 @@ impl Replication {
                 self.lease().err().unwrap_or_default()
             ),
             Unavailable::CatchingUp => format!(
-                "TRYAGAIN {home}, the home of user '{user}', is out; {} takes over once it has applied {home}'s changes the others hold and {home}'s lease has run out",
+                "TRYAGAIN {home}, the home of user '{user}', is out; {} takes over once it has applied {home}'s changes the others hold",
                 self.dc()
             ),
             Unavailable::Handover => format!(

@@ -15,10 +15,13 @@
 //! without this it would write for users the others gave to the next in line.
 //!
 //! Why it fences: a peer reports a datacenter unreachable only after hearing
-//! nothing from it for the peer timeout, which is twice the lease; and whoever
-//! takes over waits a further lease (with a margin for clock rate) after it sees
-//! the agreed takeover. By then every reporting peer's lease on the old home has
-//! run out, and the peers that did not report are fewer than a majority.
+//! nothing from it for the peer timeout, twice the lease (clock rates may differ
+//! by up to that factor). The echoes a reporting peer gave the old home are of
+//! beats it received before that silence, so they stopped counting for the old
+//! home's lease before the report was made. A takeover needs reports from a
+//! majority; the old home's lease needs echoes from a majority less itself, all
+//! from linked peers; so at least one of those is a reporter, and the old home
+//! has lost its lease before the agreement can take it out.
 
 use std::sync::Arc;
 use std::time::Duration;

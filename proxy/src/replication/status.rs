@@ -57,6 +57,8 @@ pub struct PeerStatus {
     echoed: AtomicU64,
     /// The newest home epoch the peer said it has applied.
     epoch: AtomicU64,
+    /// When the latest beat from the peer arrived (this proxy's clock).
+    heard: Mutex<Option<std::time::Instant>>,
     /// The link to the peer, as `/status` shows it: dialling, up, or waiting.
     pub(super) link: Arc<Worker>,
     /// The shipper's state while the link is up.
@@ -95,6 +97,7 @@ impl PeerStatus {
             beat_seen: AtomicU64::new(0),
             echoed: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
+            heard: Mutex::new(None),
         }
     }
 
@@ -104,6 +107,12 @@ impl PeerStatus {
         self.beat_seen.fetch_max(sent, Ordering::Relaxed);
         self.echoed.fetch_max(echo, Ordering::Relaxed);
         self.epoch.fetch_max(epoch, Ordering::Relaxed);
+        *self.heard.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+    }
+
+    /// When the latest beat from the peer arrived, if one has.
+    pub(super) fn last_heard(&self) -> Option<std::time::Instant> {
+        *self.heard.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The newest home epoch the peer said it has applied.
