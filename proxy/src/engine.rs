@@ -42,6 +42,16 @@ pub use backend::{BackendConfig, BackendError, Entries, ReplicaStats, Stored};
 pub use error::{ApplyError, Unapplied};
 pub use writer::{Fsync, Written};
 
+/// A transaction (`MULTI` ... `EXEC`) of one user: its commands, run in order as
+/// one change, and the keys it watches with the versions `WATCH` found.
+#[derive(Debug, Clone, Default)]
+pub struct Transaction {
+    /// Each command's implementation and arguments.
+    pub commands: Vec<(DataFn, Vec<Bytes>)>,
+    /// Each watched key and its version when watched (`None`: never written).
+    pub watched: Vec<(Vec<u8>, Option<meridian_policies::Version>)>,
+}
+
 /// Wall time in milliseconds since the Unix epoch.
 pub fn wall_ms() -> u64 {
     SystemTime::now()
@@ -538,13 +548,44 @@ impl Engine {
         args: Vec<Bytes>,
         user: Bytes,
     ) -> oneshot::Receiver<Written> {
+        self.queue(writer::Work::One(f, args), user).await
+    }
+
+    /// Queues a transaction of `user`: its reply is the array of its commands'
+    /// replies, their effects one change; or the null array, nothing run, when a
+    /// key it watches has a version other than the one recorded.
+    pub async fn transaction(
+        &self,
+        transaction: Transaction,
+        user: Bytes,
+    ) -> oneshot::Receiver<Written> {
+        self.queue(writer::Work::Transaction(transaction), user)
+            .await
+    }
+
+    /// The versions of `keys` now (`None`: never written), after the writes
+    /// queued before: what `WATCH` records.
+    pub async fn versions(
+        &self,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<Option<meridian_policies::Version>>, Reply> {
+        let (done, rx) = oneshot::channel();
+        let stopping =
+            || Reply::error("ERR the proxy is shutting down; retry on another connection");
+        if self
+            .writes
+            .send(writer::Msg::Versions(keys, done))
+            .await
+            .is_err()
+        {
+            return Err(stopping());
+        }
+        rx.await.unwrap_or_else(|_| Err(stopping()))
+    }
+
+    async fn queue(&self, work: writer::Work, user: Bytes) -> oneshot::Receiver<Written> {
         let (reply, rx) = oneshot::channel();
-        let request = writer::Request {
-            f,
-            args,
-            user,
-            reply,
-        };
+        let request = writer::Request { work, user, reply };
         if let Err(mpsc::error::SendError(writer::Msg::Write(request))) =
             self.writes.send(writer::Msg::Write(request)).await
         {

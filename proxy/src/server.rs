@@ -3,6 +3,10 @@
 
 mod admin;
 mod conn;
+
+pub(crate) use conn::transaction::{
+    FORWARDED as FORWARDED_TRANSACTION, from_forwarded as transaction_from_forwarded,
+};
 mod info;
 mod observe;
 mod replicate;

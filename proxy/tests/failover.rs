@@ -92,8 +92,8 @@ async fn a_cut_off_home_is_fenced_taken_over_and_given_back() {
     cluster.heal(0, 1);
     cluster.heal(0, 2);
     let back = tokio::time::timeout(support::wan::CONVERGE, async {
-        for dc in 0..3 {
-            while info_u64(&cluster, dc, "failbacks").await == failbacks[dc] {
+        for (dc, &before) in failbacks.iter().enumerate() {
+            while info_u64(&cluster, dc, "failbacks").await == before {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -546,8 +546,8 @@ async fn writers_everywhere(
     }
     if policy == "next-in-line" {
         until("every datacenter to see the home back", || async {
-            for dc in 0..5 {
-                if info_u64(&cluster, dc, "failbacks").await == failbacks[dc] {
+            for (dc, &before) in failbacks.iter().enumerate() {
+                if info_u64(&cluster, dc, "failbacks").await == before {
                     return false;
                 }
             }
@@ -678,10 +678,10 @@ async fn five_datacenters_with_writers_everywhere_lose_nothing_silently() {
     })
     .await;
     converged(&cluster).await;
-    for dc in 0..5 {
+    for (dc, &before) in before.iter().enumerate() {
         assert_eq!(
             info_u64(&cluster, dc, "conflicts").await,
-            before[dc],
+            before,
             "at dc{dc}"
         );
         let got: Option<String> = cluster.cmd(dc, &["GET", &key]).await.unwrap();

@@ -114,6 +114,48 @@ fn command(rng: &mut Rng) -> Vec<String> {
     }
 }
 
+/// A step of a random sequence: one command on the main connection, or a write
+/// of another connection (between a WATCH and its EXEC, to abort it).
+enum Step {
+    Main(Vec<String>),
+    Other(Vec<String>),
+}
+
+/// One command, or now and then a transaction: an optional WATCH (sometimes
+/// touched by another connection before it runs), MULTI, up to four commands
+/// (sometimes one Redis refuses while queuing, so EXEC aborts), then EXEC or
+/// DISCARD. Commands whose reply depends on the moment (TTL) stay out of
+/// transactions, whose replies are compared whole.
+fn steps(rng: &mut Rng) -> Vec<Step> {
+    if rng.below(12) != 0 {
+        return vec![Step::Main(command(rng))];
+    }
+    let mut steps = Vec::new();
+    if rng.below(2) == 0 {
+        let key = rng.pick(KEYS).to_string();
+        steps.push(Step::Main(vec!["WATCH".into(), key.clone()]));
+        if rng.below(2) == 0 {
+            steps.push(Step::Other(vec!["SET".into(), key, "touched".into()]));
+        }
+    }
+    steps.push(Step::Main(vec!["MULTI".into()]));
+    for _ in 0..rng.below(5) {
+        let cmd = loop {
+            let cmd = command(rng);
+            if !matches!(cmd[0].as_str(), "TTL" | "PTTL") {
+                break cmd;
+            }
+        };
+        steps.push(Step::Main(cmd));
+        if rng.below(20) == 0 {
+            steps.push(Step::Main(vec!["GET".into()]));
+        }
+    }
+    let end = ["EXEC", "EXEC", "EXEC", "DISCARD"][rng.below(4)];
+    steps.push(Step::Main(vec![end.into()]));
+    steps
+}
+
 /// Replies that depend on the moment (remaining TTLs) are compared by meaning, not
 /// bytes. HGETALL is compared as it is: fields in the order they were first set, as
 /// Redis gives them for small hashes.
@@ -179,14 +221,19 @@ fn random_sequences(behind: Behind) {
     let addr = setup.addr;
     let mut redis = Client::connect(redis_addr).unwrap();
     let mut proxy = Client::connect(addr).unwrap();
+    let mut redis_other = Client::connect(redis_addr).unwrap();
+    let mut proxy_other = Client::connect(addr).unwrap();
     for seed in 1..=4u64 {
         for c in [&mut redis, &mut proxy] {
             c.cmd(&[b"DEL", b"{u}:a", b"{u}:b", b"{u}:c", b"{u}:h", b"{u}:g"]);
         }
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut history = Vec::new();
-        for _ in 0..1_500 {
-            let cmd = command(&mut rng);
+        for step in (0..1_500).flat_map(|_| steps(&mut rng)) {
+            let (cmd, redis, proxy) = match step {
+                Step::Main(cmd) => (cmd, &mut redis, &mut proxy),
+                Step::Other(cmd) => (cmd, &mut redis_other, &mut proxy_other),
+            };
             let args: Vec<&[u8]> = cmd.iter().map(|s| s.as_bytes()).collect();
             let want = normalise(&cmd, redis.cmd(&args));
             let got = normalise(&cmd, proxy.cmd(&args));
@@ -278,6 +325,93 @@ fn errors_and_protocol_edges_match_redis() {
     proxy.raw(b"SET inline \"a b\"\r\nGET inline\r\n");
     for _ in 0..2 {
         assert_eq!(proxy.read().unwrap(), redis.read().unwrap());
+    }
+}
+
+/// The edges of transactions, command by command as Redis answers them: EXEC
+/// and DISCARD without MULTI, nested MULTI, WATCH inside MULTI, queued commands
+/// Redis refuses (EXECABORT), errors while running (the others still run), an
+/// empty transaction, and WATCH with and without a write in between.
+#[test]
+fn transaction_edges_match_redis() {
+    let (_redis, redis_addr) = start_redis();
+    let dir = tempfile::tempdir().unwrap();
+    let (topology, addr) = single_dc_topology(dir.path(), "never");
+    let _proxy = start_meridian(&topology, addr);
+    let mut redis = Client::connect(redis_addr).unwrap();
+    let mut proxy = Client::connect(addr).unwrap();
+    let mut redis_other = Client::connect(redis_addr).unwrap();
+    let mut proxy_other = Client::connect(addr).unwrap();
+    // `!` runs the command on the other connection.
+    let script: &[&[&str]] = &[
+        &["EXEC"],
+        &["DISCARD"],
+        &["MULTI"],
+        &["MULTI"],
+        &["WATCH", "{t}:a"],
+        &["SET", "{t}:a", "1"],
+        &["INCR", "{t}:a"],
+        &["GET", "{t}:a"],
+        &["EXEC"],
+        &["MULTI"],
+        &["SET", "{t}:s", "x"],
+        &["INCR", "{t}:s"],
+        &["HSET", "{t}:s", "f", "v"],
+        &["APPEND", "{t}:s", "y"],
+        &["EXEC"],
+        &["GET", "{t}:s"],
+        &["MULTI"],
+        &["SET", "{t}:b", "1"],
+        &["GET"],
+        &["EXEC"],
+        &["EXISTS", "{t}:b"],
+        &["MULTI"],
+        &["NOSUCH", "x"],
+        &["SET", "{t}:b", "2"],
+        &["EXEC"],
+        &["MULTI"],
+        &["EXEC"],
+        &["MULTI"],
+        &["SET", "{t}:c", "1"],
+        &["DISCARD"],
+        &["EXISTS", "{t}:c"],
+        &["WATCH", "{t}:w"],
+        &["MULTI"],
+        &["SET", "{t}:w", "mine"],
+        &["EXEC"],
+        &["WATCH", "{t}:w"],
+        &["!", "SET", "{t}:w", "theirs"],
+        &["MULTI"],
+        &["SET", "{t}:w", "mine again"],
+        &["EXEC"],
+        &["GET", "{t}:w"],
+        &["WATCH", "{t}:w"],
+        &["!", "SET", "{t}:w", "theirs"],
+        &["MULTI"],
+        &["GET", "{t}:w"],
+        &["EXEC"],
+        &["WATCH", "{t}:w"],
+        &["!", "SET", "{t}:w", "again"],
+        &["UNWATCH"],
+        &["MULTI"],
+        &["GET", "{t}:w"],
+        &["EXEC"],
+        &["WATCH", "{t}:none"],
+        &["MULTI"],
+        &["EXEC"],
+        &["WATCH", "{t}:gone"],
+        &["!", "SET", "{t}:gone", "1"],
+        &["!", "DEL", "{t}:gone"],
+        &["MULTI"],
+        &["EXEC"],
+    ];
+    for line in script {
+        let (args, redis, proxy) = match line {
+            ["!", rest @ ..] => (rest, &mut redis_other, &mut proxy_other),
+            _ => (*line, &mut redis, &mut proxy),
+        };
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        assert_eq!(proxy.cmd(&args), redis.cmd(&args), "{line:?}");
     }
 }
 

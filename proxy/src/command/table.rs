@@ -133,6 +133,18 @@ const fn server(name: &'static str, arity: i32) -> Spec {
     }
 }
 
+/// A connection command that names keys (`WATCH`).
+const fn server_keys(name: &'static str, arity: i32, first: usize, last: i32, step: usize) -> Spec {
+    Spec {
+        name,
+        arity,
+        kind: Kind::Server,
+        first_key: first,
+        last_key: last,
+        step,
+    }
+}
+
 /// Every command, in the order `COMMAND` lists them.
 pub static COMMANDS: &[Spec] = &[
     server("PING", -1),
@@ -147,6 +159,11 @@ pub static COMMANDS: &[Spec] = &[
     server("DBSIZE", 1),
     server("WAIT", 3),
     server("MERIDIAN", -2),
+    server("MULTI", 1),
+    server("EXEC", 1),
+    server("DISCARD", 1),
+    server_keys("WATCH", -2, 1, -1, 1),
+    server("UNWATCH", 1),
     read("GET", 2, strings::get, 1, 1, 1),
     write("SET", -3, strings::set, 1, 1, 1),
     write("SETNX", 3, strings::setnx, 1, 1, 1),

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use meridian_policies::{Hlc, VersionVector};
+use meridian_policies::{Hlc, Version, VersionVector};
 use tokio::sync::{mpsc, oneshot};
 
 use super::backend::{Entries, Fetched, Session};
@@ -42,10 +42,27 @@ pub enum Fsync {
 }
 
 pub(super) struct Request {
-    pub(super) f: DataFn,
-    pub(super) args: Vec<Bytes>,
+    pub(super) work: Work,
     pub(super) user: Bytes,
     pub(super) reply: oneshot::Sender<Written>,
+}
+
+/// What a write request runs.
+pub(super) enum Work {
+    /// One command.
+    One(DataFn, Vec<Bytes>),
+    /// A transaction's commands, as one change.
+    Transaction(super::Transaction),
+}
+
+impl Request {
+    /// The commands it runs, in order.
+    fn commands(&self) -> Vec<&[Bytes]> {
+        match &self.work {
+            Work::One(_, args) => vec![args.as_slice()],
+            Work::Transaction(t) => t.commands.iter().map(|(_, a)| a.as_slice()).collect(),
+        }
+    }
 }
 
 /// A write's reply, and the sequence number of this datacenter's newest change
@@ -69,6 +86,11 @@ pub(super) enum Msg {
         VersionVector,
         Entries,
         oneshot::Sender<Result<u64, ApplyError>>,
+    ),
+    /// The current versions of keys (`WATCH`), after the writes queued before.
+    Versions(
+        Vec<Vec<u8>>,
+        oneshot::Sender<Result<Vec<Option<Version>>, Reply>>,
     ),
     Shutdown(oneshot::Sender<()>),
 }
@@ -233,6 +255,17 @@ impl Writer {
                     }
                     let _ = done.send(self.install_snapshot(vector, entries));
                 }
+                Msg::Versions(keys, done) => {
+                    if !taken.batch.is_empty() {
+                        self.commit_batch(std::mem::take(&mut taken.batch));
+                    }
+                    let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+                    let versions = self
+                        .versions(refs)
+                        .map(|mut found| keys.iter().map(|k| found.remove(k).flatten()).collect())
+                        .map_err(|e| e.reply());
+                    let _ = done.send(versions);
+                }
                 Msg::Shutdown(done) => taken.shutdown = Some(done),
             }
             let full = taken.batch.len() >= MAX_BATCH || taken.applies.len() >= MAX_BATCH;
@@ -248,7 +281,8 @@ impl Writer {
     fn base(&mut self, batch: &[Request], view: &View<'_>) -> Result<Base, Reply> {
         let mut keys: Vec<Vec<u8>> = batch
             .iter()
-            .filter_map(|r| lookup(&r.args[0]).map(|spec| (spec, &r.args)))
+            .flat_map(Request::commands)
+            .filter_map(|args| lookup(&args[0]).map(|spec| (spec, args)))
             .filter(|(spec, args)| spec.reads_state(args))
             .flat_map(|(spec, args)| spec.keys(args).map(<[u8]>::to_vec).collect::<Vec<_>>())
             .filter(|k| !view.contains_key(k))
@@ -283,12 +317,28 @@ impl Writer {
             );
             return refuse(batch, Reply::error(reply));
         }
+        // The versions of the keys transactions watch, before the view is taken.
+        let watched: Vec<&[u8]> = batch
+            .iter()
+            .filter_map(|r| match &r.work {
+                Work::Transaction(t) => Some(t.watched.iter().map(|(k, _)| k.as_slice())),
+                Work::One(..) => None,
+            })
+            .flatten()
+            .collect();
+        let versions = match watched.is_empty() {
+            true => HashMap::new(),
+            false => match self.versions(watched) {
+                Ok(versions) => versions,
+                Err(e) => return refuse(batch, e.reply()),
+            },
+        };
         let (changes, replies) = {
             // Read the backend under the view, as readers do (see memtable).
             let shared = self.shared.clone();
             let view = shared.memtable.view();
             match self.base(&batch, &view) {
-                Ok(base) => self.run_commands(batch, &view, &base),
+                Ok(base) => self.run_commands(batch, &view, &base, &versions),
                 Err(reply) => return refuse(batch, reply),
             }
         };
@@ -310,13 +360,16 @@ impl Writer {
         }
     }
 
-    /// Executes each command in order; each successful command's effects become one change.
+    /// Executes each request in order; each successful command's effects, or each
+    /// transaction's, become one change. `versions`: the versions of the keys the
+    /// batch's transactions watch, as the batch began.
     #[allow(clippy::type_complexity)]
     fn run_commands(
         &mut self,
         batch: Vec<Request>,
         view: &View<'_>,
         base: &Base,
+        versions: &HashMap<Vec<u8>, Option<Version>>,
     ) -> (Vec<Change>, Vec<(oneshot::Sender<Written>, Written)>) {
         let mut overlay = HashMap::new();
         let mut changes = Vec::new();
@@ -330,7 +383,27 @@ impl Writer {
                 puts: Puts::default(),
                 now_ms: now,
             };
-            let outcome = (request.f)(&mut ks, &request.args);
+            let outcome = match &request.work {
+                Work::One(f, args) => f(&mut ks, args),
+                Work::Transaction(t) => {
+                    // A watched key written since it was watched (before this
+                    // batch, or by a request earlier in it) aborts the transaction.
+                    let touched = t.watched.iter().any(|(key, version)| {
+                        overlay.contains_key(key) || versions.get(key) != Some(version)
+                    });
+                    match touched {
+                        true => Ok(Reply::NullArray),
+                        // Each command's error is its reply; the others still run,
+                        // as in Redis.
+                        false => Ok(Reply::Array(
+                            t.commands
+                                .iter()
+                                .map(|(f, args)| f(&mut ks, args).unwrap_or_else(|e| e))
+                                .collect(),
+                        )),
+                    }
+                }
+            };
             let ops = std::mem::take(&mut ks.puts).ops;
             if outcome.is_ok() && !ops.is_empty() {
                 for op in &ops {

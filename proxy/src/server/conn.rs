@@ -1,5 +1,7 @@
 //! One client connection: read, parse, execute in order, reply.
 
+pub(super) mod transaction;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -66,6 +68,12 @@ struct Group {
     started: Instant,
 }
 
+/// A write to run: one command, or a transaction.
+enum Work {
+    One(command::DataFn, Vec<Bytes>),
+    Transaction(crate::engine::Transaction),
+}
+
 /// What the connection does after a command.
 #[derive(PartialEq)]
 enum Next {
@@ -93,6 +101,10 @@ pub(super) struct Conn {
     group: Option<Group>,
     /// Whether a forwarded group's replies are still coming.
     forwarding: bool,
+    /// The transaction being queued, after `MULTI`.
+    multi: Option<transaction::Multi>,
+    /// The keys `WATCH`ed for the next transaction.
+    watched: transaction::Watched,
 }
 
 /// Resolves once the client has closed its connection (or it failed). While the
@@ -141,6 +153,8 @@ pub(super) async fn serve(
         token: VersionVector::new(),
         group: None,
         forwarding: false,
+        multi: None,
+        watched: transaction::Watched::default(),
     };
     if let Err(e) = conn.run(stopped).await {
         tracing::debug!(error = %e, "client connection ended");
@@ -217,7 +231,8 @@ impl Conn {
     async fn execute_all(&mut self, batch: Vec<Vec<Bytes>>) -> Next {
         let mut reads: Vec<QueuedRead> = Vec::new();
         for args in batch {
-            if let Some((index, spec)) = command::lookup_indexed(&args[0])
+            if !self.in_multi()
+                && let Some((index, spec)) = command::lookup_indexed(&args[0])
                 && let (Kind::Read(f), true) = (spec.kind, self.authenticated)
                 && spec.arity_ok(args.len())
                 && let Ok(user) = command::user_of_command(spec, &args, self.ctx.config.user_rule)
@@ -470,15 +485,10 @@ impl Conn {
 
     /// Queues a write of `user` where it runs: here, gathered for its home, or
     /// refused when its home cannot be reached.
-    async fn write(
-        &mut self,
-        f: command::DataFn,
-        args: Vec<Bytes>,
-        user: Bytes,
-        index: usize,
-        started: Instant,
-    ) {
+    async fn write(&mut self, work: Work, user: Bytes, index: usize, started: Instant) {
         let route = match &self.ctx.replication {
+            // A transaction of keyless commands runs here.
+            Some(_) if user.is_empty() => WriteRoute::Here,
             Some(repl) => {
                 // In user scope, the write follows what the user's sessions saw.
                 if let Some(seen) = repl.user_token(&user) {
@@ -502,7 +512,10 @@ impl Conn {
                     self.reply(Reply::Error(behind));
                     return;
                 }
-                let rx = self.ctx.engine.write(f, args, user.clone()).await;
+                let rx = match work {
+                    Work::One(f, args) => self.ctx.engine.write(f, args, user.clone()).await,
+                    Work::Transaction(t) => self.ctx.engine.transaction(t, user.clone()).await,
+                };
                 self.pending.push_back(Pending::Write {
                     rx,
                     started,
@@ -527,6 +540,10 @@ impl Conn {
                         started,
                     });
                 }
+                let args = match work {
+                    Work::One(_, args) => args,
+                    Work::Transaction(t) => transaction::to_forwarded(&t),
+                };
                 if let Some(group) = self.group.as_mut() {
                     group.bytes += args.iter().map(Bytes::len).sum::<usize>();
                     group.commands.push(args);
@@ -575,12 +592,14 @@ impl Conn {
         self.ctx.total_commands.fetch_add(1, Ordering::Relaxed);
         let Some((index, spec)) = command::lookup_indexed(&args[0]) else {
             self.ctx.commands.unknown.fetch_add(1, Ordering::Relaxed);
+            self.fail_multi();
             self.reply(command::unknown_command(&args));
             return Next::Continue;
         };
         let started = Instant::now();
         if !self.authenticated && !matches!(spec.name, "AUTH" | "HELLO" | "QUIT") {
             self.ctx.commands.record(index, started.elapsed(), true);
+            self.fail_multi();
             self.reply(Reply::error("NOAUTH Authentication required."));
             return Next::Continue;
         }
@@ -593,13 +612,33 @@ impl Conn {
             Ok(user) => user,
             Err(reply) => {
                 self.ctx.commands.record(index, started.elapsed(), true);
+                if spec.name != "WATCH" {
+                    self.fail_multi();
+                }
                 self.reply(reply);
                 return Next::Continue;
             }
         };
+        let transactional = matches!(
+            spec.name,
+            "MULTI" | "EXEC" | "DISCARD" | "WATCH" | "UNWATCH"
+        );
+        if self.in_multi() && !transactional && spec.name != "QUIT" {
+            self.queue_in_multi(spec, args, user);
+            return Next::Continue;
+        }
         match spec.kind {
+            Kind::Server if transactional => {
+                let next = self.transaction_command(spec, &args, index, started).await;
+                // An EXEC that ran is counted with its reply.
+                if let Some(Pending::Ready(reply)) = self.pending.back() {
+                    let error = reply.is_error();
+                    self.ctx.commands.record(index, started.elapsed(), error);
+                }
+                next
+            }
             Kind::Write(f) => {
-                self.write(f, args, user.unwrap_or_default(), index, started)
+                self.write(Work::One(f, args), user.unwrap_or_default(), index, started)
                     .await;
                 Next::Continue
             }

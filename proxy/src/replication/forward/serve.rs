@@ -255,6 +255,29 @@ impl Replication {
         let Some(name) = args.first() else {
             return Err(Reply::error("ERR empty command"));
         };
+        if name.as_ref() == crate::server::FORWARDED_TRANSACTION {
+            let transaction = crate::server::transaction_from_forwarded(&args)
+                .map_err(|why| Reply::error(format!("ERR {why}")))?;
+            let mut user: Option<Bytes> = None;
+            for (_, command) in &transaction.commands {
+                let spec = command::lookup(&command[0])
+                    .ok_or_else(|| command::unknown_command(command))?;
+                if let Some(this) = command::user_of_command(spec, command, rule)? {
+                    if user.as_ref().is_some_and(|u| *u != this) {
+                        return Err(Reply::error(
+                            "CROSSSLOT a forwarded transaction touches two users' keys",
+                        ));
+                    }
+                    user = Some(this);
+                }
+            }
+            let user = user.unwrap_or_else(|| {
+                let keys = transaction.watched.first().map(|(k, _)| k.as_slice());
+                Bytes::copy_from_slice(keys.map_or(&b""[..], |k| rule.user_of(k)))
+            });
+            self.may_write_here(&user).await?;
+            return Ok(self.engine.transaction(transaction, user).await);
+        }
         let Some(spec) = command::lookup(name) else {
             return Err(command::unknown_command(&args));
         };
@@ -268,21 +291,26 @@ impl Replication {
             return Err(command::arity_error(spec.name));
         }
         let user = command::user_of_command(spec, &args, rule)?.unwrap_or_default();
-        match self.route_waiting(&user).await {
-            meridian_policies::WriteRoute::Here => {}
+        self.may_write_here(&user).await?;
+        Ok(self.engine.write(f, args, user).await)
+    }
+
+    /// Whether this datacenter writes `user`'s data now; the error to answer if not.
+    async fn may_write_here(&self, user: &[u8]) -> Result<(), Reply> {
+        match self.route_waiting(user).await {
+            meridian_policies::WriteRoute::Here => Ok(()),
             meridian_policies::WriteRoute::Unavailable { home, why } => {
-                return Err(Reply::error(self.unavailable_message(&user, home, why)));
+                Err(Reply::error(self.unavailable_message(user, home, why)))
             }
             meridian_policies::WriteRoute::Forward { home }
             | meridian_policies::WriteRoute::HomeUnreachable { home, .. } => {
-                return Err(Reply::error(format!(
+                Err(Reply::error(format!(
                     "TRYAGAIN this write's user is written at {}, not at {}: the datacenters see homes differently (a failover under way, or topology files that differ)",
                     self.id(DcIdx(home as u8)),
                     self.dc()
-                )));
+                )))
             }
         }
-        Ok(self.engine.write(f, args, user).await)
     }
 
     /// Waits up to `wait` for this datacenter to have applied `token`; the error
