@@ -32,7 +32,10 @@ fn run_against_proxy(program: &str, args: &[&str], install: &str) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success(), "{program} {args:?}: {text}\n({install})");
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {text}\n({install})"
+    );
 }
 
 #[test]

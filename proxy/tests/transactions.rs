@@ -107,8 +107,7 @@ async fn transactions_run_at_the_home_and_apply_whole_everywhere() {
                 .query_async(&mut c)
                 .await
                 .unwrap();
-            let reply: Option<Vec<String>> =
-                redis::cmd("EXEC").query_async(&mut c).await.unwrap();
+            let reply: Option<Vec<String>> = redis::cmd("EXEC").query_async(&mut c).await.unwrap();
             reply
         }
     };
