@@ -12,6 +12,8 @@ mod binary;
 mod failover;
 mod faults;
 mod forward;
+mod geo;
+mod geo_plot;
 mod multikey;
 mod overhead;
 mod processes;
@@ -58,6 +60,10 @@ enum Bench {
     /// write unavailability, failback time, and whether every lost write is in
     /// the conflict log.
     Failover(failover::FailoverArgs),
+    /// The cross-region benchmark: meridian against a single global leader and
+    /// local multi-leader writes, on one emulated WAN and one workload; a table,
+    /// a JSON file and an SVG report.
+    Geo(geo::GeoArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +76,7 @@ fn main() -> ExitCode {
         Bench::Sessions(args) => ("sessions", sessions::run(&args)),
         Bench::Faults(args) => ("faults", faults::run(&args)),
         Bench::Failover(args) => ("failover", failover::run(&args)),
+        Bench::Geo(args) => ("geo", geo::run(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

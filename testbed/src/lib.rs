@@ -23,7 +23,7 @@ pub mod visibility;
 
 pub use cluster::{Cluster, ClusterSpec, DcSpec, HarnessError, Shape, connect_to};
 pub use ports::{PortError, free_port, free_ports};
-pub use presets::{Preset, Region, one_way_ms};
+pub use presets::{Preset, Region, floor_one_way_ms, one_way_ms};
 pub use relay::{Direction, LinkShape, Relay, RelayError, RelayStats};
 pub use rng::Rng;
 pub use topology_file::{

@@ -91,6 +91,43 @@ pub fn one_way_ms(a: Region, b: Region) -> f64 {
     rtt_ms(a, b) / 2.0
 }
 
+/// The speed-of-light floor of the round trip between two regions, in
+/// milliseconds: great-circle distance over 2/3 c, there and back. No system can
+/// beat it.
+fn floor_rtt_ms(a: Region, b: Region) -> f64 {
+    use Region::*;
+    let pair = if (a as u8) <= (b as u8) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    match pair {
+        (x, y) if x == y => 0.0,
+        (UsEast, UsWest) => 35.0,
+        (UsEast, EuWest) => 55.0,
+        (UsEast, ApNortheast) => 109.0,
+        (UsEast, ApSoutheast) => 157.0,
+        (UsEast, SaEast) => 76.0,
+        (UsWest, EuWest) => 73.0,
+        (UsWest, ApNortheast) => 80.0,
+        (UsWest, ApSoutheast) => 126.0,
+        (UsWest, SaEast) => 107.0,
+        (EuWest, ApNortheast) => 96.0,
+        (EuWest, ApSoutheast) => 172.0,
+        (EuWest, SaEast) => 94.0,
+        (ApNortheast, ApSoutheast) => 78.0,
+        (ApNortheast, SaEast) => 186.0,
+        (ApSoutheast, SaEast) => 134.0,
+        _ => unreachable!("every pair of regions is listed"),
+    }
+}
+
+/// The speed-of-light floor of the one-way delay between two regions, in
+/// milliseconds.
+pub fn floor_one_way_ms(a: Region, b: Region) -> f64 {
+    floor_rtt_ms(a, b) / 2.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +143,11 @@ mod tests {
         }
         assert_eq!(one_way_ms(Region::UsEast, Region::EuWest), 33.0);
         assert_eq!(one_way_ms(Region::ApSoutheast, Region::SaEast), 156.0);
+        for &a in all {
+            for &b in all {
+                assert_eq!(floor_one_way_ms(a, b), floor_one_way_ms(b, a));
+                assert!(floor_one_way_ms(a, b) <= one_way_ms(a, b));
+            }
+        }
     }
 }
