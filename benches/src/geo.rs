@@ -187,6 +187,8 @@ pub(crate) struct DesignFigures {
     /// The first few violations, in words.
     pub(crate) violation_examples: Vec<String>,
     pub(crate) errors: u64,
+    /// The first few errors, as the clients got them.
+    pub(crate) error_examples: Vec<String>,
     pub(crate) convergence_ms: f64,
 }
 
@@ -427,6 +429,7 @@ async fn measure(
     let mut ops = Vec::new();
     let mut increments: BTreeMap<String, u64> = BTreeMap::new();
     let mut errors = 0;
+    let mut error_examples = Vec::new();
     let mut measured_ops = 0;
     while let Some(done) = tasks.join_next().await {
         let record = done.map_err(|e| e.to_string())??;
@@ -437,6 +440,10 @@ async fn measure(
             *increments.entry(key).or_default() += n;
         }
         errors += record.errors;
+        if error_examples.len() < 5 {
+            error_examples.extend(record.error_examples);
+            error_examples.truncate(5);
+        }
         measured_ops += record.measured;
         ops.extend(record.ops);
     }
@@ -499,6 +506,7 @@ async fn measure(
         violations_by_guarantee: by_guarantee,
         violation_examples: violations.iter().take(5).map(|v| v.to_string()).collect(),
         errors,
+        error_examples,
         convergence_ms: convergence.as_secs_f64() * 1000.0,
     })
 }
@@ -598,7 +606,17 @@ struct SessionRecord {
     ops: Vec<Op>,
     increments: BTreeMap<String, u64>,
     errors: u64,
+    error_examples: Vec<String>,
     measured: u64,
+}
+
+impl SessionRecord {
+    fn error(&mut self, what: String) {
+        self.errors += 1;
+        if self.error_examples.len() < 3 {
+            self.error_examples.push(what);
+        }
+    }
 }
 
 /// A session's connections at its current region: one for everything where the
@@ -660,6 +678,7 @@ async fn session(ctx: SessionCtx) -> Result<SessionRecord, String> {
         ops: Vec::new(),
         increments: BTreeMap::new(),
         errors: 0,
+        error_examples: Vec::new(),
         measured: 0,
     };
     let own = ctx.users.own[ctx.s as usize].clone();
@@ -683,8 +702,8 @@ async fn session(ctx: SessionCtx) -> Result<SessionRecord, String> {
         if conns.is_none() {
             match connect(ctx.addrs[region], tokens, tokens.then_some(token.as_str())).await {
                 Ok(c) => conns = Some(c),
-                Err(_) => {
-                    record.errors += 1;
+                Err(e) => {
+                    record.error(format!("connecting to region {region}: {e}"));
                     continue;
                 }
             }
@@ -730,7 +749,7 @@ async fn session(ctx: SessionCtx) -> Result<SessionRecord, String> {
                         });
                     }
                 }
-                Err(_) => record.errors += 1,
+                Err(e) => record.error(format!("GET at region {region}: {e}")),
             }
             just_moved = false;
         } else {
@@ -781,8 +800,8 @@ async fn session(ctx: SessionCtx) -> Result<SessionRecord, String> {
                         });
                     }
                 }
-                Err(_) => {
-                    record.errors += 1;
+                Err(e) => {
+                    record.error(format!("a write at region {region}: {e}"));
                     if !increment && !shared {
                         record.ops.push(Op {
                             session: ctx.s,
@@ -871,6 +890,12 @@ fn print_table(args: &GeoArgs, regions: &[Region], figures: &[DesignFigures]) {
             d.errors,
             d.convergence_ms
         );
+    }
+    for d in figures.iter().filter(|d| !d.error_examples.is_empty()) {
+        println!("\n{}: the first errors", d.name);
+        for e in &d.error_examples {
+            println!("  {e}");
+        }
     }
     for d in figures.iter().filter(|d| !d.violation_examples.is_empty()) {
         println!("\n{}: the first violations", d.name);

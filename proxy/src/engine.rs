@@ -15,6 +15,7 @@ mod backend;
 mod committer;
 pub mod conflicts;
 mod error;
+mod expiry;
 mod marks;
 mod memtable;
 mod replay;
@@ -106,6 +107,12 @@ pub struct Stats {
     pub clock_drift_refusals: AtomicU64,
     /// Logged changes the backend refused to store (each reported as it happens).
     pub refused_by_backend: AtomicU64,
+    /// Keys this datacenter deleted because their TTL had passed.
+    pub expired_keys: AtomicU64,
+    /// Keys with a TTL, as the writer last counted them.
+    pub expires: AtomicU64,
+    /// Their average expiry (milliseconds since the Unix epoch; 0 with none).
+    pub expires_average_at: AtomicU64,
 }
 
 /// A handle on the engine; cheap to clone.
@@ -149,6 +156,21 @@ struct Shared {
     restoring: AtomicU64,
     /// Every background worker of this proxy, the engine's threads included.
     workers: Arc<Workers>,
+    /// Whether this datacenter deletes a user's expired keys (it writes the
+    /// user's data); none are deleted until it is set.
+    expiry_owner: std::sync::OnceLock<ExpiryOwner>,
+}
+
+/// Given an expired key, its user when this datacenter deletes it.
+type OwnerFn = dyn Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync;
+
+/// Decides whether this datacenter deletes an expired key: its user when it does.
+struct ExpiryOwner(Box<OwnerFn>);
+
+impl std::fmt::Debug for ExpiryOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExpiryOwner")
+    }
 }
 
 impl Shared {
@@ -248,6 +270,7 @@ impl Engine {
             ),
             restoring: AtomicU64::new(0),
             workers: workers.clone(),
+            expiry_owner: std::sync::OnceLock::new(),
         });
         shared
             .stats
@@ -255,6 +278,25 @@ impl Engine {
             .store(state.replayed, std::sync::atomic::Ordering::Relaxed);
         let writes = writer::spawn(shared.clone(), log, state, config)?;
         Ok(Engine { shared, writes })
+    }
+
+    /// Starts active expiry: `owns(key)` gives the key's user when this datacenter
+    /// deletes the key once expired (it writes the user's data), `None` when
+    /// another does. Set once; later calls do nothing.
+    pub fn set_expiry_owner(
+        &self,
+        owns: impl Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync + 'static,
+    ) {
+        let _ = self.shared.expiry_owner.set(ExpiryOwner(Box::new(owns)));
+    }
+
+    /// Keys with a TTL, and their average remaining TTL in milliseconds (as Redis
+    /// reports `expires` and `avg_ttl` in INFO keyspace).
+    pub fn expiry_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let count = self.shared.stats.expires.load(Relaxed);
+        let average_at = self.shared.stats.expires_average_at.load(Relaxed);
+        (count, average_at.saturating_sub(wall_ms()))
     }
 
     /// This datacenter's id.

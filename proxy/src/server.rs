@@ -191,6 +191,16 @@ impl Proxy {
                 .await
                 .map_err(StartError::Agreement)?;
         }
+        // Expired keys are deleted where their user's writes run.
+        let (rule, repl) = (config.user_rule, replication.clone());
+        engine.set_expiry_owner(move |key| {
+            let user = rule.user_of(key);
+            let ours = match &repl {
+                Some(repl) => repl.expires_here(user),
+                None => true,
+            };
+            ours.then(|| user.to_vec())
+        });
         let ctx = Arc::new(Context {
             replication,
             engine,

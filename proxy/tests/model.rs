@@ -46,7 +46,11 @@ fn command(rng: &mut Rng) -> Vec<String> {
     let val = rng.pick(VALUES).to_string();
     let field = rng.pick(FIELDS).to_string();
     let num = ["1", "5", "-3", "100", "abc"][rng.below(5)].to_string();
-    let parts: Vec<String> = match rng.below(30) {
+    let pick = rng.below(46);
+    if pick >= 30 {
+        return newer_command(rng, pick, key, val, field, num);
+    }
+    let parts: Vec<String> = match pick {
         0 | 1 => vec!["GET".into(), key],
         2 | 3 => {
             let mut c = vec!["SET".into(), key, val];
@@ -114,6 +118,70 @@ fn command(rng: &mut Rng) -> Vec<String> {
     }
 }
 
+/// The commands added for issue 15's list, as `command` picks them.
+fn newer_command(
+    rng: &mut Rng,
+    pick: usize,
+    key: String,
+    val: String,
+    field: String,
+    num: String,
+) -> Vec<String> {
+    let other = rng.pick(KEYS).to_string();
+    let offset = ["0", "3", "-1", "10", "x"][rng.below(5)].to_string();
+    let end = ["-1", "2", "-3", "100", "0"][rng.below(5)].to_string();
+    match pick {
+        30 => vec![
+            "SETEX".into(),
+            key,
+            ["1000", "0", "-5", "x"][rng.below(4)].into(),
+            val,
+        ],
+        31 => vec!["PSETEX".into(), key, "5000000".into(), val],
+        32 => {
+            let mut c = vec!["GETEX".into(), key];
+            match rng.below(5) {
+                0 => c.extend(["EX".into(), "1000".into()]),
+                1 => c.extend(["PX".into(), "5000000".into()]),
+                2 => c.push("PERSIST".into()),
+                3 => c.extend(["EXAT".into(), ["4000000000", "1"][rng.below(2)].into()]),
+                _ => {}
+            }
+            c
+        }
+        33 => vec!["GETSET".into(), key, val],
+        34 => vec!["SETRANGE".into(), key, offset, val],
+        35 => vec!["GETRANGE".into(), key, offset, end],
+        36 => vec!["MSETNX".into(), key, val, other, rng.pick(VALUES).into()],
+        37 => vec![
+            rng.pick(&["EXPIREAT", "PEXPIREAT"]).into(),
+            key,
+            ["4000000000", "1", "x"][rng.below(3)].into(),
+        ],
+        38 => vec![rng.pick(&["EXPIRETIME", "PEXPIRETIME"]).into(), key],
+        39 => vec!["TOUCH".into(), key, other],
+        40 => vec![rng.pick(&["RENAME", "RENAMENX"]).into(), key, other],
+        41 => {
+            let mut c = vec!["COPY".into(), key, other];
+            if rng.below(2) == 0 {
+                c.push("REPLACE".into());
+            }
+            c
+        }
+        42 => vec!["HSETNX".into(), key, field, val],
+        43 => vec![rng.pick(&["HKEYS", "HVALS"]).into(), key],
+        44 => vec!["HSTRLEN".into(), key, field],
+        _ => vec![
+            "HMSET".into(),
+            key,
+            field,
+            val,
+            rng.pick(FIELDS).into(),
+            num,
+        ],
+    }
+}
+
 /// A step of a random sequence: one command on the main connection, or a write
 /// of another connection (between a WATCH and its EXEC, to abort it).
 enum Step {
@@ -142,7 +210,10 @@ fn steps(rng: &mut Rng) -> Vec<Step> {
     for _ in 0..rng.below(5) {
         let cmd = loop {
             let cmd = command(rng);
-            if !matches!(cmd[0].as_str(), "TTL" | "PTTL") {
+            if !matches!(
+                cmd[0].as_str(),
+                "TTL" | "PTTL" | "EXPIRETIME" | "PEXPIRETIME"
+            ) {
                 break cmd;
             }
         };
@@ -162,6 +233,13 @@ fn steps(rng: &mut Rng) -> Vec<Step> {
 fn normalise(cmd: &[String], reply: Resp) -> Resp {
     match (cmd[0].as_str(), reply) {
         ("TTL" | "PTTL", Resp::Int(n)) if n > 0 => Resp::Simple("positive".into()),
+        // An expiry set relative to now differs by the milliseconds between the
+        // two servers' clocks.
+        ("EXPIRETIME" | "PEXPIRETIME", Resp::Int(n))
+            if n > 0 && n != 4_000_000_000 && n != 4_000_000_000_000 =>
+        {
+            Resp::Simple("positive".into())
+        }
         (_, other) => other,
     }
 }

@@ -105,3 +105,37 @@ pub(super) fn hlen(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
         hash_at(ks, &args[1])?.map_or(0, |(f, _)| f.len() as i64),
     ))
 }
+
+pub(super) fn hmset(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    hset(ks, args)?;
+    Ok(Reply::OK)
+}
+
+pub(super) fn hsetnx(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    let (mut fields, expiry) = hash_at(ks, &args[1])?.unwrap_or_default();
+    if fields.contains_key(&args[2][..]) {
+        return Ok(Reply::Integer(0));
+    }
+    fields.insert(args[2].to_vec(), args[3].to_vec());
+    store(ks, &args[1], fields, expiry);
+    Ok(Reply::Integer(1))
+}
+
+pub(super) fn hkeys(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    let fields = hash_at(ks, &args[1])?.map(|(f, _)| f).unwrap_or_default();
+    Ok(Reply::Array(fields.into_keys().map(Reply::bulk).collect()))
+}
+
+pub(super) fn hvals(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    let fields = hash_at(ks, &args[1])?.map(|(f, _)| f).unwrap_or_default();
+    Ok(Reply::Array(
+        fields.into_values().map(Reply::bulk).collect(),
+    ))
+}
+
+pub(super) fn hstrlen(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    let fields = hash_at(ks, &args[1])?.map(|(f, _)| f).unwrap_or_default();
+    Ok(Reply::Integer(
+        fields.get(&args[2][..]).map_or(0, |v| v.len() as i64),
+    ))
+}

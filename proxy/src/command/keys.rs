@@ -65,15 +65,21 @@ fn expire_flags(args: &[Bytes]) -> Result<ExpireFlags, Reply> {
     Ok(f)
 }
 
-/// EXPIRE/PEXPIRE with `unit_ms` milliseconds per unit, and the NX/XX/GT/LT options.
-fn expire_in(ks: &mut dyn Keyspace, args: &[Bytes], unit_ms: i64, name: &str) -> Outcome {
+/// EXPIRE/PEXPIRE (relative) and EXPIREAT/PEXPIREAT (`absolute`) with `unit_ms`
+/// milliseconds per unit, and the NX/XX/GT/LT options.
+fn expire_generic(
+    ks: &mut dyn Keyspace,
+    args: &[Bytes],
+    unit_ms: i64,
+    absolute: bool,
+    name: &str,
+) -> Outcome {
     let amount = int_arg(&args[2])?;
     let flags = expire_flags(&args[3..])?;
     let invalid = || Reply::error(format!("ERR invalid expire time in '{name}' command"));
     let delta = amount.checked_mul(unit_ms).ok_or_else(invalid)?;
-    let at = (ks.now_ms() as i64)
-        .checked_add(delta)
-        .ok_or_else(invalid)?;
+    let base = if absolute { 0 } else { ks.now_ms() as i64 };
+    let at = base.checked_add(delta).ok_or_else(invalid)?;
     let Some(mut value) = ks.get(&args[1])? else {
         return Ok(Reply::Integer(0));
     };
@@ -97,11 +103,101 @@ fn expire_in(ks: &mut dyn Keyspace, args: &[Bytes], unit_ms: i64, name: &str) ->
 }
 
 pub(super) fn expire(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
-    expire_in(ks, args, 1000, "expire")
+    expire_generic(ks, args, 1000, false, "expire")
 }
 
 pub(super) fn pexpire(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
-    expire_in(ks, args, 1, "pexpire")
+    expire_generic(ks, args, 1, false, "pexpire")
+}
+
+pub(super) fn expireat(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    expire_generic(ks, args, 1000, true, "expireat")
+}
+
+pub(super) fn pexpireat(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    expire_generic(ks, args, 1, true, "pexpireat")
+}
+
+/// EXPIRETIME/PEXPIRETIME: the absolute expiry, -1 without one, -2 without the key.
+fn expire_time(ks: &mut dyn Keyspace, key: &[u8], in_ms: bool) -> Outcome {
+    Ok(Reply::Integer(match ks.get(key)? {
+        None => -2,
+        Some(Value {
+            expire_at_ms: None, ..
+        }) => -1,
+        Some(Value {
+            expire_at_ms: Some(at),
+            ..
+        }) if in_ms => at as i64,
+        Some(Value {
+            expire_at_ms: Some(at),
+            ..
+        }) => (at as i64 + 500) / 1000,
+    }))
+}
+
+pub(super) fn expiretime(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    expire_time(ks, &args[1], false)
+}
+
+pub(super) fn pexpiretime(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    expire_time(ks, &args[1], true)
+}
+
+/// RENAME (`nx`: RENAMENX): moves the value, with its TTL, to the new name.
+fn rename_generic(ks: &mut dyn Keyspace, args: &[Bytes], nx: bool) -> Outcome {
+    let Some(value) = ks.get(&args[1])? else {
+        return Err(Reply::error("ERR no such key"));
+    };
+    if args[1] == args[2] {
+        return Ok(if nx { Reply::Integer(0) } else { Reply::OK });
+    }
+    if nx && ks.exists(&args[2])? {
+        return Ok(Reply::Integer(0));
+    }
+    ks.put(&args[1], None);
+    ks.put(&args[2], Some(value));
+    Ok(if nx { Reply::Integer(1) } else { Reply::OK })
+}
+
+pub(super) fn rename(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    rename_generic(ks, args, false)
+}
+
+pub(super) fn renamenx(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    rename_generic(ks, args, true)
+}
+
+/// COPY source destination [DB 0] [REPLACE].
+pub(super) fn copy(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    let mut replace = false;
+    let mut i = 3;
+    while i < args.len() {
+        match args[i].to_ascii_uppercase().as_slice() {
+            b"REPLACE" => replace = true,
+            b"DB" if i + 1 < args.len() => {
+                if int_arg(&args[i + 1])? != 0 {
+                    return Err(Reply::error("ERR DB index is out of range"));
+                }
+                i += 1;
+            }
+            _ => return Err(crate::command::syntax_error()),
+        }
+        i += 1;
+    }
+    if args[1] == args[2] {
+        return Err(Reply::error(
+            "ERR source and destination objects are the same",
+        ));
+    }
+    let Some(value) = ks.get(&args[1])? else {
+        return Ok(Reply::Integer(0));
+    };
+    if !replace && ks.exists(&args[2])? {
+        return Ok(Reply::Integer(0));
+    }
+    ks.put(&args[2], Some(value));
+    Ok(Reply::Integer(1))
 }
 
 fn remaining_ms(ks: &mut dyn Keyspace, key: &[u8]) -> Result<Option<Option<u64>>, Reply> {

@@ -218,3 +218,149 @@ pub(super) fn decrby(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
         .ok_or_else(|| Reply::error("ERR decrement would overflow"))?;
     add(ks, &args[1], by)
 }
+
+/// SETEX/PSETEX: a value with a TTL of `args[2]` units of `unit_ms`, replacing
+/// whatever the key held.
+fn set_with_ttl(ks: &mut dyn Keyspace, args: &[Bytes], unit_ms: i64, name: &str) -> Outcome {
+    let n = int_arg(&args[2])?;
+    let invalid = || Reply::error(format!("ERR invalid expire time in '{name}' command"));
+    if n <= 0 {
+        return Err(invalid());
+    }
+    let at = n
+        .checked_mul(unit_ms)
+        .and_then(|ms| ms.checked_add(ks.now_ms() as i64))
+        .ok_or_else(invalid)?;
+    ks.put(&args[1], string(args[3].to_vec(), Some(at as u64)));
+    Ok(Reply::OK)
+}
+
+pub(super) fn setex(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    set_with_ttl(ks, args, 1000, "setex")
+}
+
+pub(super) fn psetex(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    set_with_ttl(ks, args, 1, "psetex")
+}
+
+/// GETEX key [EX s | PX ms | EXAT t | PXAT t | PERSIST]: the value, and its TTL
+/// set or removed.
+pub(super) fn getex(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    // None: leave the TTL; Some(None): PERSIST; Some(Some(at)): expire at `at`.
+    let mut change: Option<Option<i64>> = None;
+    let now = ks.now_ms() as i64;
+    let mut i = 2;
+    while i < args.len() {
+        let word = args[i].to_ascii_uppercase();
+        match word.as_slice() {
+            b"PERSIST" if change.is_none() => change = Some(None),
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" if change.is_none() && i + 1 < args.len() => {
+                let n = int_arg(&args[i + 1])?;
+                let invalid = || Reply::error("ERR invalid expire time in 'getex' command");
+                if n <= 0 {
+                    return Err(invalid());
+                }
+                let ms = match word.as_slice() {
+                    b"EX" | b"EXAT" => n.checked_mul(1000).ok_or_else(invalid)?,
+                    _ => n,
+                };
+                let at = match word.as_slice() {
+                    b"EX" | b"PX" => ms.checked_add(now).ok_or_else(invalid)?,
+                    _ => ms,
+                };
+                change = Some(Some(at));
+                i += 1;
+            }
+            _ => return Err(syntax_error()),
+        }
+        i += 1;
+    }
+    let Some(mut value) = string_at(ks, &args[1])? else {
+        return Ok(Reply::Null);
+    };
+    let reply = Reply::bulk(bytes_of(&value).to_vec());
+    match change {
+        None => {}
+        Some(Some(at)) if at <= now => ks.put(&args[1], None),
+        Some(at) => {
+            let at = at.map(|ms| ms as u64);
+            if at != value.expire_at_ms {
+                value.expire_at_ms = at;
+                ks.put(&args[1], Some(value));
+            }
+        }
+    }
+    Ok(reply)
+}
+
+pub(super) fn getset(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    let old = string_at(ks, &args[1])?;
+    ks.put(&args[1], string(args[2].to_vec(), None));
+    Ok(old.map_or(Reply::Null, |v| Reply::bulk(bytes_of(&v).to_vec())))
+}
+
+/// The largest string Redis builds (its default `proto-max-bulk-len`).
+const MAX_STRING: i64 = 512 << 20;
+
+pub(super) fn setrange(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    let offset = int_arg(&args[2])?;
+    if offset < 0 {
+        return Err(Reply::error("ERR offset is out of range"));
+    }
+    let old = string_at(ks, &args[1])?;
+    let patch = &args[3];
+    if patch.is_empty() {
+        return Ok(Reply::Integer(old.map_or(0, |v| bytes_of(&v).len() as i64)));
+    }
+    if offset + patch.len() as i64 > MAX_STRING {
+        return Err(Reply::error(
+            "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
+        ));
+    }
+    let expire_at_ms = old.as_ref().and_then(|v| v.expire_at_ms);
+    let mut bytes = old.map(|v| bytes_of(&v).to_vec()).unwrap_or_default();
+    let (start, end) = (offset as usize, offset as usize + patch.len());
+    if bytes.len() < end {
+        bytes.resize(end, 0);
+    }
+    bytes[start..end].copy_from_slice(patch);
+    let len = bytes.len() as i64;
+    ks.put(&args[1], string(bytes, expire_at_ms));
+    Ok(Reply::Integer(len))
+}
+
+pub(super) fn getrange(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    let (start, end) = (int_arg(&args[2])?, int_arg(&args[3])?);
+    let value = string_at(ks, &args[1])?;
+    let bytes = value.as_ref().map_or(&[][..], bytes_of);
+    let len = bytes.len() as i64;
+    // Redis's arithmetic: negative counts from the end, then clamped.
+    if start < 0 && end < 0 && start > end {
+        return Ok(Reply::bulk(Vec::new()));
+    }
+    let start = if start < 0 {
+        (len + start).max(0)
+    } else {
+        start
+    };
+    let mut end = if end < 0 { (len + end).max(0) } else { end };
+    if end >= len {
+        end = len - 1;
+    }
+    if len == 0 || start > end {
+        return Ok(Reply::bulk(Vec::new()));
+    }
+    Ok(Reply::bulk(bytes[start as usize..=end as usize].to_vec()))
+}
+
+pub(super) fn msetnx(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    for pair in args[1..].chunks(2) {
+        if ks.exists(&pair[0])? {
+            return Ok(Reply::Integer(0));
+        }
+    }
+    for pair in args[1..].chunks(2) {
+        ks.put(&pair[0], string(pair[1].to_vec(), None));
+    }
+    Ok(Reply::Integer(1))
+}

@@ -43,8 +43,8 @@ impl Spec {
             argc >= self.arity.unsigned_abs() as usize
         };
         let pairs_ok = match self.name {
-            "MSET" => argc % 2 == 1,
-            "HSET" => argc % 2 == 0,
+            "MSET" | "MSETNX" => argc % 2 == 1,
+            "HSET" | "HMSET" => argc % 2 == 0,
             _ => true,
         };
         count_ok && pairs_ok
@@ -58,7 +58,7 @@ impl Spec {
                 let word = a.to_ascii_uppercase();
                 matches!(word.as_slice(), b"NX" | b"XX" | b"GET" | b"KEEPTTL")
             }),
-            "MSET" => false,
+            "MSET" | "SETEX" | "PSETEX" => false,
             _ => true,
         }
     }
@@ -193,6 +193,27 @@ pub static COMMANDS: &[Spec] = &[
     write("HINCRBY", 4, hashes::hincrby, 1, 1, 1),
     read("HEXISTS", 3, hashes::hexists, 1, 1, 1),
     read("HLEN", 2, hashes::hlen, 1, 1, 1),
+    write("SETEX", 4, strings::setex, 1, 1, 1),
+    write("PSETEX", 4, strings::psetex, 1, 1, 1),
+    write("GETEX", -2, strings::getex, 1, 1, 1),
+    write("GETSET", 3, strings::getset, 1, 1, 1),
+    write("SETRANGE", 4, strings::setrange, 1, 1, 1),
+    read("GETRANGE", 4, strings::getrange, 1, 1, 1),
+    write("MSETNX", -3, strings::msetnx, 1, -1, 2),
+    write("EXPIREAT", -3, keys::expireat, 1, 1, 1),
+    write("PEXPIREAT", -3, keys::pexpireat, 1, 1, 1),
+    read("EXPIRETIME", 2, keys::expiretime, 1, 1, 1),
+    read("PEXPIRETIME", 2, keys::pexpiretime, 1, 1, 1),
+    read("TOUCH", -2, keys::exists, 1, -1, 1),
+    write("RENAME", 3, keys::rename, 1, 2, 1),
+    write("RENAMENX", 3, keys::renamenx, 1, 2, 1),
+    write("COPY", -3, keys::copy, 1, 2, 1),
+    write("HMSET", -4, hashes::hmset, 1, 1, 1),
+    write("HSETNX", 4, hashes::hsetnx, 1, 1, 1),
+    read("HKEYS", 2, hashes::hkeys, 1, 1, 1),
+    read("HVALS", 2, hashes::hvals, 1, 1, 1),
+    read("HSTRLEN", 3, hashes::hstrlen, 1, 1, 1),
+    server("TIME", 1),
 ];
 
 /// The command named `name` (any case) and its position in [`COMMANDS`].

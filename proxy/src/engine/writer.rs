@@ -121,7 +121,15 @@ struct Writer {
     committer: Option<(Queue, JoinHandle<()>)>,
     /// The writer's own connection to the backend.
     session: Box<dyn Session>,
+    /// Keys with a TTL, for active expiry.
+    expiring: super::expiry::Expiring,
+    /// The runtime whose timers bound the writer's waits (none outside one: the
+    /// waits then poll).
+    runtime: Option<tokio::runtime::Handle>,
 }
+
+/// The most expired keys one turn of the writer deletes.
+const EXPIRE_PER_TURN: usize = 512;
 
 /// What the backend holds for the keys a batch reads (those not in the memtable),
 /// fetched at the batch's start in one go (one round trip to Redis).
@@ -174,6 +182,8 @@ pub(super) fn spawn(
         last_sync: Instant::now(),
         syncer: Some(syncer),
         committer: Some(committer),
+        expiring: super::expiry::Expiring::default(),
+        runtime: tokio::runtime::Handle::try_current().ok(),
     };
     let span = tracing::info_span!("worker", dc = %config.dc, worker = "writer");
     std::thread::Builder::new()
@@ -185,6 +195,7 @@ pub(super) fn spawn(
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        self.scan_expiring();
         loop {
             self.worker.set(State::Idle);
             let Some(first) = self.next_message(&mut rx) else {
@@ -214,20 +225,160 @@ impl Writer {
         self.finish();
     }
 
-    /// Waits for the next message, running the timed log sync when it falls due
-    /// meanwhile; `None` when every sender is gone.
+    /// Waits for the next message, running the timed log sync and active expiry
+    /// when they fall due meanwhile; `None` when every sender is gone.
     fn next_message(&mut self, rx: &mut mpsc::Receiver<Msg>) -> Option<Msg> {
         loop {
-            let Fsync::Every(period) = self.fsync else {
-                return rx.blocking_recv();
+            self.expire_due();
+            let sync_in = match self.fsync {
+                Fsync::Every(period) if self.log.is_dirty() => {
+                    Some(period.saturating_sub(self.last_sync.elapsed()))
+                }
+                _ => None,
             };
-            if !self.log.is_dirty() {
-                return rx.blocking_recv();
-            }
-            // Wake up in time for the timed sync even when no writes come.
-            match recv_timeout(rx, period.saturating_sub(self.last_sync.elapsed())) {
+            let expire_in = self.next_expiry_in();
+            let wait = match (sync_in, expire_in) {
+                (None, None) => return rx.blocking_recv(),
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) | (None, Some(a)) => a,
+            };
+            // Wake up in time for the timed sync and the next expiry even when no
+            // writes come.
+            match self.recv_timeout(rx, wait) {
                 Ok(msg) => return msg,
-                Err(Timeout) => self.sync_in_background(),
+                Err(Timeout) => {
+                    if let Fsync::Every(period) = self.fsync
+                        && self.log.is_dirty()
+                        && self.last_sync.elapsed() >= period
+                    {
+                        self.sync_in_background();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for a message: on the runtime's timer when there is
+    /// one (no polling), else polling.
+    fn recv_timeout(
+        &self,
+        rx: &mut mpsc::Receiver<Msg>,
+        timeout: Duration,
+    ) -> Result<Option<Msg>, Timeout> {
+        match &self.runtime {
+            Some(runtime) => runtime.block_on(async {
+                tokio::time::timeout(timeout, rx.recv())
+                    .await
+                    .map_err(|_| Timeout)
+            }),
+            None => recv_timeout(rx, timeout),
+        }
+    }
+
+    /// How long until the next key this datacenter deletes expires (`None`: no
+    /// key has a TTL, or expiry has not started).
+    fn next_expiry_in(&self) -> Option<Duration> {
+        self.shared.expiry_owner.get()?;
+        let at = self.expiring.next_due()?;
+        // Whole milliseconds: the key is expired once the clock has passed it.
+        Some(Duration::from_millis(at.saturating_sub(wall_ms()) + 1))
+    }
+
+    /// Indexes every key with a TTL the store holds (at start-up).
+    fn scan_expiring(&mut self) {
+        let keys = match self.session.keys() {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list the keys to expire; expiry covers new writes only");
+                return;
+            }
+        };
+        for chunk in keys.chunks(1024) {
+            match self.session.fetch(chunk.to_vec(), wall_ms()) {
+                Ok(fetched) => {
+                    for (key, value) in fetched {
+                        if let Fetched::Known(Some(value)) = value {
+                            self.expiring.set(&key, value.expire_at_ms);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the keys to expire; expiry covers new writes only");
+                    return;
+                }
+            }
+        }
+        self.count_expiring();
+    }
+
+    /// Records the expiry of every key `changes` touched.
+    fn index_expiry(&mut self, changes: &[Change]) {
+        for op in changes.iter().flat_map(|c| &c.ops) {
+            let at = op.value.as_ref().and_then(|v| v.expire_at_ms);
+            self.expiring.set(&op.key, at);
+        }
+        self.count_expiring();
+    }
+
+    fn count_expiring(&self) {
+        let stats = &self.shared.stats;
+        stats
+            .expires
+            .store(self.expiring.len() as u64, Ordering::Relaxed);
+        stats
+            .expires_average_at
+            .store(self.expiring.average_at(), Ordering::Relaxed);
+    }
+
+    /// Deletes the keys whose TTL has passed, each user's as one change of this
+    /// datacenter, where this datacenter writes the user's data; the others'
+    /// deletions come from their writers.
+    fn expire_due(&mut self) {
+        let Some(owner) = self.shared.expiry_owner.get() else {
+            return;
+        };
+        if self.shared.broken().is_some() {
+            return;
+        }
+        let now = wall_ms();
+        let due = self.expiring.take_due(now, EXPIRE_PER_TURN);
+        if due.is_empty() {
+            return;
+        }
+        let mut by_user: std::collections::BTreeMap<Vec<u8>, Vec<Op>> = Default::default();
+        for key in due {
+            if let Some(user) = (owner.0)(&key) {
+                by_user
+                    .entry(user)
+                    .or_default()
+                    .push(Op { key, value: None });
+            }
+        }
+        let mut changes = Vec::new();
+        for (user, ops) in by_user {
+            let hlc = self.clock.now(self.clock_ms(now)).as_u64();
+            changes.push(Change {
+                origin: self.shared.dc.clone(),
+                seq: self.next_seq,
+                hlc,
+                user,
+                ops,
+                deps: self.deps(),
+                path: vec![self.shared.dc.clone()],
+            });
+            self.next_seq += 1;
+        }
+        let deleted: u64 = changes.iter().map(|c| c.ops.len() as u64).sum();
+        match self.publish(changes, true) {
+            Ok(()) => {
+                self.shared
+                    .stats
+                    .expired_keys
+                    .fetch_add(deleted, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not log the deletion of expired keys");
+                self.worker.error(&e);
             }
         }
     }
@@ -509,6 +660,7 @@ impl Writer {
     /// Makes logged changes visible (memtable, applied vector, log position) and
     /// queues them for the committer.
     fn hand_over(&mut self, changes: Vec<Change>, next_lsn: u64) {
+        self.index_expiry(&changes);
         self.batch_no += 1;
         self.shared.marks.record(
             changes

@@ -223,6 +223,20 @@ impl Replication {
     }
 
     /// Where a write of `user` arriving here runs.
+    /// Whether this datacenter deletes `user`'s expired keys: it writes the
+    /// user's data now (with every datacenter writing locally, the user's home
+    /// alone does, so one key is not deleted twice).
+    pub fn expires_here(&self, user: &[u8]) -> bool {
+        if self.forwarding.writes == Writes::Local {
+            let home = self
+                .forwarding
+                .homes
+                .home_of(&String::from_utf8_lossy(user));
+            return home == self.config.me.get();
+        }
+        self.route(user) == WriteRoute::Here
+    }
+
     pub fn route(&self, user: &[u8]) -> WriteRoute {
         let f = &self.forwarding;
         if f.writes == Writes::Local {

@@ -672,6 +672,15 @@ impl Conn {
                 _ => command::arity_error("ping"),
             },
             "ECHO" => Reply::bulk(args[1].clone()),
+            "TIME" => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                Reply::Array(vec![
+                    Reply::bulk(now.as_secs().to_string().into_bytes()),
+                    Reply::bulk(now.subsec_micros().to_string().into_bytes()),
+                ])
+            }
             "QUIT" => {
                 self.reply(Reply::OK);
                 return Next::Close;

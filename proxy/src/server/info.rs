@@ -68,7 +68,12 @@ pub(super) fn info(
     if show("keyspace") {
         out.push_str("# Keyspace\r\n");
         if let Ok(keys @ 1..) = keys {
-            let _ = write!(out, "db0:keys={keys},expires=0,avg_ttl=0\r\n");
+            let (expires, avg_ttl) = ctx.engine.expiry_stats();
+            let expires = expires.min(keys);
+            let _ = write!(
+                out,
+                "db0:keys={keys},expires={expires},avg_ttl={avg_ttl}\r\n"
+            );
         }
         out.push_str("\r\n");
     }

@@ -50,7 +50,7 @@ fn stat(ctx: &Context, counter: fn(&crate::engine::Stats) -> &AtomicU64) -> f64 
 }
 
 /// The proxy's and engine's single values, in the order INFO shows them.
-const SCALARS: [ScalarRow; 36] = [
+const SCALARS: [ScalarRow; 37] = [
     (
         "meridian_connected_clients",
         "Client connections open now.",
@@ -148,6 +148,13 @@ const SCALARS: [ScalarRow; 36] = [
         Kind::Counter,
         Some((Section::Replication, "conflicts")),
         |c| stat(c, |s| &s.conflicts),
+    ),
+    (
+        "meridian_expired_keys_total",
+        "Keys this datacenter deleted because their TTL had passed.",
+        Kind::Counter,
+        Some((Section::Stats, "expired_keys")),
+        |c| stat(c, |s| &s.expired_keys),
     ),
     (
         "meridian_changes_refused_by_backend_total",

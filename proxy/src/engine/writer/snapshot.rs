@@ -99,6 +99,7 @@ impl Writer {
     /// Makes the snapshot's winners visible and has the committer store them in a
     /// durable checkpoint with the merged vector.
     fn store_snapshot(&mut self, winners: Vec<Change>, lsn: u64) -> Result<(), ApplyError> {
+        self.index_expiry(&winners);
         self.batch_no += 1;
         let ops = winners.iter().flat_map(|c| {
             let version = c.version();
