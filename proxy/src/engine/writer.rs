@@ -123,9 +123,9 @@ struct Writer {
     session: Box<dyn Session>,
     /// Keys with a TTL, for active expiry.
     expiring: super::expiry::Expiring,
-    /// The runtime whose timers bound the writer's waits (none outside one: the
-    /// waits then poll).
-    runtime: Option<tokio::runtime::Handle>,
+    /// The writer thread's own timer, for its bounded waits (without one, should
+    /// it fail to build, the waits poll).
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 /// The most expired keys one turn of the writer deletes.
@@ -183,7 +183,10 @@ pub(super) fn spawn(
         syncer: Some(syncer),
         committer: Some(committer),
         expiring: super::expiry::Expiring::default(),
-        runtime: tokio::runtime::Handle::try_current().ok(),
+        runtime: tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .ok(),
     };
     let span = tracing::info_span!("worker", dc = %config.dc, worker = "writer");
     std::thread::Builder::new()
@@ -258,8 +261,8 @@ impl Writer {
         }
     }
 
-    /// Waits up to `timeout` for a message: on the runtime's timer when there is
-    /// one (no polling), else polling.
+    /// Waits up to `timeout` for a message: on the writer's own timer (no
+    /// polling), else polling.
     fn recv_timeout(
         &self,
         rx: &mut mpsc::Receiver<Msg>,
