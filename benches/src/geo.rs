@@ -55,7 +55,8 @@ pub(crate) struct GeoArgs {
     /// Client sessions per region.
     #[arg(long, default_value_t = 6)]
     clients: u32,
-    /// Operations per second of each session (at most: one at a time).
+    /// Operations per second of each session (at most: one at a time); 0: a
+    /// closed loop, each operation right after the previous one's reply.
     #[arg(long, default_value_t = 20)]
     rate: u32,
     /// Fraction of operations that are reads.
@@ -280,22 +281,8 @@ struct Users {
 fn users(cluster: &Cluster, sessions: usize, shared: usize) -> Result<Users, String> {
     let topology = cluster.parsed_topology().map_err(|e| e.to_string())?;
     let homes = meridian_proxy::user_homes(&topology).map_err(|e| e.to_string())?;
-    let n = cluster.len();
-    let mut by_home: Vec<Vec<String>> = vec![Vec::new(); n];
-    let per = sessions.div_ceil(n);
-    let mut i = 0u64;
-    while by_home.iter().any(|u| u.len() < per) {
-        let user = format!("u{i}");
-        let home = homes.home_of(&user);
-        if by_home[home].len() < per {
-            by_home[home].push(user);
-        }
-        i += 1;
-    }
     Ok(Users {
-        own: (0..sessions)
-            .map(|s| by_home[s % n][s / n].clone())
-            .collect(),
+        own: crate::sessions::users_homed_in_turn(&homes, cluster.len(), sessions as u32),
         shared: (0..shared).map(|i| format!("shared{i}")).collect(),
     })
 }
@@ -696,7 +683,7 @@ async fn session(ctx: SessionCtx) -> Result<SessionRecord, String> {
     let (measured_from, deadline) = ctx.window;
     while Instant::now() < deadline {
         // The read right after a move runs at once (a device switch).
-        if !just_moved {
+        if !just_moved && args.rate > 0 {
             tick.tick().await;
         }
         if conns.is_none() {

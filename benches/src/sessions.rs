@@ -410,7 +410,7 @@ async fn faults(cluster: &Arc<Mutex<Cluster>>, seconds: u64) -> Result<(), Strin
 }
 
 /// `count` user names, the `s`-th homed at region `s % regions`.
-fn users_homed_in_turn(
+pub(crate) fn users_homed_in_turn(
     homes: &meridian_policies::Rendezvous,
     regions: usize,
     count: u32,

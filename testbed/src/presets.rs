@@ -60,12 +60,7 @@ impl Preset {
 /// ap-northeast is the table's estimate).
 fn rtt_ms(a: Region, b: Region) -> f64 {
     use Region::*;
-    let pair = if (a as u8) <= (b as u8) {
-        (a, b)
-    } else {
-        (b, a)
-    };
-    match pair {
+    match ordered(a, b) {
         (x, y) if x == y => 0.0,
         (UsEast, UsWest) => 64.0,
         (UsEast, EuWest) => 66.0,
@@ -86,6 +81,15 @@ fn rtt_ms(a: Region, b: Region) -> f64 {
     }
 }
 
+/// The pair in table order (the tables list each pair once).
+fn ordered(a: Region, b: Region) -> (Region, Region) {
+    if (a as u8) <= (b as u8) {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
 /// One-way delay between two regions, in milliseconds.
 pub fn one_way_ms(a: Region, b: Region) -> f64 {
     rtt_ms(a, b) / 2.0
@@ -96,12 +100,7 @@ pub fn one_way_ms(a: Region, b: Region) -> f64 {
 /// beat it.
 fn floor_rtt_ms(a: Region, b: Region) -> f64 {
     use Region::*;
-    let pair = if (a as u8) <= (b as u8) {
-        (a, b)
-    } else {
-        (b, a)
-    };
-    match pair {
+    match ordered(a, b) {
         (x, y) if x == y => 0.0,
         (UsEast, UsWest) => 35.0,
         (UsEast, EuWest) => 55.0,

@@ -357,20 +357,9 @@ impl Writer {
                     .push(Op { key, value: None });
             }
         }
-        let mut changes = Vec::new();
-        for (user, ops) in by_user {
-            let hlc = self.clock.now(self.clock_ms(now)).as_u64();
-            changes.push(Change {
-                origin: self.shared.dc.clone(),
-                seq: self.next_seq,
-                hlc,
-                user,
-                ops,
-                deps: self.deps(),
-                path: vec![self.shared.dc.clone()],
-            });
-            self.next_seq += 1;
-        }
+        let changes: Vec<Change> = (by_user.into_iter())
+            .map(|(user, ops)| self.local_change(user, ops, now))
+            .collect();
         let deleted: u64 = changes.iter().map(|c| c.ops.len() as u64).sum();
         match self.publish(changes, true) {
             Ok(()) => {
@@ -563,18 +552,7 @@ impl Writer {
                 for op in &ops {
                     overlay.insert(op.key.clone(), op.value.clone());
                 }
-                let hlc = self.clock.now(self.clock_ms(now)).as_u64();
-                let user = request.user.to_vec();
-                changes.push(Change {
-                    origin: self.shared.dc.clone(),
-                    seq: self.next_seq,
-                    hlc,
-                    user,
-                    ops,
-                    deps: self.deps(),
-                    path: vec![self.shared.dc.clone()],
-                });
-                self.next_seq += 1;
+                changes.push(self.local_change(request.user.to_vec(), ops, now));
             }
             let written = Written {
                 reply: outcome.unwrap_or_else(|e| e),
@@ -695,6 +673,23 @@ impl Writer {
                 );
             }
         }
+    }
+
+    /// A new change of this datacenter: `user`'s `ops`, made at wall time `now`,
+    /// numbered next.
+    fn local_change(&mut self, user: Vec<u8>, ops: Vec<Op>, now: u64) -> Change {
+        let hlc = self.clock.now(self.clock_ms(now)).as_u64();
+        let change = Change {
+            origin: self.shared.dc.clone(),
+            seq: self.next_seq,
+            hlc,
+            user,
+            ops,
+            deps: self.deps(),
+            path: vec![self.shared.dc.clone()],
+        };
+        self.next_seq += 1;
+        change
     }
 
     /// A new local change's dependencies: what this datacenter has applied of the
