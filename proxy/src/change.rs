@@ -72,6 +72,8 @@ pub enum Data {
     /// the small hashes applications mostly have); in the log and on the wire a
     /// map, as the sorted hashes of earlier builds were, so their records read.
     Hash(indexmap::IndexMap<Vec<u8>, Vec<u8>>),
+    /// A Redis set, members in byte order.
+    Set(std::collections::BTreeSet<Vec<u8>>),
 }
 
 impl Value {
@@ -80,6 +82,7 @@ impl Value {
         match &self.data {
             Data::String(s) => s.len(),
             Data::Hash(fields) => fields.iter().map(|(f, v)| f.len() + v.len()).sum(),
+            Data::Set(members) => members.iter().map(Vec::len).sum(),
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod hashes;
 mod keys;
+mod sets;
 mod strings;
 pub(crate) mod table;
 

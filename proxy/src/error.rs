@@ -35,9 +35,13 @@ impl Classify for crate::log::LogError {
     }
 
     fn retryable(&self) -> bool {
-        // A full or failing disk may recover; a damaged log or a record over the
-        // limit will not.
-        matches!(self, crate::log::LogError::Io { .. })
+        // A full or failing disk may recover, and a reader behind retention
+        // starts again from a snapshot; a damaged log or a record over the limit
+        // will not recover.
+        matches!(
+            self,
+            crate::log::LogError::Io { .. } | crate::log::LogError::Removed { .. }
+        )
     }
 }
 

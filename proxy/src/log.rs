@@ -62,6 +62,16 @@ pub enum LogError {
     /// A record larger than [`MAX_RECORD`].
     #[error("a change of {0} bytes is larger than the log's limit of {MAX_RECORD} bytes")]
     RecordTooLarge(usize),
+    /// The records a reader needs next were removed by log retention.
+    #[error(
+        "replication log records from {lsn} on were removed by log retention (the log now starts at {start})"
+    )]
+    Removed {
+        /// The record the reader needed.
+        lsn: u64,
+        /// Where the log starts now.
+        start: u64,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {

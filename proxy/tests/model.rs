@@ -46,7 +46,10 @@ fn command(rng: &mut Rng) -> Vec<String> {
     let val = rng.pick(VALUES).to_string();
     let field = rng.pick(FIELDS).to_string();
     let num = ["1", "5", "-3", "100", "abc"][rng.below(5)].to_string();
-    let pick = rng.below(46);
+    let pick = rng.below(60);
+    if pick >= 46 {
+        return set_command(rng, pick, key);
+    }
     if pick >= 30 {
         return newer_command(rng, pick, key, val, field, num);
     }
@@ -182,6 +185,37 @@ fn newer_command(
     }
 }
 
+/// Set commands, as `command` picks them. Random picks (SPOP, SRANDMEMBER) take
+/// every member, so both servers agree on which.
+fn set_command(rng: &mut Rng, pick: usize, key: String) -> Vec<String> {
+    const MEMBERS: &[&str] = &["m1", "m2", "m3", "10", "-2"];
+    let other = rng.pick(KEYS).to_string();
+    let member = rng.pick(MEMBERS).to_string();
+    match pick {
+        46..=49 => {
+            let mut c = vec!["SADD".into(), key, member];
+            c.extend((0..rng.below(3)).map(|_| rng.pick(MEMBERS).to_string()));
+            c
+        }
+        50 => vec!["SREM".into(), key, member, rng.pick(MEMBERS).into()],
+        51 => vec![rng.pick(&["SMEMBERS", "SCARD"]).into(), key],
+        52 => vec!["SISMEMBER".into(), key, member],
+        53 => vec!["SMISMEMBER".into(), key, member, rng.pick(MEMBERS).into()],
+        54 => vec![rng.pick(&["SINTER", "SUNION", "SDIFF"]).into(), key, other],
+        55 => vec![
+            rng.pick(&["SINTERSTORE", "SUNIONSTORE", "SDIFFSTORE"])
+                .into(),
+            key,
+            other,
+            rng.pick(KEYS).into(),
+        ],
+        56 => vec!["SMOVE".into(), key, other, member],
+        57 => vec!["SPOP".into(), key, "100".into()],
+        58 => vec!["SRANDMEMBER".into(), key, "100".into()],
+        _ => vec!["SPOP".into(), key, ["0", "-1"][rng.below(2)].into()],
+    }
+}
+
 /// A step of a random sequence: one command on the main connection, or a write
 /// of another connection (between a WATCH and its EXEC, to abort it).
 enum Step {
@@ -210,9 +244,20 @@ fn steps(rng: &mut Rng) -> Vec<Step> {
     for _ in 0..rng.below(5) {
         let cmd = loop {
             let cmd = command(rng);
+            // Replies compared after normalising stay out: a transaction's
+            // reply is compared whole.
             if !matches!(
                 cmd[0].as_str(),
-                "TTL" | "PTTL" | "EXPIRETIME" | "PEXPIRETIME"
+                "TTL"
+                    | "PTTL"
+                    | "EXPIRETIME"
+                    | "PEXPIRETIME"
+                    | "SMEMBERS"
+                    | "SINTER"
+                    | "SUNION"
+                    | "SDIFF"
+                    | "SPOP"
+                    | "SRANDMEMBER"
             ) {
                 break cmd;
             }
@@ -233,6 +278,14 @@ fn steps(rng: &mut Rng) -> Vec<Step> {
 fn normalise(cmd: &[String], reply: Resp) -> Resp {
     match (cmd[0].as_str(), reply) {
         ("TTL" | "PTTL", Resp::Int(n)) if n > 0 => Resp::Simple("positive".into()),
+        // Sets have no order.
+        (
+            "SMEMBERS" | "SINTER" | "SUNION" | "SDIFF" | "SPOP" | "SRANDMEMBER",
+            Resp::Array(mut members),
+        ) => {
+            members.sort_by_key(|m| format!("{m:?}"));
+            Resp::Array(members)
+        }
         // An expiry set relative to now differs by the milliseconds between the
         // two servers' clocks.
         ("EXPIRETIME" | "PEXPIRETIME", Resp::Int(n))

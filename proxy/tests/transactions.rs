@@ -132,3 +132,57 @@ async fn transactions_run_at_the_home_and_apply_whole_everywhere() {
         assert_eq!(got, "theirs", "at dc{dc}");
     }
 }
+
+/// Clients at all three datacenters run random set commands and transactions
+/// on a few users' keys at once (each write runs at its user's home); the
+/// datacenters converge to identical data (digests), sets included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_sets_and_transactions_everywhere_converge() {
+    let cluster = Arc::new(start(spec(402)).await);
+    linked(&cluster).await;
+    let mut clients = tokio::task::JoinSet::new();
+    for dc in 0..3 {
+        let cluster = cluster.clone();
+        clients.spawn(async move {
+            let mut rng = meridian_testbed::Rng::new(4020 + dc as u64);
+            let mut c = cluster.connect(dc).await.unwrap();
+            for _ in 0..150 {
+                let user = format!("r{}", rng.below(4));
+                let key = |k: &str| format!("{{{user}}}:{k}");
+                let member = format!("m{}", rng.below(6));
+                let mut pipe = redis::pipe();
+                match rng.below(5) {
+                    0 | 1 => pipe.cmd("SADD").arg(key("s")).arg(&member),
+                    2 => pipe.cmd("SREM").arg(key("s")).arg(&member),
+                    3 => pipe.cmd("SMOVE").arg(key("s")).arg(key("t")).arg(&member),
+                    _ => pipe
+                        .atomic()
+                        .cmd("SADD")
+                        .arg(key("t"))
+                        .arg(&member)
+                        .cmd("SUNIONSTORE")
+                        .arg(key("u"))
+                        .arg(key("s"))
+                        .arg(key("t"))
+                        .cmd("INCR")
+                        .arg(key("n")),
+                };
+                let _: redis::Value = pipe.query_async(&mut c).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.unwrap();
+    }
+    converged(&cluster).await;
+    for user in 0..4 {
+        let key = format!("{{r{user}}}:u");
+        let mut seen = Vec::new();
+        for dc in 0..3 {
+            let mut members: Vec<String> = cluster.cmd(dc, &["SMEMBERS", &key]).await.unwrap();
+            members.sort();
+            seen.push(members);
+        }
+        assert!(seen.windows(2).all(|w| w[0] == w[1]), "{key}: {seen:?}");
+    }
+}

@@ -253,5 +253,8 @@ pub(super) fn type_of(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
             data: Data::Hash(_),
             ..
         }) => "hash",
+        Some(Value {
+            data: Data::Set(_), ..
+        }) => "set",
     }))
 }

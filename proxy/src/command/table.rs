@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::{DataFn, hashes, keys, strings};
+use super::{DataFn, hashes, keys, sets, strings};
 
 /// What executing a command involves.
 #[derive(Debug, Clone, Copy)]
@@ -214,6 +214,21 @@ pub static COMMANDS: &[Spec] = &[
     read("HVALS", 2, hashes::hvals, 1, 1, 1),
     read("HSTRLEN", 3, hashes::hstrlen, 1, 1, 1),
     server("TIME", 1),
+    write("SADD", -3, sets::sadd, 1, 1, 1),
+    write("SREM", -3, sets::srem, 1, 1, 1),
+    read("SMEMBERS", 2, sets::smembers, 1, 1, 1),
+    read("SISMEMBER", 3, sets::sismember, 1, 1, 1),
+    read("SMISMEMBER", -3, sets::smismember, 1, 1, 1),
+    read("SCARD", 2, sets::scard, 1, 1, 1),
+    write("SPOP", -2, sets::spop, 1, 1, 1),
+    read("SRANDMEMBER", -2, sets::srandmember, 1, 1, 1),
+    read("SINTER", -2, sets::sinter, 1, -1, 1),
+    read("SUNION", -2, sets::sunion, 1, -1, 1),
+    read("SDIFF", -2, sets::sdiff, 1, -1, 1),
+    write("SINTERSTORE", -3, sets::sinterstore, 1, -1, 1),
+    write("SUNIONSTORE", -3, sets::sunionstore, 1, -1, 1),
+    write("SDIFFSTORE", -3, sets::sdiffstore, 1, -1, 1),
+    write("SMOVE", 4, sets::smove, 1, 2, 1),
 ];
 
 /// The command named `name` (any case) and its position in [`COMMANDS`].

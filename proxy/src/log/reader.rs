@@ -86,12 +86,21 @@ impl LogReader {
     /// has no segment yet.
     fn open_segment(&mut self) -> Result<bool, LogError> {
         let segments = list_segments(&self.dir)?;
+        let start = segments.iter().map(|(first, _)| *first).min();
         let Some((first, path)) = segments
             .into_iter()
             .rev()
             .find(|(first, _)| *first <= self.next_lsn)
         else {
-            return Ok(false);
+            // Segments, all of them later than the record needed: retention
+            // removed it (a log not yet started has none).
+            return match start {
+                Some(start) => Err(LogError::Removed {
+                    lsn: self.next_lsn,
+                    start,
+                }),
+                None => Ok(false),
+            };
         };
         let file = File::open(&path).map_err(io_err(&path))?;
         let mut magic = [0u8; MAGIC_LEN];
@@ -120,10 +129,25 @@ impl LogReader {
     /// Whether a segment other than the current one (which starts at `current`)
     /// starts at `lsn`. A freshly rolled, still empty segment starts where its
     /// predecessor ended, so the current segment must not count.
+    /// Whether another segment starts at `lsn`, where the current one (starting
+    /// at `current`) ends. A later segment but none at `lsn` means retention
+    /// removed the one in between.
     fn another_segment_starts_at(&self, lsn: u64, current: u64) -> Result<bool, LogError> {
-        Ok(list_segments(&self.dir)?
+        let segments = list_segments(&self.dir)?;
+        if segments
             .iter()
-            .any(|(first, _)| *first == lsn && *first != current))
+            .any(|(first, _)| *first == lsn && *first != current)
+        {
+            return Ok(true);
+        }
+        match segments
+            .iter()
+            .map(|(first, _)| *first)
+            .find(|first| *first > lsn)
+        {
+            Some(start) => Err(LogError::Removed { lsn, start }),
+            None => Ok(false),
+        }
     }
 }
 

@@ -217,6 +217,40 @@ fn truncation_keeps_whole_segments_records_a_base_and_survives_reopening() {
     assert_eq!(segments(dir.path()).unwrap().len(), 1);
 }
 
+/// A reader behind what retention removed says so, whether it starts there or
+/// reaches the gap while reading, rather than taking the gap for the log's end.
+#[test]
+fn a_reader_behind_the_retained_log_is_told_its_records_were_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open_sized(dir.path(), 200).unwrap();
+    for item in &payloads(60) {
+        append_all(&mut log, std::slice::from_ref(item));
+    }
+    // A reader in the first segment, which has read part of it.
+    let mut behind = log.reader(0);
+    assert_eq!(behind.next_record().unwrap().map(|(lsn, _)| lsn), Some(0));
+    let start = truncate_before(dir.path(), 40, |_| Ok::<_, String>(Vec::new()))
+        .unwrap()
+        .unwrap();
+    assert!(start > 5, "{start}");
+    let removed = |r: Result<Option<(u64, Vec<u8>)>, LogError>| matches!(r, Err(LogError::Removed { start: s, .. }) if s == start);
+    // It reads on to the end of its (unlinked, still open) segment, then learns
+    // the next one is gone.
+    let mut result = behind.next_record();
+    while let Ok(Some(_)) = result {
+        result = behind.next_record();
+    }
+    assert!(removed(result), "reading on");
+    assert!(
+        removed(log.reader(2).next_record()),
+        "starting before the log"
+    );
+    assert_eq!(
+        log.reader(start).next_record().unwrap().map(|(lsn, _)| lsn),
+        Some(start)
+    );
+}
+
 #[test]
 fn a_truncation_cut_short_by_a_crash_is_finished_on_open() {
     let dir = tempfile::tempdir().unwrap();

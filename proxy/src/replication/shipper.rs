@@ -142,7 +142,18 @@ impl Shipper {
         let mut log_rx = self.repl.engine.watch_log();
         let mut applied_rx = self.repl.engine.watch_applied();
         loop {
-            let chunk = self.read_chunk(&mut reader, live, &mut sent)?;
+            let chunk = match self.read_chunk(&mut reader, live, &mut sent) {
+                // Retention removed what the peer needs next (it fell behind while
+                // linked): start again, from a snapshot.
+                Err(StreamError::LogRead {
+                    source: crate::log::LogError::Removed { lsn, start },
+                    ..
+                }) => {
+                    tracing::info!(lsn, start, "{} fell behind the retained log", self.peer_id);
+                    return Ok(Stop::Restart);
+                }
+                other => other?,
+            };
             let count = chunk.ends.len() as u64;
             self.status.shipper.set(State::Busy);
             self.ship(chunk).await?;

@@ -90,6 +90,12 @@ fn conflict(c: &crate::engine::conflicts::Conflict) -> Reply {
                 .map(|b| Reply::Bulk(Bytes::copy_from_slice(b)))
                 .collect(),
         ),
+        Some(Data::Set(members)) => Reply::Array(
+            members
+                .iter()
+                .map(|m| Reply::Bulk(Bytes::copy_from_slice(m)))
+                .collect(),
+        ),
     };
     let field = |name: &str, reply| (Reply::bulk(name.to_owned()), reply);
     Reply::Map(vec![

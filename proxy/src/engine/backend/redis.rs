@@ -45,6 +45,8 @@ for i, key in ipairs(KEYS) do
     out[i] = {kind, pttl, redis.call('GET', key)}
   elseif kind == 'hash' then
     out[i] = {kind, pttl, redis.call('HGETALL', key)}
+  elseif kind == 'set' then
+    out[i] = {kind, pttl, redis.call('SMEMBERS', key)}
   else
     out[i] = {kind, pttl}
   end
@@ -349,6 +351,18 @@ fn write_value(pipe: &mut redis::Pipeline, key: &[u8], value: &Value) {
                 pipe.cmd("PEXPIREAT").arg(key).arg(at).ignore();
             }
         }
+        Data::Set(members) => {
+            // The new state replaces the old set whole.
+            pipe.cmd("DEL").arg(key).ignore();
+            let cmd = pipe.cmd("SADD").arg(key);
+            for m in members {
+                cmd.arg(m.as_slice());
+            }
+            cmd.ignore();
+            if let Some(at) = value.expire_at_ms {
+                pipe.cmd("PEXPIREAT").arg(key).arg(at).ignore();
+            }
+        }
     }
 }
 
@@ -380,6 +394,15 @@ fn fetched(row: RValue, now_ms: u64) -> Fetched {
             }
             Data::Hash(fields)
         }
+        ("set", Some(RValue::Array(items))) => Data::Set(
+            items
+                .into_iter()
+                .filter_map(|m| match m {
+                    RValue::BulkString(b) => Some(b),
+                    _ => None,
+                })
+                .collect(),
+        ),
         (other, _) => return Fetched::Foreign(other.to_owned()),
     };
     Fetched::Known(Some(Value {
