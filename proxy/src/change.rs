@@ -74,6 +74,8 @@ pub enum Data {
     Hash(indexmap::IndexMap<Vec<u8>, Vec<u8>>),
     /// A Redis set, members in byte order.
     Set(std::collections::BTreeSet<Vec<u8>>),
+    /// A Redis list.
+    List(std::collections::VecDeque<Vec<u8>>),
 }
 
 impl Value {
@@ -83,6 +85,7 @@ impl Value {
             Data::String(s) => s.len(),
             Data::Hash(fields) => fields.iter().map(|(f, v)| f.len() + v.len()).sum(),
             Data::Set(members) => members.iter().map(Vec::len).sum(),
+            Data::List(items) => items.iter().map(Vec::len).sum(),
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod hashes;
 mod keys;
+mod lists;
 mod sets;
 mod strings;
 pub(crate) mod table;

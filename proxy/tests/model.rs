@@ -46,7 +46,10 @@ fn command(rng: &mut Rng) -> Vec<String> {
     let val = rng.pick(VALUES).to_string();
     let field = rng.pick(FIELDS).to_string();
     let num = ["1", "5", "-3", "100", "abc"][rng.below(5)].to_string();
-    let pick = rng.below(60);
+    let pick = rng.below(76);
+    if pick >= 60 {
+        return list_command(rng, pick, key);
+    }
     if pick >= 46 {
         return set_command(rng, pick, key);
     }
@@ -213,6 +216,68 @@ fn set_command(rng: &mut Rng, pick: usize, key: String) -> Vec<String> {
         57 => vec!["SPOP".into(), key, "100".into()],
         58 => vec!["SRANDMEMBER".into(), key, "100".into()],
         _ => vec!["SPOP".into(), key, ["0", "-1"][rng.below(2)].into()],
+    }
+}
+
+/// List commands, as `command` picks them.
+fn list_command(rng: &mut Rng, pick: usize, key: String) -> Vec<String> {
+    const ITEMS: &[&str] = &["a", "b", "c", "1"];
+    let other = rng.pick(KEYS).to_string();
+    let item = rng.pick(ITEMS).to_string();
+    let index = ["0", "1", "-1", "-2", "5", "x"][rng.below(6)].to_string();
+    let stop = ["-1", "0", "2", "-3", "10"][rng.below(5)].to_string();
+    let ends = [
+        ["LEFT", "RIGHT"][rng.below(2)].to_string(),
+        ["LEFT", "RIGHT"][rng.below(2)].to_string(),
+    ];
+    match pick {
+        60..=62 => {
+            let mut c = vec![rng.pick(&["LPUSH", "RPUSH"]).into(), key, item];
+            c.extend((0..rng.below(3)).map(|_| rng.pick(ITEMS).to_string()));
+            c
+        }
+        63 => vec![rng.pick(&["LPUSHX", "RPUSHX"]).into(), key, item],
+        64 => {
+            let mut c = vec![rng.pick(&["LPOP", "RPOP"]).into(), key];
+            if rng.below(2) == 0 {
+                c.push(["0", "2", "10", "-1"][rng.below(4)].into());
+            }
+            c
+        }
+        65 | 66 => vec!["LRANGE".into(), key, index, stop],
+        67 => vec!["LLEN".into(), key],
+        68 => vec!["LINDEX".into(), key, index],
+        69 => vec!["LSET".into(), key, index, item],
+        70 => vec![
+            "LREM".into(),
+            key,
+            ["0", "1", "-1", "2"][rng.below(4)].into(),
+            item,
+        ],
+        71 => vec!["LTRIM".into(), key, index, stop],
+        72 => vec![
+            "LINSERT".into(),
+            key,
+            ["BEFORE", "AFTER", "MIDDLE"][rng.below(3)].into(),
+            item,
+            rng.pick(ITEMS).into(),
+        ],
+        73 => {
+            let mut c = vec!["LPOS".into(), key, item];
+            match rng.below(5) {
+                0 => c.extend(["RANK".into(), ["1", "-1", "2", "0"][rng.below(4)].into()]),
+                1 => c.extend(["COUNT".into(), ["0", "1", "2", "-1"][rng.below(4)].into()]),
+                2 => c.extend(["MAXLEN".into(), ["0", "2", "-1"][rng.below(3)].into()]),
+                3 => c.extend(["RANK".into(), "-1".into(), "COUNT".into(), "0".into()]),
+                _ => {}
+            }
+            c
+        }
+        74 => {
+            let [from, to] = ends;
+            vec!["LMOVE".into(), key, other, from, to]
+        }
+        _ => vec!["RPOPLPUSH".into(), key, other],
     }
 }
 

@@ -133,11 +133,12 @@ async fn transactions_run_at_the_home_and_apply_whole_everywhere() {
     }
 }
 
-/// Clients at all three datacenters run random set commands and transactions
-/// on a few users' keys at once (each write runs at its user's home); the
-/// datacenters converge to identical data (digests), sets included.
+/// Clients at all three datacenters run random set and list commands and
+/// transactions on a few users' keys at once (each write runs at its user's
+/// home); the datacenters converge to identical data (digests), sets and lists
+/// included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_sets_and_transactions_everywhere_converge() {
+async fn random_sets_lists_and_transactions_everywhere_converge() {
     let cluster = Arc::new(start(spec(402)).await);
     linked(&cluster).await;
     let mut clients = tokio::task::JoinSet::new();
@@ -151,7 +152,14 @@ async fn random_sets_and_transactions_everywhere_converge() {
                 let key = |k: &str| format!("{{{user}}}:{k}");
                 let member = format!("m{}", rng.below(6));
                 let mut pipe = redis::pipe();
-                match rng.below(5) {
+                match rng.below(7) {
+                    5 => pipe.cmd("RPUSH").arg(key("l")).arg(&member),
+                    6 => pipe
+                        .cmd("LMOVE")
+                        .arg(key("l"))
+                        .arg(key("k"))
+                        .arg("LEFT")
+                        .arg("RIGHT"),
                     0 | 1 => pipe.cmd("SADD").arg(key("s")).arg(&member),
                     2 => pipe.cmd("SREM").arg(key("s")).arg(&member),
                     3 => pipe.cmd("SMOVE").arg(key("s")).arg(key("t")).arg(&member),
@@ -184,5 +192,12 @@ async fn random_sets_and_transactions_everywhere_converge() {
             seen.push(members);
         }
         assert!(seen.windows(2).all(|w| w[0] == w[1]), "{key}: {seen:?}");
+        let key = format!("{{r{user}}}:k");
+        let mut lists = Vec::new();
+        for dc in 0..3 {
+            let items: Vec<String> = cluster.cmd(dc, &["LRANGE", &key, "0", "-1"]).await.unwrap();
+            lists.push(items);
+        }
+        assert!(lists.windows(2).all(|w| w[0] == w[1]), "{key}: {lists:?}");
     }
 }

@@ -256,5 +256,9 @@ pub(super) fn type_of(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
         Some(Value {
             data: Data::Set(_), ..
         }) => "set",
+        Some(Value {
+            data: Data::List(_),
+            ..
+        }) => "list",
     }))
 }

@@ -17,7 +17,7 @@ pub(super) fn string_at(ks: &mut dyn Keyspace, key: &[u8]) -> Result<Option<Valu
 fn bytes_of(value: &Value) -> &[u8] {
     match &value.data {
         Data::String(s) => s,
-        Data::Hash(_) | Data::Set(_) => &[],
+        Data::Hash(_) | Data::Set(_) | Data::List(_) => &[],
     }
 }
 

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::{DataFn, hashes, keys, sets, strings};
+use super::{DataFn, hashes, keys, lists, sets, strings};
 
 /// What executing a command involves.
 #[derive(Debug, Clone, Copy)]
@@ -229,6 +229,22 @@ pub static COMMANDS: &[Spec] = &[
     write("SUNIONSTORE", -3, sets::sunionstore, 1, -1, 1),
     write("SDIFFSTORE", -3, sets::sdiffstore, 1, -1, 1),
     write("SMOVE", 4, sets::smove, 1, 2, 1),
+    write("LPUSH", -3, lists::lpush, 1, 1, 1),
+    write("RPUSH", -3, lists::rpush, 1, 1, 1),
+    write("LPUSHX", -3, lists::lpushx, 1, 1, 1),
+    write("RPUSHX", -3, lists::rpushx, 1, 1, 1),
+    write("LPOP", -2, lists::lpop, 1, 1, 1),
+    write("RPOP", -2, lists::rpop, 1, 1, 1),
+    read("LRANGE", 4, lists::lrange, 1, 1, 1),
+    read("LLEN", 2, lists::llen, 1, 1, 1),
+    read("LINDEX", 3, lists::lindex, 1, 1, 1),
+    write("LSET", 4, lists::lset, 1, 1, 1),
+    write("LREM", 4, lists::lrem, 1, 1, 1),
+    write("LTRIM", 4, lists::ltrim, 1, 1, 1),
+    write("LINSERT", 5, lists::linsert, 1, 1, 1),
+    read("LPOS", -3, lists::lpos, 1, 1, 1),
+    write("LMOVE", 5, lists::lmove, 1, 2, 1),
+    write("RPOPLPUSH", 3, lists::rpoplpush, 1, 2, 1),
 ];
 
 /// The command named `name` (any case) and its position in [`COMMANDS`].

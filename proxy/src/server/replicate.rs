@@ -96,6 +96,12 @@ fn conflict(c: &crate::engine::conflicts::Conflict) -> Reply {
                 .map(|m| Reply::Bulk(Bytes::copy_from_slice(m)))
                 .collect(),
         ),
+        Some(Data::List(items)) => Reply::Array(
+            items
+                .iter()
+                .map(|m| Reply::Bulk(Bytes::copy_from_slice(m)))
+                .collect(),
+        ),
     };
     let field = |name: &str, reply| (Reply::bulk(name.to_owned()), reply);
     Reply::Map(vec![

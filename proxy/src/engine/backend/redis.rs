@@ -47,6 +47,8 @@ for i, key in ipairs(KEYS) do
     out[i] = {kind, pttl, redis.call('HGETALL', key)}
   elseif kind == 'set' then
     out[i] = {kind, pttl, redis.call('SMEMBERS', key)}
+  elseif kind == 'list' then
+    out[i] = {kind, pttl, redis.call('LRANGE', key, 0, -1)}
   else
     out[i] = {kind, pttl}
   end
@@ -363,6 +365,18 @@ fn write_value(pipe: &mut redis::Pipeline, key: &[u8], value: &Value) {
                 pipe.cmd("PEXPIREAT").arg(key).arg(at).ignore();
             }
         }
+        Data::List(items) => {
+            // The new state replaces the old list whole.
+            pipe.cmd("DEL").arg(key).ignore();
+            let cmd = pipe.cmd("RPUSH").arg(key);
+            for item in items {
+                cmd.arg(item.as_slice());
+            }
+            cmd.ignore();
+            if let Some(at) = value.expire_at_ms {
+                pipe.cmd("PEXPIREAT").arg(key).arg(at).ignore();
+            }
+        }
     }
 }
 
@@ -394,6 +408,15 @@ fn fetched(row: RValue, now_ms: u64) -> Fetched {
             }
             Data::Hash(fields)
         }
+        ("list", Some(RValue::Array(items))) => Data::List(
+            items
+                .into_iter()
+                .filter_map(|m| match m {
+                    RValue::BulkString(b) => Some(b),
+                    _ => None,
+                })
+                .collect(),
+        ),
         ("set", Some(RValue::Array(items))) => Data::Set(
             items
                 .into_iter()
