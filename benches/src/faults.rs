@@ -13,7 +13,7 @@ use std::time::Duration;
 use meridian_testbed::{Cluster, ClusterSpec, LinkShape, Shape, free_port};
 use tokio::time::{Instant, sleep};
 
-use crate::processes::{Guard, spawn, tempfile_dir};
+use crate::processes::{Guard, tempfile_dir};
 
 /// Settings of the fault run.
 #[derive(Debug, Clone, clap::Args)]
@@ -196,17 +196,9 @@ async fn read_back(cluster: &Cluster, acked: &BTreeMap<usize, Acked>) -> Result<
 }
 
 fn start_redis(dir: &std::path::Path, port: u16) -> Result<Guard, String> {
-    let mut cmd = std::process::Command::new("redis-server");
-    cmd.args([
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-    ])
-    .args(["--appendonly", "yes", "--appendfsync", "always"])
-    .arg("--dir")
-    .arg(dir);
-    spawn(&mut cmd, port)
+    crate::processes::start_redis(
+        dir,
+        port,
+        &["--appendonly", "yes", "--appendfsync", "always"],
+    )
 }

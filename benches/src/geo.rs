@@ -24,9 +24,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use meridian_testbed::history::{self, Kind, Op, Value};
-use meridian_testbed::{
-    Cluster, ClusterSpec, DcSpec, LinkShape, Preset, Region, Shape, floor_one_way_ms, one_way_ms,
-};
+use meridian_testbed::{Cluster, ClusterSpec, Preset, Region, Shape, floor_one_way_ms, one_way_ms};
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -298,20 +296,9 @@ async fn measure(
     design: Design,
 ) -> Result<DesignFigures, String> {
     let n = regions.len();
-    let mut spec = ClusterSpec::new(binary, n, shape);
+    let mut spec = ClusterSpec::regions(binary, regions, shape, args.loss);
     spec.name = format!("geo-{design:?}").to_lowercase();
     spec.seed = args.seed;
-    spec.dcs = regions.iter().map(|r| DcSpec::new(r.id())).collect();
-    spec.set_links(|i, j| {
-        let one_way = Duration::from_secs_f64(one_way_ms(regions[i], regions[j]) / 1000.0);
-        LinkShape {
-            delay: one_way,
-            jitter: one_way / 50,
-            loss: args.loss,
-            bandwidth: None,
-            cut: false,
-        }
-    });
     let _redis = match args.backend.as_str() {
         "embedded" => Vec::new(),
         "redis" => start_redis(&mut spec)?,
@@ -527,18 +514,7 @@ fn start_redis(spec: &mut ClusterSpec) -> Result<Vec<crate::processes::Guard>, S
     for (dc, port) in spec.dcs.iter_mut().zip(ports) {
         let data = dir.join(format!("redis-{}", dc.id));
         std::fs::create_dir_all(&data).map_err(|e| format!("creating {}: {e}", data.display()))?;
-        let mut cmd = std::process::Command::new("redis-server");
-        cmd.args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .arg("--dir")
-        .arg(&data);
-        guards.push(crate::processes::spawn(&mut cmd, port)?);
+        guards.push(crate::processes::start_redis(&data, port, &[])?);
         dc.redis = Some(format!("redis://127.0.0.1:{port}/0"));
     }
     Ok(guards)

@@ -43,6 +43,24 @@ pub(crate) fn spawn(cmd: &mut Command, port: u16) -> Result<Guard, String> {
     Ok(guard)
 }
 
+/// Starts a redis-server on loopback `port` keeping its files in `dir`, with
+/// `extra` arguments (persistence, say); snapshots are off.
+pub(crate) fn start_redis(dir: &Path, port: u16, extra: &[&str]) -> Result<Guard, String> {
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+    ])
+    .args(extra)
+    .arg("--dir")
+    .arg(dir);
+    spawn(&mut cmd, port)
+}
+
 /// Starts a one-datacenter meridian named after `name` in `dir`, on the embedded
 /// store or the Redis at `redis`; returns it and its client port.
 pub(crate) fn start_meridian(

@@ -123,7 +123,17 @@ impl ClusterSpec {
         shape: Shape,
         loss: f64,
     ) -> ClusterSpec {
-        let regions = preset.regions();
+        ClusterSpec::regions(binary, preset.regions(), shape, loss)
+    }
+
+    /// A datacenter per region, each link with its pair's measured one-way delay,
+    /// 2% jitter and `loss`.
+    pub fn regions(
+        binary: impl Into<PathBuf>,
+        regions: &[crate::Region],
+        shape: Shape,
+        loss: f64,
+    ) -> ClusterSpec {
         let mut spec = ClusterSpec::new(binary, regions.len(), shape);
         spec.dcs = regions.iter().map(|r| DcSpec::new(r.id())).collect();
         spec.set_links(|i, j| {

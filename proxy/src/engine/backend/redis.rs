@@ -333,6 +333,16 @@ fn unreachable_error(store: &RedisStore) -> RedisStoreError {
 }
 
 fn write_value(pipe: &mut redis::Pipeline, key: &[u8], value: &Value) {
+    // A collection's new state replaces the old one whole: DEL, then one command
+    // that puts back every element.
+    let mut replace = |command: &str, elements: &mut dyn Iterator<Item = &[u8]>| {
+        pipe.cmd("DEL").arg(key).ignore();
+        let cmd = pipe.cmd(command).arg(key);
+        for element in elements {
+            cmd.arg(element);
+        }
+        cmd.ignore();
+    };
     match &value.data {
         Data::String(s) => {
             let cmd = pipe.cmd("SET").arg(key).arg(s.as_slice());
@@ -340,44 +350,28 @@ fn write_value(pipe: &mut redis::Pipeline, key: &[u8], value: &Value) {
                 cmd.arg("PXAT").arg(at);
             }
             cmd.ignore();
+            return;
         }
-        Data::Hash(fields) => {
-            // The new state replaces the old hash whole.
-            pipe.cmd("DEL").arg(key).ignore();
-            let cmd = pipe.cmd("HSET").arg(key);
-            for (f, v) in fields {
-                cmd.arg(f.as_slice()).arg(v.as_slice());
-            }
-            cmd.ignore();
-            if let Some(at) = value.expire_at_ms {
-                pipe.cmd("PEXPIREAT").arg(key).arg(at).ignore();
-            }
-        }
-        Data::Set(members) => {
-            // The new state replaces the old set whole.
-            pipe.cmd("DEL").arg(key).ignore();
-            let cmd = pipe.cmd("SADD").arg(key);
-            for m in members {
-                cmd.arg(m.as_slice());
-            }
-            cmd.ignore();
-            if let Some(at) = value.expire_at_ms {
-                pipe.cmd("PEXPIREAT").arg(key).arg(at).ignore();
-            }
-        }
-        Data::List(items) => {
-            // The new state replaces the old list whole.
-            pipe.cmd("DEL").arg(key).ignore();
-            let cmd = pipe.cmd("RPUSH").arg(key);
-            for item in items {
-                cmd.arg(item.as_slice());
-            }
-            cmd.ignore();
-            if let Some(at) = value.expire_at_ms {
-                pipe.cmd("PEXPIREAT").arg(key).arg(at).ignore();
-            }
-        }
+        Data::Hash(fields) => replace(
+            "HSET",
+            &mut fields
+                .iter()
+                .flat_map(|(f, v)| [f.as_slice(), v.as_slice()]),
+        ),
+        Data::Set(members) => replace("SADD", &mut members.iter().map(Vec::as_slice)),
+        Data::List(items) => replace("RPUSH", &mut items.iter().map(Vec::as_slice)),
     }
+    if let Some(at) = value.expire_at_ms {
+        pipe.cmd("PEXPIREAT").arg(key).arg(at).ignore();
+    }
+}
+
+/// The bulk strings of a reply array (elements of a set or list).
+fn bulk_items(items: Vec<RValue>) -> impl Iterator<Item = Vec<u8>> {
+    items.into_iter().filter_map(|m| match m {
+        RValue::BulkString(b) => Some(b),
+        _ => None,
+    })
 }
 
 fn fetched(row: RValue, now_ms: u64) -> Fetched {
@@ -408,24 +402,8 @@ fn fetched(row: RValue, now_ms: u64) -> Fetched {
             }
             Data::Hash(fields)
         }
-        ("list", Some(RValue::Array(items))) => Data::List(
-            items
-                .into_iter()
-                .filter_map(|m| match m {
-                    RValue::BulkString(b) => Some(b),
-                    _ => None,
-                })
-                .collect(),
-        ),
-        ("set", Some(RValue::Array(items))) => Data::Set(
-            items
-                .into_iter()
-                .filter_map(|m| match m {
-                    RValue::BulkString(b) => Some(b),
-                    _ => None,
-                })
-                .collect(),
-        ),
+        ("list", Some(RValue::Array(items))) => Data::List(bulk_items(items).collect()),
+        ("set", Some(RValue::Array(items))) => Data::Set(bulk_items(items).collect()),
         (other, _) => return Fetched::Foreign(other.to_owned()),
     };
     Fetched::Known(Some(Value {
