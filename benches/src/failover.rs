@@ -147,6 +147,7 @@ async fn measure(args: &FailoverArgs, binary: &std::path::Path) -> Result<(), St
         .wait_converged(Duration::from_secs(120))
         .await
         .map_err(|e| format!("the datacenters did not converge: {e}"))?;
+    println!("{}", cluster.emulator_lateness());
     let counter: Option<String> = cluster
         .cmd(0, &["GET", &key])
         .await

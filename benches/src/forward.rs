@@ -180,6 +180,7 @@ async fn latency_run(
                 .unwrap_or(0.0);
         }
     }
+    println!("{}", cluster.emulator_lateness());
     Ok((table, rtts))
 }
 
@@ -331,6 +332,7 @@ async fn throughput(args: &ForwardArgs, binary: &std::path::Path) -> Result<(), 
         .wait_converged(Duration::from_secs(120))
         .await
         .map_err(|e| e.to_string())?;
+    println!("{}", cluster.emulator_lateness());
     println!(
         "every write ran at the home: changes by origin {applied} (the sender originated {})",
         applied.get("sender")

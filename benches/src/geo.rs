@@ -189,6 +189,8 @@ pub(crate) struct DesignFigures {
     /// The first few errors, as the clients got them.
     pub(crate) error_examples: Vec<String>,
     pub(crate) convergence_ms: f64,
+    /// How late the WAN emulator delivered datagrams against their schedule.
+    pub(crate) emulator_lateness: meridian_testbed::Lateness,
 }
 
 /// The whole report.
@@ -482,6 +484,7 @@ async fn measure(
         errors,
         error_examples,
         convergence_ms: convergence.as_secs_f64() * 1000.0,
+        emulator_lateness: cluster.emulator_lateness(),
     })
 }
 
@@ -853,6 +856,10 @@ fn print_table(args: &GeoArgs, regions: &[Region], figures: &[DesignFigures]) {
             d.errors,
             d.convergence_ms
         );
+    }
+    println!();
+    for d in figures {
+        println!("{}: {}", d.name, d.emulator_lateness);
     }
     for d in figures.iter().filter(|d| !d.error_examples.is_empty()) {
         println!("\n{}: the first errors", d.name);

@@ -76,6 +76,7 @@ async fn measure(args: &ReplicationArgs, binary: std::path::PathBuf) -> Result<(
         value,
     )
     .await?;
+    println!("{}", cluster.emulator_lateness());
     let info = cluster
         .replication_info(0)
         .await

@@ -385,6 +385,7 @@ async fn measure(
     c.wait_converged(Duration::from_secs(120))
         .await
         .map_err(|e| format!("the regions did not converge: {e}"))?;
+    println!("{}", c.emulator_lateness());
     Ok(figures)
 }
 

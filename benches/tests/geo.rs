@@ -95,6 +95,12 @@ fn a_short_two_region_run_reports_every_figure() {
             );
         }
     }
+    for d in designs {
+        let late = &d["emulator_lateness"];
+        assert!(late["datagrams"].as_u64().unwrap() > 0, "{late}");
+        finite(&late["p99_ms"], "lateness p99");
+    }
+    assert!(stdout.contains("emulator lateness"), "{stdout}");
     let meridian = &designs[2];
     assert_eq!(meridian["lost_updates"], 0, "meridian lost updates");
     assert_eq!(

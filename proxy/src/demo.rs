@@ -321,6 +321,7 @@ async fn report_convergence(cluster: &Cluster, writes: WritesArg) -> Result<bool
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
     }
+    println!("\n{}", cluster.emulator_lateness());
     let waited = Instant::now();
     match cluster.wait_converged(Duration::from_secs(60)).await {
         Ok(applied) => {

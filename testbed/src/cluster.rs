@@ -41,6 +41,61 @@ pub enum Shape {
     },
 }
 
+/// How late the WAN emulator delivered datagrams against their schedule (the
+/// delay and jitter it was asked for): the instrument's own error, printed beside
+/// every figure measured through it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Lateness {
+    /// Datagrams delivered.
+    pub datagrams: u64,
+    /// Milliseconds late at the median, the 99th percentile and worst.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Lateness {
+    /// The lateness p99 past which a run's latency figures are not to be trusted.
+    pub const TRUSTED_P99_MS: f64 = 1.0;
+
+    fn of(h: Option<hdrhistogram::Histogram<u64>>) -> Lateness {
+        let Some(h) = h else {
+            return Lateness::default();
+        };
+        let ms = |us: u64| us as f64 / 1000.0;
+        Lateness {
+            datagrams: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+        }
+    }
+
+    /// Whether the emulator kept its schedule well enough (p99 within
+    /// [`Lateness::TRUSTED_P99_MS`]).
+    pub fn trusted(&self) -> bool {
+        self.p99_ms <= Self::TRUSTED_P99_MS
+    }
+}
+
+impl std::fmt::Display for Lateness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "emulator lateness (how late the WAN emulator delivered datagrams against their schedule): p50 {:.3} ms, p99 {:.3} ms, max {:.1} ms over {} datagrams",
+            self.p50_ms, self.p99_ms, self.max_ms, self.datagrams
+        )?;
+        if !self.trusted() {
+            write!(
+                f,
+                "; NOT TRUSTWORTHY: p99 over {} ms, the emulator could not keep up and its lateness is in the figures",
+                Self::TRUSTED_P99_MS
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// One datacenter to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DcSpec {
@@ -639,6 +694,26 @@ impl Cluster {
     }
 
     /// Cuts the link between `a` and `b`, both directions.
+    /// How late the emulator delivered datagrams against their schedule, over
+    /// every link and direction so far.
+    pub fn emulator_lateness(&self) -> Lateness {
+        let mut all: Option<hdrhistogram::Histogram<u64>> = None;
+        for relay in self.relays.values() {
+            for direction in [crate::Direction::Forward, crate::Direction::Backward] {
+                let Some(h) = relay.stats(direction).lateness() else {
+                    continue;
+                };
+                match all.as_mut() {
+                    Some(all) => {
+                        let _ = all.add(&h);
+                    }
+                    None => all = Some(h),
+                }
+            }
+        }
+        Lateness::of(all)
+    }
+
     pub fn cut(&self, a: usize, b: usize) {
         self.relay(a, b).cut();
     }

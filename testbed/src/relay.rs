@@ -82,6 +82,30 @@ pub struct RelayStats {
     pub cut: AtomicU64,
     /// Datagrams dropped because the queue was full.
     pub overflow: AtomicU64,
+    /// How late each delivered datagram left against its schedule (delay plus
+    /// jitter), in microseconds: the emulator's own error.
+    lateness: std::sync::Mutex<Option<hdrhistogram::Histogram<u64>>>,
+}
+
+impl RelayStats {
+    fn late_by(&self, late: std::time::Duration) {
+        let mut h = self.lateness.lock().unwrap_or_else(|p| p.into_inner());
+        if h.is_none() {
+            *h = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).ok();
+        }
+        if let Some(h) = h.as_mut() {
+            h.saturating_record(late.as_micros().max(1) as u64);
+        }
+    }
+
+    /// How late delivered datagrams left against their schedule, in microseconds
+    /// (`None` before the first).
+    pub fn lateness(&self) -> Option<hdrhistogram::Histogram<u64>> {
+        self.lateness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// A running emulated link; stops when dropped.
@@ -281,12 +305,14 @@ async fn deliver(
             _ = sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {
                 let now = Instant::now();
                 while pending.peek().is_some_and(|Reverse((due, _, _))| *due <= now) {
-                    let Some(Reverse((_, _, bytes))) = pending.pop() else { break };
+                    let Some(Reverse((due, _, bytes))) = pending.pop() else { break };
                     let target = *to.borrow();
                     if let Some(target) = target {
+                        let late = Instant::now().saturating_duration_since(due);
                         // A full socket buffer drops the datagram, as a real network would.
                         if socket.send_to(&bytes, target).await.is_ok() {
                             stats.delivered.fetch_add(1, Ordering::Relaxed);
+                            stats.late_by(late);
                         }
                     }
                 }
