@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
 use crate::rng::Rng;
 
@@ -82,7 +82,7 @@ pub struct RelayStats {
     pub cut: AtomicU64,
     /// Datagrams dropped because the queue was full.
     pub overflow: AtomicU64,
-    /// How late each delivered datagram left against its schedule (delay plus
+    /// How late each datagram sent on left against its schedule (delay plus
     /// jitter), in microseconds: the emulator's own error.
     lateness: std::sync::Mutex<Option<hdrhistogram::Histogram<u64>>>,
 }
@@ -126,8 +126,9 @@ impl Relay {
         backward: LinkShape,
         seed: u64,
     ) -> Result<Relay, RelayError> {
-        let near_side = Arc::new(loopback_socket()?);
-        let far_side = Arc::new(loopback_socket()?);
+        let (near_side, near_send) = loopback_socket()?;
+        let (far_side, far_send) = loopback_socket()?;
+        let (near_side, far_side) = (Arc::new(near_side), Arc::new(far_side));
         let addr = near_side.local_addr()?;
         let shapes = [watch::Sender::new(forward), watch::Sender::new(backward)];
         let stats = [
@@ -138,13 +139,8 @@ impl Relay {
         let mut tasks = JoinSet::new();
 
         // Forward: what the near end sends goes out of the far-side socket to `far`.
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tasks.spawn(deliver(
-            rx,
-            far_side.clone(),
-            watch::channel(Some(far)).1,
-            stats[0].clone(),
-        ));
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        spawn_delivery(rx, far_send, watch::channel(Some(far)).1, stats[0].clone())?;
         let shape = shapes[0].subscribe();
         let receiver = Receiver {
             socket: near_side.clone(),
@@ -156,8 +152,8 @@ impl Relay {
         tasks.spawn(receiver.run(Some(near_peer_tx)));
 
         // Backward: the far end's answers go out of the near-side socket to the near end.
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tasks.spawn(deliver(rx, near_side, near_peer, stats[1].clone()));
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        spawn_delivery(rx, near_send, near_peer, stats[1].clone())?;
         let shape = shapes[1].subscribe();
         let receiver = Receiver {
             socket: far_side,
@@ -217,14 +213,17 @@ impl Relay {
 /// default (about 200 KiB) overflows at tens of thousands of datagrams per second,
 /// and losses the emulator did not choose would distort the link's shape. The
 /// kernel caps the request at `net.core.rmem_max` / `wmem_max`.
-fn loopback_socket() -> std::io::Result<UdpSocket> {
+/// Returns it for receiving (async) and for sending (a handle on the same socket,
+/// for the delivery thread).
+fn loopback_socket() -> std::io::Result<(UdpSocket, std::net::UdpSocket)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
     socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket.into())
+    let send = socket.try_clone()?;
+    Ok((UdpSocket::from_std(socket.into())?, send.into()))
 }
 
 /// Socket buffers asked for each relay socket.
@@ -234,7 +233,7 @@ const SOCKET_BUFFER: usize = 4 << 20;
 struct Receiver {
     socket: Arc<UdpSocket>,
     shape: watch::Receiver<LinkShape>,
-    queue: mpsc::Sender<(Instant, Vec<u8>)>,
+    queue: std::sync::mpsc::SyncSender<(std::time::Instant, Vec<u8>)>,
     stats: Arc<RelayStats>,
     rng: Rng,
 }
@@ -276,45 +275,76 @@ impl Receiver {
                 _ => now,
             };
             let due = departs + shape.delay + shape.jitter.mul_f64(jitter_draw);
-            if self.queue.try_send((due, buf[..len].to_vec())).is_err() {
-                self.stats.overflow.fetch_add(1, Ordering::Relaxed);
+            match self.queue.try_send((due.into_std(), buf[..len].to_vec())) {
+                Ok(()) => {}
+                Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                    self.stats.overflow.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return,
             }
         }
     }
 }
 
-/// Sends each queued datagram when it is due, earliest first (ties in arrival order).
-async fn deliver(
-    mut queue: mpsc::Receiver<(Instant, Vec<u8>)>,
-    socket: Arc<UdpSocket>,
+/// Starts the thread that sends one direction's datagrams when they are due.
+fn spawn_delivery(
+    queue: std::sync::mpsc::Receiver<(std::time::Instant, Vec<u8>)>,
+    socket: std::net::UdpSocket,
+    to: watch::Receiver<Option<SocketAddr>>,
+    stats: Arc<RelayStats>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("wan-relay".into())
+        .spawn(move || deliver(queue, socket, to, stats))
+        .map(drop)
+}
+
+/// Sends each queued datagram when it is due, earliest first (ties in arrival
+/// order), until the receiving side is gone. A thread of its own, waiting with
+/// the operating system's timer: the runtime's timers fire on a millisecond
+/// wheel, which made every datagram up to a millisecond late.
+fn deliver(
+    queue: std::sync::mpsc::Receiver<(std::time::Instant, Vec<u8>)>,
+    socket: std::net::UdpSocket,
     to: watch::Receiver<Option<SocketAddr>>,
     stats: Arc<RelayStats>,
 ) {
-    let mut pending: BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>> = BinaryHeap::new();
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut pending: BinaryHeap<Reverse<(std::time::Instant, u64, Vec<u8>)>> = BinaryHeap::new();
     let mut seq = 0u64;
     loop {
-        let next_due = pending.peek().map(|Reverse((due, _, _))| *due);
-        tokio::select! {
-            item = queue.recv() => match item {
-                Some((due, bytes)) => {
-                    pending.push(Reverse((due, seq, bytes)));
-                    seq += 1;
-                }
-                None => return,
-            },
-            _ = sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {
-                let now = Instant::now();
-                while pending.peek().is_some_and(|Reverse((due, _, _))| *due <= now) {
-                    let Some(Reverse((due, _, bytes))) = pending.pop() else { break };
-                    let target = *to.borrow();
-                    if let Some(target) = target {
-                        let late = Instant::now().saturating_duration_since(due);
-                        // A full socket buffer drops the datagram, as a real network would.
-                        if socket.send_to(&bytes, target).await.is_ok() {
-                            stats.delivered.fetch_add(1, Ordering::Relaxed);
-                            stats.late_by(late);
-                        }
-                    }
+        let now = std::time::Instant::now();
+        let wait = pending
+            .peek()
+            .map(|Reverse((due, _, _))| due.saturating_duration_since(now));
+        let item = match wait {
+            Some(Duration::ZERO) => Err(RecvTimeoutError::Timeout),
+            Some(wait) => queue.recv_timeout(wait),
+            None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match item {
+            Ok((due, bytes)) => {
+                pending.push(Reverse((due, seq, bytes)));
+                seq += 1;
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        let now = std::time::Instant::now();
+        while pending
+            .peek()
+            .is_some_and(|Reverse((due, _, _))| *due <= now)
+        {
+            let Some(Reverse((due, _, bytes))) = pending.pop() else {
+                break;
+            };
+            let target = *to.borrow();
+            if let Some(target) = target {
+                stats.late_by(std::time::Instant::now().saturating_duration_since(due));
+                // A full socket buffer drops the datagram, as a real network would.
+                if socket.send_to(&bytes, target).is_ok() {
+                    stats.delivered.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
