@@ -24,6 +24,25 @@ fn spec(seed: u64) -> ClusterSpec {
     spec
 }
 
+/// Heals `home`'s links to every other datacenter, waits until `next` (which
+/// wrote for its users meanwhile) sees it resume and it writes `key` = `value`
+/// itself, then until everything converged.
+async fn heal_and_resume(cluster: &Cluster, home: usize, next: usize, key: &str, value: &str) {
+    let failbacks = info_u64(cluster, next, "failbacks").await;
+    for other in (0..cluster.len()).filter(|&d| d != home) {
+        cluster.heal(home, other);
+    }
+    until("the home to resume", || async {
+        info_u64(cluster, next, "failbacks").await > failbacks
+    })
+    .await;
+    until("the home to write again", || async {
+        set(cluster, home, key, value).await.is_ok()
+    })
+    .await;
+    converged(cluster).await;
+}
+
 /// SET `key` `value` at datacenter `dc`: the reply, or the error's text.
 async fn set(cluster: &Cluster, dc: usize, key: &str, value: &str) -> Result<(), String> {
     cluster
@@ -348,19 +367,7 @@ async fn a_takeover_survives_the_loss_of_the_agreement_s_leader() {
     })
     .await;
     cluster.restart(leader).await.unwrap();
-    let failbacks = info_u64(&cluster, next, "failbacks").await;
-    for other in (0..5).filter(|&d| d != home) {
-        cluster.heal(home, other);
-    }
-    until("the home to resume", || async {
-        info_u64(&cluster, next, "failbacks").await > failbacks
-    })
-    .await;
-    until("the home to write again", || async {
-        set(&cluster, home, &key, "v2").await.is_ok()
-    })
-    .await;
-    converged(&cluster).await;
+    heal_and_resume(&cluster, home, next, &key, "v2").await;
     for dc in 0..5 {
         let got: Option<String> = cluster.cmd(dc, &["GET", &key]).await.unwrap();
         assert_eq!(got.as_deref(), Some("v2"), "at dc{dc}");
@@ -658,7 +665,6 @@ async fn five_datacenters_with_writers_everywhere_lose_nothing_silently() {
     let (next, key) = (homes.ranking(&user)[1], format!("{{{user}}}:clean"));
     set(&cluster, home, &key, "a").await.unwrap();
     converged(&cluster).await;
-    let failbacks = info_u64(&cluster, next, "failbacks").await;
     for other in (0..5).filter(|&d| d != home) {
         cluster.cut(home, other);
     }
@@ -666,18 +672,7 @@ async fn five_datacenters_with_writers_everywhere_lose_nothing_silently() {
         set(&cluster, next, &key, "b").await.is_ok()
     })
     .await;
-    for other in (0..5).filter(|&d| d != home) {
-        cluster.heal(home, other);
-    }
-    until("the home to resume", || async {
-        info_u64(&cluster, next, "failbacks").await > failbacks
-    })
-    .await;
-    until("the home to write again", || async {
-        set(&cluster, home, &key, "c").await.is_ok()
-    })
-    .await;
-    converged(&cluster).await;
+    heal_and_resume(&cluster, home, next, &key, "c").await;
     for (dc, &before) in before.iter().enumerate() {
         assert_eq!(
             info_u64(&cluster, dc, "conflicts").await,
