@@ -5,8 +5,12 @@
 //! new state, so applying a change twice, or applying it on another datacenter, gives
 //! the same result (idempotent apply).
 
+mod sorted;
+
 use meridian_policies::{Timestamp, Version, VersionVector};
 use serde::{Deserialize, Serialize};
+
+pub use sorted::SortedSet;
 
 /// Format version of encoded changes. A reader refuses versions it does not know
 /// rather than misreading them. Format 1 (no `deps`, no `path`) is still read.
@@ -76,6 +80,21 @@ pub enum Data {
     Set(std::collections::BTreeSet<Vec<u8>>),
     /// A Redis list.
     List(std::collections::VecDeque<Vec<u8>>),
+    /// A Redis sorted set.
+    Zset(SortedSet),
+}
+
+impl Data {
+    /// Its type as Redis's `TYPE` names it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Data::String(_) => "string",
+            Data::Hash(_) => "hash",
+            Data::Set(_) => "set",
+            Data::List(_) => "list",
+            Data::Zset(_) => "zset",
+        }
+    }
 }
 
 impl Value {
@@ -86,6 +105,7 @@ impl Value {
             Data::Hash(fields) => fields.iter().map(|(f, v)| f.len() + v.len()).sum(),
             Data::Set(members) => members.iter().map(Vec::len).sum(),
             Data::List(items) => items.iter().map(Vec::len).sum(),
+            Data::Zset(set) => set.size(),
         }
     }
 

@@ -1,12 +1,14 @@
 //! Commands: the table of what meridian accepts, argument checks in Redis's own
 //! words, the user a command belongs to, and the data commands' semantics.
 
+mod float;
 mod hashes;
 mod keys;
 mod lists;
 mod sets;
 mod strings;
 pub(crate) mod table;
+mod zsets;
 
 use bytes::Bytes;
 

@@ -660,9 +660,7 @@ fn digest_bytes(value: &Value) -> Vec<u8> {
             sorted.sort_unstable();
             postcard::to_stdvec(&(sorted, value.expire_at_ms)).unwrap_or_default()
         }
-        crate::change::Data::String(_)
-        | crate::change::Data::Set(_)
-        | crate::change::Data::List(_) => postcard::to_stdvec(value).unwrap_or_default(),
+        _ => postcard::to_stdvec(value).unwrap_or_default(),
     }
 }
 

@@ -46,7 +46,10 @@ fn command(rng: &mut Rng) -> Vec<String> {
     let val = rng.pick(VALUES).to_string();
     let field = rng.pick(FIELDS).to_string();
     let num = ["1", "5", "-3", "100", "abc"][rng.below(5)].to_string();
-    let pick = rng.below(76);
+    let pick = rng.below(100);
+    if pick >= 76 {
+        return zset_command(rng, pick, key);
+    }
     if pick >= 60 {
         return list_command(rng, pick, key);
     }
@@ -281,6 +284,123 @@ fn list_command(rng: &mut Rng, pick: usize, key: String) -> Vec<String> {
     }
 }
 
+/// Sorted set commands (and the float increments), as `command` picks them.
+fn zset_command(rng: &mut Rng, pick: usize, key: String) -> Vec<String> {
+    const MEMBERS: &[&str] = &["a", "b", "c", "dd", "1"];
+    const SCORES: &[&str] = &[
+        "1", "2", "-1.5", "0.1", "1e300", "+inf", "-inf", "3.0e0", "x", "nan", "(1",
+    ];
+    const BOUNDS: &[&str] = &[
+        "-inf", "+inf", "1", "(1", "2", "(2", "-1.5", "0.1", "x", "(x",
+    ];
+    const LEX: &[&str] = &["-", "+", "[a", "(a", "[c", "(dd", "a", "[1"];
+    let other = rng.pick(KEYS).to_string();
+    let member = rng.pick(MEMBERS).to_string();
+    let score = rng.pick(SCORES).to_string();
+    let index = ["0", "1", "-1", "-2", "5", "x"][rng.below(6)].to_string();
+    let stop = ["-1", "0", "2", "-3", "10"][rng.below(5)].to_string();
+    let (lo, hi) = (rng.pick(BOUNDS).to_string(), rng.pick(BOUNDS).to_string());
+    let (lex_lo, lex_hi) = (rng.pick(LEX).to_string(), rng.pick(LEX).to_string());
+    let options = |rng: &mut Rng, c: &mut Vec<String>| {
+        for opt in ["REV", "WITHSCORES", "BYSCORE", "BYLEX"] {
+            if rng.below(4) == 0 {
+                c.push(opt.into());
+            }
+        }
+        if rng.below(4) == 0 {
+            c.extend([
+                "LIMIT".into(),
+                ["0", "1", "-1"][rng.below(3)].into(),
+                ["1", "2", "-1", "0"][rng.below(4)].into(),
+            ]);
+        }
+    };
+    match pick {
+        76..=80 => {
+            let mut c = vec!["ZADD".into(), key];
+            for opt in ["NX", "XX", "GT", "LT", "CH"] {
+                if rng.below(8) == 0 {
+                    c.push(opt.into());
+                }
+            }
+            if rng.below(10) == 0 {
+                c.push("INCR".into());
+            }
+            c.extend([score, member]);
+            if rng.below(2) == 0 {
+                c.extend([rng.pick(SCORES).into(), rng.pick(MEMBERS).into()]);
+            }
+            c
+        }
+        81 => vec!["ZINCRBY".into(), key, score, member],
+        82 => vec!["ZREM".into(), key, member, rng.pick(MEMBERS).into()],
+        83 => vec!["ZSCORE".into(), key, member],
+        84 => vec!["ZMSCORE".into(), key, member, rng.pick(MEMBERS).into()],
+        85 => vec![
+            rng.pick(&["ZCARD", "ZRANK", "ZREVRANK"]).into(),
+            key,
+            member,
+        ],
+        86 => vec!["ZCOUNT".into(), key, lo, hi],
+        87 | 88 => {
+            let mut c = vec!["ZRANGE".into(), key];
+            if rng.below(2) == 0 {
+                c.extend([index, stop]);
+            } else if rng.below(2) == 0 {
+                c.extend([lo, hi]);
+            } else {
+                c.extend([lex_lo, lex_hi]);
+            }
+            options(rng, &mut c);
+            c
+        }
+        89 => {
+            let mut c = vec![
+                rng.pick(&["ZRANGEBYSCORE", "ZREVRANGEBYSCORE"]).into(),
+                key,
+                lo,
+                hi,
+            ];
+            options(rng, &mut c);
+            c
+        }
+        90 => vec!["ZREVRANGE".into(), key, index, stop, "WITHSCORES".into()],
+        91 => {
+            let mut c = vec![rng.pick(&["ZPOPMIN", "ZPOPMAX"]).into(), key];
+            if rng.below(2) == 0 {
+                c.push(["0", "1", "2", "-1", "x"][rng.below(5)].into());
+            }
+            c
+        }
+        92 => vec!["ZREMRANGEBYRANK".into(), key, index, stop],
+        93 => vec!["ZREMRANGEBYSCORE".into(), key, lo, hi],
+        94 => {
+            let mut c = vec!["ZRANGESTORE".into(), key, other, index, stop];
+            if rng.below(2) == 0 {
+                c.push("REV".into());
+            }
+            c
+        }
+        95 => vec![
+            rng.pick(&["ZLEXCOUNT", "ZREMRANGEBYLEX"]).into(),
+            key,
+            lex_lo,
+            lex_hi,
+        ],
+        96 | 97 => vec![
+            "INCRBYFLOAT".into(),
+            key,
+            ["1", "0.1", "-2.5", "1e3", "x", "1000.6", "inf", "5.0e3"][rng.below(8)].into(),
+        ],
+        _ => vec![
+            "HINCRBYFLOAT".into(),
+            key,
+            rng.pick(FIELDS).into(),
+            ["1", "0.1", "-2.5", "x", "inf", "10.5"][rng.below(6)].into(),
+        ],
+    }
+}
+
 /// A step of a random sequence: one command on the main connection, or a write
 /// of another connection (between a WATCH and its EXEC, to abort it).
 enum Step {
@@ -419,7 +539,12 @@ fn random_sequences(behind: Behind) {
     let mut proxy = Client::connect(addr).unwrap();
     let mut redis_other = Client::connect(redis_addr).unwrap();
     let mut proxy_other = Client::connect(addr).unwrap();
-    for seed in 1..=4u64 {
+    // More seeds for a longer search: MERIDIAN_MODEL_SEEDS=200.
+    let seeds = std::env::var("MERIDIAN_MODEL_SEEDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(4u64);
+    for seed in 1..=seeds {
         for c in [&mut redis, &mut proxy] {
             c.cmd(&[b"DEL", b"{u}:a", b"{u}:b", b"{u}:c", b"{u}:h", b"{u}:g"]);
         }

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 
+use super::float::{self, FloatError};
 use super::{Keyspace, Outcome, int_arg, parse_i64, wrong_type};
 use crate::change::{Data, Value};
 use crate::resp::Reply;
@@ -93,6 +94,24 @@ pub(super) fn hincrby(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
     fields.insert(args[2].to_vec(), result.to_string().into_bytes());
     store(ks, &args[1], fields, expiry);
     Ok(Reply::Integer(result))
+}
+
+pub(super) fn hincrbyfloat(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    match float::is_finite(&args[3]) {
+        None => return Err(Reply::error("ERR value is not a valid float")),
+        Some(false) => return Err(Reply::error("ERR value is NaN or Infinity")),
+        Some(true) => {}
+    }
+    let (mut fields, expiry) = hash_at(ks, &args[1])?.unwrap_or_default();
+    let current = fields.get(&args[2][..]).map(Vec::as_slice);
+    let result = float::add(current, &args[3]).map_err(|e| match e {
+        FloatError::Value => Reply::error("ERR hash value is not a float"),
+        FloatError::Increment => Reply::error("ERR value is not a valid float"),
+        FloatError::NanOrInfinity => Reply::error("ERR increment would produce NaN or Infinity"),
+    })?;
+    fields.insert(args[2].to_vec(), result.clone().into_bytes());
+    store(ks, &args[1], fields, expiry);
+    Ok(Reply::bulk(result))
 }
 
 pub(super) fn hexists(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use super::{Keyspace, Outcome, int_arg};
-use crate::change::{Data, Value};
+use crate::change::Value;
 use crate::resp::Reply;
 
 pub(super) fn del(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
@@ -243,22 +243,7 @@ pub(super) fn persist(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
 }
 
 pub(super) fn type_of(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
-    Ok(Reply::Simple(match ks.get(&args[1])? {
-        None => "none",
-        Some(Value {
-            data: Data::String(_),
-            ..
-        }) => "string",
-        Some(Value {
-            data: Data::Hash(_),
-            ..
-        }) => "hash",
-        Some(Value {
-            data: Data::Set(_), ..
-        }) => "set",
-        Some(Value {
-            data: Data::List(_),
-            ..
-        }) => "list",
-    }))
+    Ok(Reply::Simple(
+        ks.get(&args[1])?.map_or("none", |v| v.data.type_name()),
+    ))
 }

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 
+use super::float::{self, FloatError};
 use super::{Keyspace, Outcome, int_arg, not_an_integer, parse_i64, syntax_error, wrong_type};
 use crate::change::{Data, Value};
 use crate::resp::Reply;
@@ -17,7 +18,7 @@ pub(super) fn string_at(ks: &mut dyn Keyspace, key: &[u8]) -> Result<Option<Valu
 fn bytes_of(value: &Value) -> &[u8] {
     match &value.data {
         Data::String(s) => s,
-        Data::Hash(_) | Data::Set(_) | Data::List(_) => &[],
+        _ => &[],
     }
 }
 
@@ -217,6 +218,17 @@ pub(super) fn decrby(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
         .checked_neg()
         .ok_or_else(|| Reply::error("ERR decrement would overflow"))?;
     add(ks, &args[1], by)
+}
+
+pub(super) fn incrbyfloat(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    let current = string_at(ks, &args[1])?;
+    let result = float::add(current.as_ref().map(bytes_of), &args[2]).map_err(|e| match e {
+        FloatError::NanOrInfinity => Reply::error("ERR increment would produce NaN or Infinity"),
+        FloatError::Value | FloatError::Increment => Reply::error("ERR value is not a valid float"),
+    })?;
+    let expiry = current.and_then(|v| v.expire_at_ms);
+    ks.put(&args[1], string(result.clone().into_bytes(), expiry));
+    Ok(Reply::bulk(result))
 }
 
 /// SETEX/PSETEX: a value with a TTL of `args[2]` units of `unit_ms`, replacing

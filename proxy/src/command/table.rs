@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::{DataFn, hashes, keys, lists, sets, strings};
+use super::{DataFn, hashes, keys, lists, sets, strings, zsets};
 
 /// What executing a command involves.
 #[derive(Debug, Clone, Copy)]
@@ -229,6 +229,8 @@ pub static COMMANDS: &[Spec] = &[
     write("SUNIONSTORE", -3, sets::sunionstore, 1, -1, 1),
     write("SDIFFSTORE", -3, sets::sdiffstore, 1, -1, 1),
     write("SMOVE", 4, sets::smove, 1, 2, 1),
+    write("INCRBYFLOAT", 3, strings::incrbyfloat, 1, 1, 1),
+    write("HINCRBYFLOAT", 4, hashes::hincrbyfloat, 1, 1, 1),
     write("LPUSH", -3, lists::lpush, 1, 1, 1),
     write("RPUSH", -3, lists::rpush, 1, 1, 1),
     write("LPUSHX", -3, lists::lpushx, 1, 1, 1),
@@ -245,6 +247,28 @@ pub static COMMANDS: &[Spec] = &[
     read("LPOS", -3, lists::lpos, 1, 1, 1),
     write("LMOVE", 5, lists::lmove, 1, 2, 1),
     write("RPOPLPUSH", 3, lists::rpoplpush, 1, 2, 1),
+    write("ZADD", -4, zsets::zadd, 1, 1, 1),
+    write("ZINCRBY", 4, zsets::zincrby, 1, 1, 1),
+    write("ZREM", -3, zsets::zrem, 1, 1, 1),
+    read("ZSCORE", 3, zsets::zscore, 1, 1, 1),
+    read("ZMSCORE", -3, zsets::zmscore, 1, 1, 1),
+    read("ZCARD", 2, zsets::zcard, 1, 1, 1),
+    read("ZCOUNT", 4, zsets::zcount, 1, 1, 1),
+    read("ZLEXCOUNT", 4, zsets::zlexcount, 1, 1, 1),
+    read("ZRANGE", -4, zsets::zrange, 1, 1, 1),
+    read("ZRANGEBYSCORE", -4, zsets::zrangebyscore, 1, 1, 1),
+    read("ZREVRANGEBYSCORE", -4, zsets::zrevrangebyscore, 1, 1, 1),
+    read("ZREVRANGE", -4, zsets::zrevrange, 1, 1, 1),
+    read("ZRANGEBYLEX", -4, zsets::zrangebylex, 1, 1, 1),
+    read("ZREVRANGEBYLEX", -4, zsets::zrevrangebylex, 1, 1, 1),
+    write("ZRANGESTORE", -5, zsets::zrangestore, 1, 2, 1),
+    read("ZRANK", 3, zsets::zrank, 1, 1, 1),
+    read("ZREVRANK", 3, zsets::zrevrank, 1, 1, 1),
+    write("ZPOPMIN", -2, zsets::zpopmin, 1, 1, 1),
+    write("ZPOPMAX", -2, zsets::zpopmax, 1, 1, 1),
+    write("ZREMRANGEBYRANK", 4, zsets::zremrangebyrank, 1, 1, 1),
+    write("ZREMRANGEBYSCORE", 4, zsets::zremrangebyscore, 1, 1, 1),
+    write("ZREMRANGEBYLEX", 4, zsets::zremrangebylex, 1, 1, 1),
 ];
 
 /// The command named `name` (any case) and its position in [`COMMANDS`].

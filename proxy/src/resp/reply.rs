@@ -33,6 +33,8 @@ pub enum Reply {
     Array(Vec<Reply>),
     /// A map: `%n` in RESP3, a flat array of pairs in RESP2.
     Map(Vec<(Reply, Reply)>),
+    /// Pairs (members and scores): `*n` arrays of two in RESP3, one flat array in RESP2.
+    Pairs(Vec<(Reply, Reply)>),
     /// A double: `,` in RESP3, a bulk string in RESP2.
     Double(f64),
     /// Verbatim text (INFO, CLIENT INFO): `=` in RESP3, a bulk string in RESP2.
@@ -65,7 +67,9 @@ impl Reply {
                 | Reply::Double(_)
                 | Reply::OverLimit => 0,
                 Reply::Array(items) => items.iter().map(Reply::size).sum(),
-                Reply::Map(pairs) => pairs.iter().map(|(k, v)| k.size() + v.size()).sum(),
+                Reply::Map(pairs) | Reply::Pairs(pairs) => {
+                    pairs.iter().map(|(k, v)| k.size() + v.size()).sum()
+                }
             }
     }
 
@@ -118,6 +122,16 @@ impl Reply {
                     v.encode(protocol, out);
                 }
             }
+            Reply::Pairs(pairs) => {
+                header(out, b'*', if resp3 { pairs.len() } else { pairs.len() * 2 });
+                for (k, v) in pairs {
+                    if resp3 {
+                        header(out, b'*', 2);
+                    }
+                    k.encode(protocol, out);
+                    v.encode(protocol, out);
+                }
+            }
             Reply::Double(d) => {
                 let text = format_double(*d);
                 if resp3 {
@@ -138,14 +152,34 @@ impl Reply {
     }
 }
 
-/// Redis's text form of a double: integers without a fraction, `inf`/`-inf`/`nan`.
-fn format_double(d: f64) -> String {
+/// Redis's text form of a double, as C's `%.17g` writes it (`1.1000000000000001`,
+/// `3`, `1.0000000000000001e+300`), and `inf`/`-inf`/`nan`.
+pub fn format_double(d: f64) -> String {
     if d.is_infinite() {
-        if d > 0.0 { "inf".into() } else { "-inf".into() }
-    } else if d.is_nan() {
-        "nan".into()
+        return if d > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    if d.is_nan() {
+        return "nan".into();
+    }
+    // Seventeen significant digits, correctly rounded; its exponent picks the form.
+    let sci = format!("{d:.16e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if (-4..17).contains(&exp) {
+        let fixed = format!("{d:.*}", (16 - exp) as usize);
+        strip_zeros(&fixed).to_owned()
     } else {
-        format!("{d}")
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", strip_zeros(mantissa), exp.unsigned_abs())
+    }
+}
+
+/// `%g`'s trimming: trailing zeros of a fraction go, and the point if nothing is left.
+fn strip_zeros(text: &str) -> &str {
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        text
     }
 }
 
@@ -180,6 +214,26 @@ fn bulk(out: &mut BytesMut, kind: u8, data: &[u8]) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn doubles_read_as_c_printf_17g_writes_them() {
+        for (d, text) in [
+            (1.1, "1.1000000000000001"),
+            (1.2000000000000002, "1.2000000000000002"),
+            (3.0, "3"),
+            (-0.5, "-0.5"),
+            (1e300, "1.0000000000000001e+300"),
+            (1e17, "1e+17"),
+            (1e16, "10000000000000000"),
+            (0.0001, "0.0001"),
+            (0.00001, "1.0000000000000001e-05"),
+            (123456.789, "123456.789"),
+            (f64::INFINITY, "inf"),
+            (0.0, "0"),
+        ] {
+            assert_eq!(format_double(d), text, "{d:e}");
+        }
+    }
+
     fn encoded(reply: Reply, protocol: Protocol) -> String {
         let mut out = BytesMut::new();
         reply.encode(protocol, &mut out);
@@ -203,7 +257,17 @@ mod tests {
         assert_eq!(encoded(map.clone(), Resp2), "*2\r\n$1\r\na\r\n:1\r\n");
         assert_eq!(encoded(map, Resp3), "%1\r\n$1\r\na\r\n:1\r\n");
         assert_eq!(encoded(Reply::Double(1.5), Resp2), "$3\r\n1.5\r\n");
+        let pairs = Reply::Pairs(vec![(Reply::bulk("m"), Reply::Double(2.0))]);
+        assert_eq!(
+            encoded(pairs.clone(), Resp2),
+            "*2\r\n$1\r\nm\r\n$1\r\n2\r\n"
+        );
+        assert_eq!(encoded(pairs, Resp3), "*1\r\n*2\r\n$1\r\nm\r\n,2\r\n");
         assert_eq!(encoded(Reply::Double(3.0), Resp3), ",3\r\n");
+        assert_eq!(
+            encoded(Reply::Double(1.1), Resp3),
+            ",1.1000000000000001\r\n"
+        );
         assert_eq!(
             encoded(Reply::Verbatim("x".into()), Resp3),
             "=5\r\ntxt:x\r\n"

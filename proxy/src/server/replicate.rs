@@ -102,6 +102,13 @@ fn conflict(c: &crate::engine::conflicts::Conflict) -> Reply {
                 .map(|m| Reply::Bulk(Bytes::copy_from_slice(m)))
                 .collect(),
         ),
+        Some(Data::Zset(set)) => Reply::Array(
+            set.iter()
+                .flat_map(|(m, score)| {
+                    [Reply::Bulk(Bytes::copy_from_slice(m)), Reply::Double(score)]
+                })
+                .collect(),
+        ),
     };
     let field = |name: &str, reply| (Reply::bulk(name.to_owned()), reply);
     Reply::Map(vec![

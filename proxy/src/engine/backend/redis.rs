@@ -49,6 +49,8 @@ for i, key in ipairs(KEYS) do
     out[i] = {kind, pttl, redis.call('SMEMBERS', key)}
   elseif kind == 'list' then
     out[i] = {kind, pttl, redis.call('LRANGE', key, 0, -1)}
+  elseif kind == 'zset' then
+    out[i] = {kind, pttl, redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')}
   else
     out[i] = {kind, pttl}
   end
@@ -360,9 +362,33 @@ fn write_value(pipe: &mut redis::Pipeline, key: &[u8], value: &Value) {
         ),
         Data::Set(members) => replace("SADD", &mut members.iter().map(Vec::as_slice)),
         Data::List(items) => replace("RPUSH", &mut items.iter().map(Vec::as_slice)),
+        Data::Zset(set) => {
+            // Scores in a form Redis reads back exactly.
+            let scores: Vec<String> = set.iter().map(|(_, s)| score_arg(s)).collect();
+            replace(
+                "ZADD",
+                &mut set
+                    .iter()
+                    .zip(&scores)
+                    .flat_map(|((m, _), s)| [s.as_bytes(), m]),
+            )
+        }
     }
     if let Some(at) = value.expire_at_ms {
         pipe.cmd("PEXPIREAT").arg(key).arg(at).ignore();
+    }
+}
+
+/// A score as ZADD's argument: the shortest form that reads back as the same double.
+fn score_arg(score: f64) -> String {
+    if score.is_infinite() {
+        if score > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        }
+    } else {
+        format!("{score:e}")
     }
 }
 
@@ -404,6 +430,20 @@ fn fetched(row: RValue, now_ms: u64) -> Fetched {
         }
         ("list", Some(RValue::Array(items))) => Data::List(bulk_items(items).collect()),
         ("set", Some(RValue::Array(items))) => Data::Set(bulk_items(items).collect()),
+        ("zset", Some(RValue::Array(items))) => {
+            let mut it = bulk_items(items);
+            let mut set = crate::change::SortedSet::new();
+            while let (Some(member), Some(score)) = (it.next(), it.next()) {
+                match std::str::from_utf8(&score)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                {
+                    Some(score) => set.insert(member, score),
+                    None => return Fetched::Foreign("zset with an unreadable score".into()),
+                };
+            }
+            Data::Zset(set)
+        }
         (other, _) => return Fetched::Foreign(other.to_owned()),
     };
     Fetched::Known(Some(Value {
