@@ -2,9 +2,11 @@
 //! words, the user a command belongs to, and the data commands' semantics.
 
 mod float;
+pub(crate) mod glob;
 mod hashes;
 mod keys;
 mod lists;
+mod scans;
 mod sets;
 mod strings;
 pub(crate) mod table;
@@ -15,6 +17,7 @@ use bytes::Bytes;
 use crate::change::Value;
 use crate::resp::Reply;
 
+pub use scans::{parse_cursor, scan_options, scan_reply};
 pub use table::{Kind, Spec, lookup, lookup_indexed};
 
 /// The outcome of a command: its reply, or an error reply.
@@ -148,6 +151,13 @@ pub(crate) fn parse_i64(arg: &[u8]) -> Option<i64> {
 
 pub(crate) fn int_arg(arg: &[u8]) -> Result<i64, Reply> {
     parse_i64(arg).ok_or_else(not_an_integer)
+}
+
+/// A pick among `n` that changes with the time and the key: no two proxies need
+/// agree on it, since a change records its effect, not the pick.
+pub(crate) fn pick(ks: &dyn Keyspace, key: &[u8], round: u64, n: usize) -> usize {
+    let seed = xxhash_rust::xxh3::xxh3_64_with_seed(key, ks.now_ms() ^ round.rotate_left(17));
+    (seed % n.max(1) as u64) as usize
 }
 
 #[cfg(test)]

@@ -39,7 +39,11 @@ use crate::resp::Reply;
 use crate::workers::Workers;
 use backend::{Backend, ReadContext};
 
-pub use backend::{BackendConfig, BackendError, Entries, ReplicaStats, Stored};
+pub use backend::{BackendConfig, BackendError, Entries, ReplicaStats, ScanArgs, ScanPage, Stored};
+
+/// The token of reads that follow no session (keyspace-wide reads).
+static EMPTY_TOKEN: std::sync::LazyLock<VersionVector> =
+    std::sync::LazyLock::new(VersionVector::new);
 pub use error::{ApplyError, Unapplied};
 pub use writer::{Fsync, Written};
 
@@ -540,14 +544,28 @@ impl Engine {
     /// Number of keys, expired ones included until they are removed (meridian's own
     /// metadata not counted).
     pub async fn key_count(&self) -> Result<u64, BackendError> {
-        let ctx = ReadContext {
+        self.shared.backend.key_count(self.read_context()).await
+    }
+
+    /// One page of a SCAN of the keyspace.
+    pub async fn scan(&self, args: ScanArgs<'_>) -> Result<ScanPage, BackendError> {
+        self.shared.backend.scan(self.read_context(), args).await
+    }
+
+    /// A live key picked at random (RANDOMKEY).
+    pub async fn random_key(&self) -> Result<Option<Vec<u8>>, BackendError> {
+        self.shared.backend.random_key(self.read_context()).await
+    }
+
+    /// What reads of the whole keyspace need of the engine.
+    fn read_context(&self) -> ReadContext<'_> {
+        ReadContext {
             memtable: &self.shared.memtable,
             committed: &self.shared.committed,
             max_reply: usize::MAX,
             user: b"",
-            token: &VersionVector::new(),
-        };
-        self.shared.backend.key_count(ctx).await
+            token: &EMPTY_TOKEN,
+        }
     }
 
     /// A digest of the data (keys, values and expiry times, not versions) and the

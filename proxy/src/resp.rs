@@ -4,5 +4,5 @@
 mod reply;
 mod request;
 
-pub use reply::{Protocol, Reply};
+pub use reply::{Protocol, Reply, format_double};
 pub use request::{Limits, RequestParser};

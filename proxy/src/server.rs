@@ -53,6 +53,11 @@ pub struct ProxyConfig {
     /// The most reply bytes one connection may have waiting; past it the
     /// connection is closed (the topology's `clients.output_buffer_limit`).
     pub max_output: u64,
+    /// Whether FLUSHDB and FLUSHALL run: always in a one-datacenter cluster, in a
+    /// bigger one only with the topology's `clients.flush = "allow"`.
+    pub flush_allowed: bool,
+    /// How many datacenters the cluster has.
+    pub datacenters: usize,
     /// How long shutdown waits for connections to finish (default 5 s).
     pub grace: Duration,
     /// Replication with the other datacenters (`None`: this proxy stands alone).
@@ -90,6 +95,9 @@ impl ProxyConfig {
             limits: Limits::default(),
             max_clients: 10_000,
             max_output: topology.clients.output_buffer_limit,
+            flush_allowed: topology.datacenters.len() == 1
+                || topology.clients.flush == meridian_topology::FlushPolicy::Allow,
+            datacenters: topology.datacenters.len(),
             grace: Duration::from_secs(5),
             replication: None,
             clock_offset_ms: 0,

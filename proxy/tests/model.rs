@@ -46,7 +46,10 @@ fn command(rng: &mut Rng) -> Vec<String> {
     let val = rng.pick(VALUES).to_string();
     let field = rng.pick(FIELDS).to_string();
     let num = ["1", "5", "-3", "100", "abc"][rng.below(5)].to_string();
-    let pick = rng.below(100);
+    let pick = rng.below(106);
+    if pick >= 100 {
+        return keyspace_command(rng, pick, key);
+    }
     if pick >= 76 {
         return zset_command(rng, pick, key);
     }
@@ -401,6 +404,49 @@ fn zset_command(rng: &mut Rng, pick: usize, key: String) -> Vec<String> {
     }
 }
 
+/// Scans, random picks that take everything, and OBJECT, as `command` picks them.
+fn keyspace_command(rng: &mut Rng, pick: usize, key: String) -> Vec<String> {
+    let pattern = ["*", "f*", "m?", "[ab]*", "a"][rng.below(5)].to_string();
+    match pick {
+        100 => vec!["OBJECT".into(), "ENCODING".into(), key],
+        101 => {
+            let mut c = vec![rng.pick(&["HSCAN", "SSCAN", "ZSCAN"]).into(), key];
+            c.push(["0", "x"][usize::from(rng.below(10) == 0)].into());
+            if rng.below(2) == 0 {
+                c.extend(["MATCH".into(), pattern]);
+            }
+            if rng.below(3) == 0 {
+                c.extend(["COUNT".into(), ["100", "0", "x"][rng.below(3)].into()]);
+            }
+            c
+        }
+        102 => {
+            let mut c = vec![
+                "HRANDFIELD".into(),
+                key,
+                ["100", "0", "x"][rng.below(3)].into(),
+            ];
+            if rng.below(2) == 0 {
+                c.push(["WITHVALUES", "WITHSCORES"][rng.below(2)].into());
+            }
+            c
+        }
+        103 => {
+            let mut c = vec![
+                "ZRANDMEMBER".into(),
+                key,
+                ["100", "0", "x"][rng.below(3)].into(),
+            ];
+            if rng.below(2) == 0 {
+                c.push(["WITHSCORES", "WITHVALUES"][rng.below(2)].into());
+            }
+            c
+        }
+        104 => vec![rng.pick(&["TYPE", "EXISTS"]).into(), key],
+        _ => vec!["RENAME".into(), key, rng.pick(KEYS).into()],
+    }
+}
+
 /// A step of a random sequence: one command on the main connection, or a write
 /// of another connection (between a WATCH and its EXEC, to abort it).
 enum Step {
@@ -443,6 +489,8 @@ fn steps(rng: &mut Rng) -> Vec<Step> {
                     | "SDIFF"
                     | "SPOP"
                     | "SRANDMEMBER"
+                    | "SSCAN"
+                    | "OBJECT"
             ) {
                 break cmd;
             }
@@ -470,6 +518,17 @@ fn normalise(cmd: &[String], reply: Resp) -> Resp {
         ) => {
             members.sort_by_key(|m| format!("{m:?}"));
             Resp::Array(members)
+        }
+        // A string's encoding depends on how it was written (APPEND leaves `raw`
+        // what SET would make `embstr` or `int`); the other types' do not.
+        ("OBJECT", Resp::Bulk(e)) if [&b"int"[..], b"embstr", b"raw"].contains(&e.as_slice()) => {
+            Resp::Simple("a string encoding".into())
+        }
+        ("SSCAN", Resp::Array(mut parts)) if parts.len() == 2 => {
+            if let Resp::Array(members) = &mut parts[1] {
+                members.sort_by_key(|m| format!("{m:?}"));
+            }
+            Resp::Array(parts)
         }
         // An expiry set relative to now differs by the milliseconds between the
         // two servers' clocks.
@@ -764,5 +823,114 @@ fn dbsize_counts_writes_not_yet_committed_to_redis() {
             assert_eq!(proxy.read().unwrap(), Resp::Int(1));
         }
         assert_eq!(proxy.read().unwrap(), Resp::Int(0), "round {round}");
+    }
+}
+
+/// Every key a full SCAN with `options` returns, sorted, and whether any came twice.
+fn full_scan(client: &mut Client, options: &[&str]) -> (Vec<Vec<u8>>, bool) {
+    let mut cursor = b"0".to_vec();
+    let mut keys = Vec::new();
+    loop {
+        let mut args: Vec<&[u8]> = vec![b"SCAN", &cursor];
+        args.extend(options.iter().map(|o| o.as_bytes()));
+        let Resp::Array(parts) = client.cmd(&args) else {
+            panic!("SCAN {options:?} did not answer an array");
+        };
+        let (Resp::Bulk(next), Resp::Array(page)) = (&parts[0], &parts[1]) else {
+            panic!("SCAN {options:?}: {parts:?}");
+        };
+        keys.extend(page.iter().map(|k| match k {
+            Resp::Bulk(k) => k.clone(),
+            other => panic!("SCAN key {other:?}"),
+        }));
+        if next.as_slice() == b"0" {
+            break;
+        }
+        cursor = next.clone();
+    }
+    let n = keys.len();
+    keys.sort();
+    keys.dedup();
+    let repeated = keys.len() != n;
+    (keys, repeated)
+}
+
+/// SCAN, KEYS, RANDOMKEY and FLUSHDB against a real Redis, on both backends:
+/// full scans find every key once (over many pages), with MATCH and TYPE; KEYS
+/// matches; RANDOMKEY names a key there is; FLUSHDB empties the database; and
+/// argument errors read as Redis's.
+#[test]
+fn keyspace_commands_match_redis() {
+    for behind in [Behind::Embedded, Behind::Redis] {
+        let (_redis, redis_addr) = start_redis();
+        let setup = proxy_on(behind);
+        let mut redis = Client::connect(redis_addr).unwrap();
+        let mut proxy = Client::connect(setup.addr).unwrap();
+        for c in [&mut redis, &mut proxy] {
+            assert_eq!(c.cmd(&[b"FLUSHDB"]), Resp::Simple("OK".into()));
+            for i in 0..120 {
+                let key = format!("{{u{}}}:k{i}", i % 7);
+                let _ = match i % 4 {
+                    0 => c.cmd(&[b"SET", key.as_bytes(), b"v"]),
+                    1 => c.cmd(&[b"HSET", key.as_bytes(), b"f", b"v"]),
+                    2 => c.cmd(&[b"ZADD", key.as_bytes(), b"1", b"m"]),
+                    _ => c.cmd(&[b"SET", key.as_bytes(), b"v", b"PX", b"1"]),
+                };
+            }
+        }
+        // The PX 1 keys expire: neither lists them.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        for options in [
+            &[][..],
+            &["COUNT", "7"],
+            &["MATCH", "{u3}*"],
+            &["MATCH", "*k1?", "COUNT", "5"],
+            &["TYPE", "hash"],
+            &["TYPE", "zset", "COUNT", "1000"],
+        ] {
+            let (want, _) = full_scan(&mut redis, options);
+            let (got, repeated) = full_scan(&mut proxy, options);
+            assert_eq!(got, want, "{behind:?} SCAN {options:?}");
+            assert!(
+                !repeated,
+                "{behind:?} SCAN {options:?} returned a key twice"
+            );
+        }
+        for pattern in ["*", "{u1}:*", "*k[1-3]", "nothing*"] {
+            let sorted = |r: Resp| match r {
+                Resp::Array(mut keys) => {
+                    keys.sort_by_key(|k| format!("{k:?}"));
+                    keys
+                }
+                other => panic!("KEYS {other:?}"),
+            };
+            let args: &[&[u8]] = &[b"KEYS", pattern.as_bytes()];
+            assert_eq!(
+                sorted(proxy.cmd(args)),
+                sorted(redis.cmd(args)),
+                "{behind:?} KEYS {pattern}"
+            );
+        }
+        let Resp::Bulk(key) = proxy.cmd(&[b"RANDOMKEY"]) else {
+            panic!("RANDOMKEY");
+        };
+        assert_eq!(proxy.cmd(&[b"EXISTS", &key]), Resp::Int(1));
+        for case in [
+            &[&b"SCAN"[..], b"x"][..],
+            &[b"SCAN", b"0", b"COUNT", b"0"],
+            &[b"SCAN", b"0", b"COUNT", b"x"],
+            &[b"SCAN", b"0", b"TYPE"],
+            &[b"SCAN", b"0", b"BOGUS", b"1"],
+            &[b"HSCAN", b"{u1}:k1", b"0", b"COUNT", b"0"],
+            &[b"HSCAN", b"{u0}:k0", b"0"],
+            &[b"FLUSHDB", b"NOW"],
+            &[b"FLUSHALL", b"ASYNC"],
+            &[b"DBSIZE"],
+            &[b"RANDOMKEY"],
+            &[b"SCAN", b"0"],
+            &[b"KEYS", b"*"],
+        ] {
+            assert_eq!(proxy.cmd(case), redis.cmd(case), "{behind:?} {case:?}");
+        }
     }
 }

@@ -16,7 +16,8 @@ fn a_reply_over_the_output_limit_closes_its_client_only() {
         .data_dir("data")
         .client;
     file.clients = Some(meridian_testbed::ClientsSection {
-        output_buffer_limit: "1MiB".into(),
+        output_buffer_limit: Some("1MiB".into()),
+        flush: None,
     });
     let topology = dir.path().join("topology.toml");
     file.write(&topology).unwrap();

@@ -34,6 +34,17 @@ async fn transactions_run_at_the_home_and_apply_whole_everywhere() {
     const MOVES: i64 = 150;
     let cluster = Arc::new(start(spec(401)).await);
     linked(&cluster).await;
+    // One command would empty every region: refused unless the topology allows it.
+    let refused = cluster
+        .cmd::<()>(2, &["FLUSHDB"])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("refused in a cluster of 3 datacenters")
+            && refused.contains("flush = \"allow\""),
+        "{refused}"
+    );
     let homes = meridian_proxy::user_homes(&cluster.parsed_topology().unwrap()).unwrap();
     let user = (0..)
         .map(|i| format!("t{i}"))
@@ -139,7 +150,12 @@ async fn transactions_run_at_the_home_and_apply_whole_everywhere() {
 /// included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_sets_lists_and_transactions_everywhere_converge() {
-    let cluster = Arc::new(start(spec(402)).await);
+    let mut spec = spec(402);
+    spec.clients = Some(meridian_testbed::ClientsSection {
+        flush: Some("allow".into()),
+        ..Default::default()
+    });
+    let cluster = Arc::new(start(spec).await);
     linked(&cluster).await;
     let mut clients = tokio::task::JoinSet::new();
     for dc in 0..3 {
@@ -152,7 +168,11 @@ async fn random_sets_lists_and_transactions_everywhere_converge() {
                 let key = |k: &str| format!("{{{user}}}:{k}");
                 let member = format!("m{}", rng.below(6));
                 let mut pipe = redis::pipe();
-                match rng.below(7) {
+                let score = format!("{}", rng.below(5));
+                match rng.below(10) {
+                    7 => pipe.cmd("ZADD").arg(key("z")).arg(&score).arg(&member),
+                    8 => pipe.cmd("ZINCRBY").arg(key("z")).arg("1.5").arg(&member),
+                    9 => pipe.cmd("ZPOPMIN").arg(key("z")),
                     5 => pipe.cmd("RPUSH").arg(key("l")).arg(&member),
                     6 => pipe
                         .cmd("LMOVE")
@@ -199,5 +219,24 @@ async fn random_sets_lists_and_transactions_everywhere_converge() {
             lists.push(items);
         }
         assert!(lists.windows(2).all(|w| w[0] == w[1]), "{key}: {lists:?}");
+        let key = format!("{{r{user}}}:z");
+        let mut zsets = Vec::new();
+        for dc in 0..3 {
+            let items: Vec<String> = cluster
+                .cmd(dc, &["ZRANGE", &key, "0", "-1", "WITHSCORES"])
+                .await
+                .unwrap();
+            zsets.push(items);
+        }
+        assert!(zsets.windows(2).all(|w| w[0] == w[1]), "{key}: {zsets:?}");
+    }
+    // Allowed here: FLUSHDB at one datacenter deletes every key everywhere.
+    let keys: Vec<String> = cluster.cmd(1, &["KEYS", "{r*"]).await.unwrap();
+    assert!(keys.len() >= 8, "{keys:?}");
+    let _: () = cluster.cmd(1, &["FLUSHDB"]).await.unwrap();
+    converged(&cluster).await;
+    for dc in 0..3 {
+        let left: Vec<String> = cluster.cmd(dc, &["KEYS", "{r*"]).await.unwrap();
+        assert!(left.is_empty(), "{}: {left:?}", cluster.id(dc));
     }
 }

@@ -150,6 +150,8 @@ pub struct ClusterSpec {
     pub peer_timeout_ms: Option<u64>,
     /// The topology's `[session]` (`read_wait_ms`, `on_stale`; unset: defaults).
     pub session: SessionSection,
+    /// The topology's `[clients]` (`None`: its defaults).
+    pub clients: Option<crate::ClientsSection>,
 }
 
 impl ClusterSpec {
@@ -167,6 +169,7 @@ impl ClusterSpec {
             homes: HomesSection::default(),
             peer_timeout_ms: None,
             session: SessionSection::default(),
+            clients: None,
         }
     }
 
@@ -341,6 +344,7 @@ fn topology_file(spec: &ClusterSpec, ports: &[DcPorts]) -> TopologyFile {
             .or_insert_with(|| dc.id.clone());
     }
     file.session = spec.session.clone();
+    file.clients = spec.clients.clone();
     file.tls = Some(TlsSection {
         ca: "certs/ca.pem".into(),
     });

@@ -123,10 +123,14 @@ impl SessionSection {
 }
 
 /// `[clients]`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ClientsSection {
     /// The most reply bytes a connection may have waiting (`"512MiB"`).
-    pub output_buffer_limit: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_buffer_limit: Option<String>,
+    /// Whether FLUSHDB and FLUSHALL run in a cluster (`"refuse"`, `"allow"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flush: Option<String>,
 }
 
 /// `[replication]`.

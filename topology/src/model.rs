@@ -166,6 +166,20 @@ pub struct ClientSettings {
     /// connection is closed, as Redis's `client-output-buffer-limit` does (default
     /// 512 MiB).
     pub output_buffer_limit: u64,
+    /// Whether FLUSHDB and FLUSHALL may run in a cluster of more than one
+    /// datacenter, where they delete every user's keys in every datacenter
+    /// (default: refused; a one-datacenter cluster always runs them).
+    pub flush: FlushPolicy,
+}
+
+/// Whether FLUSHDB and FLUSHALL run in a cluster of several datacenters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlushPolicy {
+    /// Refused with an error naming the setting.
+    #[default]
+    Refuse,
+    /// Run: every key this datacenter holds is deleted everywhere.
+    Allow,
 }
 
 /// How reads honour session tokens.

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use super::{Keyspace, Outcome, int_arg};
+use super::{Keyspace, Outcome, int_arg, parse_i64};
 use crate::change::Value;
 use crate::resp::Reply;
 
@@ -246,4 +246,95 @@ pub(super) fn type_of(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
     Ok(Reply::Simple(
         ks.get(&args[1])?.map_or("none", |v| v.data.type_name()),
     ))
+}
+
+/// OBJECT: what Redis 7.0 would say of a value meridian holds. ENCODING names
+/// the encoding Redis would pick for it; IDLETIME is 0 and REFCOUNT 1 (meridian
+/// tracks neither); FREQ answers as Redis does without an LFU policy.
+pub(super) fn object(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
+    let sub = args[1].to_ascii_uppercase();
+    if sub == b"HELP" && args.len() == 2 {
+        let lines = [
+            "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "ENCODING <key>",
+            "    The encoding Redis would use for the value at <key>.",
+            "FREQ <key>",
+            "    Refused: access frequency is not tracked.",
+            "IDLETIME <key>",
+            "    Seconds since the key was last used (not tracked: 0).",
+            "REFCOUNT <key>",
+            "    References to the value at <key> (always 1).",
+            "HELP",
+            "    Prints this help.",
+        ];
+        return Ok(Reply::Array(
+            lines
+                .iter()
+                .map(|l| Reply::Status((*l).to_owned()))
+                .collect(),
+        ));
+    }
+    let known = matches!(
+        sub.as_slice(),
+        b"ENCODING" | b"FREQ" | b"IDLETIME" | b"REFCOUNT"
+    );
+    if !known {
+        return Err(Reply::error(format!(
+            "ERR unknown subcommand '{}'. Try OBJECT HELP.",
+            String::from_utf8_lossy(&args[1])
+        )));
+    }
+    if args.len() != 3 {
+        return Err(Reply::error(format!(
+            "ERR wrong number of arguments for 'object|{}' command",
+            String::from_utf8_lossy(&sub).to_ascii_lowercase()
+        )));
+    }
+    let Some(value) = ks.get(&args[2])? else {
+        return Ok(Reply::Null);
+    };
+    Ok(match sub.as_slice() {
+        b"ENCODING" => Reply::bulk(encoding(&value.data)),
+        b"FREQ" => {
+            return Err(Reply::error(
+                "ERR An LFU maxmemory policy is not selected, access frequency not tracked. Please note that when switching between policies at runtime LRU and LFU data will take some time to adjust.",
+            ));
+        }
+        b"IDLETIME" => Reply::Integer(0),
+        _ => Reply::Integer(1),
+    })
+}
+
+/// The encoding Redis 7.0 picks for `data` with its default thresholds.
+fn encoding(data: &crate::change::Data) -> &'static str {
+    use crate::change::Data;
+    let small = |n: usize, longest: usize| n <= 128 && longest <= 64;
+    match data {
+        Data::String(s) if s.len() <= 20 && parse_i64(s).is_some() => "int",
+        Data::String(s) if s.len() <= 44 => "embstr",
+        Data::String(_) => "raw",
+        Data::List(_) => "quicklist",
+        Data::Set(m) if m.len() <= 512 && m.iter().all(|x| parse_i64(x).is_some()) => "intset",
+        Data::Set(_) => "hashtable",
+        Data::Hash(f) => {
+            let longest = f
+                .iter()
+                .map(|(k, v)| k.len().max(v.len()))
+                .max()
+                .unwrap_or(0);
+            if small(f.len(), longest) {
+                "listpack"
+            } else {
+                "hashtable"
+            }
+        }
+        Data::Zset(z) => {
+            let longest = z.iter().map(|(m, _)| m.len()).max().unwrap_or(0);
+            if small(z.len(), longest) {
+                "listpack"
+            } else {
+                "skiplist"
+            }
+        }
+    }
 }

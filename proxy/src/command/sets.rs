@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use bytes::Bytes;
 
-use super::{Keyspace, Outcome, int_arg, wrong_type};
+use super::{Keyspace, Outcome, int_arg, pick, wrong_type};
 use crate::change::{Data, Value};
 use crate::resp::Reply;
 
@@ -168,13 +168,6 @@ pub(super) fn smove(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
     store(ks, &args[1], from, from_expiry);
     store(ks, &args[2], to, to_expiry);
     Ok(Reply::Integer(1))
-}
-
-/// A pick among `n` that changes with the time and the key: no two proxies need
-/// agree on it, since the change records the resulting set.
-fn pick(ks: &dyn Keyspace, key: &[u8], round: u64, n: usize) -> usize {
-    let seed = xxhash_rust::xxh3::xxh3_64_with_seed(key, ks.now_ms() ^ round.rotate_left(17));
-    (seed % n.max(1) as u64) as usize
 }
 
 /// The most members one SRANDMEMBER with a negative count returns (repeats

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::{DataFn, hashes, keys, lists, sets, strings, zsets};
+use super::{DataFn, hashes, keys, lists, scans, sets, strings, zsets};
 
 /// What executing a command involves.
 #[derive(Debug, Clone, Copy)]
@@ -214,6 +214,11 @@ pub static COMMANDS: &[Spec] = &[
     read("HVALS", 2, hashes::hvals, 1, 1, 1),
     read("HSTRLEN", 3, hashes::hstrlen, 1, 1, 1),
     server("TIME", 1),
+    server("SCAN", -2),
+    server("KEYS", 2),
+    server("RANDOMKEY", 1),
+    server("FLUSHDB", -1),
+    server("FLUSHALL", -1),
     write("SADD", -3, sets::sadd, 1, 1, 1),
     write("SREM", -3, sets::srem, 1, 1, 1),
     read("SMEMBERS", 2, sets::smembers, 1, 1, 1),
@@ -247,6 +252,12 @@ pub static COMMANDS: &[Spec] = &[
     read("LPOS", -3, lists::lpos, 1, 1, 1),
     write("LMOVE", 5, lists::lmove, 1, 2, 1),
     write("RPOPLPUSH", 3, lists::rpoplpush, 1, 2, 1),
+    read("HSCAN", -3, scans::hscan, 1, 1, 1),
+    read("SSCAN", -3, scans::sscan, 1, 1, 1),
+    read("ZSCAN", -3, scans::zscan, 1, 1, 1),
+    read("HRANDFIELD", -2, scans::hrandfield, 1, 1, 1),
+    read("ZRANDMEMBER", -2, scans::zrandmember, 1, 1, 1),
+    read("OBJECT", -2, keys::object, 2, 2, 1),
     write("ZADD", -4, zsets::zadd, 1, 1, 1),
     write("ZINCRBY", 4, zsets::zincrby, 1, 1, 1),
     write("ZREM", -3, zsets::zrem, 1, 1, 1),

@@ -161,6 +161,28 @@ pub enum Fetched {
     Foreign(String),
 }
 
+/// What one SCAN call asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanArgs<'a> {
+    /// Where to go on from: 0 to start, else a cursor an earlier page returned.
+    pub cursor: u64,
+    /// About how many keys to look at (Redis's COUNT, a hint).
+    pub count: usize,
+    /// Only keys matching this glob pattern (MATCH).
+    pub pattern: Option<&'a [u8]>,
+    /// Only keys of this type (TYPE).
+    pub type_name: Option<&'a [u8]>,
+}
+
+/// One page of a SCAN.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanPage {
+    /// The cursor of the next page; 0 when the scan is complete.
+    pub cursor: u64,
+    /// The keys of this page.
+    pub keys: Vec<Vec<u8>>,
+}
+
 /// A read command: its spec, the function that runs it, its arguments.
 pub type Read<'a> = (&'a Spec, DataFn, &'a [Bytes]);
 
@@ -212,6 +234,19 @@ pub(super) trait Backend: Send + Sync + std::fmt::Debug {
     /// Number of keys clients see, expired ones included until they are removed,
     /// counting every write this proxy has acknowledged.
     fn key_count<'a>(&'a self, ctx: ReadContext<'a>) -> BoxFuture<'a, Result<u64, BackendError>>;
+
+    /// One page of a SCAN of the keyspace (meridian's own metadata left out).
+    fn scan<'a>(
+        &'a self,
+        ctx: ReadContext<'a>,
+        args: ScanArgs<'a>,
+    ) -> BoxFuture<'a, Result<ScanPage, BackendError>>;
+
+    /// A live key picked at random; `None` when there is none.
+    fn random_key<'a>(
+        &'a self,
+        ctx: ReadContext<'a>,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>>;
 
     /// Each read replica's figures against `applied` (none for a database
     /// without replicas).

@@ -1,5 +1,6 @@
 //! One client connection: read, parse, execute in order, reply.
 
+mod keyspace;
 pub(super) mod transaction;
 
 use std::collections::VecDeque;
@@ -702,6 +703,10 @@ impl Conn {
                 };
                 Reply::Verbatim(info::info(&self.ctx, args.get(1), keys))
             }
+            "SCAN" => self.scan(args).await,
+            "KEYS" => self.keys(args).await,
+            "RANDOMKEY" => self.random_key().await,
+            "FLUSHDB" | "FLUSHALL" => self.flush_db(args).await,
             "DBSIZE" => match self.ctx.engine.key_count().await {
                 Ok(n) => Reply::Integer(n as i64),
                 Err(e) => e.reply(),

@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::Ids;
 use super::reader::{Report, Table};
 use crate::model::{
-    ClientSettings, FsyncPolicy, Homes, Link, OnHomeDown, OnStale, ReplicationSettings,
-    SessionScope, SessionSettings, TlsSettings, UserKey, Writes,
+    ClientSettings, FlushPolicy, FsyncPolicy, Homes, Link, OnHomeDown, OnStale,
+    ReplicationSettings, SessionScope, SessionSettings, TlsSettings, UserKey, Writes,
 };
 use crate::route::DcIdx;
 
@@ -20,7 +20,7 @@ const SESSION_KEYS: &[&str] = &[
     "session_ttl_ms",
     "max_users",
 ];
-const CLIENTS_KEYS: &[&str] = &["output_buffer_limit"];
+const CLIENTS_KEYS: &[&str] = &["output_buffer_limit", "flush"];
 const REPLICATION_KEYS: &[&str] = &["fsync", "log_retention", "heartbeat_ms", "peer_timeout_ms"];
 const TLS_KEYS: &[&str] = &["ca"];
 const LINK_KEYS: &[&str] = &["delay_ms", "jitter_ms", "loss"];
@@ -190,11 +190,19 @@ pub(super) fn session(report: &mut Report<'_>, root: &Table<'_, '_>) -> Option<S
 pub(super) fn clients(report: &mut Report<'_>, root: &Table<'_, '_>) -> Option<ClientSettings> {
     let mut clients = ClientSettings {
         output_buffer_limit: 512 * MIB,
+        flush: FlushPolicy::Refuse,
     };
     if root.get("clients").is_none() {
         return Some(clients);
     }
     let t = section(report, root, "clients", CLIENTS_KEYS)?;
+    let policies = [
+        ("refuse", FlushPolicy::Refuse),
+        ("allow", FlushPolicy::Allow),
+    ];
+    if t.get("flush").is_some() {
+        clients.flush = t.choice(report, "flush", &policies)?;
+    }
     let Some((text, span)) = t.string(report, "output_buffer_limit") else {
         return Some(clients);
     };

@@ -465,3 +465,19 @@ fn next_in_line_needs_three_datacenters() {
     let three = format!("{}[homes]\non_home_down = \"next-in-line\"\n", cluster(""));
     assert!(parse(&three).is_ok());
 }
+
+#[test]
+fn flush_is_refused_unless_allowed() {
+    assert_eq!(
+        parse(&cluster("")).unwrap().clients.flush,
+        FlushPolicy::Refuse
+    );
+    let allowed = parse(&cluster("[clients]\nflush = \"allow\"\n")).unwrap();
+    assert_eq!(allowed.clients.flush, FlushPolicy::Allow);
+    let bad = problems(&cluster("[clients]\nflush = \"yes\"\n"));
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert!(
+        bad[0].contains("clients.flush") && bad[0].contains("\"refuse\", \"allow\""),
+        "{bad:?}"
+    );
+}

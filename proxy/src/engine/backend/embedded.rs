@@ -19,7 +19,7 @@ use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefi
 
 use super::{
     Backend, BackendError, BoxFuture, Entries, Fetched, KeyReader, Read, ReadContext, ReadKeyspace,
-    Session, Stored,
+    ScanArgs, ScanPage, Session, Stored,
 };
 use crate::change::{Change, Value};
 use crate::engine::memtable::{Memtable, View};
@@ -75,6 +75,8 @@ macro_rules! try_engine {
         $e.map_err(engine($what))?
     };
 }
+
+mod scan;
 
 impl StoreError {
     /// Whether opening the store again and retrying can help.
@@ -287,6 +289,8 @@ impl KeyReader for Snapshot {
 #[derive(Debug, Clone)]
 pub(in crate::engine) struct Embedded {
     slot: Arc<Slot>,
+    /// Where each SCAN cursor handed out resumes.
+    cursors: Arc<scan::Cursors>,
 }
 
 /// The open store, opened again after an I/O error: redb refuses every operation
@@ -346,6 +350,7 @@ impl Embedded {
                 path: path.to_owned(),
                 store: std::sync::RwLock::new(Some(Arc::new(Store::open(path)?))),
             }),
+            cursors: Arc::new(scan::Cursors::new()),
         })
     }
 
@@ -366,6 +371,69 @@ impl Embedded {
                 (read.1)(&mut ks, read.2).unwrap_or_else(|e| e)
             }
             Err(e) => Reply::error(format!("ERR backend: {e}")),
+        }
+    }
+
+    fn scan_page(
+        &self,
+        memtable: &Memtable,
+        args: &ScanArgs<'_>,
+    ) -> Result<ScanPage, BackendError> {
+        let after = self
+            .cursors
+            .resume_after(args.cursor)
+            .map_err(BackendError::Refused)?;
+        let (keys, resume) = {
+            let view = memtable.view();
+            let snapshot = self.store()?.snapshot()?;
+            scan::page(
+                &view,
+                &snapshot,
+                after.as_deref().map(Vec::as_slice),
+                args,
+                wall_ms(),
+            )?
+        };
+        Ok(scan::answer(&self.cursors, keys, resume))
+    }
+
+    /// A live key after a random point of the key space (from the start again
+    /// when none is after it).
+    fn pick_key(&self, memtable: &Memtable) -> Result<Option<Vec<u8>>, BackendError> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        let seed = xxhash_rust::xxh3::xxh3_64(&nanos.to_le_bytes());
+        let args = ScanArgs {
+            cursor: 0,
+            count: 64,
+            pattern: None,
+            type_name: None,
+        };
+        let view = memtable.view();
+        let snapshot = self.store()?.snapshot()?;
+        // Just before the point, so the key at it can be picked too.
+        let mut after = scan::random_point(&snapshot, seed)?.and_then(|mut point| {
+            while point.last() == Some(&0) {
+                point.pop();
+            }
+            point.last_mut().map(|b| *b -= 1).map(|()| point)
+        });
+        let mut wrapped = false;
+        loop {
+            let (keys, resume) = scan::page(&view, &snapshot, after.as_deref(), &args, wall_ms())?;
+            // One of the keys found after the point, so that keys that sit
+            // close together in the key space are picked alike.
+            if !keys.is_empty() {
+                let i = (seed >> 32) as usize % keys.len();
+                return Ok(keys.into_iter().nth(i));
+            }
+            match resume {
+                Some(next) => after = Some(next),
+                None if wrapped => return Ok(None),
+                None => (after, wrapped) = (None, true),
+            }
         }
     }
 
@@ -424,6 +492,21 @@ impl Backend for Embedded {
         Box::pin(std::future::ready(
             self.count(ctx.memtable).map_err(BackendError::from),
         ))
+    }
+
+    fn scan<'a>(
+        &'a self,
+        ctx: ReadContext<'a>,
+        args: ScanArgs<'a>,
+    ) -> BoxFuture<'a, Result<ScanPage, BackendError>> {
+        Box::pin(std::future::ready(self.scan_page(ctx.memtable, &args)))
+    }
+
+    fn random_key<'a>(
+        &'a self,
+        ctx: ReadContext<'a>,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>> {
+        Box::pin(std::future::ready(self.pick_key(ctx.memtable)))
     }
 }
 

@@ -24,7 +24,8 @@ use meridian_policies::{Timestamp, Version, VersionVector};
 use redis::Value as RValue;
 
 use super::{
-    Backend, BackendError, BoxFuture, Entries, Fetched, Read, ReadContext, Session, Stored,
+    Backend, BackendError, BoxFuture, Entries, Fetched, Read, ReadContext, ScanArgs, ScanPage,
+    Session, Stored,
 };
 use crate::change::{Change, Data, Value};
 use crate::engine::memtable::{Memtable, View};
@@ -568,6 +569,21 @@ impl Backend for RedisBackend {
 
     fn key_count<'a>(&'a self, ctx: ReadContext<'a>) -> BoxFuture<'a, Result<u64, BackendError>> {
         Box::pin(self.key_count(ctx))
+    }
+
+    fn scan<'a>(
+        &'a self,
+        ctx: ReadContext<'a>,
+        args: ScanArgs<'a>,
+    ) -> BoxFuture<'a, Result<ScanPage, BackendError>> {
+        Box::pin(async move { self.scan_native(ctx, &args).await })
+    }
+
+    fn random_key<'a>(
+        &'a self,
+        ctx: ReadContext<'a>,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>> {
+        Box::pin(self.random_native(ctx))
     }
 }
 

@@ -8,7 +8,7 @@ use redis::Value as RValue;
 
 use super::{META_KEY, RedisBackend, RedisStoreError};
 use crate::engine::backend::BackendError;
-use crate::engine::backend::{Read, ReadContext, ReadKeyspace};
+use crate::engine::backend::{Read, ReadContext, ReadKeyspace, ScanArgs, ScanPage};
 use crate::engine::wall_ms;
 use crate::resp::Reply;
 
@@ -75,11 +75,7 @@ impl RedisBackend {
     /// Keys clients see in Redis: DBSIZE less meridian's metadata key, once every
     /// write this proxy acknowledged before the call is in Redis.
     pub(super) async fn key_count(&self, ctx: ReadContext<'_>) -> Result<u64, BackendError> {
-        if let Some(batch) = ctx.memtable.newest_batch()
-            && let Err(Reply::Error(e)) = self.committed_up_to(ctx, batch).await
-        {
-            return Err(BackendError::Refused(e));
-        }
+        self.all_committed(ctx).await?;
         let dbsize = [Bytes::from_static(b"DBSIZE")];
         let meta = [
             Bytes::from_static(b"EXISTS"),
@@ -91,6 +87,119 @@ impl RedisBackend {
             [Reply::Error(e), _] | [_, Reply::Error(e)] => Err(BackendError::Refused(e.clone())),
             _ => Err(self.store.failure("unexpected reply to DBSIZE").into()),
         }
+    }
+
+    /// One page of SCAN, Redis's own (its cursors are Redis's), once every write
+    /// this proxy acknowledged is in Redis; meridian's metadata key left out. Pages
+    /// that come back empty are followed a little way, so a database that holds
+    /// few keys in a big table is not walked one empty page per round trip.
+    pub(super) async fn scan_native(
+        &self,
+        ctx: ReadContext<'_>,
+        args: &ScanArgs<'_>,
+    ) -> Result<ScanPage, BackendError> {
+        const EMPTY_PAGES: usize = 64;
+        self.all_committed(ctx).await?;
+        let mut page = ScanPage {
+            cursor: args.cursor,
+            keys: Vec::new(),
+        };
+        for _ in 0..EMPTY_PAGES {
+            page = self.scan_once(args, page.cursor).await?;
+            if !page.keys.is_empty() || page.cursor == 0 {
+                break;
+            }
+        }
+        Ok(page)
+    }
+
+    async fn scan_once(&self, args: &ScanArgs<'_>, cursor: u64) -> Result<ScanPage, BackendError> {
+        let mut cmd = vec![
+            Bytes::from_static(b"SCAN"),
+            Bytes::from(cursor.to_string()),
+            Bytes::from_static(b"COUNT"),
+            Bytes::from(args.count.to_string()),
+        ];
+        if let Some(pattern) = args.pattern {
+            cmd.extend([
+                Bytes::from_static(b"MATCH"),
+                Bytes::copy_from_slice(pattern),
+            ]);
+        }
+        if let Some(type_name) = args.type_name {
+            cmd.extend([
+                Bytes::from_static(b"TYPE"),
+                Bytes::copy_from_slice(type_name),
+            ]);
+        }
+        match self.forward_many(&[&cmd]).await.pop() {
+            Some(Reply::Array(parts)) => match parts.as_slice() {
+                [Reply::Bulk(cursor), Reply::Array(keys)] => Ok(ScanPage {
+                    cursor: std::str::from_utf8(cursor)
+                        .ok()
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(0),
+                    keys: keys
+                        .iter()
+                        .filter_map(|k| match k {
+                            Reply::Bulk(k) if k.as_ref() != META_KEY.as_bytes() => Some(k.to_vec()),
+                            _ => None,
+                        })
+                        .collect(),
+                }),
+                _ => Err(self.store.failure("unexpected reply to SCAN").into()),
+            },
+            Some(Reply::Error(e)) => Err(BackendError::Refused(e)),
+            _ => Err(self.store.failure("unexpected reply to SCAN").into()),
+        }
+    }
+
+    /// RANDOMKEY, Redis's own, never meridian's metadata key.
+    pub(super) async fn random_native(
+        &self,
+        ctx: ReadContext<'_>,
+    ) -> Result<Option<Vec<u8>>, BackendError> {
+        self.all_committed(ctx).await?;
+        let cmd = [Bytes::from_static(b"RANDOMKEY")];
+        for _ in 0..8 {
+            match self.forward_many(&[&cmd]).await.pop() {
+                Some(Reply::Bulk(key)) if key.as_ref() != META_KEY.as_bytes() => {
+                    return Ok(Some(key.to_vec()));
+                }
+                Some(Reply::Bulk(_)) => {}
+                Some(Reply::Null) => return Ok(None),
+                Some(Reply::Error(e)) => return Err(BackendError::Refused(e)),
+                _ => return Err(self.store.failure("unexpected reply to RANDOMKEY").into()),
+            }
+        }
+        // Mostly the metadata key: there may be no other. The first key a scan finds.
+        let mut cursor = 0;
+        loop {
+            let args = ScanArgs {
+                cursor,
+                count: 100,
+                pattern: None,
+                type_name: None,
+            };
+            let page = self.scan_native(ctx, &args).await?;
+            if let Some(key) = page.keys.into_iter().next() {
+                return Ok(Some(key));
+            }
+            if page.cursor == 0 {
+                return Ok(None);
+            }
+            cursor = page.cursor;
+        }
+    }
+
+    /// Waits until every write this proxy acknowledged is in Redis.
+    async fn all_committed(&self, ctx: ReadContext<'_>) -> Result<(), BackendError> {
+        if let Some(batch) = ctx.memtable.newest_batch()
+            && let Err(Reply::Error(e)) = self.committed_up_to(ctx, batch).await
+        {
+            return Err(BackendError::Refused(e));
+        }
+        Ok(())
     }
 
     /// Sends commands to Redis as they are, in one pipeline.
