@@ -19,6 +19,7 @@ mod overhead;
 mod processes;
 mod replication;
 mod sessions;
+mod values;
 
 /// Exit code for a benchmark that could not run (EX_SOFTWARE).
 const EX_SOFTWARE: u8 = 70;
@@ -64,6 +65,9 @@ enum Bench {
     /// local multi-leader writes, on one emulated WAN and one workload; a table,
     /// a JSON file and an SVG report.
     Geo(geo::GeoArgs),
+    /// What a small change to a big value costs: log bytes per change and changes
+    /// per second for sets, hashes, lists and sorted sets of 10 to 100,000 elements.
+    Values(values::ValuesArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Bench::Faults(args) => ("faults", faults::run(&args)),
         Bench::Failover(args) => ("failover", failover::run(&args)),
         Bench::Geo(args) => ("geo", geo::run(&args)),
+        Bench::Values(args) => ("values", values::run(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,16 +5,19 @@
 //! new state, so applying a change twice, or applying it on another datacenter, gives
 //! the same result (idempotent apply).
 
+mod patch;
 mod sorted;
 
 use meridian_policies::{Timestamp, Version, VersionVector};
 use serde::{Deserialize, Serialize};
 
+pub use patch::Patch;
 pub use sorted::SortedSet;
 
 /// Format version of encoded changes. A reader refuses versions it does not know
-/// rather than misreading them. Format 1 (no `deps`, no `path`) is still read.
-pub const CHANGE_FORMAT: u8 = 2;
+/// rather than misreading them. Formats 1 (no `deps`, no `path`) and 2 (every op
+/// a whole state) are still read.
+pub const CHANGE_FORMAT: u8 = 3;
 
 /// One committed write: dense `seq` per `origin`, ordered by `hlc` across the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +42,32 @@ pub struct Change {
     pub path: Vec<String>,
 }
 
+/// A change as format 2 wrote it.
+#[derive(Deserialize)]
+struct ChangeV2 {
+    origin: String,
+    seq: u64,
+    hlc: u64,
+    user: Vec<u8>,
+    ops: Vec<OpV2>,
+    #[serde(with = "deps")]
+    deps: VersionVector,
+    path: Vec<String>,
+}
+
+/// An op as formats 1 and 2 wrote it: always the whole new state.
+#[derive(Serialize, Deserialize)]
+struct OpV2 {
+    key: Vec<u8>,
+    value: Option<Value>,
+}
+
+impl From<OpV2> for Op {
+    fn from(op: OpV2) -> Op {
+        Op::new(op.key, op.value)
+    }
+}
+
 /// A change as format 1 wrote it.
 #[derive(Deserialize)]
 struct ChangeV1 {
@@ -46,16 +75,67 @@ struct ChangeV1 {
     seq: u64,
     hlc: u64,
     user: Vec<u8>,
-    ops: Vec<Op>,
+    ops: Vec<OpV2>,
 }
 
 /// The new state of one key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Op {
     /// The key.
     pub key: Vec<u8>,
-    /// Its value afterwards; `None` when the key was deleted.
+    /// Its value afterwards; `None` when the key was deleted, or, for an op read
+    /// as an edit ([`Op::unbuilt`]), until the datacenter applying it rebuilds it.
     pub value: Option<Value>,
+    /// The same state as an edit of the key's previous one, when that is much
+    /// smaller: what the log and the wire carry.
+    pub patch: Option<Patch>,
+}
+
+impl Op {
+    /// An op that writes `value` whole.
+    pub fn new(key: Vec<u8>, value: Option<Value>) -> Op {
+        Op {
+            key,
+            value,
+            patch: None,
+        }
+    }
+
+    /// Whether it was read as an edit and its new state is not rebuilt yet.
+    pub fn unbuilt(&self) -> bool {
+        self.patch.is_some() && self.value.is_none()
+    }
+}
+
+/// How an op is written: the whole new state, or an edit of the previous one.
+#[derive(Serialize, Deserialize)]
+enum Written {
+    Whole(Option<Value>),
+    Edit(Patch),
+}
+
+impl Serialize for Op {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let written = match &self.patch {
+            Some(patch) => Written::Edit(patch.clone()),
+            None => Written::Whole(self.value.clone()),
+        };
+        (&self.key, written).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Op {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Op, D::Error> {
+        let (key, written) = <(Vec<u8>, Written)>::deserialize(d)?;
+        Ok(match written {
+            Written::Whole(value) => Op::new(key, value),
+            Written::Edit(patch) => Op {
+                key,
+                value: None,
+                patch: Some(patch),
+            },
+        })
+    }
 }
 
 /// A key's value and expiry.
@@ -148,6 +228,18 @@ impl Change {
         match bytes.split_first() {
             None => Err(ChangeDecodeError::Empty),
             Some((&CHANGE_FORMAT, body)) => Ok(postcard::from_bytes(body)?),
+            Some((2, body)) => {
+                let v2: ChangeV2 = postcard::from_bytes(body)?;
+                Ok(Change {
+                    origin: v2.origin,
+                    seq: v2.seq,
+                    hlc: v2.hlc,
+                    user: v2.user,
+                    ops: v2.ops.into_iter().map(Op::from).collect(),
+                    deps: v2.deps,
+                    path: v2.path,
+                })
+            }
             Some((1, body)) => {
                 let v1: ChangeV1 = postcard::from_bytes(body)?;
                 Ok(Change {
@@ -156,7 +248,7 @@ impl Change {
                     seq: v1.seq,
                     hlc: v1.hlc,
                     user: v1.user,
-                    ops: v1.ops,
+                    ops: v1.ops.into_iter().map(Op::from).collect(),
                     deps: VersionVector::new(),
                 })
             }
@@ -200,17 +292,14 @@ mod tests {
             hlc: 123 << 16,
             user: b"u42".to_vec(),
             ops: vec![
-                Op {
-                    key: b"{u42}:a".to_vec(),
-                    value: Some(Value {
+                Op::new(
+                    b"{u42}:a".to_vec(),
+                    Some(Value {
                         data: Data::String(b"1".to_vec()),
                         expire_at_ms: Some(9),
                     }),
-                },
-                Op {
-                    key: b"{u42}:b".to_vec(),
-                    value: None,
-                },
+                ),
+                Op::new(b"{u42}:b".to_vec(), None),
             ],
             deps: "eu-west:3".parse().unwrap(),
             path: vec!["us-east".into(), "eu-west".into()],
@@ -219,16 +308,52 @@ mod tests {
         change.encode(&mut bytes);
         assert_eq!(Change::decode(&bytes).unwrap(), change);
         bytes[0] = 9;
+        let old_ops: Vec<OpV2> = (change.ops.iter())
+            .map(|op| OpV2 {
+                key: op.key.clone(),
+                value: op.value.clone(),
+            })
+            .collect();
         let mut v1 = vec![1];
         v1.extend(
-            postcard::to_stdvec(&(&change.origin, 7u64, change.hlc, &change.user, &change.ops))
+            postcard::to_stdvec(&(&change.origin, 7u64, change.hlc, &change.user, &old_ops))
                 .unwrap(),
         );
         let old = Change::decode(&v1).unwrap();
         assert_eq!(
-            (old.seq, old.path.clone(), old.deps.len()),
-            (7, vec!["us-east".to_string()], 0)
+            (old.seq, old.path.clone(), old.deps.len(), &old.ops),
+            (7, vec!["us-east".to_string()], 0, &change.ops)
         );
+        // Format 2: every op whole, deps and path as now.
+        let mut v2 = vec![2];
+        v2.extend(
+            postcard::to_stdvec(&(
+                &change.origin,
+                7u64,
+                change.hlc,
+                &change.user,
+                &old_ops,
+                change.deps.iter().collect::<Vec<_>>(),
+                &change.path,
+            ))
+            .unwrap(),
+        );
+        assert_eq!(Change::decode(&v2).unwrap(), change);
+        // An op written as an edit is read back unbuilt, its edit kept.
+        let mut edited = change.clone();
+        edited.ops[0].patch = Some(Patch {
+            base: change.version(),
+            edit: patch::Edit::String {
+                prefix: 1,
+                suffix: 0,
+                middle: b"x".to_vec(),
+            },
+            expire_at_ms: None,
+        });
+        let mut bytes3 = Vec::new();
+        edited.encode(&mut bytes3);
+        let read = Change::decode(&bytes3).unwrap();
+        assert!(read.ops[0].unbuilt() && read.ops[0].patch == edited.ops[0].patch);
         assert!(matches!(
             Change::decode(&bytes),
             Err(ChangeDecodeError::UnknownFormat(9))

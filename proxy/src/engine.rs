@@ -117,6 +117,11 @@ pub struct Stats {
     pub expires: AtomicU64,
     /// Their average expiry (milliseconds since the Unix epoch; 0 with none).
     pub expires_average_at: AtomicU64,
+    /// Ops of this datacenter's changes written as edits of the state before.
+    pub edits_written: AtomicU64,
+    /// Changes of other datacenters held because an edit in them could not be
+    /// rebuilt here (each asks its peer for a snapshot).
+    pub edits_unbuildable: AtomicU64,
 }
 
 /// A handle on the engine; cheap to clone.

@@ -42,6 +42,20 @@ pub enum ApplyError {
     /// The committer stopped, so the snapshot cannot be stored.
     #[error("the committer stopped; the snapshot is not stored")]
     CommitterStopped,
+    /// A change writes a key as an edit of a state this datacenter does not hold
+    /// (it took a write the editor had not seen): only a snapshot from the peer
+    /// can bring the key's new state.
+    #[error(
+        "change {origin}#{seq} edits a state of key '{key}' this datacenter does not hold; a snapshot is needed"
+    )]
+    EditBase {
+        /// The change's origin.
+        origin: String,
+        /// Its sequence number.
+        seq: u64,
+        /// The key, as text.
+        key: String,
+    },
 }
 
 impl Classify for ApplyError {
@@ -49,6 +63,7 @@ impl Classify for ApplyError {
         match self {
             ApplyError::Stopped(_) | ApplyError::Backend(_) => Origin::Backend,
             ApplyError::ShuttingDown | ApplyError::CommitterStopped => Origin::Proxy,
+            ApplyError::EditBase { .. } => Origin::Peer,
             ApplyError::Log(_) => Origin::Log,
         }
     }
@@ -57,6 +72,8 @@ impl Classify for ApplyError {
         match self {
             ApplyError::Backend(e) => e.retryable(),
             ApplyError::Log(e) => e.retryable(),
+            // Once the snapshot it asks for is in, the change is no longer needed.
+            ApplyError::EditBase { .. } => true,
             ApplyError::Stopped(_) | ApplyError::ShuttingDown | ApplyError::CommitterStopped => {
                 false
             }

@@ -71,12 +71,19 @@ struct Replay {
     last_hlc: Timestamp,
     last_hlc_by_origin: std::collections::HashMap<String, u64>,
     pending: Vec<Change>,
+    /// The newest state each pending change gave its keys, for rebuilding edits.
+    staged: std::collections::HashMap<Vec<u8>, Option<crate::change::Value>>,
     replayed: u64,
 }
 
 impl Replay {
     /// Takes the record at `lsn`: indexes it, and keeps it if the store lacks it.
-    fn take(&mut self, lsn: u64, change: Change) {
+    fn take(
+        &mut self,
+        lsn: u64,
+        mut change: Change,
+        target: &mut dyn Session,
+    ) -> Result<(), OpenError> {
         self.seen.advance(&change.origin, change.seq);
         if (lsn + 1) % INDEX_EVERY == 0 {
             self.index.push((lsn + 1, self.seen.clone()));
@@ -85,9 +92,56 @@ impl Replay {
             .insert(change.origin.clone(), change.hlc);
         self.last_hlc = self.last_hlc.max(Timestamp::from_u64(change.hlc));
         if change.seq > self.applied.get(&change.origin) {
+            self.rebuild(lsn, &mut change, target)?;
+            for op in &change.ops {
+                self.staged.insert(op.key.clone(), op.value.clone());
+            }
             self.applied.advance(&change.origin, change.seq);
             self.pending.push(change);
         }
+        Ok(())
+    }
+
+    /// Rebuilds the state of each op logged as an edit, from the state the log
+    /// left before it (the pending changes', else the store's). An edit the store
+    /// cannot take (a state the backend refused earlier is missing) is left out,
+    /// its key keeping what the store holds, and reported.
+    fn rebuild(
+        &mut self,
+        lsn: u64,
+        change: &mut Change,
+        target: &mut dyn Session,
+    ) -> Result<(), OpenError> {
+        let mut unbuildable = Vec::new();
+        for op in change.ops.iter_mut().filter(|op| op.unbuilt()) {
+            let before = match self.staged.get(&op.key) {
+                Some(state) => state.clone(),
+                None => match target
+                    .fetch(vec![op.key.clone()], crate::engine::wall_ms())?
+                    .remove(&op.key)
+                {
+                    Some(crate::engine::backend::Fetched::Known(state)) => state,
+                    _ => None,
+                },
+            };
+            let rebuilt = before
+                .as_ref()
+                .zip(op.patch.as_ref())
+                .and_then(|(b, p)| p.apply(b));
+            match rebuilt {
+                Some(value) => op.value = Some(value),
+                None => unbuildable.push(op.key.clone()),
+            }
+        }
+        for key in &unbuildable {
+            tracing::error!(
+                lsn,
+                key = %String::from_utf8_lossy(key),
+                "a logged edit does not apply to the state the store holds; the key keeps that state"
+            );
+        }
+        change.ops.retain(|op| !unbuildable.contains(&op.key));
+        Ok(())
     }
 
     /// Commits the changes kept so far.
@@ -96,6 +150,7 @@ impl Replay {
         commit_skipping_refused(target, &self.stored, &self.pending, &self.applied, durable)?;
         self.stored = self.applied.clone();
         self.pending.clear();
+        self.staged.clear();
         Ok(())
     }
 }
@@ -119,6 +174,7 @@ pub(super) fn replay(
         last_hlc: Timestamp::default(),
         last_hlc_by_origin: std::collections::HashMap::new(),
         pending: Vec::new(),
+        staged: std::collections::HashMap::new(),
         replayed: 0,
     };
     while let Some((lsn, bytes)) = reader.next_record()? {
@@ -126,7 +182,7 @@ pub(super) fn replay(
             lsn,
             message: e.to_string(),
         })?;
-        state.take(lsn, change);
+        state.take(lsn, change, target.as_mut())?;
         if state.pending.len() >= REPLAY_CHUNK {
             state.flush(target.as_mut(), false)?;
         }

@@ -23,6 +23,7 @@ use crate::resp::Reply;
 use crate::workers::{State, Worker};
 
 mod apply;
+mod edits;
 mod snapshot;
 
 /// Most writes taken into one batch.
@@ -144,6 +145,14 @@ impl Base {
             None => Err(Reply::error(
                 "ERR internal error: a key the command touches was not fetched",
             )),
+        }
+    }
+
+    /// The state the backend holds at `key` (expired or not), when it was fetched.
+    fn stored(&self, key: &[u8]) -> Option<&Option<Value>> {
+        match self.0.get(key) {
+            Some(Fetched::Known(value)) => Some(value),
+            _ => None,
         }
     }
 
@@ -351,10 +360,7 @@ impl Writer {
         let mut by_user: std::collections::BTreeMap<Vec<u8>, Vec<Op>> = Default::default();
         for key in due {
             if let Some(user) = (owner.0)(&key) {
-                by_user
-                    .entry(user)
-                    .or_default()
-                    .push(Op { key, value: None });
+                by_user.entry(user).or_default().push(Op::new(key, None));
             }
         }
         let changes: Vec<Change> = (by_user.into_iter())
@@ -517,6 +523,9 @@ impl Writer {
         let mut overlay = HashMap::new();
         let mut changes = Vec::new();
         let mut replies = Vec::with_capacity(batch.len());
+        // Ops of big values, with the state before them: written as edits where
+        // that is much smaller.
+        let mut edit_candidates = Vec::new();
         let now = wall_ms();
         for request in batch {
             let mut ks = BatchKeyspace {
@@ -549,6 +558,17 @@ impl Writer {
             };
             let ops = std::mem::take(&mut ks.puts).ops;
             if outcome.is_ok() && !ops.is_empty() {
+                for (i, op) in ops.iter().enumerate() {
+                    let before = overlay
+                        .get(&op.key)
+                        .or_else(|| view.get(&op.key).map(|entry| &entry.value))
+                        .or_else(|| base.stored(&op.key));
+                    if let (Some(Some(old)), Some(new)) = (before, &op.value)
+                        && edits::worth_trying(old, new, now)
+                    {
+                        edit_candidates.push((changes.len(), i, old.clone()));
+                    }
+                }
                 for op in &ops {
                     overlay.insert(op.key.clone(), op.value.clone());
                 }
@@ -559,6 +579,9 @@ impl Writer {
                 seq: self.next_seq.saturating_sub(1),
             };
             replies.push((request.reply, written));
+        }
+        if !edit_candidates.is_empty() {
+            self.write_as_edits(&mut changes, edit_candidates, view);
         }
         (changes, replies)
     }
@@ -837,10 +860,7 @@ impl Puts {
             self.ops[i].value = value;
             return;
         }
-        self.ops.push(Op {
-            key: key.to_vec(),
-            value,
-        });
+        self.ops.push(Op::new(key.to_vec(), value));
         if self.ops.len() == Self::SCAN + 1 {
             self.index = (self.ops.iter().enumerate())
                 .map(|(i, op)| (op.key.clone(), i))

@@ -255,6 +255,7 @@ impl Receiver {
             .await
             .map_err(|source| self.apply_error(source))?;
         PeerStatus::add(&self.status.snapshots_installed, 1);
+        self.status.ask_snapshot.store(false, Ordering::Release);
         tracing::info!(keys, changed, "installed the snapshot from {}", self.peer);
         Ok(())
     }
@@ -304,6 +305,14 @@ impl Receiver {
         let Unapplied { error, changes } = unapplied;
         if !error.retryable() || changes.is_empty() {
             return Err(self.apply_error(error));
+        }
+        if let crate::engine::ApplyError::EditBase { .. } = &error
+            && !self.status.ask_snapshot.swap(true, Ordering::AcqRel)
+        {
+            // Our shipper to the peer carries the request; the snapshot that
+            // comes back makes the held changes ones already applied.
+            tracing::warn!(error = %error, "asking {} for a snapshot", self.peer);
+            self.status.restart_shipper.notify_one();
         }
         self.status.receiver.set(State::Throttled);
         self.status.receiver.error(&error);

@@ -106,6 +106,10 @@ impl Shipper {
     /// when the log no longer reaches back that far or the peer asked, after a
     /// snapshot. Returns the log position and what the peer has.
     async fn start(&mut self) -> Result<(u64, VersionVector), StreamError> {
+        if self.status.ask_snapshot.load(Ordering::Acquire) {
+            self.write(&[Frame::SnapshotRequest], "asking for a snapshot")
+                .await?;
+        }
         let mut sent = self.repl.acked(&self.peer_id);
         let requested = self.status.snapshot_requested.swap(false, Ordering::AcqRel);
         if let Some(lsn) = self.repl.engine.resume_lsn(&sent).filter(|_| !requested) {

@@ -44,6 +44,9 @@ pub struct PeerStatus {
     pub snapshots_sent: AtomicU64,
     /// The peer asked for a snapshot; the shipper sends one when it restarts.
     pub(super) snapshot_requested: std::sync::atomic::AtomicBool,
+    /// This datacenter needs a snapshot from the peer (it holds a change it cannot
+    /// apply): the shipper to the peer asks for one when it next starts.
+    pub(super) ask_snapshot: std::sync::atomic::AtomicBool,
     /// Wakes the shipper to restart (a snapshot was requested).
     pub(super) restart_shipper: tokio::sync::Notify,
     /// Snapshots received from the peer and installed.
@@ -91,6 +94,7 @@ impl PeerStatus {
             held_for_deps: AtomicU64::new(0),
             snapshots_sent: AtomicU64::new(0),
             snapshot_requested: std::sync::atomic::AtomicBool::new(false),
+            ask_snapshot: std::sync::atomic::AtomicBool::new(false),
             restart_shipper: tokio::sync::Notify::new(),
             snapshots_installed: AtomicU64::new(0),
             restarts: AtomicU64::new(0),

@@ -50,7 +50,7 @@ fn stat(ctx: &Context, counter: fn(&crate::engine::Stats) -> &AtomicU64) -> f64 
 }
 
 /// The proxy's and engine's single values, in the order INFO shows them.
-const SCALARS: [ScalarRow; 37] = [
+const SCALARS: [ScalarRow; 39] = [
     (
         "meridian_connected_clients",
         "Client connections open now.",
@@ -155,6 +155,20 @@ const SCALARS: [ScalarRow; 37] = [
         Kind::Counter,
         Some((Section::Stats, "expired_keys")),
         |c| stat(c, |s| &s.expired_keys),
+    ),
+    (
+        "meridian_edits_written_total",
+        "Ops of this datacenter's changes written to the log and the wire as edits of the state before (a member added to a big set, a field of a big hash).",
+        Kind::Counter,
+        Some((Section::Replication, "edits_written")),
+        |c| stat(c, |s| &s.edits_written),
+    ),
+    (
+        "meridian_edits_unbuildable_total",
+        "Changes of other datacenters held because an edit in them edits a state this datacenter does not hold; each asks its peer for a snapshot.",
+        Kind::Counter,
+        Some((Section::Replication, "edits_unbuildable")),
+        |c| stat(c, |s| &s.edits_unbuildable),
     ),
     (
         "meridian_changes_refused_by_backend_total",

@@ -45,19 +45,82 @@ impl Writer {
                 });
             }
         };
+        let current = match self.edited_states(&ready) {
+            Ok(current) => current,
+            Err(e) => {
+                ready.append(&mut waiting);
+                return Err(Unapplied {
+                    error: e.into(),
+                    changes: ready,
+                });
+            }
+        };
         let mut staged = HashMap::new();
         let mut found = Vec::new();
-        for change in &mut ready {
+        let mut held = None;
+        for (i, change) in ready.iter_mut().enumerate() {
+            if let Err(e) = rebuild_edits(change, &versions, &staged, &current) {
+                held = Some((i, e));
+                break;
+            }
             self.observe(change.hlc);
             self.resolve(change, &mut versions, &mut staged, &mut found);
             change.path.push(self.shared.dc.clone());
         }
+        // A change whose edit cannot be rebuilt waits, with every change after
+        // it, for the snapshot its error asks for.
+        let held = held.map(|(i, e)| (ready.split_off(i), e));
         if !found.is_empty() {
             self.record_conflicts(found);
         }
         self.publish(ready, false)
             .map_err(|e| Unapplied::from(ApplyError::Log(e.0)))?;
-        Ok(waiting)
+        match held {
+            None => Ok(waiting),
+            Some((mut changes, error)) => {
+                self.shared
+                    .stats
+                    .edits_unbuildable
+                    .fetch_add(1, Ordering::Relaxed);
+                changes.append(&mut waiting);
+                Err(Unapplied { error, changes })
+            }
+        }
+    }
+
+    /// The states (memtable's, else the backend's, expired or not) of the keys
+    /// that `changes` write as edits.
+    fn edited_states(
+        &mut self,
+        changes: &[Change],
+    ) -> Result<HashMap<Vec<u8>, Option<Value>>, crate::engine::BackendError> {
+        let mut states = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let view = self.shared.memtable.view();
+            for op in changes
+                .iter()
+                .flat_map(|c| &c.ops)
+                .filter(|op| op.unbuilt())
+            {
+                match view.get(&op.key) {
+                    Some(entry) => drop(states.insert(op.key.clone(), entry.value.clone())),
+                    None => missing.push(op.key.clone()),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            missing.sort_unstable();
+            missing.dedup();
+            for (key, fetched) in self.session.fetch(missing, wall_ms())? {
+                let value = match fetched {
+                    Fetched::Known(value) => value,
+                    Fetched::Foreign(_) => None,
+                };
+                states.insert(key, value);
+            }
+        }
+        Ok(states)
     }
 
     /// Splits `changes` into those that may be applied now, in order, and those
@@ -217,6 +280,44 @@ impl Writer {
         versions.extend(missing.into_iter().zip(found));
         Ok(versions)
     }
+}
+
+/// Rebuilds the new state of each op of `change` written as an edit that wins
+/// (or is already applied), from the state before it: the batch's (`staged`),
+/// else `current`. An op that loses is left for [`Writer::resolve`] to drop.
+fn rebuild_edits(
+    change: &mut Change,
+    versions: &HashMap<Vec<u8>, Option<Version>>,
+    staged: &HashMap<Vec<u8>, Option<Value>>,
+    current: &HashMap<Vec<u8>, Option<Value>>,
+) -> Result<(), ApplyError> {
+    let version = change.version();
+    for op in change.ops.iter_mut().filter(|op| op.unbuilt()) {
+        let have = versions.get(&op.key).and_then(Option::as_ref);
+        let state = staged
+            .get(&op.key)
+            .or_else(|| current.get(&op.key))
+            .and_then(Option::as_ref);
+        let rebuilt = match version.resolve(have) {
+            Resolution::Loses => continue,
+            Resolution::Same => state.cloned(),
+            Resolution::Wins => op
+                .patch
+                .as_ref()
+                .and_then(|p| super::edits::rebuild(p, have, state)),
+        };
+        match rebuilt {
+            Some(value) => op.value = Some(value),
+            None => {
+                return Err(ApplyError::EditBase {
+                    origin: change.origin.clone(),
+                    seq: change.seq,
+                    key: String::from_utf8_lossy(&op.key).into_owned(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A concurrent pair found while applying: the write that stays and the one that

@@ -79,10 +79,7 @@ impl Writer {
             if version.resolve(have) != Resolution::Wins {
                 continue;
             }
-            let op = Op {
-                key,
-                value: Some(value),
-            };
+            let op = Op::new(key, Some(value));
             let (origin, hlc) = (version.origin.to_string(), version.hlc.as_u64());
             winners.push(entry_change(origin, hlc, op));
         }
@@ -91,7 +88,7 @@ impl Writer {
         }
         let dc = self.shared.dc.to_string();
         for key in gone {
-            winners.push(entry_change(dc.clone(), 0, Op { key, value: None }));
+            winners.push(entry_change(dc.clone(), 0, Op::new(key, None)));
         }
         Ok(winners)
     }
