@@ -1,9 +1,10 @@
 //! Logical changes: what the log stores and replication ships.
 //!
 //! A change records effects, not statements: `INCR` becomes the resulting value,
-//! `EXPIRE 10` becomes an absolute expiry time. Each [`Op`] carries the key's whole
-//! new state, so applying a change twice, or applying it on another datacenter, gives
-//! the same result (idempotent apply).
+//! `EXPIRE 10` becomes an absolute expiry time. Each [`Op`] carries the key's new
+//! state: whole, or for a big value as an edit of one named version of it
+//! ([`Patch`]), applied only to that version. Either way applying a change twice,
+//! or applying it on another datacenter, gives the same result (idempotent apply).
 
 mod patch;
 mod sorted;
