@@ -99,6 +99,36 @@ impl Store {
             .map_err(|e| failed(ErrorVerb::Write, "commit", e))
     }
 
+    /// [`Store::write`] off the async workers: a durable commit waits for the disk,
+    /// and on a busy disk that can take long enough to stall every task of the
+    /// proxy (client connections included) if it ran on a worker.
+    async fn write_off<F>(&self, f: F) -> Result<(), Error>
+    where
+        F: FnOnce(
+                &mut redb::Table<'_, u64, &[u8]>,
+                &mut redb::Table<'_, &str, &[u8]>,
+            ) -> Result<(), Error>
+            + Send
+            + 'static,
+    {
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || store.write(f)).await {
+            Ok(result) => result,
+            Err(e) => Err(failed(ErrorVerb::Write, "the agreement's store", e)),
+        }
+    }
+
+    /// Sets a metadata value, durably, off the async workers.
+    async fn put_off<T: Serialize>(&self, key: &'static str, value: &T) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(value).map_err(|e| failed(ErrorVerb::Write, key, e))?;
+        self.write_off(move |_, meta| {
+            meta.insert(key, bytes.as_slice())
+                .map(drop)
+                .map_err(|e| failed(ErrorVerb::Write, key, e))
+        })
+        .await
+    }
+
     /// `table` in a new read transaction (kept alive by the returned one).
     fn read<K: redb::Key + 'static, V: redb::Value + 'static>(
         &self,
@@ -123,16 +153,6 @@ impl Store {
         serde_json::from_slice(bytes.value())
             .map(Some)
             .map_err(|e| failed(ErrorVerb::Read, key, e))
-    }
-
-    /// Sets a metadata value, durably.
-    fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), Error> {
-        let bytes = serde_json::to_vec(value).map_err(|e| failed(ErrorVerb::Write, key, e))?;
-        self.write(|_, meta| {
-            meta.insert(key, bytes.as_slice())
-                .map(drop)
-                .map_err(|e| failed(ErrorVerb::Write, key, e))
-        })
     }
 
     /// The first and last entries of the log.
@@ -197,7 +217,7 @@ impl RaftLogStorage<Agreement> for Store {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), Error> {
-        self.put(VOTE, vote)
+        self.put_off(VOTE, vote).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, Error> {
@@ -205,7 +225,7 @@ impl RaftLogStorage<Agreement> for Store {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), Error> {
-        self.put(COMMITTED, &committed)
+        self.put_off(COMMITTED, &committed).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, Error> {
@@ -223,13 +243,15 @@ impl RaftLogStorage<Agreement> for Store {
                 .map_err(|e| failed(ErrorVerb::Write, "a log entry", e))?;
             rows.push((entry.log_id.index, bytes));
         }
-        let result = self.write(|log, _| {
-            for (index, bytes) in &rows {
-                log.insert(*index, bytes.as_slice())
-                    .map_err(|e| failed(ErrorVerb::Write, "a log entry", e))?;
-            }
-            Ok(())
-        });
+        let result = self
+            .write_off(move |log, _| {
+                for (index, bytes) in &rows {
+                    log.insert(*index, bytes.as_slice())
+                        .map_err(|e| failed(ErrorVerb::Write, "a log entry", e))?;
+                }
+                Ok(())
+            })
+            .await;
         callback.log_io_completed(
             result
                 .as_ref()
@@ -240,20 +262,22 @@ impl RaftLogStorage<Agreement> for Store {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), Error> {
-        self.write(|log, _| {
+        self.write_off(move |log, _| {
             log.retain_in(log_id.index.., |_, _| false)
                 .map_err(|e| failed(ErrorVerb::Delete, "log entries", e))
         })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), Error> {
         let bytes = serde_json::to_vec(&log_id).map_err(|e| failed(ErrorVerb::Write, PURGED, e))?;
-        self.write(|log, meta| {
+        self.write_off(move |log, meta| {
             meta.insert(PURGED, bytes.as_slice())
                 .map_err(|e| failed(ErrorVerb::Write, PURGED, e))?;
             log.retain_in(..=log_id.index, |_, _| false)
                 .map_err(|e| failed(ErrorVerb::Delete, "log entries", e))
         })
+        .await
     }
 }
 
@@ -339,7 +363,7 @@ impl RaftStateMachine<Agreement> for StateMachine {
             }
             replies.push(self.state.epochs.epoch());
         }
-        self.store.put(STATE, &self.state)?;
+        self.store.put_off(STATE, &self.state).await?;
         self.published.send_if_modified(|published| {
             let changed = *published != self.state.epochs;
             *published = self.state.epochs.clone();
@@ -367,15 +391,17 @@ impl RaftStateMachine<Agreement> for StateMachine {
         let data = snapshot.into_inner();
         let state: State = serde_json::from_slice(&data)
             .map_err(|e| failed(ErrorVerb::Read, "a snapshot from the leader", e))?;
-        self.store.put(
-            SNAPSHOT,
-            &StoredSnapshot {
-                meta: meta.clone(),
-                data,
-            },
-        )?;
+        self.store
+            .put_off(
+                SNAPSHOT,
+                &StoredSnapshot {
+                    meta: meta.clone(),
+                    data,
+                },
+            )
+            .await?;
         self.state = state;
-        self.store.put(STATE, &self.state)?;
+        self.store.put_off(STATE, &self.state).await?;
         self.published.send_replace(self.state.epochs.clone());
         Ok(())
     }
@@ -430,13 +456,15 @@ impl RaftSnapshotBuilder<Agreement> for SnapshotBuilder {
             last_membership: self.state.membership.clone(),
             snapshot_id: id,
         };
-        self.store.put(
-            SNAPSHOT,
-            &StoredSnapshot {
-                meta: meta.clone(),
-                data: data.clone(),
-            },
-        )?;
+        self.store
+            .put_off(
+                SNAPSHOT,
+                &StoredSnapshot {
+                    meta: meta.clone(),
+                    data: data.clone(),
+                },
+            )
+            .await?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
