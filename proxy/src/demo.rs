@@ -124,7 +124,52 @@ async fn run(args: &DemoArgs) -> Result<bool, String> {
     let (lags, writes) = workload(args, &cluster).await?;
     print_writes(preset.regions(), &writes);
     print_lags(args.topology, preset.regions(), &lags);
+    print_stages(&cluster).await?;
     report_convergence(&cluster, args.writes).await
+}
+
+/// Where each link's lag builds up: how long after a change was made it was
+/// shipped (the origin's clock), arrived and was applied (the destination's:
+/// the clocks' skew is in these), as p50 / p99 / max in milliseconds.
+async fn print_stages(cluster: &Cluster) -> Result<(), String> {
+    let mut peer_lines = Vec::new();
+    for dc in 0..cluster.len() {
+        let info = cluster
+            .replication_info(dc)
+            .await
+            .map_err(|e| e.to_string())?;
+        peer_lines.push(info);
+    }
+    let field = |dc: usize, peer: &str, name: &str| {
+        peer_lines[dc]
+            .get(&format!("peer_{peer}"))
+            .and_then(|line| {
+                line.split(',')
+                    .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            })
+            .unwrap_or("-")
+            .to_owned()
+    };
+    println!(
+        "
+replication stages (ms after the change was made, p50/p99/max: shipped by the origin, arrived and applied at the region):"
+    );
+    println!(
+        "{:<14} {:<14} {:>22} {:>22} {:>22}",
+        "from", "to", "shipped", "arrived", "applied"
+    );
+    for from in 0..cluster.len() {
+        for to in (0..cluster.len()).filter(|&to| to != from) {
+            let (f, t) = (cluster.id(from), cluster.id(to));
+            println!(
+                "{f:<14} {t:<14} {:>22} {:>22} {:>22}",
+                field(from, t, "ship_lag_ms"),
+                field(to, f, "arrival_lag_ms"),
+                field(to, f, "applied_lag_ms")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Starts the preset's regions with skewed clocks and says what runs.
@@ -186,6 +231,13 @@ async fn workload(
     let (stop_tx, stop) = watch::channel(false);
     let all: Vec<usize> = (0..cluster.len()).collect();
     let users = Arc::new(users_by_home(cluster, USERS_PER_REGION)?);
+    // The stage lags count from here, not from the links' start.
+    for dc in 0..cluster.len() {
+        let _: () = cluster
+            .cmd(dc, &["MERIDIAN", "RESETSTATS"])
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let mut clients = tokio::task::JoinSet::new();
     for dc in 0..cluster.len() {
         let conn = cluster.connect(dc).await.map_err(|e| e.to_string())?;

@@ -134,6 +134,8 @@ pub struct Engine {
 #[derive(Debug)]
 struct Shared {
     dc: String,
+    /// Added to the wall clock for timestamps (the testbed skews datacenters).
+    clock_offset_ms: i64,
     backend: Arc<dyn Backend>,
     memtable: memtable::Memtable,
     /// Everything logged (and so acknowledged), committed to the backend or not.
@@ -259,6 +261,7 @@ impl Engine {
         let state = replay::replay(backend.as_ref(), &config.dc, &log, base)?;
         let shared = Arc::new(Shared {
             dc: config.dc.clone(),
+            clock_offset_ms: config.clock_offset_ms,
             backend,
             memtable: memtable::Memtable::default(),
             applied: watch::Sender::new(state.applied.clone()),
@@ -550,6 +553,14 @@ impl Engine {
     /// metadata not counted).
     pub async fn key_count(&self) -> Result<u64, BackendError> {
         self.shared.backend.key_count(self.read_context()).await
+    }
+
+    /// This datacenter's clock in milliseconds since the Unix epoch, as its
+    /// timestamps read it: how long ago a change was made is this less the
+    /// physical part of the change's timestamp (across datacenters, their
+    /// clocks' difference included).
+    pub fn clock_ms(&self) -> u64 {
+        wall_ms().saturating_add_signed(self.shared.clock_offset_ms)
     }
 
     /// One page of a SCAN of the keyspace.

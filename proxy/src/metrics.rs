@@ -127,6 +127,26 @@ impl Family {
         }
     }
 
+    /// A family of quantiles per `label` (a label without measurements has none).
+    pub(crate) fn summaries(
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        samples: impl IntoIterator<Item = (String, Option<Value>)>,
+    ) -> Family {
+        Family {
+            name,
+            help,
+            kind: Kind::Summary,
+            info: None,
+            label: Some(label),
+            samples: samples
+                .into_iter()
+                .filter_map(|(l, v)| Some((l, v?)))
+                .collect(),
+        }
+    }
+
     /// Shows the family in INFO as `field` of `section`.
     pub(crate) fn in_info(
         mut self,
@@ -221,8 +241,14 @@ pub(crate) fn info_section(families: &[Family], section: Section) -> String {
             let mut lines: Vec<(String, Vec<String>)> = Vec::new();
             for (f, info) in shown {
                 for (label, value) in &f.samples {
-                    let Value::Number(v) = value else { continue };
-                    let field = format!("{}={}", info.field, info_value(*v, info.format));
+                    let shown = match value {
+                        Value::Number(v) => info_value(*v, info.format),
+                        // Quantiles as p50/p99/max.
+                        Value::Quantiles { q, max, .. } => [q[0].1, q[1].1, *max]
+                            .map(|v| info_value(v, info.format))
+                            .join("/"),
+                    };
+                    let field = format!("{}={shown}", info.field);
                     match lines.iter_mut().find(|(l, _)| l == label) {
                         Some((_, fields)) => fields.push(field),
                         None => lines.push((label.clone(), vec![field])),
@@ -391,6 +417,19 @@ impl Latency {
     /// Records one measurement.
     pub(crate) fn record(&self, took: Duration) {
         record(&self.histogram, took);
+    }
+
+    /// Forgets every measurement.
+    pub(crate) fn reset(&self) {
+        self.histogram
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reset();
+    }
+
+    /// Their quantiles, maximum and count (`None` while there are none).
+    pub(crate) fn quantiles(&self) -> Option<Value> {
+        quantiles(&self.histogram)
     }
 
     /// The family `name` of these measurements (none while there are none).

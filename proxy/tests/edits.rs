@@ -104,6 +104,23 @@ async fn small_changes_to_big_values_travel_as_edits_and_converge() {
         bytes / changes < 200,
         "{bytes} log bytes for {changes} changes"
     );
+    // Where the changes' lag built up, stage by stage: dc0 shipped them to dc1,
+    // which took and applied them; MERIDIAN RESETSTATS starts the count again.
+    let stages = |info: std::collections::BTreeMap<String, String>, peer: &str| {
+        info.get(&format!("peer_{peer}"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let at_home = stages(cluster.replication_info(0).await.unwrap(), "dc1");
+    let at_dc1 = stages(cluster.replication_info(1).await.unwrap(), "dc0");
+    assert!(at_home.contains("ship_lag_ms="), "{at_home}");
+    assert!(
+        at_dc1.contains("arrival_lag_ms=") && at_dc1.contains("applied_lag_ms="),
+        "{at_dc1}"
+    );
+    let _: () = cluster.cmd(1, &["MERIDIAN", "RESETSTATS"]).await.unwrap();
+    let at_dc1 = stages(cluster.replication_info(1).await.unwrap(), "dc0");
+    assert!(!at_dc1.contains("applied_lag_ms="), "{at_dc1}");
     for dc in 0..3 {
         assert_eq!(info_u64(&cluster, dc, "edits_unbuildable").await, 0);
         let card: i64 = cluster.cmd(dc, &["SCARD", &s]).await.unwrap();

@@ -291,8 +291,14 @@ impl Receiver {
         if !dependencies_met(&applied, &change.deps) {
             PeerStatus::add(&self.status.held_for_deps, 1);
         }
-        self.pending
-            .insert((change.origin.clone(), change.seq), change);
+        let key = (change.origin.clone(), change.seq);
+        if !self.pending.contains_key(&key) {
+            let now = repl.engine.clock_ms();
+            self.status
+                .arrival_lag
+                .record(super::shipper::since(now, change.hlc));
+        }
+        self.pending.insert(key, change);
         Ok(())
     }
 
@@ -338,6 +344,9 @@ impl Receiver {
                 return Ok(());
             }
             let count = batch.len() as u64;
+            let stamps: Vec<(String, u64, u64)> = (batch.iter())
+                .map(|c| (c.origin.clone(), c.seq, c.hlc))
+                .collect();
             self.status.receiver.set(State::Busy);
             let applied = self.repl.engine.apply(batch).await;
             self.status.receiver.set(State::Idle);
@@ -345,6 +354,14 @@ impl Receiver {
                 Ok(waiting) => waiting,
                 Err(unapplied) => return self.wait_out(unapplied).await,
             };
+            let now = self.repl.engine.clock_ms();
+            for (origin, seq, hlc) in stamps {
+                if !waiting.iter().any(|c| c.seq == seq && c.origin == origin) {
+                    self.status
+                        .applied_lag
+                        .record(super::shipper::since(now, hlc));
+                }
+            }
             PeerStatus::add(&self.status.received, count - waiting.len() as u64);
             let stuck = !waiting.is_empty();
             for change in waiting {

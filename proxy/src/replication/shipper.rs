@@ -58,6 +58,14 @@ struct Chunk {
     ends: Vec<usize>,
     /// The log had nothing more.
     at_tail: bool,
+    /// The timestamps of this datacenter's own changes in it.
+    own: Vec<u64>,
+}
+
+/// How long before `now_ms` (this datacenter's clock) a change stamped `hlc` was made.
+pub(super) fn since(now_ms: u64, hlc: u64) -> std::time::Duration {
+    let made = meridian_policies::Timestamp::from_u64(hlc).physical_ms();
+    std::time::Duration::from_millis(now_ms.saturating_sub(made))
 }
 
 /// Ships to `peer` until the connection fails.
@@ -191,6 +199,7 @@ impl Shipper {
             buf: Vec::new(),
             ends: Vec::new(),
             at_tail: false,
+            own: Vec::new(),
         };
         while chunk.buf.len() < WRITE_CHUNK {
             let record = reader
@@ -208,6 +217,9 @@ impl Shipper {
             if routes_to(&self.repl, &change, self.peer, live, sent) {
                 frame::push_change(&mut chunk.buf, &bytes);
                 chunk.ends.push(chunk.buf.len());
+                if change.origin == self.repl.dc() {
+                    chunk.own.push(change.hlc);
+                }
             }
         }
         Ok(chunk)
@@ -242,6 +254,12 @@ impl Shipper {
             })?;
         PeerStatus::add(&self.status.shipped, count);
         PeerStatus::add(&self.status.shipped_bytes, chunk.buf.len() as u64);
+        if chunk.at_tail {
+            let now = self.repl.engine.clock_ms();
+            for hlc in chunk.own {
+                self.status.ship_lag.record(since(now, hlc));
+            }
+        }
         Ok(())
     }
 

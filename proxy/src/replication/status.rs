@@ -47,6 +47,15 @@ pub struct PeerStatus {
     /// This datacenter needs a snapshot from the peer (it holds a change it cannot
     /// apply): the shipper to the peer asks for one when it next starts.
     pub(super) ask_snapshot: std::sync::atomic::AtomicBool,
+    /// How long after they were made this datacenter's changes were shipped to
+    /// the peer (those shipped as they were logged, not in a catch-up).
+    pub(crate) ship_lag: crate::metrics::Latency,
+    /// How long after they were made the peer's changes arrived here (by the
+    /// stream or an echo, whichever came first; the two clocks' difference
+    /// included).
+    pub(crate) arrival_lag: crate::metrics::Latency,
+    /// How long after they were made the peer's changes were applied here.
+    pub(crate) applied_lag: crate::metrics::Latency,
     /// Wakes the shipper to restart (a snapshot was requested).
     pub(super) restart_shipper: tokio::sync::Notify,
     /// Snapshots received from the peer and installed.
@@ -95,6 +104,9 @@ impl PeerStatus {
             snapshots_sent: AtomicU64::new(0),
             snapshot_requested: std::sync::atomic::AtomicBool::new(false),
             ask_snapshot: std::sync::atomic::AtomicBool::new(false),
+            ship_lag: crate::metrics::Latency::default(),
+            arrival_lag: crate::metrics::Latency::default(),
+            applied_lag: crate::metrics::Latency::default(),
             restart_shipper: tokio::sync::Notify::new(),
             snapshots_installed: AtomicU64::new(0),
             restarts: AtomicU64::new(0),

@@ -486,7 +486,7 @@ const PEER_FAMILIES: [PeerRow; 13] = [
 
 fn peers(ctx: &Context) -> Vec<Family> {
     let peers = ctx.peers();
-    PEER_FAMILIES
+    let mut families: Vec<Family> = PEER_FAMILIES
         .into_iter()
         .map(|(name, help, kind, info, value)| {
             let family = Family::labelled(
@@ -501,8 +501,49 @@ fn peers(ctx: &Context) -> Vec<Family> {
                 None => family,
             }
         })
-        .collect()
+        .collect();
+    families.extend(PEER_STAGES.into_iter().map(|(name, help, field, stage)| {
+        Family::summaries(
+            name,
+            help,
+            "peer",
+            peers.iter().map(|p| (p.dc.clone(), stage(p).quantiles())),
+        )
+        .in_info(Section::Peer, field, InfoFormat::Millis)
+    }));
+    families
 }
+
+/// A per-peer stage of replication: how long after a change was made it got there.
+type PeerStage = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&PeerStatus) -> &crate::metrics::Latency,
+);
+
+/// The stages a change passes, each a summary per peer and an INFO field
+/// (`p50/p99/max` in milliseconds): a tail shows at the first stage it appears in.
+const PEER_STAGES: [PeerStage; 3] = [
+    (
+        "meridian_peer_ship_lag_seconds",
+        "How long after they were made this datacenter's changes were shipped to the peer (as logged, not in catch-up).",
+        "ship_lag_ms",
+        |p| &p.ship_lag,
+    ),
+    (
+        "meridian_peer_arrival_lag_seconds",
+        "How long after they were made the peer's changes arrived here (the clocks' difference included).",
+        "arrival_lag_ms",
+        |p| &p.arrival_lag,
+    ),
+    (
+        "meridian_peer_applied_lag_seconds",
+        "How long after they were made the peer's changes were applied here (the clocks' difference included).",
+        "applied_lag_ms",
+        |p| &p.applied_lag,
+    ),
+];
 
 /// The Redis backend's read replicas: reads each served, skipped (behind the
 /// session), failed, and how far behind this datacenter each last said it was.

@@ -29,8 +29,9 @@ pub(super) async fn wait(ctx: &Context, args: &[Bytes], token: &VersionVector) -
     Reply::Integer(repl.wait_for(token, n, timeout).await as i64)
 }
 
-/// `MERIDIAN DIGEST | APPLIED | LAG | CONFLICTS [count]` (`MERIDIAN SESSION` is
-/// the connection's own).
+/// `MERIDIAN DIGEST | APPLIED | LAG | CONFLICTS [count] | RESETSTATS` (`MERIDIAN
+/// SESSION` is the connection's own). RESETSTATS forgets the per-peer stage
+/// lags (so a measurement can start after a warm-up).
 pub(super) async fn meridian(ctx: &Context, args: &[Bytes]) -> Reply {
     let sub = args[1].to_ascii_uppercase();
     match (sub.as_slice(), args.len()) {
@@ -64,12 +65,22 @@ pub(super) async fn meridian(ctx: &Context, args: &[Bytes]) -> Reply {
             };
             Reply::Array(ctx.engine.conflicts(count).iter().map(conflict).collect())
         }
-        (b"DIGEST" | b"APPLIED" | b"LAG" | b"CONFLICTS", _) => Reply::error(format!(
-            "ERR wrong number of arguments for 'meridian|{}' command",
-            String::from_utf8_lossy(&sub).to_lowercase()
-        )),
+        (b"RESETSTATS", 2) => {
+            for peer in ctx.peers() {
+                for stage in [&peer.ship_lag, &peer.arrival_lag, &peer.applied_lag] {
+                    stage.reset();
+                }
+            }
+            Reply::OK
+        }
+        (b"DIGEST" | b"APPLIED" | b"LAG" | b"CONFLICTS" | b"RESETSTATS", _) => {
+            Reply::error(format!(
+                "ERR wrong number of arguments for 'meridian|{}' command",
+                String::from_utf8_lossy(&sub).to_lowercase()
+            ))
+        }
         _ => Reply::error(format!(
-            "ERR unknown subcommand '{}'. Try MERIDIAN DIGEST, MERIDIAN APPLIED, MERIDIAN LAG, MERIDIAN CONFLICTS or MERIDIAN SESSION.",
+            "ERR unknown subcommand '{}'. Try MERIDIAN DIGEST, MERIDIAN APPLIED, MERIDIAN LAG, MERIDIAN CONFLICTS, MERIDIAN RESETSTATS or MERIDIAN SESSION.",
             String::from_utf8_lossy(&args[1])
         )),
     }
