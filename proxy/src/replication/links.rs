@@ -62,6 +62,19 @@ fn address(repl: &Replication, peer: DcIdx) -> Option<SocketAddr> {
         .next()
 }
 
+/// How long one dial attempt may take before a fresh one replaces it: the peer
+/// timeout (at least 2 s), at most the handshake timeout. A handshake whose
+/// first packets were lost (the link was cut when it began) retransmits them on
+/// QUIC's doubling probe timeout, 1, 2, then 4 s apart; a fresh attempt after a
+/// heal links in one round trip instead of waiting for the next probe.
+fn dial_timeout(repl: &Replication) -> Duration {
+    repl.topology()
+        .replication
+        .peer_timeout
+        .max(Duration::from_secs(2))
+        .min(link::HANDSHAKE_TIMEOUT)
+}
+
 async fn dial_loop(repl: Arc<Replication>, peer: DcIdx, mut stopped: watch::Receiver<bool>) {
     let mut backoff = BACKOFF.0;
     let mut failures = 0u32;
@@ -80,7 +93,7 @@ async fn dial_loop(repl: Arc<Replication>, peer: DcIdx, mut stopped: watch::Rece
                 addr,
                 repl.id(peer),
                 &me,
-                link::HANDSHAKE_TIMEOUT,
+                dial_timeout(&repl),
             )
             .await
         };
