@@ -7,7 +7,7 @@
 mod support;
 
 use meridian_testbed::{Cluster, ClusterSpec, Shape};
-use support::wan::{converged, info_u64, linked, lossy, start, until};
+use support::wan::{converged, info_u64, linked, lossy, snapshots_installed, start, until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meridian");
 
@@ -18,19 +18,6 @@ async fn stat(cluster: &Cluster, dc: usize, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(&format!("{field}:")))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("INFO stats has no {field}"))
-}
-
-/// Snapshots datacenter `dc` installed, over all its peers.
-async fn snapshots_installed(cluster: &Cluster, dc: usize) -> u64 {
-    let info = cluster.replication_info(dc).await.unwrap();
-    info.iter()
-        .filter(|(k, _)| k.starts_with("peer_"))
-        .filter_map(|(_, v)| {
-            v.split(',')
-                .find_map(|kv| kv.strip_prefix("snapshots_installed="))
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-        .sum()
 }
 
 /// Big values of a user homed at dc0 get small changes from a client at dc1

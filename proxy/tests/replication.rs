@@ -15,7 +15,7 @@ use std::time::Duration;
 use meridian_policies::VersionVector;
 use meridian_testbed::{Cluster, ClusterSpec, LinkShape, Shape};
 use redis::aio::MultiplexedConnection;
-use support::wan::{CONVERGE, converged, info_u64, lossy, start, until};
+use support::wan::{CONVERGE, converged, info_u64, lossy, snapshots_installed, start, until};
 use tokio::task::JoinSet;
 use tokio::time::sleep;
 
@@ -628,19 +628,6 @@ async fn a_receiver_with_a_slowed_backend_falls_behind_and_catches_up() {
 async fn info_field(cluster: &Cluster, dc: usize, field: &str) -> u64 {
     let info = cluster.replication_info(dc).await.expect("INFO");
     info.get(field).and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
-/// Snapshots dc `dc` installed, over all its peers.
-async fn snapshots_installed(cluster: &Cluster, dc: usize) -> u64 {
-    let info = cluster.replication_info(dc).await.expect("INFO");
-    info.iter()
-        .filter(|(k, _)| k.starts_with("peer_"))
-        .filter_map(|(_, v)| {
-            v.split(',')
-                .find_map(|kv| kv.strip_prefix("snapshots_installed="))
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -129,9 +129,9 @@ pub(super) fn rpop(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {
     pop(ks, args, End::Right, "rpop")
 }
 
-/// The inclusive range `[start, stop]` of a list of `len`, Redis's way; `None`
-/// when it is empty.
-fn range(start: i64, stop: i64, len: usize) -> Option<(usize, usize)> {
+/// The inclusive range `[start, stop]` of a list (or sorted set) of `len`,
+/// Redis's way; `None` when it is empty.
+pub(super) fn range(start: i64, stop: i64, len: usize) -> Option<(usize, usize)> {
     let len = len as i64;
     let start = if start < 0 {
         (len + start).max(0)

@@ -82,3 +82,16 @@ pub async fn linked(cluster: &Cluster) {
         .await;
     }
 }
+
+/// Snapshots datacenter `dc` installed, over all its peers.
+pub async fn snapshots_installed(cluster: &Cluster, dc: usize) -> u64 {
+    let info = cluster.replication_info(dc).await.expect("INFO");
+    info.iter()
+        .filter(|(k, _)| k.starts_with("peer_"))
+        .filter_map(|(_, v)| {
+            v.split(',')
+                .find_map(|kv| kv.strip_prefix("snapshots_installed="))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
+}

@@ -108,23 +108,6 @@ impl LexBound {
     }
 }
 
-/// Positions `start..=stop` (negative from the end) clamped to a length, as
-/// Redis clamps them; `None` when empty.
-fn clamp(start: i64, stop: i64, len: usize) -> Option<(usize, usize)> {
-    let len = len as i64;
-    let start = if start < 0 {
-        (start + len).max(0)
-    } else {
-        start
-    };
-    let stop = if stop < 0 {
-        stop + len
-    } else {
-        stop.min(len - 1)
-    };
-    (start <= stop && start < len).then_some((start as usize, stop as usize))
-}
-
 /// The members `range` takes, in order (reversed when `reverse`), after skipping
 /// `offset` and keeping at most `limit` (all when negative).
 fn select<'a>(
@@ -141,7 +124,7 @@ fn select<'a>(
     };
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     match range {
-        Range::Rank(start, stop) => match clamp(*start, *stop, set.len()) {
+        Range::Rank(start, stop) => match crate::command::lists::range(*start, *stop, set.len()) {
             Some((a, b)) => ordered.skip(a).take(b - a + 1).collect(),
             None => Vec::new(),
         },
