@@ -14,7 +14,7 @@ mod zsets;
 
 use bytes::Bytes;
 
-use crate::change::Value;
+use crate::change::{Data, SortedSet, Value};
 use crate::resp::Reply;
 
 pub use scans::{parse_cursor, scan_options, scan_reply};
@@ -151,6 +151,69 @@ pub(crate) fn parse_i64(arg: &[u8]) -> Option<i64> {
 
 pub(crate) fn int_arg(arg: &[u8]) -> Result<i64, Reply> {
     parse_i64(arg).ok_or_else(not_an_integer)
+}
+
+/// A collection a key can hold (hash, set, list, sorted set): how it comes out
+/// of a value and goes back in.
+pub(crate) trait Collection: Sized {
+    /// The collection `data` holds, or `data` back when it is another type.
+    fn take(data: Data) -> Result<Self, Data>;
+    /// The collection as data.
+    fn wrap(self) -> Data;
+    /// Whether it has no elements (a key is never left holding an empty one).
+    fn is_empty(&self) -> bool;
+}
+
+macro_rules! collection {
+    ($type:ty, $variant:ident) => {
+        impl Collection for $type {
+            fn take(data: Data) -> Result<Self, Data> {
+                match data {
+                    Data::$variant(c) => Ok(c),
+                    other => Err(other),
+                }
+            }
+            fn wrap(self) -> Data {
+                Data::$variant(self)
+            }
+            fn is_empty(&self) -> bool {
+                <$type>::is_empty(self)
+            }
+        }
+    };
+}
+
+collection!(indexmap::IndexMap<Vec<u8>, Vec<u8>>, Hash);
+collection!(std::collections::BTreeSet<Vec<u8>>, Set);
+collection!(std::collections::VecDeque<Vec<u8>>, List);
+collection!(SortedSet, Zset);
+
+/// The collection at `key` and its expiry; WRONGTYPE if it holds another type.
+pub(crate) fn collection_at<C: Collection>(
+    ks: &mut dyn Keyspace,
+    key: &[u8],
+) -> Result<Option<(C, Option<u64>)>, Reply> {
+    match ks.get(key)? {
+        None => Ok(None),
+        Some(value) => match C::take(value.data) {
+            Ok(c) => Ok(Some((c, value.expire_at_ms))),
+            Err(_) => Err(wrong_type()),
+        },
+    }
+}
+
+/// Stores `c` at `key` with `expire_at_ms`, deleting the key when `c` is empty.
+pub(crate) fn store_collection<C: Collection>(
+    ks: &mut dyn Keyspace,
+    key: &[u8],
+    c: C,
+    expire_at_ms: Option<u64>,
+) {
+    let value = (!c.is_empty()).then(|| Value {
+        data: c.wrap(),
+        expire_at_ms,
+    });
+    ks.put(key, value);
 }
 
 /// A pick among `n` that changes with the time and the key: no two proxies need

@@ -3,31 +3,19 @@
 use bytes::Bytes;
 
 use super::float::{self, FloatError};
-use super::{Keyspace, Outcome, int_arg, parse_i64, wrong_type};
-use crate::change::{Data, Value};
+use super::{Keyspace, Outcome, int_arg, parse_i64};
 use crate::resp::Reply;
 
 type Fields = indexmap::IndexMap<Vec<u8>, Vec<u8>>;
 
 /// The hash at `key` and its expiry; WRONGTYPE if it holds something else.
 fn hash_at(ks: &mut dyn Keyspace, key: &[u8]) -> Result<Option<(Fields, Option<u64>)>, Reply> {
-    match ks.get(key)? {
-        None => Ok(None),
-        Some(Value {
-            data: Data::Hash(h),
-            expire_at_ms,
-        }) => Ok(Some((h, expire_at_ms))),
-        Some(_) => Err(wrong_type()),
-    }
+    super::collection_at(ks, key)
 }
 
-/// Stores `fields` at `key`, deleting the key when no field is left.
+/// Stores `fields` at `key`, deleting the key when it is empty.
 fn store(ks: &mut dyn Keyspace, key: &[u8], fields: Fields, expire_at_ms: Option<u64>) {
-    let value = (!fields.is_empty()).then_some(Value {
-        data: Data::Hash(fields),
-        expire_at_ms,
-    });
-    ks.put(key, value);
+    super::store_collection(ks, key, fields, expire_at_ms);
 }
 
 pub(super) fn hset(ks: &mut dyn Keyspace, args: &[Bytes]) -> Outcome {

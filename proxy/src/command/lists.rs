@@ -4,31 +4,19 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use super::{Keyspace, Outcome, arity_error, int_arg, syntax_error, wrong_type};
-use crate::change::{Data, Value};
+use super::{Keyspace, Outcome, arity_error, int_arg, syntax_error};
 use crate::resp::Reply;
 
 type Items = VecDeque<Vec<u8>>;
 
 /// The list at `key` and its expiry; WRONGTYPE if it holds something else.
 fn list_at(ks: &mut dyn Keyspace, key: &[u8]) -> Result<Option<(Items, Option<u64>)>, Reply> {
-    match ks.get(key)? {
-        None => Ok(None),
-        Some(Value {
-            data: Data::List(items),
-            expire_at_ms,
-        }) => Ok(Some((items, expire_at_ms))),
-        Some(_) => Err(wrong_type()),
-    }
+    super::collection_at(ks, key)
 }
 
-/// Stores `items` at `key`, deleting the key when none is left.
+/// Stores `items` at `key`, deleting the key when it is empty.
 fn store(ks: &mut dyn Keyspace, key: &[u8], items: Items, expire_at_ms: Option<u64>) {
-    let value = (!items.is_empty()).then_some(Value {
-        data: Data::List(items),
-        expire_at_ms,
-    });
-    ks.put(key, value);
+    super::store_collection(ks, key, items, expire_at_ms);
 }
 
 fn array(items: impl IntoIterator<Item = Vec<u8>>) -> Reply {

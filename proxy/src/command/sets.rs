@@ -4,22 +4,14 @@ use std::collections::BTreeSet;
 
 use bytes::Bytes;
 
-use super::{Keyspace, Outcome, int_arg, pick, wrong_type};
-use crate::change::{Data, Value};
+use super::{Keyspace, Outcome, int_arg, pick};
 use crate::resp::Reply;
 
 type Members = BTreeSet<Vec<u8>>;
 
 /// The set at `key` and its expiry; WRONGTYPE if it holds something else.
 fn set_at(ks: &mut dyn Keyspace, key: &[u8]) -> Result<Option<(Members, Option<u64>)>, Reply> {
-    match ks.get(key)? {
-        None => Ok(None),
-        Some(Value {
-            data: Data::Set(members),
-            expire_at_ms,
-        }) => Ok(Some((members, expire_at_ms))),
-        Some(_) => Err(wrong_type()),
-    }
+    super::collection_at(ks, key)
 }
 
 /// The members at `key` (none when it is missing).
@@ -27,13 +19,9 @@ fn members_at(ks: &mut dyn Keyspace, key: &[u8]) -> Result<Members, Reply> {
     Ok(set_at(ks, key)?.map(|(m, _)| m).unwrap_or_default())
 }
 
-/// Stores `members` at `key`, deleting the key when none is left.
+/// Stores `members` at `key`, deleting the key when it is empty.
 fn store(ks: &mut dyn Keyspace, key: &[u8], members: Members, expire_at_ms: Option<u64>) {
-    let value = (!members.is_empty()).then_some(Value {
-        data: Data::Set(members),
-        expire_at_ms,
-    });
-    ks.put(key, value);
+    super::store_collection(ks, key, members, expire_at_ms);
 }
 
 fn array(members: impl IntoIterator<Item = Vec<u8>>) -> Reply {

@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 
-use super::{Keyspace, Outcome, syntax_error, wrong_type};
-use crate::change::{Data, SortedSet, Value};
+use super::{Keyspace, Outcome, syntax_error};
+use crate::change::SortedSet;
 use crate::resp::Reply;
 
 mod range;
@@ -15,23 +15,12 @@ pub(super) use range::{
 
 /// The sorted set at `key` and its expiry; WRONGTYPE if it holds something else.
 fn zset_at(ks: &mut dyn Keyspace, key: &[u8]) -> Result<Option<(SortedSet, Option<u64>)>, Reply> {
-    match ks.get(key)? {
-        None => Ok(None),
-        Some(Value {
-            data: Data::Zset(set),
-            expire_at_ms,
-        }) => Ok(Some((set, expire_at_ms))),
-        Some(_) => Err(wrong_type()),
-    }
+    super::collection_at(ks, key)
 }
 
-/// Stores `set` at `key`, deleting the key when no member is left.
+/// Stores `set` at `key`, deleting the key when it is empty.
 fn store(ks: &mut dyn Keyspace, key: &[u8], set: SortedSet, expire_at_ms: Option<u64>) {
-    let value = (!set.is_empty()).then_some(Value {
-        data: Data::Zset(set),
-        expire_at_ms,
-    });
-    ks.put(key, value);
+    super::store_collection(ks, key, set, expire_at_ms);
 }
 
 /// A score argument, read as Redis's `string2d` reads it: the whole text, no

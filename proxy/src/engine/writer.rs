@@ -559,6 +559,10 @@ impl Writer {
             let ops = std::mem::take(&mut ks.puts).ops;
             if outcome.is_ok() && !ops.is_empty() {
                 for (i, op) in ops.iter().enumerate() {
+                    // Small new states are written whole: no need to look for the old.
+                    if !op.value.as_ref().is_some_and(edits::may_pay) {
+                        continue;
+                    }
                     let before = overlay
                         .get(&op.key)
                         .or_else(|| view.get(&op.key).map(|entry| &entry.value))

@@ -95,6 +95,9 @@ impl Writer {
         changes: &[Change],
     ) -> Result<HashMap<Vec<u8>, Option<Value>>, crate::engine::BackendError> {
         let mut states = HashMap::new();
+        if !changes.iter().flat_map(|c| &c.ops).any(|op| op.unbuilt()) {
+            return Ok(states);
+        }
         let mut missing = Vec::new();
         {
             let view = self.shared.memtable.view();

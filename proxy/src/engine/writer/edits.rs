@@ -15,6 +15,12 @@ use super::Writer;
 use crate::change::{Change, Patch, Value};
 use crate::engine::memtable::View;
 
+/// Whether a new state is big enough that an edit of the old one might pay
+/// (cheap: counts elements first, sizes only small values).
+pub(super) fn may_pay(new: &Value) -> bool {
+    new.elements() >= 8 || new.size() >= 512
+}
+
 /// Whether `new` might be written as an edit of `old`: both of one type, `old`
 /// live and big enough for an edit to pay.
 pub(super) fn worth_trying(old: &Value, new: &Value, now_ms: u64) -> bool {
