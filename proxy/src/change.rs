@@ -190,9 +190,11 @@ impl Value {
         }
     }
 
-    /// Whether the value has expired at `now_ms`.
+    /// Whether the value has expired at `now_ms`: once the clock is past its
+    /// deadline, as Redis reckons it, so that a Redis backend behind the proxy
+    /// never still lists a key the proxy calls expired.
     pub fn expired(&self, now_ms: u64) -> bool {
-        self.expire_at_ms.is_some_and(|at| at <= now_ms)
+        self.expire_at_ms.is_some_and(|at| at < now_ms)
     }
 }
 

@@ -125,8 +125,14 @@ fn set_honours_its_options() {
     ks.now += 10_000;
     assert_eq!(
         run(&mut ks, "GET k"),
+        bulk("y"),
+        "live at exactly its deadline, as in Redis"
+    );
+    ks.now += 1;
+    assert_eq!(
+        run(&mut ks, "GET k"),
         Reply::Null,
-        "expired at exactly its time"
+        "expired once past its deadline"
     );
 }
 
