@@ -80,7 +80,11 @@ async fn measure(args: &FailoverArgs, binary: &std::path::Path) -> Result<(), St
         loss,
         ..LinkShape::delay(delay)
     });
-    let cluster = Arc::new(Cluster::start(spec).await.map_err(|e| e.to_string())?);
+    let cluster = Arc::new(
+        Cluster::start_linked(spec)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
     let homes = meridian_proxy::user_homes(&cluster.parsed_topology().map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
     let user = (0..)

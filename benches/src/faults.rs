@@ -54,7 +54,9 @@ async fn faults(args: &FaultArgs, binary: std::path::PathBuf) -> Result<(), Stri
         cut: false,
     });
     spec.dcs[2].redis = Some(format!("redis://127.0.0.1:{redis_port}/0"));
-    let mut cluster = Cluster::start(spec).await.map_err(|e| e.to_string())?;
+    let mut cluster = Cluster::start_linked(spec)
+        .await
+        .map_err(|e| e.to_string())?;
     println!(
         "fault run: 3 datacenters (dc2 on Redis with AOF), {} s of writes, {} SIGKILLs",
         args.seconds, args.kills

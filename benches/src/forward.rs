@@ -98,7 +98,9 @@ async fn latency_run(
     if local {
         spec.homes.writes = Some("local".into());
     }
-    let cluster = Cluster::start(spec).await.map_err(|e| e.to_string())?;
+    let cluster = Cluster::start_linked(spec)
+        .await
+        .map_err(|e| e.to_string())?;
     let users = Arc::new(users_by_home(&cluster, 20)?);
     let n = cluster.len();
     // Warm every link first (connections made, congestion windows open); while
@@ -248,7 +250,9 @@ async fn latency(args: &ForwardArgs, binary: &std::path::Path) -> Result<(), Str
 async fn throughput(args: &ForwardArgs, binary: &std::path::Path) -> Result<(), String> {
     let spec =
         crate::replication::one_link(binary, ["sender", "home"], args.rtt_ms, args.link_loss);
-    let cluster = Cluster::start(spec).await.map_err(|e| e.to_string())?;
+    let cluster = Cluster::start_linked(spec)
+        .await
+        .map_err(|e| e.to_string())?;
     let users = Arc::new(users_by_home(&cluster, 1_000)?);
     println!(
         "\nthroughput: one link, {} ms round trip, {}% loss each way; {} clients at one datacenter pipeline {} SETs (100-byte values) of users homed at the other, for {} s",

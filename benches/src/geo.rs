@@ -327,7 +327,11 @@ async fn measure(
                 .insert(user.clone(), regions[0].id().to_owned());
         }
     }
-    let cluster = Arc::new(Cluster::start(spec).await.map_err(|e| e.to_string())?);
+    let cluster = Arc::new(
+        Cluster::start_linked(spec)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
     let topology = cluster.parsed_topology().map_err(|e| e.to_string())?;
     let homes = Arc::new(meridian_proxy::user_homes(&topology).map_err(|e| e.to_string())?);
     let addrs: Arc<Vec<_>> = Arc::new((0..n).map(|i| cluster.client_addr(i)).collect());

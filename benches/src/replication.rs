@@ -59,7 +59,9 @@ async fn measure(args: &ReplicationArgs, binary: std::path::PathBuf) -> Result<(
     let mut spec = one_link(binary, ["origin", "receiver"], args.rtt_ms, args.loss);
     // This measures the replication stream: every write runs at the origin.
     spec.homes.writes = Some("local".into());
-    let mut cluster = Cluster::start(spec).await.map_err(|e| e.to_string())?;
+    let mut cluster = Cluster::start_linked(spec)
+        .await
+        .map_err(|e| e.to_string())?;
     println!(
         "one emulated link: {} ms round trip, {}% loss each way, 1% jitter; values of {} bytes; both ends on the embedded store; every write runs at the origin (writes = \"local\")",
         args.rtt_ms,

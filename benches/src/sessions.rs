@@ -259,7 +259,9 @@ async fn measure(
         spec.peer_timeout_ms = Some(1_000);
     }
     let cluster = Arc::new(Mutex::new(
-        Cluster::start(spec).await.map_err(|e| e.to_string())?,
+        Cluster::start_linked(spec)
+            .await
+            .map_err(|e| e.to_string())?,
     ));
     let (n, homes, addrs) = {
         let c = cluster.lock().await;

@@ -101,7 +101,7 @@ pub(crate) async fn start_regions(
     let mut spec = ClusterSpec::preset(binary, preset, shape, loss);
     spec.name = "demo".into();
     tweak(&mut spec);
-    Cluster::start(spec).await.map_err(|e| e.to_string())
+    Cluster::start_linked(spec).await.map_err(|e| e.to_string())
 }
 
 async fn run(args: &DemoArgs) -> Result<bool, String> {

@@ -459,6 +459,14 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Starts the cluster and waits until every link of its topology is up, for a
+    /// workload that should measure the links, not their start-up.
+    pub async fn start_linked(spec: ClusterSpec) -> Result<Cluster, HarnessError> {
+        let cluster = Cluster::start(spec).await?;
+        cluster.wait_linked(Duration::from_secs(60)).await?;
+        Ok(cluster)
+    }
+
     fn spawn(&mut self, i: usize) -> Result<(), HarnessError> {
         let dc = &mut self.dcs[i];
         let log = std::fs::OpenOptions::new()
@@ -633,6 +641,36 @@ impl Cluster {
             .collect())
     }
 
+    /// Waits until every running datacenter has every link of its topology up.
+    /// A workload started before that measures the links' start-up: the first
+    /// changes wait at their origin for the link and arrive hundreds of
+    /// milliseconds late.
+    pub async fn wait_linked(&self, timeout: Duration) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + timeout;
+        for i in (0..self.len()).filter(|&i| self.is_running(i)) {
+            loop {
+                let info = self.replication_info(i).await?;
+                let down: Vec<&str> = info
+                    .iter()
+                    .filter(|(k, v)| k.starts_with("peer_") && !v.contains("state=up"))
+                    .map(|(k, _)| &k["peer_".len()..])
+                    .collect();
+                let peers = info.keys().filter(|k| k.starts_with("peer_")).count();
+                if peers > 0 && down.is_empty() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(HarnessError::Timeout(format!(
+                        "{}: links not up after {timeout:?}: {down:?}",
+                        self.id(i)
+                    )));
+                }
+                sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until every running datacenter has applied every change any running
     /// datacenter has applied, then checks that their digests agree. Returns the
     /// common applied vector.
@@ -752,10 +790,11 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
-        // `MERIDIAN_KEEP_LOGS=<dir>`: the logs of a failed run, to read afterwards.
-        if std::thread::panicking()
-            && let Some(keep) = std::env::var_os("MERIDIAN_KEEP_LOGS")
-        {
+        // `MERIDIAN_KEEP_LOGS=<dir>`: the logs of a failed run, to read afterwards
+        // (of every run with `MERIDIAN_KEEP_ALL_LOGS=1` too, as for the demo).
+        let wanted =
+            std::thread::panicking() || std::env::var_os("MERIDIAN_KEEP_ALL_LOGS").is_some();
+        if wanted && let Some(keep) = std::env::var_os("MERIDIAN_KEEP_LOGS") {
             let to = PathBuf::from(keep).join(self.dir.path().file_name().unwrap_or_default());
             if std::fs::create_dir_all(&to).is_ok() {
                 for dc in &self.dcs {

@@ -67,20 +67,7 @@ where
 /// Waits until every link the topology allows is up (each datacenter's INFO
 /// shows every peer up).
 pub async fn linked(cluster: &Cluster) {
-    for dc in 0..cluster.len() {
-        until("every link to be up", || async {
-            let Ok(info) = cluster.replication_info(dc).await else {
-                return false;
-            };
-            let peers: Vec<&String> = info
-                .iter()
-                .filter(|(k, _)| k.starts_with("peer_"))
-                .map(|(_, v)| v)
-                .collect();
-            !peers.is_empty() && peers.iter().all(|v| v.contains("state=up"))
-        })
-        .await;
-    }
+    cluster.wait_linked(CONVERGE).await.expect("every link up");
 }
 
 /// Snapshots datacenter `dc` installed, over all its peers.
