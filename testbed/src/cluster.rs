@@ -584,6 +584,23 @@ impl Cluster {
         self.dcs[i].child.is_some()
     }
 
+    /// The CPU time datacenter `i`'s proxy has used so far (user and system, from
+    /// `/proc/<pid>/stat`), or `None` where that cannot be read (not running, not
+    /// Linux).
+    pub fn cpu_time(&self, i: usize) -> Option<Duration> {
+        let pid = self.dcs[i].child.as_ref()?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the command name (in parentheses, which may hold
+        // spaces): utime and stime are the 12th and 13th of them.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // Linux reports them in USER_HZ, which is 100 on every architecture it
+        // exposes to user space.
+        Some(Duration::from_millis(ticks * 10))
+    }
+
     /// A new Redis connection to datacenter `i`.
     pub async fn connect(&self, i: usize) -> Result<MultiplexedConnection, HarnessError> {
         let dc = &self.dcs[i];

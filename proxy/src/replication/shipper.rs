@@ -22,13 +22,19 @@ const GOSSIP_EVERY: Duration = Duration::from_millis(20);
 /// A round of changes at most this large, shipped while following the log's tail,
 /// also goes out twice as unreliable QUIC datagrams (see [`echo`]).
 const ECHO_MAX: usize = 32 << 10;
-/// Delay of the second datagram copy, so it travels in another packet.
+/// Delay of each datagram copy after the one before (the first: after the stream
+/// write), so each travels in a packet of its own.
 const ECHO_GAP: Duration = Duration::from_millis(2);
-/// Bytes per second of changes echoed (each sent twice), and the largest burst:
+/// Bytes per second of changes echoed (copies counted), and the largest burst:
 /// echoes are for latency under moderate load; at high rates the stream's batches
 /// carry the load and echoes would only compete with it.
 const ECHO_RATE: f64 = 1.0e6;
 const ECHO_BURST: f64 = 128.0 * 1024.0;
+/// Echoes go out twice while the path loses packets (for this long after QUIC
+/// last declared one lost), once otherwise: on a clean path the second copy
+/// would only add packets and CPU at both ends, while one copy still masks the
+/// first loss on a path that has not lost any yet.
+const ECHO_AFTER_LOSS: Duration = Duration::from_secs(30);
 
 /// One peer's shipping side.
 struct Shipper {
@@ -42,6 +48,8 @@ struct Shipper {
     gossip_due: bool,
     /// Bytes of echoes that may go now, and when that was last topped up.
     echo_budget: (f64, Instant),
+    /// The path's lost packets as last seen, and when that count last grew.
+    losses: (u64, Option<Instant>),
 }
 
 /// What stopped a round of shipping from one log position.
@@ -92,6 +100,7 @@ pub(super) async fn run(
         last_gossip: Instant::now() - GOSSIP_EVERY,
         gossip_due: true,
         echo_budget: (ECHO_BURST, Instant::now()),
+        losses: (0, None),
     };
     if shipper.repl.engine.restoring() {
         // This datacenter lost its data: no log gives a datacenter its own changes
@@ -154,7 +163,8 @@ impl Shipper {
         let mut log_rx = self.repl.engine.watch_log();
         let mut applied_rx = self.repl.engine.watch_applied();
         loop {
-            let chunk = match self.read_chunk(&mut reader, live, &mut sent) {
+            let end = *log_rx.borrow_and_update();
+            let chunk = match self.read_chunk(&mut reader, end, live, &mut sent) {
                 // Retention removed what the peer needs next (it fell behind while
                 // linked): start again, from a snapshot.
                 Err(StreamError::LogRead {
@@ -188,10 +198,13 @@ impl Shipper {
         }
     }
 
-    /// Reads up to a write's worth of the changes routed to the peer.
+    /// Reads up to a write's worth of the changes routed to the peer, of the
+    /// records before `end` (the log's end as last announced: those are all
+    /// written, so the reader never has to look past them for more).
     fn read_chunk(
         &self,
         reader: &mut crate::log::LogReader,
+        end: u64,
         live: DcSet,
         sent: &mut VersionVector,
     ) -> Result<Chunk, StreamError> {
@@ -202,6 +215,10 @@ impl Shipper {
             own: Vec::new(),
         };
         while chunk.buf.len() < WRITE_CHUNK {
+            if reader.next_lsn() >= end {
+                chunk.at_tail = true;
+                break;
+            }
             let record = reader
                 .next_record()
                 .map_err(|source| StreamError::LogRead {
@@ -229,12 +246,11 @@ impl Shipper {
     /// an acknowledgement when one is due.
     async fn ship(&mut self, mut chunk: Chunk) -> Result<(), StreamError> {
         let count = chunk.ends.len() as u64;
-        if chunk.at_tail
-            && count > 0
-            && chunk.buf.len() <= ECHO_MAX
-            && self.echo_allowed(chunk.buf.len())
-        {
-            echo(&self.connection, &chunk.buf, &chunk.ends);
+        if chunk.at_tail && count > 0 && chunk.buf.len() <= ECHO_MAX {
+            let copies = self.echo_copies();
+            if self.echo_allowed(chunk.buf.len() * copies) {
+                echo(&self.connection, &chunk.buf, &chunk.ends, copies);
+            }
         }
         if self.gossip_due || self.last_gossip.elapsed() >= GOSSIP_EVERY {
             Frame::Applied(self.repl.known_table()).encode(&mut chunk.buf);
@@ -261,6 +277,18 @@ impl Shipper {
             }
         }
         Ok(())
+    }
+
+    /// Copies of each echo to send: two while the path loses packets, else one.
+    fn echo_copies(&mut self) -> usize {
+        let lost = self.connection.stats().path.lost_packets;
+        if lost > self.losses.0 {
+            self.losses = (lost, Some(Instant::now()));
+        }
+        match self.losses.1 {
+            Some(at) if at.elapsed() <= ECHO_AFTER_LOSS => 2,
+            _ => 1,
+        }
     }
 
     /// Whether `bytes` of echoes fit the rate limit now (and takes them from it).
@@ -354,7 +382,9 @@ async fn send_snapshot(
 }
 
 /// Sends the change frames of `frames` (ending at `ends`) as QUIC datagrams, as many
-/// to a datagram as fit, twice, `ECHO_GAP` apart.
+/// to a datagram as fit, `copies` times, each `ECHO_GAP` after the one before and
+/// the first `ECHO_GAP` after the stream's write: a copy sent at once would share
+/// the stream data's packet (QUIC packs both) and be lost with it.
 ///
 /// The stream alone delivers every change, in order, but one lost packet holds back
 /// everything behind it for a retransmission (more than a round trip): at 1% loss
@@ -363,7 +393,7 @@ async fn send_snapshot(
 /// one-way delay; the receiver applies each change once whichever copy arrives first.
 /// Only rounds shipped while following the log's tail are echoed, so bulk catch-up
 /// costs nothing extra; a datagram the path cannot carry is simply not sent.
-fn echo(connection: &quinn::Connection, frames: &[u8], ends: &[usize]) {
+fn echo(connection: &quinn::Connection, frames: &[u8], ends: &[usize], copies: usize) {
     let Some(max) = connection.max_datagram_size() else {
         return;
     };
@@ -387,14 +417,13 @@ fn echo(connection: &quinn::Connection, frames: &[u8], ends: &[usize]) {
     if at > start {
         datagrams.push(bytes::Bytes::copy_from_slice(&frames[start..at]));
     }
-    for d in &datagrams {
-        let _ = connection.send_datagram(d.clone());
-    }
     let connection = connection.clone();
     let later = async move {
-        tokio::time::sleep(ECHO_GAP).await;
-        for d in datagrams {
-            let _ = connection.send_datagram(d);
+        for _ in 0..copies {
+            tokio::time::sleep(ECHO_GAP).await;
+            for d in &datagrams {
+                let _ = connection.send_datagram(d.clone());
+            }
         }
     };
     tokio::spawn(later.in_current_span());

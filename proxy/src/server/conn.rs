@@ -731,18 +731,13 @@ impl Conn {
     fn session(&mut self, args: &[Bytes]) -> Reply {
         match args.len() {
             2 => Reply::bulk(SessionToken(self.token.clone()).to_string()),
-            3 => {
-                let parsed = std::str::from_utf8(&args[2])
-                    .map_err(|_| "it is not text".to_owned())
-                    .and_then(|text| text.parse::<SessionToken>().map_err(|e| e.to_string()));
-                match parsed {
-                    Ok(token) => {
-                        self.token.merge(token.vector());
-                        Reply::OK
-                    }
-                    Err(why) => Reply::error(format!("ERR invalid session token: {why}")),
+            3 => match super::replicate::parse_token(&args[2]) {
+                Ok(token) => {
+                    self.token.merge(token.vector());
+                    Reply::OK
                 }
-            }
+                Err(error) => error,
+            },
             _ => command::arity_error("meridian|session"),
         }
     }

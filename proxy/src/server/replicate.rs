@@ -9,6 +9,7 @@ use meridian_policies::VersionVector;
 use super::Context;
 use crate::command;
 use crate::resp::Reply;
+use meridian_policies::SessionToken;
 
 /// `WAIT numreplicas timeout`: waits until `numreplicas` other datacenters have
 /// applied the client's own writes (its session token, wherever its writes ran),
@@ -29,9 +30,44 @@ pub(super) async fn wait(ctx: &Context, args: &[Bytes], token: &VersionVector) -
     Reply::Integer(repl.wait_for(token, n, timeout).await as i64)
 }
 
-/// `MERIDIAN DIGEST | APPLIED | LAG | CONFLICTS [count] | RESETSTATS` (`MERIDIAN
-/// SESSION` is the connection's own). RESETSTATS forgets the per-peer stage
-/// lags (so a measurement can start after a warm-up).
+/// A session token given as an argument, or the error that says why it is not one.
+pub(super) fn parse_token(arg: &[u8]) -> Result<SessionToken, Reply> {
+    std::str::from_utf8(arg)
+        .map_err(|_| "it is not text".to_owned())
+        .and_then(|text| text.parse::<SessionToken>().map_err(|e| e.to_string()))
+        .map_err(|why| Reply::error(format!("ERR invalid session token: {why}")))
+}
+
+/// `MERIDIAN WAITFOR token timeout`: waits until this datacenter has applied
+/// everything `token` (a session token from any connection, any datacenter)
+/// names, or `timeout` milliseconds pass (0: no limit). Replies 1 once it has,
+/// 0 on timeout. The connection's own session is left as it was: this is a
+/// barrier ("has this region seen that write yet?"), woken by apply, not a poll.
+async fn wait_for_token(ctx: &Context, args: &[Bytes]) -> Reply {
+    let token = match parse_token(&args[2]) {
+        Ok(token) => token,
+        Err(error) => return error,
+    };
+    let timeout = match command::parse_i64(&args[3]) {
+        Some(t) if t >= 0 => t as u64,
+        Some(_) => return Reply::error("ERR timeout is negative"),
+        None => return command::not_an_integer(),
+    };
+    let mut applied = ctx.engine.watch_applied();
+    let caught = applied.wait_for(|a| a.dominates(token.vector()));
+    let done = match timeout {
+        0 => caught.await.is_ok(),
+        ms => matches!(
+            tokio::time::timeout(Duration::from_millis(ms), caught).await,
+            Ok(Ok(_))
+        ),
+    };
+    Reply::Integer(done as i64)
+}
+
+/// `MERIDIAN DIGEST | APPLIED | LAG | CONFLICTS [count] | RESETSTATS | WAITFOR
+/// token timeout` (`MERIDIAN SESSION` is the connection's own). RESETSTATS
+/// forgets the per-peer stage lags (so a measurement can start after a warm-up).
 pub(super) async fn meridian(ctx: &Context, args: &[Bytes]) -> Reply {
     let sub = args[1].to_ascii_uppercase();
     match (sub.as_slice(), args.len()) {
@@ -73,14 +109,15 @@ pub(super) async fn meridian(ctx: &Context, args: &[Bytes]) -> Reply {
             }
             Reply::OK
         }
-        (b"DIGEST" | b"APPLIED" | b"LAG" | b"CONFLICTS" | b"RESETSTATS", _) => {
+        (b"WAITFOR", 4) => wait_for_token(ctx, args).await,
+        (b"DIGEST" | b"APPLIED" | b"LAG" | b"CONFLICTS" | b"RESETSTATS" | b"WAITFOR", _) => {
             Reply::error(format!(
                 "ERR wrong number of arguments for 'meridian|{}' command",
                 String::from_utf8_lossy(&sub).to_lowercase()
             ))
         }
         _ => Reply::error(format!(
-            "ERR unknown subcommand '{}'. Try MERIDIAN DIGEST, MERIDIAN APPLIED, MERIDIAN LAG, MERIDIAN CONFLICTS, MERIDIAN RESETSTATS or MERIDIAN SESSION.",
+            "ERR unknown subcommand '{}'. Try MERIDIAN DIGEST, MERIDIAN APPLIED, MERIDIAN LAG, MERIDIAN CONFLICTS, MERIDIAN RESETSTATS, MERIDIAN WAITFOR or MERIDIAN SESSION.",
             String::from_utf8_lossy(&args[1])
         )),
     }
