@@ -21,6 +21,9 @@ fn the_demo_converges_and_prints_lag_per_link() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("converged: yes"), "{stdout}");
+    // The instrument reports its own cost and accuracy.
+    assert!(stdout.contains("proxies' CPU: "), "{stdout}");
+    assert!(stdout.contains("emulator lateness"), "{stdout}");
     // Home leaders: one writer per user, so nothing for last-writer-wins to drop.
     assert!(
         stdout.contains("writes lost to last-writer-wins: 0"),

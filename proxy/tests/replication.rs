@@ -896,3 +896,130 @@ async fn concurrent_writes_are_logged_as_conflicts_with_both_values() {
         );
     }
 }
+
+/// The value of one sample line of a `/metrics` body.
+fn metric(body: &str, line_start: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in /metrics"))
+}
+
+/// `MERIDIAN WAITFOR` waits until this datacenter has applied a token from
+/// another one (and says so), and not before; and each change's stages are all
+/// measured and in order: shipped before it arrived, arrived (at least the
+/// link's delay after it was made) before it was applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waitfor_is_woken_by_apply_and_the_stages_are_in_order() {
+    const DELAY: Duration = Duration::from_millis(30);
+    const WRITES: u64 = 40;
+    let mut spec = ClusterSpec::new(BIN, 2, Shape::AllToAll);
+    spec.homes.writes = Some("local".into());
+    spec.set_links(|_, _| LinkShape {
+        delay: DELAY,
+        jitter: Duration::from_millis(2),
+        loss: 0.0,
+        bandwidth: None,
+        cut: false,
+    });
+    let cluster = start(spec).await;
+    support::wan::linked(&cluster).await;
+    for dc in 0..2 {
+        let _: () = cluster.cmd(dc, &["MERIDIAN", "RESETSTATS"]).await.unwrap();
+    }
+    let mut origin = cluster.connect(0).await.unwrap();
+    let mut far = cluster.connect(1).await.unwrap();
+    let bad: redis::RedisResult<i64> = redis::cmd("MERIDIAN")
+        .arg("WAITFOR")
+        .arg("nonsense")
+        .arg(10)
+        .query_async(&mut far)
+        .await;
+    assert!(
+        bad.unwrap_err()
+            .to_string()
+            .contains("invalid session token"),
+        "a bad token is refused"
+    );
+    // The link cut: dc1 cannot have the writes, so a bounded wait says 0.
+    cluster.cut(0, 1);
+    for n in 1..=WRITES {
+        let _: () = redis::cmd("SET")
+            .arg("{u}:k")
+            .arg(n)
+            .query_async(&mut origin)
+            .await
+            .unwrap();
+    }
+    let token: String = redis::cmd("MERIDIAN")
+        .arg("SESSION")
+        .query_async(&mut origin)
+        .await
+        .unwrap();
+    let waited: i64 = redis::cmd("MERIDIAN")
+        .arg("WAITFOR")
+        .arg(&token)
+        .arg(200)
+        .query_async(&mut far)
+        .await
+        .unwrap();
+    assert_eq!(
+        waited, 0,
+        "dc1 cannot have applied writes behind a cut link"
+    );
+    // An unbounded wait ends once the healed link brings them, and the key
+    // read right after shows the last write.
+    let waiter = tokio::spawn(async move {
+        let reply: (i64, u64) = redis::pipe()
+            .cmd("MERIDIAN")
+            .arg("WAITFOR")
+            .arg(&token)
+            .arg(0)
+            .cmd("GET")
+            .arg("{u}:k")
+            .query_async(&mut far)
+            .await
+            .unwrap();
+        reply
+    });
+    cluster.heal(0, 1);
+    let (caught, value) = tokio::time::timeout(CONVERGE, waiter)
+        .await
+        .expect("WAITFOR ends once the changes are applied")
+        .unwrap();
+    assert_eq!((caught, value), (1, WRITES));
+    converged(&cluster).await;
+
+    let at_origin = http_get(cluster.admin_addr(0), "/metrics").await;
+    let at_far = http_get(cluster.admin_addr(1), "/metrics").await;
+    let stage = |body: &str, name: &str, peer: &str, what: &str| {
+        let line = match what {
+            "count" | "max" => {
+                format!("meridian_peer_{name}_lag_seconds_{what}{{peer=\"{peer}\"}}")
+            }
+            q => format!("meridian_peer_{name}_lag_seconds{{peer=\"{peer}\",quantile=\"{q}\"}}"),
+        };
+        metric(body, &line)
+    };
+    // Every change was measured at each stage it passed at dc1.
+    assert_eq!(stage(&at_far, "arrival", "dc0", "count"), WRITES as f64);
+    assert_eq!(stage(&at_far, "applied", "dc0", "count"), WRITES as f64);
+    assert!(stage(&at_origin, "ship", "dc1", "count") >= 1.0);
+    for q in ["0.5", "0.99", "max"] {
+        let arrived = stage(&at_far, "arrival", "dc0", q);
+        let applied = stage(&at_far, "applied", "dc0", q);
+        assert!(
+            arrived <= applied,
+            "{q}: arrived {arrived} s, applied {applied} s"
+        );
+    }
+    assert!(
+        stage(&at_far, "arrival", "dc0", "0.5") >= DELAY.as_secs_f64(),
+        "nothing arrives sooner than the link's delay"
+    );
+    let shipped = stage(&at_origin, "ship", "dc1", "max");
+    let arrived = stage(&at_far, "arrival", "dc0", "max");
+    assert!(
+        shipped <= arrived,
+        "shipped {shipped} s, arrived {arrived} s"
+    );
+}
