@@ -144,6 +144,8 @@ struct Shared {
     appended: watch::Sender<u64>,
     /// Where the log lives, for readers.
     log_dir: std::path::PathBuf,
+    /// The log's count of cut-off appends, for readers.
+    log_rewrites: Arc<std::sync::atomic::AtomicU64>,
     /// Log checkpoints `(lsn, vector)`: every record before `lsn` is within `vector`.
     /// A peer whose applied vector dominates `vector` needs nothing before `lsn`.
     index: Mutex<Vec<(u64, VersionVector)>>,
@@ -267,6 +269,7 @@ impl Engine {
             applied: watch::Sender::new(state.applied.clone()),
             appended: watch::Sender::new(log.next_lsn()),
             log_dir: data_dir.join("log"),
+            log_rewrites: log.rewrites(),
             index: Mutex::new(state.index.clone()),
             last_hlc: Mutex::new(state.last_hlc_by_origin.clone()),
             marks: marks::Marks::default(),
@@ -367,6 +370,7 @@ impl Engine {
     /// A reader of the log from `lsn` on.
     pub fn log_reader(&self, lsn: u64) -> crate::log::LogReader {
         crate::log::LogReader::open(&self.shared.log_dir, lsn)
+            .watching(self.shared.log_rewrites.clone())
     }
 
     /// Where a peer that has applied `peer` must start reading the log: no record

@@ -18,6 +18,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 mod reader;
 mod record;
@@ -91,6 +93,9 @@ pub struct Log {
     next_lsn: u64,
     dirty: bool,
     segment_bytes: u64,
+    /// Times a failed append was cut off again: bytes past the end were written
+    /// and will be written over, so readers drop what they read ahead.
+    rewrites: Arc<AtomicU64>,
 }
 
 /// What opening the log found.
@@ -142,6 +147,7 @@ impl Log {
             next_lsn: records,
             dirty: false,
             segment_bytes,
+            rewrites: Arc::default(),
         };
         Ok((
             log,
@@ -186,12 +192,19 @@ impl Log {
         if let Err(e) = self.file.write_all(&buf) {
             // A partial write leaves a torn record; cut it so later appends stay readable.
             let _ = self.file.set_len(self.file_len);
+            self.rewrites.fetch_add(1, Ordering::Release);
             return Err(io_err(&self.file_path)(e));
         }
         self.file_len += buf.len() as u64;
         self.next_lsn += count;
         self.dirty = true;
         Ok(first)
+    }
+
+    /// The count of failed appends cut off again, for readers (see
+    /// [`LogReader::watching`]).
+    pub fn rewrites(&self) -> Arc<AtomicU64> {
+        self.rewrites.clone()
     }
 
     /// Whether records were appended since the last sync.

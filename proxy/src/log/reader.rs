@@ -7,6 +7,8 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::record::{self, Format, MAGIC_LEN, Parsed};
 use super::{LogError, io_err, list_segments};
@@ -21,6 +23,9 @@ struct Position {
     offset: u64,
     /// Its record format.
     format: Format,
+    /// Bytes of the segment read ahead, from file offset `buf_at` on.
+    buf: Vec<u8>,
+    buf_at: u64,
 }
 
 /// Reads records in log order from a starting LSN.
@@ -31,6 +36,10 @@ pub struct LogReader {
     position: Option<Position>,
     /// The LSN at `position.offset` (it lags `next_lsn` while skipping to the start).
     at_lsn: u64,
+    /// The appender's count of cut-off appends, and its value when the read-ahead
+    /// was read.
+    rewrites: Arc<AtomicU64>,
+    seen_rewrites: u64,
 }
 
 impl LogReader {
@@ -45,7 +54,18 @@ impl LogReader {
             next_lsn: from_lsn,
             position: None,
             at_lsn: 0,
+            rewrites: Arc::default(),
+            seen_rewrites: 0,
         }
+    }
+
+    /// Drops what it read ahead whenever the appender of the same log cut off a
+    /// failed append (`rewrites` is [`super::Log::rewrites`]): bytes read past the
+    /// end then are written over by later appends.
+    pub fn watching(mut self, rewrites: Arc<AtomicU64>) -> LogReader {
+        self.seen_rewrites = rewrites.load(Ordering::Acquire);
+        self.rewrites = rewrites;
+        self
     }
 
     /// The LSN of the next record this reader returns.
@@ -64,6 +84,12 @@ impl LogReader {
                 return Ok(None);
             };
             let current = pos.first;
+            let rewrites = self.rewrites.load(Ordering::Acquire);
+            if rewrites != self.seen_rewrites {
+                self.seen_rewrites = rewrites;
+                pos.buf.clear();
+                pos.buf_at = pos.offset;
+            }
             match read_record(pos)? {
                 Some(payload) => {
                     let lsn = self.at_lsn;
@@ -122,6 +148,8 @@ impl LogReader {
             first,
             offset: MAGIC_LEN as u64,
             format,
+            buf: Vec::new(),
+            buf_at: MAGIC_LEN as u64,
         });
         Ok(true)
     }
@@ -151,36 +179,68 @@ impl LogReader {
     }
 }
 
+/// Bytes read ahead at a time: a reader takes the records of a busy log in few
+/// reads, not two reads and a `stat` per record.
+const READ_AHEAD: usize = 256 << 10;
+
 /// Reads the record at the position, advancing past it; `None` at the end of what is
 /// written so far (including a record still being written).
 fn read_record(pos: &mut Position) -> Result<Option<Vec<u8>>, LogError> {
-    let file_len = pos.file.metadata().map_err(io_err(&pos.path))?.len();
-    let header_len = pos.format.header_len() as u64;
-    if pos.offset + header_len > file_len {
-        return Ok(None);
-    }
-    let mut header = [0u8; 4];
-    pos.file
-        .read_exact_at(&mut header, pos.offset)
-        .map_err(io_err(&pos.path))?;
-    let len = u64::from(u32::from_le_bytes(header)).min(super::MAX_RECORD as u64 + 1);
-    let available = file_len - pos.offset;
-    let want = (header_len + len).min(available);
-    let mut bytes = vec![0u8; want as usize];
-    pos.file
-        .read_exact_at(&mut bytes, pos.offset)
-        .map_err(io_err(&pos.path))?;
-    match record::parse(&bytes, pos.format) {
-        Parsed::Record(payload) => {
-            pos.offset += header_len + payload.len() as u64;
-            Ok(Some(payload.to_vec()))
+    let header_len = pos.format.header_len();
+    let mut refilled = false;
+    loop {
+        let rel = (pos.offset - pos.buf_at) as usize;
+        let avail = pos.buf.get(rel..).unwrap_or_default();
+        let need = match avail.get(..4) {
+            Some(len) if avail.len() >= header_len => {
+                let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                header_len + len.min(super::MAX_RECORD + 1)
+            }
+            _ => header_len,
+        };
+        if avail.len() < need && !refilled {
+            refill(pos, need)?;
+            refilled = true;
+            continue;
         }
-        // Still being written: the appender writes each batch with one call.
-        Parsed::Incomplete(_) | Parsed::LastBadChecksum(_) | Parsed::BadHeader(_) => Ok(None),
-        Parsed::Corrupt(what) => Err(LogError::Corrupt {
-            path: pos.path.clone(),
-            offset: pos.offset,
-            what,
-        }),
+        if avail.len() < header_len {
+            return Ok(None);
+        }
+        return match record::parse(&avail[..need.min(avail.len())], pos.format) {
+            Parsed::Record(payload) => {
+                let payload = payload.to_vec();
+                pos.offset += (header_len + payload.len()) as u64;
+                Ok(Some(payload))
+            }
+            // Still being written: the appender writes each batch with one call.
+            Parsed::Incomplete(_) | Parsed::LastBadChecksum(_) | Parsed::BadHeader(_) => Ok(None),
+            Parsed::Corrupt(what) => Err(LogError::Corrupt {
+                path: pos.path.clone(),
+                offset: pos.offset,
+                what,
+            }),
+        };
     }
+}
+
+/// Reads ahead from the position: at least `need` bytes where the file has them.
+fn refill(pos: &mut Position, need: usize) -> Result<(), LogError> {
+    let want = need.max(READ_AHEAD);
+    pos.buf.clear();
+    pos.buf.resize(want, 0);
+    pos.buf_at = pos.offset;
+    let mut filled = 0;
+    while filled < want {
+        match pos
+            .file
+            .read_at(&mut pos.buf[filled..], pos.offset + filled as u64)
+        {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err(&pos.path)(e)),
+        }
+    }
+    pos.buf.truncate(filled);
+    Ok(())
 }

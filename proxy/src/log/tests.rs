@@ -375,3 +375,34 @@ fn a_format_1_segment_is_read_and_appends_go_to_a_format_2_segment() {
     assert_eq!(read[0].1, b"change number 0");
     assert_eq!(read[3], (3, b"the fourth".to_vec()));
 }
+
+/// A failed append is cut off and written over by the next one: a reader that
+/// read the failed append's bytes ahead returns what was written over them.
+#[test]
+fn a_reader_drops_its_read_ahead_when_a_failed_append_is_written_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path()).unwrap();
+    append_all(&mut log, &payloads(2));
+    // What a failed append leaves: a whole record past the log's end.
+    let mut stray = Vec::new();
+    record::encode(&mut stray, b"never acknowledged");
+    {
+        use std::io::Write as _;
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(&log.file_path)
+            .unwrap();
+        f.write_all(&stray).unwrap();
+    }
+    let mut reader = log.reader(0).watching(log.rewrites());
+    assert_eq!(reader.next_record().unwrap().unwrap().0, 0);
+    // The appender cuts it off and appends over it.
+    log.file.set_len(log.file_len).unwrap();
+    log.rewrites.fetch_add(1, Ordering::Release);
+    log.append([&b"acknowledged"[..]]).unwrap();
+    assert_eq!(reader.next_record().unwrap().unwrap().0, 1);
+    assert_eq!(
+        reader.next_record().unwrap(),
+        Some((2, b"acknowledged".to_vec()))
+    );
+}
