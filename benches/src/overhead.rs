@@ -3,8 +3,13 @@
 //! Starts a redis-server, twemproxy (nutcracker) in front of it, meridian over that
 //! Redis and meridian over the embedded store, all on free loopback ports, then runs
 //! redis-benchmark against each in turn (alternating targets round by round, so drift
-//! in the machine's speed spreads over all of them) and prints requests per second,
-//! p50 and p99 for each, with its ratio to direct Redis.
+//! in the machine's speed spreads over all of them). For SET and GET, at `-P 1` and
+//! `-P 16`, and for a mixed load (80% GET, 20% SET, 1 KB values: two redis-benchmark
+//! processes at once, 4 GET clients to each SET client), it prints each target's
+//! median over the rounds of: requests per second, p50 and p99, the CPU the proxy and
+//! its backend used per request (from `/proc/<pid>/stat`), and the ratios to direct
+//! Redis and to twemproxy. A last table gives the p50 each proxy adds at one client
+//! (`-c 1 -P 1`): what a lone request pays.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -33,6 +38,9 @@ pub(crate) struct OverheadArgs {
 struct Target {
     name: &'static str,
     port: u16,
+    /// The processes whose CPU the target's requests cost: the proxy, if any,
+    /// and the Redis behind it.
+    pids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -40,6 +48,48 @@ struct Figures {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU of the target's processes per request, in microseconds.
+    cpu_us: f64,
+}
+
+/// The loads each round runs against every target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    Set {
+        pipeline: u32,
+    },
+    Get {
+        pipeline: u32,
+    },
+    /// 80% GET and 20% SET of 1 KB values, no pipelining.
+    Mixed,
+    /// SET or GET at one client, no pipelining: the latency a lone request pays.
+    Lone {
+        get: bool,
+    },
+}
+
+impl Load {
+    fn name(self) -> String {
+        match self {
+            Load::Set { pipeline } => format!("SET -P {pipeline}"),
+            Load::Get { pipeline } => format!("GET -P {pipeline}"),
+            Load::Mixed => "mixed 80% GET / 20% SET, 1 KB values, -P 1".into(),
+            Load::Lone { get } => {
+                format!(
+                    "one client (-c 1 -P 1): {}",
+                    if get { "GET" } else { "SET" }
+                )
+            }
+        }
+    }
+}
+
+/// CPU used so far by `pids`, together.
+fn cpu(pids: &[u32]) -> std::time::Duration {
+    pids.iter()
+        .filter_map(|&pid| meridian_testbed::process_cpu_time(pid))
+        .sum()
 }
 
 /// Runs the benchmark and prints its figures.
@@ -54,7 +104,7 @@ pub(crate) fn run(args: &OverheadArgs) -> Result<(), String> {
     let binary = crate::binary::meridian()?;
     let dir = tempfile_dir()?;
     let redis_port = free_port().map_err(|e| e.to_string())?;
-    let _redis = spawn(
+    let redis = spawn(
         Command::new("redis-server").args([
             "--port",
             &redis_port.to_string(),
@@ -69,18 +119,21 @@ pub(crate) fn run(args: &OverheadArgs) -> Result<(), String> {
         ]),
         redis_port,
     )?;
+    let redis_pid = redis.pid();
     let mut targets = vec![Target {
         name: "redis (direct)",
         port: redis_port,
+        pids: vec![redis_pid],
     }];
     let mut guards = Vec::new();
     match start_twemproxy(&dir, redis_port)? {
         Some((guard, port)) => {
-            guards.push(guard);
             targets.push(Target {
                 name: "twemproxy + redis",
                 port,
+                pids: vec![guard.pid(), redis_pid],
             });
+            guards.push(guard);
         }
         None => eprintln!(
             "nutcracker (twemproxy) is not installed: its column is left out (apt-get install nutcracker)"
@@ -92,59 +145,152 @@ pub(crate) fn run(args: &OverheadArgs) -> Result<(), String> {
         ("meridian + embedded", None),
     ] {
         let (guard, port) = start_meridian(&binary, &dir, name, redis)?;
+        let mut pids = vec![guard.pid()];
+        if redis.is_some() {
+            pids.push(redis_pid);
+        }
         guards.push(guard);
-        targets.push(Target { name, port });
+        targets.push(Target { name, port, pids });
     }
 
     println!(
-        "redis-benchmark -t set,get -n {} -c {} -r {}, {} round(s), targets alternating\n",
+        "redis-benchmark -n {} -c {} -r {}, {} round(s), targets alternating; CPU: the proxy's and its Redis's, per request\n",
         args.requests, args.clients, args.keyspace, args.rounds
     );
-    for pipeline in [1u32, 16] {
-        let mut results: Vec<Vec<(Figures, Figures)>> =
-            targets.iter().map(|_| Vec::new()).collect();
+    // The mixed load's GETs find 1 KB values.
+    for target in &targets {
+        run_benchmark(
+            target,
+            &["-t", "set", "-d", "1024"],
+            args.keyspace,
+            50,
+            16,
+            args,
+        )?;
+    }
+    for load in [
+        Load::Set { pipeline: 1 },
+        Load::Get { pipeline: 1 },
+        Load::Set { pipeline: 16 },
+        Load::Get { pipeline: 16 },
+        Load::Mixed,
+        Load::Lone { get: false },
+        Load::Lone { get: true },
+    ] {
+        let mut results: Vec<Vec<Figures>> = targets.iter().map(|_| Vec::new()).collect();
         for _ in 0..args.rounds {
             for (i, target) in targets.iter().enumerate() {
-                results[i].push(benchmark(target.port, pipeline, args)?);
+                results[i].push(measure(target, load, args)?);
             }
         }
-        report(pipeline, &targets, &results);
+        report(load, &targets, &results);
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
-fn report(pipeline: u32, targets: &[Target], results: &[Vec<(Figures, Figures)>]) {
-    println!("-P {pipeline}");
+/// One round of `load` against `target`.
+fn measure(target: &Target, load: Load, args: &OverheadArgs) -> Result<Figures, String> {
+    let n = args.requests;
+    match load {
+        Load::Set { pipeline } => {
+            run_benchmark(target, &["-t", "set"], n, args.clients, pipeline, args)
+        }
+        Load::Get { pipeline } => {
+            run_benchmark(target, &["-t", "get"], n, args.clients, pipeline, args)
+        }
+        Load::Lone { get } => {
+            let test = if get { "get" } else { "set" };
+            run_benchmark(target, &["-t", test], n / 10, 1, 1, args)
+        }
+        Load::Mixed => {
+            let gets = args.clients.max(5) * 4 / 5;
+            let sets = (args.clients.max(5) / 5).max(1);
+            let before = cpu(&target.pids);
+            let started = std::time::Instant::now();
+            let (get, set) = std::thread::scope(|scope| {
+                let get = scope.spawn(|| {
+                    benchmark(
+                        target.port,
+                        &["-t", "get", "-d", "1024"],
+                        n * 4 / 5,
+                        gets,
+                        1,
+                        args,
+                    )
+                });
+                let set = benchmark(
+                    target.port,
+                    &["-t", "set", "-d", "1024"],
+                    n / 5,
+                    sets,
+                    1,
+                    args,
+                );
+                (
+                    get.join()
+                        .unwrap_or_else(|_| Err("the GET half panicked".into())),
+                    set,
+                )
+            });
+            let (get, set) = (get?, set?);
+            let elapsed = started.elapsed().as_secs_f64();
+            let total = (n * 4 / 5 + n / 5) as f64;
+            // Latency: the GETs' and SETs' figures weighted by their shares.
+            Ok(Figures {
+                rps: total / elapsed,
+                p50_ms: 0.8 * get.p50_ms + 0.2 * set.p50_ms,
+                p99_ms: get.p99_ms.max(set.p99_ms),
+                cpu_us: 1e6 * cpu(&target.pids).saturating_sub(before).as_secs_f64() / total,
+            })
+        }
+    }
+}
+
+/// One redis-benchmark run of `test` against `target`, with the CPU its
+/// processes used.
+fn run_benchmark(
+    target: &Target,
+    test: &[&str],
+    requests: u64,
+    clients: u32,
+    pipeline: u32,
+    args: &OverheadArgs,
+) -> Result<Figures, String> {
+    let before = cpu(&target.pids);
+    let mut figures = benchmark(target.port, test, requests, clients, pipeline, args)?;
+    let used = cpu(&target.pids).saturating_sub(before);
+    figures.cpu_us = 1e6 * used.as_secs_f64() / requests as f64;
+    Ok(figures)
+}
+
+fn report(load: Load, targets: &[Target], results: &[Vec<Figures>]) {
+    println!("{}", load.name());
     println!(
-        "  {:<22} {:>12} {:>9} {:>9} {:>7}   {:>12} {:>9} {:>9} {:>7}",
-        "target",
-        "SET req/s",
-        "p50 ms",
-        "p99 ms",
-        "ratio",
-        "GET req/s",
-        "p50 ms",
-        "p99 ms",
-        "ratio"
+        "  {:<22} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}",
+        "target", "req/s", "p50 ms", "p99 ms", "CPU µs", "vs redis", "vs twem", "p50 added"
     );
-    let medians: Vec<(Figures, Figures)> = results
+    let medians: Vec<Figures> = results.iter().map(|r| median(r.iter().copied())).collect();
+    let direct = medians[0];
+    let twem = targets
         .iter()
-        .map(|r| (median(r.iter().map(|x| x.0)), median(r.iter().map(|x| x.1))))
-        .collect();
-    let (direct_set, direct_get) = medians[0];
-    for (target, (set, get)) in targets.iter().zip(&medians) {
+        .position(|t| t.name.starts_with("twemproxy"))
+        .map(|i| medians[i]);
+    for (target, m) in targets.iter().zip(&medians) {
+        let vs_twem = match twem {
+            Some(t) => format!("{:.2}x", m.rps / t.rps),
+            None => "-".into(),
+        };
         println!(
-            "  {:<22} {:>12.0} {:>9.3} {:>9.3} {:>6.2}x   {:>12.0} {:>9.3} {:>9.3} {:>6.2}x",
+            "  {:<22} {:>10.0} {:>8.3} {:>8.3} {:>9.1} {:>8.2}x {:>9} {:>+8.3}",
             target.name,
-            set.rps,
-            set.p50_ms,
-            set.p99_ms,
-            set.rps / direct_set.rps,
-            get.rps,
-            get.p50_ms,
-            get.p99_ms,
-            get.rps / direct_get.rps
+            m.rps,
+            m.p50_ms,
+            m.p99_ms,
+            m.cpu_us,
+            m.rps / direct.rps,
+            vs_twem,
+            m.p50_ms - direct.p50_ms
         );
     }
     println!();
@@ -152,27 +298,35 @@ fn report(pipeline: u32, targets: &[Target], results: &[Vec<(Figures, Figures)>]
 
 fn median(values: impl Iterator<Item = Figures>) -> Figures {
     let mut v: Vec<Figures> = values.collect();
-    v.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-    v.get(v.len() / 2).copied().unwrap_or_default()
+    let pick = |v: &mut Vec<Figures>, key: fn(&Figures) -> f64| {
+        v.sort_by(|a, b| key(a).total_cmp(&key(b)));
+        v.get(v.len() / 2).map(key).unwrap_or_default()
+    };
+    Figures {
+        rps: pick(&mut v, |f| f.rps),
+        p50_ms: pick(&mut v, |f| f.p50_ms),
+        p99_ms: pick(&mut v, |f| f.p99_ms),
+        cpu_us: pick(&mut v, |f| f.cpu_us),
+    }
 }
 
-/// One redis-benchmark run of SET and GET; parses its CSV.
-fn benchmark(port: u16, pipeline: u32, args: &OverheadArgs) -> Result<(Figures, Figures), String> {
+/// One redis-benchmark run of one test; parses its CSV.
+fn benchmark(
+    port: u16,
+    test: &[&str],
+    requests: u64,
+    clients: u32,
+    pipeline: u32,
+    args: &OverheadArgs,
+) -> Result<Figures, String> {
     let out = Command::new("redis-benchmark")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-t",
-            "set,get",
-            "--csv",
-        ])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--csv"])
+        .args(test)
         .args([
             "-n",
-            &args.requests.to_string(),
+            &requests.to_string(),
             "-c",
-            &args.clients.to_string(),
+            &clients.to_string(),
             "-r",
             &args.keyspace.to_string(),
             "-P",
@@ -199,11 +353,13 @@ fn benchmark(port: u16, pipeline: u32, args: &OverheadArgs) -> Result<(Figures, 
                 rps: *rps,
                 p50_ms: *p50,
                 p99_ms: *p99,
+                cpu_us: 0.0,
             }),
             _ => Err(format!("unexpected redis-benchmark row {line:?}")),
         }
     };
-    Ok((row("SET")?, row("GET")?))
+    let name = if test.contains(&"get") { "GET" } else { "SET" };
+    row(name)
 }
 
 fn start_twemproxy(dir: &Path, redis_port: u16) -> Result<Option<(Guard, u16)>, String> {

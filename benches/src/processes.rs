@@ -10,6 +10,13 @@ use meridian_testbed::{TopologyFile, free_ports};
 /// A child process stopped on drop.
 pub(crate) struct Guard(Child);
 
+impl Guard {
+    /// The process's id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
         let _ = self.0.kill();

@@ -284,6 +284,20 @@ struct Dc {
     child: Option<Child>,
 }
 
+/// The CPU time process `pid` has used so far (user and system, from
+/// `/proc/<pid>/stat`), or `None` where that cannot be read (gone, not Linux).
+pub fn process_cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (in parentheses, which may hold
+    // spaces): utime and stime are the 12th and 13th of them.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Linux reports them in USER_HZ, which is 100 on every architecture it
+    // exposes to user space.
+    Some(Duration::from_millis(ticks * 10))
+}
+
 /// A running cluster; every proxy is killed when it is dropped.
 #[derive(Debug)]
 pub struct Cluster {
@@ -588,17 +602,7 @@ impl Cluster {
     /// `/proc/<pid>/stat`), or `None` where that cannot be read (not running, not
     /// Linux).
     pub fn cpu_time(&self, i: usize) -> Option<Duration> {
-        let pid = self.dcs[i].child.as_ref()?.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The fields after the command name (in parentheses, which may hold
-        // spaces): utime and stime are the 12th and 13th of them.
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 =
-            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        // Linux reports them in USER_HZ, which is 100 on every architecture it
-        // exposes to user space.
-        Some(Duration::from_millis(ticks * 10))
+        process_cpu_time(self.dcs[i].child.as_ref()?.id())
     }
 
     /// A new Redis connection to datacenter `i`.

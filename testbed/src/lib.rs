@@ -21,7 +21,9 @@ mod rng;
 mod topology_file;
 pub mod visibility;
 
-pub use cluster::{Cluster, ClusterSpec, DcSpec, HarnessError, Lateness, Shape, connect_to};
+pub use cluster::{
+    Cluster, ClusterSpec, DcSpec, HarnessError, Lateness, Shape, connect_to, process_cpu_time,
+};
 pub use ports::{PortError, free_port, free_ports};
 pub use presets::{Preset, Region, floor_one_way_ms, one_way_ms};
 pub use relay::{Direction, LinkShape, Relay, RelayError, RelayStats};
