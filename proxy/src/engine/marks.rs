@@ -33,7 +33,11 @@ impl Marks {
             if users.len() >= MAX_USERS && !users.contains_key(user) {
                 users.clear();
             }
-            let mark = users.entry(user.to_vec()).or_default();
+            // A user already marked (the common case) costs no allocation.
+            let Some(mark) = users.get_mut(user) else {
+                users.insert(user.to_vec(), vec![(origin.into(), seq)]);
+                continue;
+            };
             match mark.iter_mut().find(|(o, _)| &**o == origin) {
                 Some((_, newest)) => *newest = (*newest).max(seq),
                 None => mark.push((origin.into(), seq)),
