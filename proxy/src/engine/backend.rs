@@ -96,10 +96,16 @@ impl Stored {
     /// Appends the record: `[format 2][version][postcard value]`. The same bytes
     /// are the embedded store's records and a snapshot's entries on the wire.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        Stored::encode_parts(&self.value, &self.version, out);
+    }
+
+    /// Appends the record of `value` at `version`, as [`Stored::encode`] does,
+    /// without a `Stored` to own them.
+    pub fn encode_parts(value: &Value, version: &Version, out: &mut Vec<u8>) {
         out.push(RECORD_FORMAT);
-        self.version.encode(out);
+        version.encode(out);
         // Serialising plain owned data into a Vec cannot fail.
-        out.extend_from_slice(&postcard::to_stdvec(&self.value).unwrap_or_default());
+        let _ = postcard::to_io(value, &mut *out);
     }
 
     /// Reads a record written by [`Stored::encode`] (or by format 1).

@@ -162,6 +162,9 @@ impl Store {
             let mut data = try_engine!("write", txn.open_table(DATA));
             let mut tombstones = try_engine!("write", txn.open_table(TOMBSTONES));
             let mut buf = Vec::new();
+            // Writes need not look for a tombstone to remove when there is none
+            // (the common case: a workload that does not delete).
+            let mut no_tombstones = try_engine!("write", tombstones.is_empty());
             for change in changes {
                 let version = change.version();
                 for op in &change.ops {
@@ -172,15 +175,14 @@ impl Store {
                             try_engine!("write", data.remove(key));
                             version.encode(&mut buf);
                             try_engine!("write", tombstones.insert(key, buf.as_slice()));
+                            no_tombstones = false;
                         }
                         Some(value) => {
-                            let stored = Stored {
-                                value: value.clone(),
-                                version: version.clone(),
-                            };
-                            stored.encode(&mut buf);
+                            Stored::encode_parts(value, &version, &mut buf);
                             try_engine!("write", data.insert(key, buf.as_slice()));
-                            try_engine!("write", tombstones.remove(key));
+                            if !no_tombstones {
+                                try_engine!("write", tombstones.remove(key));
+                            }
                         }
                     }
                 }
