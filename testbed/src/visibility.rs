@@ -1,10 +1,8 @@
 //! Measuring replication visibility lag end to end: a prober writes a numbered key
-//! at the origin and publishes the write's session token; a watcher at another
-//! datacenter asks that datacenter to wait until it has applied the token
-//! (`MERIDIAN WAITFOR`, woken by apply) and reads the key. Lag = when the reply
-//! came minus when the prober sent the write. Both run in this process, so they
-//! share one clock whatever the datacenters' clock offsets. Watchers do not
-//! poll: each costs the system one request per probe it sees.
+//! at the origin, a watcher at another datacenter reads it until the number shows
+//! up there. Lag = when the watcher first read it minus when the prober sent it.
+//! Both run in this process, so they share one clock whatever the datacenters'
+//! clock offsets; the watcher polls every millisecond, which bounds the error.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,52 +11,26 @@ use crate::Cluster;
 use hdrhistogram::Histogram;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
-use tokio::time::{Instant, MissedTickBehavior, interval};
+use tokio::time::{Instant, MissedTickBehavior, interval, sleep};
 
-/// One origin's probes: their send times and, once acknowledged, session
-/// tokens, indexed by probe number; and how many are acknowledged.
-#[derive(Debug)]
-pub struct Sent {
-    probes: Mutex<Vec<(Instant, Option<String>)>>,
-    acknowledged: watch::Sender<u64>,
-}
-
-impl Default for Sent {
-    fn default() -> Sent {
-        Sent {
-            probes: Mutex::new(Vec::new()),
-            acknowledged: watch::channel(0).0,
-        }
-    }
-}
+/// Send times of one origin's probes, indexed by probe number.
+#[derive(Debug, Default)]
+pub struct Sent(Mutex<Vec<Instant>>);
 
 impl Sent {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Instant, Option<String>)>> {
-        self.probes.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn push(&self, at: Instant) -> u64 {
-        let mut v = self.lock();
-        v.push((at, None));
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v.push(at);
         v.len() as u64
     }
 
-    fn acknowledge(&self, n: u64, token: String) {
-        if let Some(i) = n.checked_sub(1)
-            && let Some(probe) = self.lock().get_mut(i as usize)
-        {
-            probe.1 = Some(token);
-        }
-        self.acknowledged.send_modify(|a| *a = (*a).max(n));
-    }
-
-    fn get(&self, n: u64) -> Option<(Instant, Option<String>)> {
-        n.checked_sub(1)
-            .and_then(|i| self.lock().get(i as usize).cloned())
+    fn get(&self, n: u64) -> Option<Instant> {
+        let v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        n.checked_sub(1).and_then(|i| v.get(i as usize).copied())
     }
 
     fn count(&self) -> u64 {
-        self.lock().len() as u64
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len() as u64
     }
 }
 
@@ -73,8 +45,7 @@ fn key(origin: &str) -> String {
     format!("{{{}}}:n", probe_user(origin))
 }
 
-/// Writes probe 1, 2, ... at `origin` every `every` until `stop` turns true,
-/// publishing each one's session token once it is acknowledged.
+/// Writes probe 1, 2, ... at `origin` every `every` until `stop` turns true.
 pub async fn prober(
     mut conn: MultiplexedConnection,
     origin: String,
@@ -91,86 +62,62 @@ pub async fn prober(
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
         let n = sent.push(Instant::now());
-        let ((), token): ((), String) = redis::pipe()
-            .cmd("SET")
+        redis::cmd("SET")
             .arg(&key)
             .arg(n)
-            .cmd("MERIDIAN")
-            .arg("SESSION")
-            .query_async(&mut conn)
+            .query_async::<()>(&mut conn)
             .await
             .map_err(|e| format!("probe {n} at {origin}: {e}"))?;
-        sent.acknowledge(n, token);
     }
 }
 
-/// Watches one origin's probes at one datacenter, each in turn, until it has
-/// seen the last probe sent before `stop`, recording each probe's lag in
-/// microseconds. Gives up `drain` after the stop.
-///
-/// For probe `k` it asks the datacenter to wait until it has applied `k`'s
-/// token, then reads the key: every probe up to the value read became visible
-/// between `k`'s arrival and that reply (changes of one origin apply in order),
-/// so each is recorded as seen at the reply.
+/// Reads the probe keys of `origins` at one datacenter, in one pipeline per poll,
+/// until it has seen the last probe of each sent after `stop`, recording each new
+/// probe's lag in microseconds per origin. Gives up `drain` after the stop.
 pub async fn watcher(
     mut conn: MultiplexedConnection,
-    origin: &str,
-    sent: &Sent,
+    origins: Vec<(String, Arc<Sent>)>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
-) -> Result<Histogram<u64>, String> {
-    let key = key(origin);
-    let mut lags =
-        Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).map_err(|e| e.to_string())?;
-    let mut acknowledged = sent.acknowledged.subscribe();
-    let mut seen = 0u64;
+) -> Result<Vec<Histogram<u64>>, String> {
+    let keys: Vec<String> = origins.iter().map(|(origin, _)| key(origin)).collect();
+    let mut lags = Vec::new();
+    for _ in &origins {
+        lags.push(
+            Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).map_err(|e| e.to_string())?,
+        );
+    }
+    let mut seen = vec![0u64; origins.len()];
     let mut deadline: Option<Instant> = None;
     loop {
-        let next = seen + 1;
-        if let Some((_, Some(token))) = sent.get(next) {
-            let wait_ms = match deadline {
-                Some(d) => d
-                    .saturating_duration_since(Instant::now())
-                    .as_millis()
-                    .max(1),
-                None => drain.as_millis(),
-            };
-            let (caught, value): (i64, Option<u64>) = redis::pipe()
-                .cmd("MERIDIAN")
-                .arg("WAITFOR")
-                .arg(&token)
-                .arg(wait_ms as u64)
-                .cmd("GET")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| format!("watching the probes of {origin}: {e}"))?;
-            let now = Instant::now();
-            if let Some(newest) = value.filter(|&m| m >= next && caught == 1) {
-                for k in next..=newest {
-                    if let Some((at, _)) = sent.get(k) {
-                        lags.saturating_record(
-                            now.saturating_duration_since(at).as_micros() as u64
-                        );
-                    }
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.cmd("GET").arg(key);
+        }
+        let values: Vec<Option<u64>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("reading the probes: {e}"))?;
+        let now = Instant::now();
+        for (i, value) in values.into_iter().enumerate() {
+            if let Some(n) = value.filter(|&n| n > seen[i]) {
+                if let Some(at) = origins[i].1.get(n) {
+                    lags[i].saturating_record(now.saturating_duration_since(at).as_micros() as u64);
                 }
-                seen = newest;
+                seen[i] = n;
             }
         }
         if *stop.borrow_and_update() {
-            let now = Instant::now();
             let deadline = *deadline.get_or_insert(now + drain);
-            if seen >= sent.count() || now > deadline {
+            let done = origins
+                .iter()
+                .zip(&seen)
+                .all(|((_, sent), &s)| s >= sent.count());
+            if done || now > deadline {
                 return Ok(lags);
             }
         }
-        if seen >= *acknowledged.borrow_and_update() {
-            tokio::select! {
-                _ = acknowledged.changed() => {}
-                _ = stop.changed() => {}
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
-        }
+        sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -203,23 +150,41 @@ pub async fn measure(
     }
     let mut watchers = tokio::task::JoinSet::new();
     for to in 0..n {
-        for (from, origin, probes) in sent.iter().filter(|(from, _, _)| *from != to) {
-            let conn = cluster.connect(to).await.map_err(|e| e.to_string())?;
-            let (from, origin, probes, stop) =
-                (*from, origin.clone(), probes.clone(), stop.clone());
-            watchers.spawn(async move {
-                let lags = watcher(conn, &origin, &probes, stop, Duration::from_secs(30)).await;
-                (from, to, lags)
-            });
+        let watched: Vec<(usize, String, Arc<Sent>)> = sent
+            .iter()
+            .filter(|(from, _, _)| *from != to)
+            .cloned()
+            .collect();
+        if watched.is_empty() {
+            continue;
         }
+        let conn = cluster.connect(to).await.map_err(|e| e.to_string())?;
+        let stop = stop.clone();
+        watchers.spawn(async move {
+            let list = watched
+                .iter()
+                .map(|(_, o, s)| (o.clone(), s.clone()))
+                .collect();
+            let lags = watcher(conn, list, stop, Duration::from_secs(30)).await;
+            (
+                to,
+                watched
+                    .into_iter()
+                    .map(|(from, _, _)| from)
+                    .collect::<Vec<_>>(),
+                lags,
+            )
+        });
     }
     let mut table: LagTable = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
     while let Some(done) = probers.join_next().await {
         done.map_err(|e| e.to_string())??;
     }
     while let Some(done) = watchers.join_next().await {
-        let (from, to, lags) = done.map_err(|e| e.to_string())?;
-        table[from][to] = Some(lags?);
+        let (to, froms, lags) = done.map_err(|e| e.to_string())?;
+        for (from, h) in froms.into_iter().zip(lags?) {
+            table[from][to] = Some(h);
+        }
     }
     Ok(table)
 }
