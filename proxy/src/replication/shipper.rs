@@ -363,11 +363,10 @@ async fn send_snapshot(
 
 /// Sends the change frames of `frames` (ending at `ends`) as QUIC datagrams, as many
 /// to a datagram as fit, twice: at once, and `ECHO_GAP` later. The first often
-/// shares the stream data's packet (QUIC packs both) and is lost with it, but
-/// under load it travels in a packet of its own and arrives first; the second
-/// always travels alone. Both are needed (measured): with the second alone, p99
-/// was one-way + 24 ms in `meridian-benches replication`; with the first alone,
-/// the five-region demo at 0.1% loss had p99 up to route + 116 ms.
+/// shares the stream data's packet (QUIC packs both) and is then lost with it:
+/// with it alone, the five-region demo at 0.1% loss had p99 up to route + 116
+/// ms. The second travels in a packet of its own; under load the first does
+/// too, and arrives 2 ms sooner.
 ///
 /// The stream alone delivers every change, in order, but one lost packet holds back
 /// everything behind it for a retransmission (more than a round trip): at 1% loss
