@@ -159,14 +159,13 @@ pub(crate) fn run(args: &OverheadArgs) -> Result<(), String> {
     );
     // The mixed load's GETs find 1 KB values.
     for target in &targets {
-        run_benchmark(
-            target,
-            &["-t", "set", "-d", "1024"],
-            args.keyspace,
-            50,
-            16,
-            args,
-        )?;
+        let fill = Run {
+            test: &["-t", "set", "-d", "1024"],
+            requests: args.keyspace,
+            clients: 50,
+            pipeline: 16,
+        };
+        run_benchmark(target, &fill, args)?;
     }
     for load in [
         Load::Set { pipeline: 1 },
@@ -192,16 +191,26 @@ pub(crate) fn run(args: &OverheadArgs) -> Result<(), String> {
 /// One round of `load` against `target`.
 fn measure(target: &Target, load: Load, args: &OverheadArgs) -> Result<Figures, String> {
     let n = args.requests;
+    let run = |test, requests, clients, pipeline| Run {
+        test,
+        requests,
+        clients,
+        pipeline,
+    };
     match load {
-        Load::Set { pipeline } => {
-            run_benchmark(target, &["-t", "set"], n, args.clients, pipeline, args)
-        }
-        Load::Get { pipeline } => {
-            run_benchmark(target, &["-t", "get"], n, args.clients, pipeline, args)
-        }
+        Load::Set { pipeline } => run_benchmark(
+            target,
+            &run(&["-t", "set"], n, args.clients, pipeline),
+            args,
+        ),
+        Load::Get { pipeline } => run_benchmark(
+            target,
+            &run(&["-t", "get"], n, args.clients, pipeline),
+            args,
+        ),
         Load::Lone { get } => {
-            let test = if get { "get" } else { "set" };
-            run_benchmark(target, &["-t", test], n / 10, 1, 1, args)
+            let test: &[&str] = if get { &["-t", "get"] } else { &["-t", "set"] };
+            run_benchmark(target, &run(test, n / 10, 1, 1), args)
         }
         Load::Mixed => {
             let gets = args.clients.max(5) * 4 / 5;
@@ -210,23 +219,11 @@ fn measure(target: &Target, load: Load, args: &OverheadArgs) -> Result<Figures, 
             let started = std::time::Instant::now();
             let (get, set) = std::thread::scope(|scope| {
                 let get = scope.spawn(|| {
-                    benchmark(
-                        target.port,
-                        &["-t", "get", "-d", "1024"],
-                        n * 4 / 5,
-                        gets,
-                        1,
-                        args,
-                    )
+                    let gets = run(&["-t", "get", "-d", "1024"], n * 4 / 5, gets, 1);
+                    benchmark(target.port, &gets, args)
                 });
-                let set = benchmark(
-                    target.port,
-                    &["-t", "set", "-d", "1024"],
-                    n / 5,
-                    sets,
-                    1,
-                    args,
-                );
+                let sets = run(&["-t", "set", "-d", "1024"], n / 5, sets, 1);
+                let set = benchmark(target.port, &sets, args);
                 (
                     get.join()
                         .unwrap_or_else(|_| Err("the GET half panicked".into())),
@@ -247,20 +244,21 @@ fn measure(target: &Target, load: Load, args: &OverheadArgs) -> Result<Figures, 
     }
 }
 
-/// One redis-benchmark run of `test` against `target`, with the CPU its
-/// processes used.
-fn run_benchmark(
-    target: &Target,
-    test: &[&str],
+/// One redis-benchmark invocation: its test arguments (`-t` and any more), and
+/// requests, clients and pipeline depth.
+struct Run<'a> {
+    test: &'a [&'a str],
     requests: u64,
     clients: u32,
     pipeline: u32,
-    args: &OverheadArgs,
-) -> Result<Figures, String> {
+}
+
+/// `run` against `target`, with the CPU its processes used.
+fn run_benchmark(target: &Target, run: &Run<'_>, args: &OverheadArgs) -> Result<Figures, String> {
     let before = cpu(&target.pids);
-    let mut figures = benchmark(target.port, test, requests, clients, pipeline, args)?;
+    let mut figures = benchmark(target.port, run, args)?;
     let used = cpu(&target.pids).saturating_sub(before);
-    figures.cpu_us = 1e6 * used.as_secs_f64() / requests as f64;
+    figures.cpu_us = 1e6 * used.as_secs_f64() / run.requests as f64;
     Ok(figures)
 }
 
@@ -311,26 +309,19 @@ fn median(values: impl Iterator<Item = Figures>) -> Figures {
 }
 
 /// One redis-benchmark run of one test; parses its CSV.
-fn benchmark(
-    port: u16,
-    test: &[&str],
-    requests: u64,
-    clients: u32,
-    pipeline: u32,
-    args: &OverheadArgs,
-) -> Result<Figures, String> {
+fn benchmark(port: u16, run: &Run<'_>, args: &OverheadArgs) -> Result<Figures, String> {
     let out = Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--csv"])
-        .args(test)
+        .args(run.test)
         .args([
             "-n",
-            &requests.to_string(),
+            &run.requests.to_string(),
             "-c",
-            &clients.to_string(),
+            &run.clients.to_string(),
             "-r",
             &args.keyspace.to_string(),
             "-P",
-            &pipeline.to_string(),
+            &run.pipeline.to_string(),
         ])
         .stderr(Stdio::null())
         .output()
@@ -358,7 +349,11 @@ fn benchmark(
             _ => Err(format!("unexpected redis-benchmark row {line:?}")),
         }
     };
-    let name = if test.contains(&"get") { "GET" } else { "SET" };
+    let name = if run.test.contains(&"get") {
+        "GET"
+    } else {
+        "SET"
+    };
     row(name)
 }
 
