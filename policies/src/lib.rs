@@ -20,6 +20,8 @@
 //! - [`Epochs`]: which datacenters serve as homes, the state a majority agrees on
 //!   (by Raft, in the proxy): who is out, who writes for its users meanwhile, and
 //!   the handover back.
+//! - [`FollowRule`] and [`decide_move`]: when a user's home moves to where the
+//!   user's writes come from (homes that follow their users).
 //! - [`ReadRule`]: where a session's read is served: here once the datacenter has
 //!   applied the session's token, else after a bounded wait, forwarded, or refused.
 //! - [`SessionToken`]: a client's write timestamp in a text form that fits in a RESP
@@ -27,6 +29,7 @@
 
 mod causal;
 mod epochs;
+mod follow;
 mod hlc;
 mod reads;
 mod rendezvous;
@@ -37,6 +40,7 @@ mod version;
 mod vv;
 
 pub use causal::{Readiness, dependencies_met, readiness};
+pub use follow::{FollowRule, Traffic, decide as decide_move};
 pub use epochs::{Command as EpochCommand, Epochs, Outcome as EpochOutcome, Service, Writer};
 pub use hlc::{ClockError, Hlc, Timestamp};
 pub use reads::{OnStale, ReadDecision, ReadRule, missing};
