@@ -45,7 +45,7 @@ pub use epochs::{Command as EpochCommand, Epochs, Outcome as EpochOutcome, Servi
 pub use hlc::{ClockError, Hlc, Timestamp};
 pub use reads::{OnStale, ReadDecision, ReadRule, missing};
 pub use rendezvous::{Candidate, Rendezvous, RendezvousError};
-pub use routing::{Reach, Unavailable, WriteRoute, route_write};
+pub use routing::{Reach, Unavailable, WriteRoute, route_to, route_write};
 pub use token::{SessionToken, TokenError};
 pub use version::{Resolution, Version, VersionDecodeError};
 pub use vv::{DecodeError, MAX_ID_LEN, VersionVector, is_valid_id as is_valid_dc_id};

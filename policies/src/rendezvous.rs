@@ -155,6 +155,22 @@ impl Rendezvous {
         ranking
     }
 
+    /// Whether `user` is pinned to a datacenter (its home never moves).
+    pub fn is_pinned(&self, user: &str) -> bool {
+        self.pins.contains_key(user)
+    }
+
+    /// `user`'s order with `first` (where its home moved to) at the front: the
+    /// pin still comes first for a pinned user.
+    pub fn ranking_from(&self, user: &str, first: usize) -> Vec<usize> {
+        let mut ranking = self.ranking(user);
+        if first < self.ids.len() && !self.is_pinned(user) {
+            ranking.retain(|&i| i != first);
+            ranking.insert(0, first);
+        }
+        ranking
+    }
+
     /// The first datacenter in `user`'s ranking for which `usable` holds.
     pub fn first_usable(&self, user: &str, usable: impl Fn(usize) -> bool) -> Option<usize> {
         self.ranking(user).into_iter().find(|&i| usable(i))

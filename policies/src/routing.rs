@@ -121,7 +121,12 @@ pub fn route_write(
     reach: &Reach,
     now_ms: u64,
 ) -> WriteRoute {
-    let home = homes.home_of(user);
+    route_to(homes.home_of(user), me, reach, now_ms)
+}
+
+/// Where a write arriving at datacenter `me` runs when its user's home is `home`
+/// (wherever that came from: the rendezvous order, or a record of its move).
+pub fn route_to(home: usize, me: usize, reach: &Reach, now_ms: u64) -> WriteRoute {
     if home == me {
         WriteRoute::Here
     } else if reach.reaches(home) {

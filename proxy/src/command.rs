@@ -81,6 +81,12 @@ pub fn user_of_command(
 ) -> Result<Option<Bytes>, Reply> {
     let mut user: Option<&[u8]> = None;
     for key in spec.keys(args) {
+        if crate::engine::placement::is_own_key(key) {
+            return Err(Reply::error(format!(
+                "ERR '{}' is a key meridian keeps for itself (keys starting with '__meridian:' are not for clients)",
+                String::from_utf8_lossy(key)
+            )));
+        }
         let this = rule.user_of(key);
         match user {
             None => user = Some(this),

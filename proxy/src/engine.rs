@@ -18,6 +18,7 @@ mod error;
 mod expiry;
 mod marks;
 mod memtable;
+pub mod placement;
 mod replay;
 mod retention;
 mod writer;
@@ -172,6 +173,8 @@ struct Shared {
     /// Whether this datacenter deletes a user's expired keys (it writes the
     /// user's data); none are deleted until it is set.
     expiry_owner: std::sync::OnceLock<ExpiryOwner>,
+    /// Users whose home has moved (see `placement`).
+    placements: placement::Placements,
 }
 
 /// Given an expired key, its user when this datacenter deletes it.
@@ -246,6 +249,22 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 /// Default of [`EngineConfig::max_unstored`]: 256 Ki changes, some tens of MB.
 pub const DEFAULT_MAX_UNSTORED: usize = 256 * 1024;
 
+/// Reads every placement record the store holds (after replay, before any write).
+fn load_placements(shared: &Shared) -> Result<(), OpenError> {
+    let mut session = shared.backend.session();
+    let keys: Vec<Vec<u8>> = (session.keys()?.into_iter())
+        .filter(|k| k.starts_with(placement::PREFIX))
+        .collect();
+    for chunk in keys.chunks(1024) {
+        for (key, fetched) in session.fetch(chunk.to_vec(), wall_ms())? {
+            if let backend::Fetched::Known(value) = fetched {
+                shared.placements.observe(&key, value.as_ref());
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Engine {
     /// Opens the log and the backend, replays what the backend lacks, and starts the
     /// writer and committer threads.
@@ -286,7 +305,9 @@ impl Engine {
             restoring: AtomicU64::new(0),
             workers: workers.clone(),
             expiry_owner: std::sync::OnceLock::new(),
+            placements: placement::Placements::default(),
         });
+        load_placements(&shared)?;
         shared
             .stats
             .replayed
@@ -556,7 +577,9 @@ impl Engine {
     /// Number of keys, expired ones included until they are removed (meridian's own
     /// metadata not counted).
     pub async fn key_count(&self) -> Result<u64, BackendError> {
-        self.shared.backend.key_count(self.read_context()).await
+        let all = self.shared.backend.key_count(self.read_context()).await?;
+        // Less the placement records, which are meridian's own.
+        Ok(all.saturating_sub(self.shared.placements.len() as u64))
     }
 
     /// This datacenter's clock in milliseconds since the Unix epoch, as its
@@ -629,6 +652,27 @@ impl Engine {
         user: Bytes,
     ) -> oneshot::Receiver<Written> {
         self.queue(writer::Work::One(f, args), user).await
+    }
+
+    /// Moves `user`'s home from here to datacenter `to`, as a change of this
+    /// datacenter (see `placement`); `why` is recorded with it. Its reply is `OK`,
+    /// or the error saying why not (this datacenter no longer writes the user).
+    pub async fn move_home(&self, user: Bytes, to: String, why: &str) -> oneshot::Receiver<Written> {
+        let work = writer::Work::Move {
+            to,
+            why: why.to_owned(),
+        };
+        self.queue(work, user).await
+    }
+
+    /// `user`'s placement record, when its home has moved.
+    pub fn placement(&self, user: &[u8]) -> Option<placement::Placement> {
+        self.shared.placements.get(user)
+    }
+
+    /// Every placement record held here.
+    pub fn placements(&self) -> &placement::Placements {
+        &self.shared.placements
     }
 
     /// Queues a transaction of `user`: its reply is the array of its commands'

@@ -27,6 +27,7 @@ mod agreement;
 mod error;
 mod failover;
 mod forward;
+mod homes;
 mod lease;
 mod links;
 mod reads;
@@ -50,6 +51,7 @@ use crate::link::LinkTls;
 pub use error::StreamError;
 pub use failover::FailoverStats;
 pub use forward::{ForwardError, ForwardStats, homes};
+pub use homes::HomeStats;
 pub use reads::{ReadPlace, ReadStats};
 pub use status::{OriginLag, PeerStatus};
 
@@ -109,6 +111,8 @@ pub struct Replication {
     control: std::sync::OnceLock<Arc<crate::control::Control>>,
     /// Takeovers seen here, and when.
     seen: failover::Seen,
+    /// Traffic at the homes here, and the moves it asks for.
+    following: homes::Following,
 }
 
 /// Keeps the engine's log retention told what the peers still need, at most once a
@@ -146,6 +150,7 @@ impl Replication {
             user_tokens: reads::user_tokens(&config.topology.session),
             control: std::sync::OnceLock::new(),
             seen: failover::Seen::default(),
+            following: homes::Following::new(&config.topology),
             live: watch::Sender::new(DcSet::one(config.me)),
             known: watch::Sender::new(known),
             acked: Mutex::new(HashMap::new()),
@@ -156,6 +161,7 @@ impl Replication {
             config,
         });
         links::spawn(repl.clone(), stopped.clone());
+        homes::spawn_mover(&repl);
         let needs = repl.clone();
         repl.engine.workers().spawn("peer-needs", None, |worker| {
             worker.set(crate::workers::State::Idle);
@@ -195,6 +201,21 @@ impl Replication {
 
     fn id(&self, dc: DcIdx) -> &str {
         &self.topology().dc(dc).id
+    }
+
+    /// This datacenter's number.
+    pub fn me(&self) -> usize {
+        self.config.me.get()
+    }
+
+    /// The number of the datacenter called `id`.
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.topology().index_of(id).map(DcIdx::get)
+    }
+
+    /// Every datacenter's id, in topology order.
+    pub fn datacenter_ids(&self) -> Vec<String> {
+        self.topology().datacenters.iter().map(|d| d.id.clone()).collect()
     }
 
     /// The id of datacenter number `dc`.

@@ -29,6 +29,6 @@ pub use presets::{Preset, Region, floor_one_way_ms, one_way_ms};
 pub use relay::{Direction, LinkShape, Relay, RelayError, RelayStats};
 pub use rng::Rng;
 pub use topology_file::{
-    BackendEntry, ClientsSection, ClusterSection, DatacenterEntry, HomesSection,
+    BackendEntry, ClientsSection, ClusterSection, DatacenterEntry, FollowSection, HomesSection,
     ReplicationSection, SessionSection, TlsSection, TopologyFile,
 };

@@ -83,7 +83,7 @@ pub enum BackendEntry {
 }
 
 /// `[homes]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct HomesSection {
     /// `home` (the default) or `local`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -94,11 +94,34 @@ pub struct HomesSection {
     /// Users pinned to a datacenter.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub pins: std::collections::BTreeMap<String, String>,
+    /// `[homes.follow]`: homes follow their users (absent: they do not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub follow: Option<FollowSection>,
+}
+
+/// `[homes.follow]`: when a user's home moves to where its writes come from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FollowSection {
+    /// The share of the window's writes the new home must send (0.51 to 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub share: Option<f64>,
+    /// The fewest writes in the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_writes: Option<u32>,
+    /// How far back writes count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<u64>,
+    /// The least time between two moves of one user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_interval_ms: Option<u64>,
 }
 
 impl HomesSection {
     fn is_empty(&self) -> bool {
-        self.writes.is_none() && self.on_home_down.is_none() && self.pins.is_empty()
+        self.writes.is_none()
+            && self.on_home_down.is_none()
+            && self.pins.is_empty()
+            && self.follow.is_none()
     }
 }
 

@@ -16,7 +16,7 @@ mod route;
 
 pub use error::{ConfigErrors, Location, Problem};
 pub use model::{
-    Backend, ClientSettings, Datacenter, Endpoint, FlushPolicy, FsyncPolicy, Homes, Link,
+    Backend, ClientSettings, Datacenter, Endpoint, FlushPolicy, Follow, FsyncPolicy, Homes, Link,
     OnHomeDown, OnStale, ReplicationSettings, SessionScope, SessionSettings, TlsSettings, Topology,
     TopologyKind, UserKey, Writes,
 };

@@ -127,6 +127,34 @@ pub struct Homes {
     pub on_home_down: OnHomeDown,
     /// Where writes run (default at the user's home).
     pub writes: Writes,
+    /// When a user's home moves to where its writes come from (`None`: never,
+    /// the default).
+    pub follow: Option<Follow>,
+}
+
+/// `[homes] follow`: when a user's home moves to where the user writes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Follow {
+    /// The share of the window's writes (in each half of it) one other
+    /// datacenter must send, in thousandths (default 800: 0.8).
+    pub share_milli: u32,
+    /// The fewest writes in the window to move a user (default 20).
+    pub min_writes: u32,
+    /// How far back writes count (default 10 s).
+    pub window: Duration,
+    /// The least time between two moves of one user (default 60 s).
+    pub min_interval: Duration,
+}
+
+impl Default for Follow {
+    fn default() -> Self {
+        Follow {
+            share_milli: 800,
+            min_writes: 20,
+            window: Duration::from_secs(10),
+            min_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Where a datacenter runs the writes its clients send.

@@ -54,6 +54,13 @@ pub(super) enum Work {
     One(DataFn, Vec<Bytes>),
     /// A transaction's commands, as one change.
     Transaction(super::Transaction),
+    /// Moving the user's home from here to another datacenter.
+    Move {
+        /// The new home.
+        to: String,
+        /// Why (recorded).
+        why: String,
+    },
 }
 
 impl Request {
@@ -62,6 +69,7 @@ impl Request {
         match &self.work {
             Work::One(_, args) => vec![args.as_slice()],
             Work::Transaction(t) => t.commands.iter().map(|(_, a)| a.as_slice()).collect(),
+            Work::Move { .. } => Vec::new(),
         }
     }
 }
@@ -471,7 +479,7 @@ impl Writer {
             .iter()
             .filter_map(|r| match &r.work {
                 Work::Transaction(t) => Some(t.watched.iter().map(|(k, _)| k.as_slice())),
-                Work::One(..) => None,
+                Work::One(..) | Work::Move { .. } => None,
             })
             .flatten()
             .collect();
@@ -527,7 +535,38 @@ impl Writer {
         // that is much smaller.
         let mut edit_candidates = Vec::new();
         let now = wall_ms();
+        // Users this batch moves away: their later writes in it must not run here.
+        let mut moved: HashMap<Bytes, String> = HashMap::new();
         for request in batch {
+            let gone = (moved.get(&request.user).cloned())
+                .or_else(|| (self.shared.placements).moved_away(&request.user, &self.dc));
+            if let Some(to) = gone {
+                let reply = Reply::error(format!(
+                    "TRYAGAIN user '{}' has moved to {to}; {} no longer writes its data and did not run this write: send it again",
+                    String::from_utf8_lossy(&request.user),
+                    self.dc
+                ));
+                let seq = self.next_seq.saturating_sub(1);
+                replies.push((request.reply, Written { reply, seq }));
+                continue;
+            }
+            if let Work::Move { to, why } = &request.work {
+                let record = super::placement::Placement {
+                    home: to.clone(),
+                    from: self.dc.to_string(),
+                    seq: self.next_seq,
+                    at_ms: self.clock_ms(now),
+                    why: why.clone(),
+                };
+                let key = super::placement::key(&request.user);
+                let op = Op::new(key.clone(), Some(record.to_value()));
+                overlay.insert(key, op.value.clone());
+                changes.push(self.local_change(request.user.to_vec(), vec![op], now));
+                moved.insert(request.user.clone(), to.clone());
+                let seq = self.next_seq.saturating_sub(1);
+                replies.push((request.reply, Written { reply: Reply::OK, seq }));
+                continue;
+            }
             let mut ks = BatchKeyspace {
                 view,
                 base,
@@ -537,6 +576,7 @@ impl Writer {
             };
             let outcome = match &request.work {
                 Work::One(f, args) => f(&mut ks, args),
+                Work::Move { .. } => Ok(Reply::OK),
                 Work::Transaction(t) => {
                     // A watched key written since it was watched (before this
                     // batch, or by a request earlier in it) aborts the transaction.
@@ -669,6 +709,7 @@ impl Writer {
     /// queues them for the committer.
     fn hand_over(&mut self, changes: Vec<Change>, next_lsn: u64) {
         self.index_expiry(&changes);
+        self.observe_placements(&changes);
         self.batch_no += 1;
         self.shared.marks.record(
             changes
@@ -699,6 +740,14 @@ impl Writer {
                     "the committer stopped; logged writes stay in the memtable and the log"
                 );
             }
+        }
+    }
+
+    /// Takes in the placement records among `changes`' ops.
+    fn observe_placements(&self, changes: &[Change]) {
+        let placement_ops = changes.iter().flat_map(|c| &c.ops);
+        for op in placement_ops.filter(|op| op.key.starts_with(super::placement::PREFIX)) {
+            self.shared.placements.observe(&op.key, op.value.as_ref());
         }
     }
 

@@ -84,7 +84,7 @@ impl Seen {
 
 impl Replication {
     /// Where a write of `user` runs, by the agreed epochs.
-    pub(super) fn route_by_epochs(&self, control: &Control, user: &str) -> WriteRoute {
+    pub(super) fn route_by_epochs(&self, control: &Control, user: &[u8]) -> WriteRoute {
         let me = self.config.me.get();
         let ranking = self.ranking(user);
         let epochs = control.epochs();

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use meridian_policies::{Candidate, Reach, Rendezvous, VersionVector, WriteRoute, route_write};
+use meridian_policies::{Candidate, Reach, Rendezvous, VersionVector, WriteRoute, route_to};
 use meridian_topology::{DcIdx, Topology, Writes};
 
 use super::Replication;
@@ -74,7 +74,7 @@ pub struct ForwardStats {
 /// Forwarding's state in one proxy.
 #[derive(Debug)]
 pub(super) struct Forwarding {
-    homes: Rendezvous,
+    pub(super) homes: Rendezvous,
     writes: Writes,
     /// From here to each datacenter (`None`: no chain of links).
     paths: Vec<Option<Vec<DcIdx>>>,
@@ -183,11 +183,27 @@ pub enum ForwardError {
 }
 
 impl Replication {
-    /// The home of `user`.
+    /// The home of `user` now: its pin, else the datacenter it moved to (a
+    /// placement record applied here), else its rendezvous home.
     pub fn home_of(&self, user: &[u8]) -> usize {
-        self.forwarding
-            .homes
-            .home_of(&String::from_utf8_lossy(user))
+        let name = String::from_utf8_lossy(user);
+        self.placed_home(user, &name)
+            .unwrap_or_else(|| self.forwarding.homes.home_of(&name))
+    }
+
+    /// Where `user` (named `name`) moved to, when it is not pinned and has moved.
+    fn placed_home(&self, user: &[u8], name: &str) -> Option<usize> {
+        let placement = self.engine.placement(user)?;
+        if self.forwarding.homes.is_pinned(name) {
+            return None;
+        }
+        self.topology().index_of(&placement.home).map(DcIdx::get)
+    }
+
+    /// The position of the change that moved `user` to its home: a datacenter
+    /// takes the user's writes only once it has applied it.
+    pub fn placed_since(&self, user: &[u8]) -> Option<(String, u64)> {
+        self.engine.placement(user).map(|p| (p.from, p.seq))
     }
 
     /// Waits, briefly, until the changes a home's reply names are applied here
@@ -217,38 +233,38 @@ impl Replication {
         let _ = epochs.wait_for(|e| !e.in_service(dc)).await;
     }
 
-    /// `user`'s rendezvous order: its home first, then who takes over.
-    pub(super) fn ranking(&self, user: &str) -> Vec<usize> {
-        self.forwarding.homes.ranking(user)
+    /// `user`'s order: its home first (where it moved to, if it did), then who
+    /// takes over, by rendezvous.
+    pub(super) fn ranking(&self, user: &[u8]) -> Vec<usize> {
+        let name = String::from_utf8_lossy(user);
+        match self.placed_home(user, &name) {
+            Some(home) => self.forwarding.homes.ranking_from(&name, home),
+            None => self.forwarding.homes.ranking(&name),
+        }
     }
 
-    /// Where a write of `user` arriving here runs.
     /// Whether this datacenter deletes `user`'s expired keys: it writes the
     /// user's data now (with every datacenter writing locally, the user's home
     /// alone does, so one key is not deleted twice).
     pub fn expires_here(&self, user: &[u8]) -> bool {
         if self.forwarding.writes == Writes::Local {
-            let home = self
-                .forwarding
-                .homes
-                .home_of(&String::from_utf8_lossy(user));
-            return home == self.config.me.get();
+            return self.home_of(user) == self.config.me.get();
         }
         self.route(user) == WriteRoute::Here
     }
 
+    /// Where a write of `user` arriving here runs.
     pub fn route(&self, user: &[u8]) -> WriteRoute {
         let f = &self.forwarding;
         if f.writes == Writes::Local {
             return WriteRoute::Here;
         }
-        let user = String::from_utf8_lossy(user);
         if let Some(control) = self.control() {
-            return self.route_by_epochs(control, &user);
+            return self.route_by_epochs(control, user);
         }
         let n = self.topology().datacenters.len();
         let me = self.config.me.get();
-        let home = f.homes.home_of(&user);
+        let home = self.home_of(user);
         if home == me {
             return WriteRoute::Here;
         }
@@ -265,7 +281,7 @@ impl Replication {
             }
             None => reach.lose(home, 0),
         }
-        let route = route_write(&f.homes, me, &user, &reach, wall_ms());
+        let route = route_to(home, me, &reach, wall_ms());
         if let (WriteRoute::HomeUnreachable { .. }, Some(hop)) =
             (route, self.first_hop(DcIdx(home as u8)))
         {

@@ -1,5 +1,6 @@
 //! One client connection: read, parse, execute in order, reply.
 
+mod home;
 mod keyspace;
 pub(super) mod transaction;
 
@@ -513,6 +514,11 @@ impl Conn {
                     self.reply(Reply::Error(behind));
                     return;
                 }
+                if let Some(repl) = &self.ctx.replication
+                    && !user.is_empty()
+                {
+                    repl.note_home_write(&user, repl.me());
+                }
                 let rx = match work {
                     Work::One(f, args) => self.ctx.engine.write(f, args, user.clone()).await,
                     Work::Transaction(t) => self.ctx.engine.transaction(t, user.clone()).await,
@@ -525,6 +531,13 @@ impl Conn {
                 });
             }
             WriteRoute::Forward { home } => {
+                // A user that moved is written at its new home once it has
+                // applied the move: the request's token says so.
+                if let Some((from, seq)) = (self.ctx.replication.as_ref())
+                    .and_then(|r| r.placed_since(&user))
+                {
+                    self.token.advance(&from, seq);
+                }
                 if self.group.as_ref().is_some_and(|g| g.home != home) {
                     self.send_group();
                 }
@@ -719,6 +732,7 @@ impl Conn {
                 }
             }
             "MERIDIAN" if args[1].eq_ignore_ascii_case(b"SESSION") => self.session(args),
+            "MERIDIAN" if args[1].eq_ignore_ascii_case(b"HOME") => self.home(args).await,
             "MERIDIAN" => super::replicate::meridian(&self.ctx, args).await,
             _ => command::unknown_command(args),
         };

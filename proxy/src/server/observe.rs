@@ -50,7 +50,7 @@ fn stat(ctx: &Context, counter: fn(&crate::engine::Stats) -> &AtomicU64) -> f64 
 }
 
 /// The proxy's and engine's single values, in the order INFO shows them.
-const SCALARS: [ScalarRow; 39] = [
+const SCALARS: [ScalarRow; 46] = [
     (
         "meridian_connected_clients",
         "Client connections open now.",
@@ -245,6 +245,58 @@ const SCALARS: [ScalarRow; 39] = [
         |c| failover(c, |f| &f.failbacks),
     ),
     (
+        "meridian_home_writes_local_total",
+        "Writes executed here as their user's home for a client of this datacenter (served at home).",
+        Kind::Counter,
+        Some((Section::Replication, "home_writes_local")),
+        |c| homes(c, |h| &h.writes_local),
+    ),
+    (
+        "meridian_home_writes_forwarded_total",
+        "Writes executed here as their user's home for a client of another datacenter.",
+        Kind::Counter,
+        Some((Section::Replication, "home_writes_forwarded")),
+        |c| homes(c, |h| &h.writes_forwarded),
+    ),
+    (
+        "meridian_home_moves_total",
+        "Users this datacenter moved to another home (following their writes, or by hand).",
+        Kind::Counter,
+        Some((Section::Replication, "home_moves")),
+        |c| homes(c, |h| &h.moves),
+    ),
+    (
+        "meridian_home_moves_failed_total",
+        "Moves the follow rule asked for that could not be made (the target out of service or reach).",
+        Kind::Counter,
+        Some((Section::Replication, "home_moves_failed")),
+        |c| homes(c, |h| &h.moves_failed),
+    ),
+    (
+        "meridian_home_writes_passed_on_total",
+        "Writes that reached this datacenter after their user moved away, passed on to the new home.",
+        Kind::Counter,
+        Some((Section::Replication, "home_writes_passed_on")),
+        |c| homes(c, |h| &h.passed_on),
+    ),
+    (
+        "meridian_home_placements",
+        "Users whose home has moved from its default (placement records held here).",
+        Kind::Gauge,
+        Some((Section::Replication, "home_placements")),
+        |c| c.engine.placements().len() as f64,
+    ),
+    (
+        "meridian_home_users_moved_here",
+        "Users whose home moved to this datacenter.",
+        Kind::Gauge,
+        Some((Section::Replication, "home_users_moved_here")),
+        |c| {
+            let homed = c.engine.placements().homed();
+            homed.get(c.engine.dc()).copied().unwrap_or(0) as f64
+        },
+    ),
+    (
         "meridian_forward_requests_total",
         "Requests (groups of writes of one connection) sent toward their users' homes.",
         Kind::Counter,
@@ -357,6 +409,12 @@ fn failover(ctx: &Context, counter: fn(&crate::replication::FailoverStats) -> &A
 fn agreement(ctx: &Context) -> Option<(u64, Option<usize>)> {
     let status = ctx.replication.as_ref()?.agreement_status()?;
     Some((status.epoch, status.leader))
+}
+
+fn homes(ctx: &Context, counter: fn(&crate::replication::HomeStats) -> &AtomicU64) -> f64 {
+    ctx.replication
+        .as_ref()
+        .map_or(0.0, |r| load(counter(r.home_stats())))
 }
 
 fn forward(ctx: &Context, counter: fn(&crate::replication::ForwardStats) -> &AtomicU64) -> f64 {

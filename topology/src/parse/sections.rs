@@ -7,12 +7,20 @@ use std::time::Duration;
 use super::Ids;
 use super::reader::{Report, Table};
 use crate::model::{
-    ClientSettings, FlushPolicy, FsyncPolicy, Homes, Link, OnHomeDown, OnStale,
+    ClientSettings, FlushPolicy, Follow, FsyncPolicy, Homes, Link, OnHomeDown, OnStale,
     ReplicationSettings, SessionScope, SessionSettings, TlsSettings, UserKey, Writes,
 };
 use crate::route::DcIdx;
 
-const HOMES_KEYS: &[&str] = &["user", "default", "pins", "on_home_down", "writes"];
+const HOMES_KEYS: &[&str] = &[
+    "user",
+    "default",
+    "pins",
+    "on_home_down",
+    "writes",
+    "follow",
+];
+const FOLLOW_KEYS: &[&str] = &["share", "min_writes", "window_ms", "min_interval_ms"];
 const SESSION_KEYS: &[&str] = &[
     "read_wait_ms",
     "on_stale",
@@ -96,6 +104,7 @@ pub(super) fn homes(report: &mut Report<'_>, root: &Table<'_, '_>, ids: &Ids) ->
         pins: Vec::new(),
         on_home_down: OnHomeDown::Reject,
         writes: Writes::Home,
+        follow: None,
     };
     if root.get("homes").is_none() {
         return Some(homes);
@@ -145,7 +154,50 @@ pub(super) fn homes(report: &mut Report<'_>, root: &Table<'_, '_>, ids: &Ids) ->
             }
         }
     }
+    homes.follow = follow(report, &t);
+    if homes.follow.is_some() && homes.writes == Writes::Local {
+        let span = t.get("follow").map(|v| v.span()).unwrap_or_default();
+        report.at(
+            &span,
+            "homes.follow",
+            "homes follow their users only where writes run at homes; with writes = \"local\" there are none to move",
+        );
+    }
     (report.problems.len() == before).then_some(homes)
+}
+
+/// `[homes] follow`: `true` (the defaults), `false`, or a table of settings.
+fn follow(report: &mut Report<'_>, homes: &Table<'_, '_>) -> Option<Follow> {
+    let value = homes.get("follow")?;
+    if let Some(on) = value.get_ref().as_bool() {
+        return on.then(Follow::default);
+    }
+    let t = section(report, homes, "follow", FOLLOW_KEYS)?;
+    let mut follow = Follow::default();
+    if let Some((share, _)) = t.number(report, "share", 0.51..=1.0, "") {
+        follow.share_milli = (share * 1000.0).round() as u32;
+    }
+    if let Some((n, _)) = t.integer(report, "min_writes", 1..=1_000_000, " writes") {
+        follow.min_writes = n as u32;
+    }
+    if let Some((ms, _)) = t.integer(report, "window_ms", 100..=86_400_000, " ms") {
+        follow.window = Duration::from_millis(ms as u64);
+    }
+    if let Some((ms, _)) = t.integer(report, "min_interval_ms", 0..=604_800_000, " ms") {
+        follow.min_interval = Duration::from_millis(ms as u64);
+    }
+    if follow.min_interval < follow.window {
+        report.at(
+            &value.span(),
+            "homes.follow.min_interval_ms",
+            format!(
+                "{} ms is shorter than the window ({} ms): a user's new home must see a whole window of its traffic before it may move the user on",
+                follow.min_interval.as_millis(),
+                follow.window.as_millis()
+            ),
+        );
+    }
+    Some(follow)
 }
 
 pub(super) fn session(report: &mut Report<'_>, root: &Table<'_, '_>) -> Option<SessionSettings> {

@@ -97,6 +97,7 @@ impl Writer {
     /// durable checkpoint with the merged vector.
     fn store_snapshot(&mut self, winners: Vec<Change>, lsn: u64) -> Result<(), ApplyError> {
         self.index_expiry(&winners);
+        self.observe_placements(&winners);
         self.batch_no += 1;
         let ops = winners.iter().flat_map(|c| {
             let version = c.version();

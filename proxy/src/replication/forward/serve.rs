@@ -93,6 +93,20 @@ fn is_read_only(request: &ForwardRequest) -> bool {
     })
 }
 
+/// The user a forwarded write (or transaction) writes, when it names one.
+fn forwarded_user(args: &[Bytes], rule: UserRule) -> Option<Bytes> {
+    let name = args.first()?;
+    if name.as_ref() == crate::server::FORWARDED_TRANSACTION {
+        let transaction = crate::server::transaction_from_forwarded(args).ok()?;
+        return (transaction.commands.iter()).find_map(|(_, command)| {
+            let spec = command::lookup(&command[0])?;
+            command::user_of_command(spec, command, rule).ok().flatten()
+        });
+    }
+    let spec = command::lookup(name)?;
+    command::user_of_command(spec, args, rule).ok().flatten()
+}
+
 /// How keys name users in this cluster.
 fn user_rule(repl: &Replication) -> UserRule {
     match repl.topology().homes.user {
@@ -174,9 +188,20 @@ impl Replication {
             return refused;
         }
         let rule = user_rule(self);
+        if let Some(onward) = self.moved_on(&request, rule) {
+            // Its user moved from here: the new home runs it, once it has
+            // applied the move (the token says so).
+            let stats = &self.following.stats;
+            stats.passed_on.fetch_add(n as u64, Ordering::Relaxed);
+            return match self.forward(&onward).await {
+                Ok(reply) => reply,
+                Err(e) => all_failed(n, proto, &e.to_string()),
+            };
+        }
+        let from = self.topology().index_of(&request.id.from);
         let mut queued = Vec::with_capacity(n);
         for args in request.commands {
-            queued.push(self.queue_write(args, rule).await);
+            queued.push(self.queue_write(args, rule, from).await);
         }
         let mut replies = Vec::with_capacity(n);
         let mut newest = 0;
@@ -245,16 +270,60 @@ impl Replication {
         }
     }
 
+    /// The request to send on when every user it writes has moved from here to
+    /// one new home: addressed there, its token holding the move, so the new
+    /// home runs it only once it knows it is the home.
+    fn moved_on(&self, request: &ForwardRequest, rule: UserRule) -> Option<ForwardRequest> {
+        let mut to: Option<usize> = None;
+        let mut token = VersionVector::decode(&request.token).ok()?;
+        for args in &request.commands {
+            let user = forwarded_user(args, rule)?;
+            let (from, seq) = self.placed_since(&user)?;
+            let meridian_policies::WriteRoute::Forward { home } = self.route(&user) else {
+                return None;
+            };
+            if to.is_some_and(|t| t != home) {
+                return None;
+            }
+            to = Some(home);
+            token.advance(&from, seq);
+        }
+        let mut onward = request.clone();
+        onward.home = self.id(DcIdx(to? as u8)).to_owned();
+        onward.token = Bytes::from(token.to_bytes());
+        Some(onward)
+    }
+
     /// Queues one forwarded write with the engine, after the checks a client's
-    /// own write passes; a write that fails them gets its error.
+    /// own write passes; a write that fails them gets its error. `from`: the
+    /// datacenter of the client that sent it.
     async fn queue_write(
         &self,
         args: Vec<Bytes>,
         rule: UserRule,
+        from: Option<DcIdx>,
     ) -> Result<tokio::sync::oneshot::Receiver<crate::engine::Written>, Reply> {
         let Some(name) = args.first() else {
             return Err(Reply::error("ERR empty command"));
         };
+        if name.eq_ignore_ascii_case(b"MERIDIAN")
+            && args.len() == 4
+            && args[1].eq_ignore_ascii_case(b"HOME")
+        {
+            // A move by hand, sent to the datacenter that writes the user.
+            let to = self.index_of(&String::from_utf8_lossy(&args[3]));
+            let Some(to) = to else {
+                return Err(Reply::error("ERR unknown datacenter"));
+            };
+            let reply = match self.move_user(&args[2], to, "operator").await {
+                Ok(done) => Reply::bulk(done),
+                Err(why) => Reply::error(why),
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let seq = self.engine.applied().get(self.dc());
+            let _ = tx.send(crate::engine::Written { reply, seq });
+            return Ok(rx);
+        }
         if name.as_ref() == crate::server::FORWARDED_TRANSACTION {
             let transaction = crate::server::transaction_from_forwarded(&args)
                 .map_err(|why| Reply::error(format!("ERR {why}")))?;
@@ -276,6 +345,9 @@ impl Replication {
                 Bytes::copy_from_slice(keys.map_or(&b""[..], |k| rule.user_of(k)))
             });
             self.may_write_here(&user).await?;
+            if let Some(from) = from {
+                self.note_home_write(&user, from.get());
+            }
             return Ok(self.engine.transaction(transaction, user).await);
         }
         let Some(spec) = command::lookup(name) else {
@@ -292,6 +364,9 @@ impl Replication {
         }
         let user = command::user_of_command(spec, &args, rule)?.unwrap_or_default();
         self.may_write_here(&user).await?;
+        if let Some(from) = from {
+            self.note_home_write(&user, from.get());
+        }
         Ok(self.engine.write(f, args, user).await)
     }
 

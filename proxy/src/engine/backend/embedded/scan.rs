@@ -152,7 +152,8 @@ pub(super) fn page(
 
 /// Whether a live key looked at goes in the page: of the pattern and type asked.
 fn wanted(key: &[u8], value: &Value, args: &ScanArgs<'_>) -> bool {
-    args.pattern.is_none_or(|p| glob::matches(p, key))
+    !crate::engine::placement::is_own_key(key)
+        && args.pattern.is_none_or(|p| glob::matches(p, key))
         && args
             .type_name
             .is_none_or(|t| t.eq_ignore_ascii_case(value.data.type_name().as_bytes()))

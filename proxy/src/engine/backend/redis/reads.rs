@@ -7,6 +7,7 @@ use bytes::Bytes;
 use redis::Value as RValue;
 
 use super::{META_KEY, RedisBackend, RedisStoreError};
+use crate::engine::placement::is_own_key;
 use crate::engine::backend::BackendError;
 use crate::engine::backend::{Read, ReadContext, ReadKeyspace, ScanArgs, ScanPage};
 use crate::engine::wall_ms;
@@ -142,7 +143,7 @@ impl RedisBackend {
                     keys: keys
                         .iter()
                         .filter_map(|k| match k {
-                            Reply::Bulk(k) if k.as_ref() != META_KEY.as_bytes() => Some(k.to_vec()),
+                            Reply::Bulk(k) if !is_own_key(k) => Some(k.to_vec()),
                             _ => None,
                         })
                         .collect(),
@@ -163,7 +164,7 @@ impl RedisBackend {
         let cmd = [Bytes::from_static(b"RANDOMKEY")];
         for _ in 0..8 {
             match self.forward_many(&[&cmd]).await.pop() {
-                Some(Reply::Bulk(key)) if key.as_ref() != META_KEY.as_bytes() => {
+                Some(Reply::Bulk(key)) if !is_own_key(&key) => {
                     return Ok(Some(key.to_vec()));
                 }
                 Some(Reply::Bulk(_)) => {}
