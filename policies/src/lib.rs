@@ -40,8 +40,8 @@ mod version;
 mod vv;
 
 pub use causal::{Readiness, dependencies_met, readiness};
-pub use follow::{FollowRule, Traffic, decide as decide_move};
 pub use epochs::{Command as EpochCommand, Epochs, Outcome as EpochOutcome, Service, Writer};
+pub use follow::{FollowRule, Traffic, decide as decide_move};
 pub use hlc::{ClockError, Hlc, Timestamp};
 pub use reads::{OnStale, ReadDecision, ReadRule, missing};
 pub use rendezvous::{Candidate, Rendezvous, RendezvousError};

@@ -657,7 +657,12 @@ impl Engine {
     /// Moves `user`'s home from here to datacenter `to`, as a change of this
     /// datacenter (see `placement`); `why` is recorded with it. Its reply is `OK`,
     /// or the error saying why not (this datacenter no longer writes the user).
-    pub async fn move_home(&self, user: Bytes, to: String, why: &str) -> oneshot::Receiver<Written> {
+    pub async fn move_home(
+        &self,
+        user: Bytes,
+        to: String,
+        why: &str,
+    ) -> oneshot::Receiver<Written> {
         let work = writer::Work::Move {
             to,
             why: why.to_owned(),

@@ -215,7 +215,11 @@ impl Replication {
 
     /// Every datacenter's id, in topology order.
     pub fn datacenter_ids(&self) -> Vec<String> {
-        self.topology().datacenters.iter().map(|d| d.id.clone()).collect()
+        self.topology()
+            .datacenters
+            .iter()
+            .map(|d| d.id.clone())
+            .collect()
     }
 
     /// The id of datacenter number `dc`.

@@ -50,10 +50,7 @@ fn user_homed_at(homes: &Rendezvous, dc: usize) -> String {
 
 /// A field of `MERIDIAN HOME <user>` as datacenter `dc` answers it.
 async fn home_field(cluster: &Cluster, dc: usize, user: &str, field: &str) -> String {
-    let fields: Vec<String> = cluster
-        .cmd(dc, &["MERIDIAN", "HOME", user])
-        .await
-        .unwrap();
+    let fields: Vec<String> = cluster.cmd(dc, &["MERIDIAN", "HOME", user]).await.unwrap();
     let at = fields.iter().position(|f| f == field);
     at.and_then(|i| fields.get(i + 1).cloned())
         .unwrap_or_default()
@@ -191,7 +188,12 @@ async fn writers_everywhere_during_moves_lose_nothing() {
     let applied = converged(&cluster).await;
     for dc in 0..3 {
         let got: i64 = cluster.cmd(dc, &["GET", &key]).await.unwrap();
-        assert_eq!(got, total as i64, "the counter at dc{dc}\n{}", logs(&cluster));
+        assert_eq!(
+            got,
+            total as i64,
+            "the counter at dc{dc}\n{}",
+            logs(&cluster)
+        );
         assert_eq!(home_field(&cluster, dc, &user, "home").await, "dc1");
         assert_eq!(info_u64(&cluster, dc, "conflicts").await, 0);
     }

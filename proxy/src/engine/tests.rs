@@ -2,7 +2,7 @@ use std::sync::atomic::Ordering;
 
 use super::*;
 use crate::change::{Change, Data, Op};
-use crate::command::lookup;
+use crate::command::{Kind, lookup};
 
 fn config() -> EngineConfig {
     EngineConfig {
@@ -220,4 +220,53 @@ async fn reads_never_go_back_while_the_committer_moves_data() {
     let reads = reader.await.unwrap();
     assert!(reads > 1);
     engine.shutdown().await;
+}
+
+/// A write of a user queued behind the user's move away from here (routed here
+/// before the move) does not run: the datacenter that moved the user no longer
+/// writes it. The record survives a restart (the store holds it) and is hidden
+/// from the keyspace.
+#[tokio::test]
+async fn writes_queued_behind_a_move_away_are_refused_and_the_move_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    assert_eq!(exec(&engine, "SET {u}:a 1").await, Reply::OK);
+    let user = Bytes::from_static(b"u");
+    let moved = engine.move_home(user.clone(), "eu-west".into(), "operator");
+    let moved = moved.await;
+    let Some(Kind::Write(incr)) = lookup(b"INCR").map(|s| s.kind) else {
+        unreachable!()
+    };
+    // Queued right behind the move, in the same batch or the next.
+    let late = engine.write(incr, args("INCR {u}:a"), user.clone()).await;
+    assert_eq!(moved.await.unwrap().reply, Reply::OK);
+    let refused = late.await.unwrap().reply;
+    let Reply::Error(why) = refused else {
+        panic!("a write after the move ran: {refused:?}")
+    };
+    assert!(
+        why.starts_with("TRYAGAIN user 'u' has moved to eu-west"),
+        "{why}"
+    );
+    assert_eq!(exec(&engine, "GET {u}:a").await, Reply::bulk("1"));
+    // Another user is written as before.
+    let other = engine
+        .write(incr, args("INCR {v}:a"), Bytes::from_static(b"v"))
+        .await;
+    assert_eq!(other.await.unwrap().reply, Reply::Integer(1));
+    let placement = engine.placement(b"u").unwrap();
+    assert_eq!(
+        (placement.home.as_str(), placement.from.as_str()),
+        ("eu-west", "us-east")
+    );
+    assert_eq!(placement.seq, 2);
+    assert_eq!(engine.key_count().await.unwrap(), 2);
+    engine.shutdown().await;
+    drop(engine);
+
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    assert_eq!(engine.placement(b"u"), Some(placement));
+    let late = engine.write(incr, args("INCR {u}:a"), user).await;
+    assert!(late.await.unwrap().reply.is_error());
+    assert_eq!(engine.key_count().await.unwrap(), 2);
 }

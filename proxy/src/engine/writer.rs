@@ -564,7 +564,13 @@ impl Writer {
                 changes.push(self.local_change(request.user.to_vec(), vec![op], now));
                 moved.insert(request.user.clone(), to.clone());
                 let seq = self.next_seq.saturating_sub(1);
-                replies.push((request.reply, Written { reply: Reply::OK, seq }));
+                replies.push((
+                    request.reply,
+                    Written {
+                        reply: Reply::OK,
+                        seq,
+                    },
+                ));
                 continue;
             }
             let mut ks = BatchKeyspace {

@@ -87,7 +87,11 @@ pub(super) fn spawn_mover(repl: &Arc<Replication>) {
         return;
     }
     let (tx, mut rx) = mpsc::channel::<(Bytes, usize)>(MOVE_QUEUE);
-    *repl.following.moves.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    *repl
+        .following
+        .moves
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(tx);
     let weak = Arc::downgrade(repl);
     repl.engine.workers().spawn("home-mover", None, |worker| async move {
         worker.set(crate::workers::State::Idle);
@@ -129,7 +133,12 @@ impl Replication {
         let Some(rule) = &f.rule else {
             return;
         };
-        if user.is_empty() || self.forwarding.homes.is_pinned(&String::from_utf8_lossy(user)) {
+        if user.is_empty()
+            || self
+                .forwarding
+                .homes
+                .is_pinned(&String::from_utf8_lossy(user))
+        {
             return;
         }
         let now = wall_ms();

@@ -533,8 +533,8 @@ impl Conn {
             WriteRoute::Forward { home } => {
                 // A user that moved is written at its new home once it has
                 // applied the move: the request's token says so.
-                if let Some((from, seq)) = (self.ctx.replication.as_ref())
-                    .and_then(|r| r.placed_since(&user))
+                if let Some((from, seq)) =
+                    (self.ctx.replication.as_ref()).and_then(|r| r.placed_since(&user))
                 {
                     self.token.advance(&from, seq);
                 }

@@ -172,7 +172,8 @@ fn follow(report: &mut Report<'_>, homes: &Table<'_, '_>) -> Option<Follow> {
     if let Some(on) = value.get_ref().as_bool() {
         return on.then(Follow::default);
     }
-    let t = section(report, homes, "follow", FOLLOW_KEYS)?;
+    let (table, span) = homes.table(report, "follow")?;
+    let t = Table::new(report, table, span, "homes.follow".into(), FOLLOW_KEYS);
     let mut follow = Follow::default();
     if let Some((share, _)) = t.number(report, "share", 0.51..=1.0, "") {
         follow.share_milli = (share * 1000.0).round() as u32;
@@ -187,8 +188,9 @@ fn follow(report: &mut Report<'_>, homes: &Table<'_, '_>) -> Option<Follow> {
         follow.min_interval = Duration::from_millis(ms as u64);
     }
     if follow.min_interval < follow.window {
+        let at = t.get("min_interval_ms").unwrap_or(value);
         report.at(
-            &value.span(),
+            &at.span(),
             "homes.follow.min_interval_ms",
             format!(
                 "{} ms is shorter than the window ({} ms): a user's new home must see a whole window of its traffic before it may move the user on",

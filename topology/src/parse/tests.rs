@@ -481,3 +481,51 @@ fn flush_is_refused_unless_allowed() {
         "{bad:?}"
     );
 }
+
+#[test]
+fn homes_follow_their_users_when_asked_and_bad_settings_are_named() {
+    assert_eq!(parse(&cluster("")).unwrap().homes.follow, None);
+    let on = parse(&format!("{}[homes]\nfollow = true\n", cluster(""))).unwrap();
+    assert_eq!(on.homes.follow, Some(Follow::default()));
+    let off = parse(&format!("{}[homes]\nfollow = false\n", cluster(""))).unwrap();
+    assert_eq!(off.homes.follow, None);
+    let tuned = format!(
+        "{}[homes.follow]\nshare = 0.9\nmin_writes = 5\nwindow_ms = 2000\nmin_interval_ms = 30000\n",
+        cluster("")
+    );
+    let follow = parse(&tuned).unwrap().homes.follow.unwrap();
+    assert_eq!(follow.share_milli, 900);
+    assert_eq!(follow.min_writes, 5);
+    assert_eq!(follow.window, Duration::from_secs(2));
+    assert_eq!(follow.min_interval, Duration::from_secs(30));
+    let bad = format!(
+        "{}[homes.follow]\nshare = 0.4\nwindow_ms = 20000\nmin_interval_ms = 1000\nspan = 3\n",
+        cluster("")
+    );
+    let found = problems(&bad);
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("homes.follow.share: 0.4 is out of range")),
+        "{found:?}"
+    );
+    assert!(
+        found.iter().any(|p| p.contains("unknown key \"span\"")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("min_interval_ms: 1000 ms is shorter than the window")),
+        "{found:?}"
+    );
+    let local = format!(
+        "{}[homes]\nwrites = \"local\"\nfollow = true\n",
+        cluster("")
+    );
+    assert!(
+        problems(&local)[0]
+            .contains("homes.follow: homes follow their users only where writes run at homes")
+    );
+}

@@ -44,7 +44,11 @@ impl Conn {
                 Err(why) => Reply::error(why),
             },
             WriteRoute::Forward { home } => {
-                let protocol = if self.protocol == Protocol::Resp3 { 3 } else { 2 };
+                let protocol = if self.protocol == Protocol::Resp3 {
+                    3
+                } else {
+                    2
+                };
                 let mut token = self.token.clone();
                 if let Some((from, seq)) = repl.placed_since(&user) {
                     token.advance(&from, seq);

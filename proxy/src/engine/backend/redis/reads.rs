@@ -7,9 +7,9 @@ use bytes::Bytes;
 use redis::Value as RValue;
 
 use super::{META_KEY, RedisBackend, RedisStoreError};
-use crate::engine::placement::is_own_key;
 use crate::engine::backend::BackendError;
 use crate::engine::backend::{Read, ReadContext, ReadKeyspace, ScanArgs, ScanPage};
+use crate::engine::placement::is_own_key;
 use crate::engine::wall_ms;
 use crate::resp::Reply;
 
