@@ -19,6 +19,7 @@ mod overhead;
 mod processes;
 mod replication;
 mod sessions;
+mod travel;
 mod values;
 
 /// Exit code for a benchmark that could not run (EX_SOFTWARE).
@@ -65,6 +66,10 @@ enum Bench {
     /// local multi-leader writes, on one emulated WAN and one workload; a table,
     /// a JSON file and an SVG report.
     Geo(geo::GeoArgs),
+    /// Travelling users on three regions: the share of writes executed at their
+    /// home and the write latency, with homes that follow their users and with
+    /// rendezvous homes alone.
+    Travel(travel::TravelArgs),
     /// What a small change to a big value costs: log bytes per change and changes
     /// per second for sets, hashes, lists and sorted sets of 10 to 100,000 elements.
     Values(values::ValuesArgs),
@@ -82,6 +87,7 @@ fn main() -> ExitCode {
         Bench::Failover(args) => ("failover", failover::run(&args)),
         Bench::Geo(args) => ("geo", geo::run(&args)),
         Bench::Values(args) => ("values", values::run(&args)),
+        Bench::Travel(args) => ("travel", travel::run(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
