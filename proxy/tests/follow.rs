@@ -141,6 +141,17 @@ async fn a_home_follows_its_user_to_another_region() {
     assert_eq!(keys, vec![key.clone()]);
     let size: i64 = cluster.cmd(1, &["DBSIZE"]).await.unwrap();
     assert_eq!(size, 1);
+    // No move to a datacenter the home cannot reach: the user stays at dc1.
+    cluster.cut(1, 2);
+    until("dc1 to see dc2 down", || async {
+        let info = cluster.replication_info(1).await.unwrap();
+        info.get("peer_dc2").is_some_and(|v| !v.contains("state=up"))
+    })
+    .await;
+    let refused: Result<String, _> = cluster.cmd(0, &["MERIDIAN", "HOME", &user, "dc2"]).await;
+    let error = refused.unwrap_err().to_string();
+    assert!(error.contains("dc2 cannot be reached from dc1"), "{error}");
+    assert_eq!(home_field(&cluster, 1, &user, "home").await, "dc1");
 }
 
 /// Clients in all three regions INCR one user's counter while an operator moves

@@ -212,7 +212,10 @@ impl Replication {
         }
         if to != self.config.me.get() {
             let hop = self.first_hop(DcIdx(to as u8));
-            let up = hop.is_some_and(|hop| self.peer_status(self.id(hop)).connection().is_some());
+            let up = hop.is_some_and(|hop| {
+                let status = self.peer_status(self.id(hop));
+                status.ever_up() && status.down_since_ms().is_none()
+            });
             if !up {
                 return Err(format!(
                     "TRYAGAIN {to_id} cannot be reached from {}: user '{name}' is not moved there",
