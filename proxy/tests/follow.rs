@@ -145,7 +145,8 @@ async fn a_home_follows_its_user_to_another_region() {
     cluster.cut(1, 2);
     until("dc1 to see dc2 down", || async {
         let info = cluster.replication_info(1).await.unwrap();
-        info.get("peer_dc2").is_some_and(|v| !v.contains("state=up"))
+        info.get("peer_dc2")
+            .is_some_and(|v| !v.contains("state=up"))
     })
     .await;
     let refused: Result<String, _> = cluster.cmd(0, &["MERIDIAN", "HOME", &user, "dc2"]).await;
