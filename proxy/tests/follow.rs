@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use meridian_policies::Rendezvous;
+use meridian_testbed::history;
 use meridian_testbed::{Cluster, ClusterSpec, FollowSection, Shape};
 use redis::aio::MultiplexedConnection;
 use support::wan::{CONVERGE, converged, info_u64, linked, logs, lossy, start, until};
@@ -72,9 +73,74 @@ async fn incr(c: &mut MultiplexedConnection, key: &str) -> i64 {
     }
 }
 
-/// A user homed at dc0 whose client moves to dc1: its home follows, its writes
-/// then run at dc1 (their changes' origin), the counter stays exact, and the
-/// session reads its own writes throughout.
+/// SET `key` to `value`, sent again while the answer is `TRYAGAIN`.
+async fn set(c: &mut MultiplexedConnection, key: &str, value: &str) {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let reply: redis::RedisResult<()> =
+            redis::cmd("SET").arg(key).arg(value).query_async(c).await;
+        match reply {
+            Ok(()) => return,
+            Err(e) if e.code() == Some("TRYAGAIN") && Instant::now() < deadline => {
+                sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => panic!("SET {key}: {e}"),
+        }
+    }
+}
+
+/// A user's session, recorded for the history checker: an INCR counter and a
+/// key it SETs to unique values, read back after each write.
+struct Session {
+    key: String,
+    counter: String,
+    ops: u64,
+    last: i64,
+    writes: u64,
+    history: Vec<history::Op>,
+}
+
+impl Session {
+    /// INCR (counting exactly), SET, and a read of the SET key, at `dc`.
+    async fn step(&mut self, c: &mut MultiplexedConnection, dc: usize) {
+        let n = incr(c, &self.counter).await;
+        assert_eq!(n, self.last + 1, "every INCR counts once");
+        self.last = n;
+        self.ops += 1;
+        let value = history::Value {
+            session: 1,
+            op: self.ops,
+        };
+        set(c, &self.key, &value.text()).await;
+        self.writes += 2;
+        self.record(dc, history::Kind::Write);
+        let got: Option<String> = redis::cmd("GET")
+            .arg(&self.key)
+            .query_async(c)
+            .await
+            .unwrap();
+        self.ops += 1;
+        self.record(
+            dc,
+            history::Kind::Read(got.as_deref().and_then(history::Value::parse)),
+        );
+    }
+
+    fn record(&mut self, dc: usize, kind: history::Kind) {
+        self.history.push(history::Op {
+            session: 1,
+            op: self.ops,
+            dc,
+            key: self.key.clone(),
+            kind,
+        });
+    }
+}
+
+/// A user homed at dc0 whose client moves to dc1 (its session token handed
+/// over): the home follows, its writes then run at dc1 (their changes' origin),
+/// the counter stays exact, and the history checker finds no violation in the
+/// session spanning the move nor in a reader's session in dc2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_home_follows_its_user_to_another_region() {
     let cluster = start(spec(31, 60_000)).await;
@@ -82,16 +148,35 @@ async fn a_home_follows_its_user_to_another_region() {
     let user = user_homed_at(&homes(&cluster), 0);
     let key = format!("{{{user}}}:n");
     assert_eq!(home_field(&cluster, 1, &user, "home").await, "dc0");
+    let mut session = Session {
+        key: format!("{{{user}}}:s"),
+        counter: key.clone(),
+        ops: 0,
+        last: 0,
+        writes: 0,
+        history: Vec::new(),
+    };
+    // A reader in dc2 follows the user's key meanwhile (its own session).
+    let mut reader = cluster.connect(2).await.unwrap();
+    let mut reads = Vec::new();
     // The client in dc0 first.
     let mut at0 = cluster.connect(0).await.unwrap();
-    let mut last = 0;
-    for _ in 0..20 {
-        let n = incr(&mut at0, &key).await;
-        assert_eq!(n, last + 1);
-        last = n;
+    for _ in 0..12 {
+        session.step(&mut at0, 0).await;
     }
-    // Then in dc1, until the home has followed it there.
+    // Then in dc1, its token handed over, until the home has followed it there.
+    let token: String = redis::cmd("MERIDIAN")
+        .arg("SESSION")
+        .query_async(&mut at0)
+        .await
+        .unwrap();
     let mut at1 = cluster.connect(1).await.unwrap();
+    let _: () = redis::cmd("MERIDIAN")
+        .arg("SESSION")
+        .arg(&token)
+        .query_async(&mut at1)
+        .await
+        .unwrap();
     let started = Instant::now();
     while home_field(&cluster, 1, &user, "home").await != "dc1" {
         assert!(
@@ -99,48 +184,59 @@ async fn a_home_follows_its_user_to_another_region() {
             "the home never followed\n{}",
             logs(&cluster)
         );
-        let n = incr(&mut at1, &key).await;
-        assert_eq!(n, last + 1, "every INCR counts once");
-        last = n;
-        let read: i64 = redis::cmd("GET")
-            .arg(&key)
-            .query_async(&mut at1)
+        session.step(&mut at1, 1).await;
+        let got: Option<String> = redis::cmd("GET")
+            .arg(&session.key)
+            .query_async(&mut reader)
             .await
             .unwrap();
-        assert!(read >= n, "read-your-writes: read {read} after writing {n}");
+        reads.push(got);
     }
-    let before_move = last;
+    let before_move = session.writes;
     let local_before = info_u64(&cluster, 1, "home_writes_local").await;
-    for _ in 0..30 {
-        let n = incr(&mut at1, &key).await;
-        assert_eq!(n, last + 1, "every INCR counts once");
-        last = n;
+    for _ in 0..15 {
+        session.step(&mut at1, 1).await;
     }
-    // dc1 ran the last 30 itself, as the home, for its own client.
+    // dc1 ran the last 30 writes itself, as the home, for its own client.
     assert!(info_u64(&cluster, 1, "home_writes_local").await >= local_before + 30);
     assert_eq!(info_u64(&cluster, 0, "home_moves").await, 1);
     let applied = converged(&cluster).await;
+    let last = session.last;
     for dc in 0..3 {
         let got: i64 = cluster.cmd(dc, &["GET", &key]).await.unwrap();
         assert_eq!(got, last, "the counter at dc{dc}");
         assert_eq!(home_field(&cluster, dc, &user, "home").await, "dc1");
         assert_eq!(info_u64(&cluster, dc, "conflicts").await, 0);
     }
+    // No session guarantee broken, across the move.
+    let mut ops = std::mem::take(&mut session.history);
+    for (i, got) in reads.into_iter().enumerate() {
+        ops.push(history::Op {
+            session: 2,
+            op: i as u64 + 1,
+            dc: 2,
+            key: session.key.clone(),
+            kind: history::Kind::Read(got.as_deref().and_then(history::Value::parse)),
+        });
+    }
+    let violations = history::check(&ops);
+    assert!(violations.is_empty(), "{violations:?}");
     // Every write ran at one home: dc0 made the writes before the move and the
     // move itself, dc1 every write after it.
     let (at_dc0, at_dc1) = (applied.get("dc0"), applied.get("dc1"));
-    assert_eq!(at_dc0 + at_dc1, last as u64 + 1, "{applied}");
-    assert!(at_dc1 >= 30 && at_dc0 > 20, "{applied}");
-    assert!(at_dc0 <= before_move as u64 + 1, "{applied}");
+    assert_eq!(at_dc0 + at_dc1, session.writes + 1, "{applied}");
+    assert!(at_dc1 >= 30 && at_dc0 > 24, "{applied}");
+    assert!(at_dc0 <= before_move + 1, "{applied}");
     // The record is meridian's own: clients cannot read or write it, and it is
     // not among the keys.
     let own = format!("__meridian:home:{user}");
     let refused: Result<Option<String>, _> = cluster.cmd(1, &["GET", &own]).await;
     assert!(refused.is_err(), "{refused:?}");
-    let keys: Vec<String> = cluster.cmd(1, &["KEYS", "*"]).await.unwrap();
-    assert_eq!(keys, vec![key.clone()]);
+    let mut keys: Vec<String> = cluster.cmd(1, &["KEYS", "*"]).await.unwrap();
+    keys.sort();
+    assert_eq!(keys, vec![key.clone(), session.key.clone()]);
     let size: i64 = cluster.cmd(1, &["DBSIZE"]).await.unwrap();
-    assert_eq!(size, 1);
+    assert_eq!(size, 2);
     // No move to a datacenter the home cannot reach: the user stays at dc1.
     cluster.cut(1, 2);
     until("dc1 to see dc2 down", || async {
