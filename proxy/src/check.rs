@@ -130,8 +130,23 @@ fn homes(t: &Topology) -> String {
             share, dc.id, dc.weight
         );
     }
+    out.push_str(&follow(t));
     out.push_str(&takeover(t, &rendezvous));
     out
+}
+
+/// Whether homes follow their users, and by which rule.
+fn follow(t: &Topology) -> String {
+    match t.homes.follow {
+        None => "  follow: off (homes move only by hand, MERIDIAN HOME <user> <dc>)\n".to_owned(),
+        Some(f) => format!(
+            "  follow: a home moves to the datacenter that sent {:.0}% or more of its user's writes in each half of {} ms (at least {} writes), at most once per {} ms per user; pinned users never move\n",
+            f64::from(f.share_milli) / 10.0,
+            f.window.as_millis(),
+            f.min_writes,
+            f.min_interval.as_millis()
+        ),
+    }
 }
 
 /// What happens to a user's writes while its home is out, and, under
