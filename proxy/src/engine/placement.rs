@@ -15,8 +15,8 @@
 //! before it.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
 use crate::change::{Data, Value};
 
@@ -43,15 +43,15 @@ pub fn key(user: &[u8]) -> Vec<u8> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
     /// The datacenter that takes the user's writes.
-    pub home: String,
+    pub home: Arc<str>,
     /// The datacenter the user moved from: the move is its change `seq`.
-    pub from: String,
+    pub from: Arc<str>,
     /// The move's sequence number at `from`.
     pub seq: u64,
     /// When the move was made (wall milliseconds at `from`).
     pub at_ms: u64,
     /// Why: `follow` (its traffic moved) or `operator` (`MERIDIAN HOME`).
-    pub why: String,
+    pub why: Arc<str>,
 }
 
 impl Placement {
@@ -74,13 +74,13 @@ impl Placement {
         };
         let text = std::str::from_utf8(bytes).ok()?;
         let mut words = text.split(' ');
-        let home = words.next()?.to_owned();
+        let home = Arc::from(words.next()?);
         let (from, seq) = words.next()?.rsplit_once(':')?;
         let at_ms = words.next()?.parse().ok()?;
-        let why = words.next().unwrap_or("follow").to_owned();
+        let why = Arc::from(words.next().unwrap_or("follow"));
         Some(Placement {
             home,
-            from: from.to_owned(),
+            from: Arc::from(from),
             seq: seq.parse().ok()?,
             at_ms,
             why,
@@ -130,9 +130,9 @@ impl Placements {
 
     /// When `me` moved `user` away and is no longer its home: where to. A write
     /// of the user that `me` routed here before the move must not run after it.
-    pub fn moved_away(&self, user: &[u8], me: &str) -> Option<String> {
+    pub fn moved_away(&self, user: &[u8], me: &str) -> Option<Arc<str>> {
         let placement = self.get(user)?;
-        (placement.from == me && placement.home != me).then_some(placement.home)
+        (&*placement.from == me && &*placement.home != me).then_some(placement.home)
     }
 
     /// Users homed by a record at each datacenter.
@@ -140,7 +140,7 @@ impl Placements {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         let mut out = HashMap::new();
         for placement in map.values() {
-            *out.entry(placement.home.clone()).or_default() += 1;
+            *out.entry(placement.home.to_string()).or_default() += 1;
         }
         out
     }

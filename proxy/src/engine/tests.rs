@@ -255,10 +255,7 @@ async fn writes_queued_behind_a_move_away_are_refused_and_the_move_persists() {
         .await;
     assert_eq!(other.await.unwrap().reply, Reply::Integer(1));
     let placement = engine.placement(b"u").unwrap();
-    assert_eq!(
-        (placement.home.as_str(), placement.from.as_str()),
-        ("eu-west", "us-east")
-    );
+    assert_eq!((&*placement.home, &*placement.from), ("eu-west", "us-east"));
     assert_eq!(placement.seq, 2);
     assert_eq!(engine.key_count().await.unwrap(), 2);
     engine.shutdown().await;

@@ -536,7 +536,7 @@ impl Writer {
         let mut edit_candidates = Vec::new();
         let now = wall_ms();
         // Users this batch moves away: their later writes in it must not run here.
-        let mut moved: HashMap<Bytes, String> = HashMap::new();
+        let mut moved: HashMap<Bytes, Arc<str>> = HashMap::new();
         for request in batch {
             let gone = (moved.get(&request.user).cloned())
                 .or_else(|| (self.shared.placements).moved_away(&request.user, &self.dc));
@@ -552,17 +552,17 @@ impl Writer {
             }
             if let Work::Move { to, why } = &request.work {
                 let record = super::placement::Placement {
-                    home: to.clone(),
-                    from: self.dc.to_string(),
+                    home: Arc::from(to.as_str()),
+                    from: self.dc.clone(),
                     seq: self.next_seq,
                     at_ms: self.clock_ms(now),
-                    why: why.clone(),
+                    why: Arc::from(why.as_str()),
                 };
                 let key = super::placement::key(&request.user);
                 let op = Op::new(key.clone(), Some(record.to_value()));
                 overlay.insert(key, op.value.clone());
                 changes.push(self.local_change(request.user.to_vec(), vec![op], now));
-                moved.insert(request.user.clone(), to.clone());
+                moved.insert(request.user.clone(), Arc::from(to.as_str()));
                 let seq = self.next_seq.saturating_sub(1);
                 replies.push((
                     request.reply,

@@ -202,7 +202,7 @@ impl Replication {
 
     /// The position of the change that moved `user` to its home: a datacenter
     /// takes the user's writes only once it has applied it.
-    pub fn placed_since(&self, user: &[u8]) -> Option<(String, u64)> {
+    pub fn placed_since(&self, user: &[u8]) -> Option<(std::sync::Arc<str>, u64)> {
         self.engine.placement(user).map(|p| (p.from, p.seq))
     }
 

@@ -273,10 +273,10 @@ impl Replication {
         let why = if self.forwarding.homes.is_pinned(&name) {
             "pinned in the topology file".to_owned()
         } else if let Some(p) = self.engine.placement(user) {
-            fields.push(("moved_from", Reply::bulk(p.from.clone())));
+            fields.push(("moved_from", Reply::bulk(p.from.to_string())));
             fields.push(("move", Reply::bulk(format!("{}#{}", p.from, p.seq))));
             fields.push(("moved_at_ms", Reply::Integer(p.at_ms as i64)));
-            match p.why.as_str() {
+            match &*p.why {
                 "operator" => "moved by an operator (MERIDIAN HOME)".to_owned(),
                 _ => "followed its user's writes".to_owned(),
             }
