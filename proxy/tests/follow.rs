@@ -49,6 +49,15 @@ fn user_homed_at(homes: &Rendezvous, dc: usize) -> String {
         .unwrap()
 }
 
+/// The `n`th user (from 0) whose default home is datacenter `dc`.
+fn nth_user_homed_at(homes: &Rendezvous, dc: usize, n: usize) -> String {
+    (0..)
+        .map(|i| format!("u{i}"))
+        .filter(|u| homes.home_of(u) == dc)
+        .nth(n)
+        .unwrap()
+}
+
 /// A field of `MERIDIAN HOME <user>` as datacenter `dc` answers it.
 async fn home_field(cluster: &Cluster, dc: usize, user: &str, field: &str) -> String {
     let fields: Vec<String> = cluster.cmd(dc, &["MERIDIAN", "HOME", user]).await.unwrap();
@@ -422,6 +431,80 @@ async fn a_home_killed_during_a_move_leaves_one_home_and_loses_nothing() {
             "dc{dc} counts {got}, {acked} acknowledged, {unknown} unknown\n{}",
             logs(&cluster)
         );
+        assert_eq!(info_u64(&cluster, dc, "conflicts").await, 0);
+    }
+}
+
+/// With `default = "first-write"` a new user lives where its first write came
+/// from, placed by its rendezvous home (so two regions writing a new user at
+/// once still give it one home); after that only following or an operator
+/// moves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_user_lives_where_its_first_write_came_from() {
+    let mut spec = spec(35, 600_000);
+    spec.homes.follow = None;
+    spec.homes.default = Some("first-write".into());
+    let cluster = std::sync::Arc::new(start(spec).await);
+    linked(&cluster).await;
+    let homes = homes(&cluster);
+    // First written from dc2, though its rendezvous home is dc0.
+    let user = nth_user_homed_at(&homes, 0, 0);
+    let key = format!("{{{user}}}:n");
+    let mut at2 = cluster.connect(2).await.unwrap();
+    assert_eq!(incr(&mut at2, &key).await, 1);
+    until("the user placed at dc2", || async {
+        home_field(&cluster, 2, &user, "home").await == "dc2"
+    })
+    .await;
+    let why = home_field(&cluster, 2, &user, "why").await;
+    assert!(why.contains("first write"), "{why}");
+    let before = info_u64(&cluster, 2, "home_writes_local").await;
+    for n in 2..=11 {
+        assert_eq!(incr(&mut at2, &key).await, n);
+    }
+    assert!(info_u64(&cluster, 2, "home_writes_local").await >= before + 10);
+    // First written at its rendezvous home: it stays there, whoever writes next.
+    let stay = nth_user_homed_at(&homes, 1, 0);
+    let stay_key = format!("{{{stay}}}:n");
+    let mut at1 = cluster.connect(1).await.unwrap();
+    incr(&mut at1, &stay_key).await;
+    until("the user placed at dc1", || async {
+        home_field(&cluster, 0, &stay, "why")
+            .await
+            .contains("first write")
+    })
+    .await;
+    for _ in 0..30 {
+        incr(&mut at2, &stay_key).await;
+    }
+    assert_eq!(home_field(&cluster, 2, &stay, "home").await, "dc1");
+    // Two regions write a new user at once: one home, every INCR once.
+    let raced = nth_user_homed_at(&homes, 0, 1);
+    let raced_key = format!("{{{raced}}}:n");
+    let mut tasks = JoinSet::new();
+    for dc in [1, 2] {
+        let mut c = cluster.connect(dc).await.unwrap();
+        let key = raced_key.clone();
+        tasks.spawn(async move {
+            let mut replies = Vec::new();
+            for _ in 0..30 {
+                replies.push(incr(&mut c, &key).await);
+            }
+            replies
+        });
+    }
+    let mut replies = BTreeSet::new();
+    while let Some(done) = tasks.join_next().await {
+        replies.extend(done.unwrap());
+    }
+    assert_eq!(replies, (1..=60).collect::<BTreeSet<i64>>());
+    converged(&cluster).await;
+    let home = home_field(&cluster, 0, &raced, "home").await;
+    assert!(home == "dc1" || home == "dc2", "{home}");
+    for dc in 0..3 {
+        assert_eq!(home_field(&cluster, dc, &raced, "home").await, home);
+        let got: i64 = cluster.cmd(dc, &["GET", &raced_key]).await.unwrap();
+        assert_eq!(got, 60);
         assert_eq!(info_u64(&cluster, dc, "conflicts").await, 0);
     }
 }

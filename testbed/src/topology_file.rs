@@ -94,6 +94,9 @@ pub struct HomesSection {
     /// Users pinned to a datacenter.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub pins: std::collections::BTreeMap<String, String>,
+    /// `rendezvous` (the default) or `first-write`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
     /// `[homes.follow]`: homes follow their users (absent: they do not).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub follow: Option<FollowSection>,
@@ -122,6 +125,7 @@ impl HomesSection {
             && self.on_home_down.is_none()
             && self.pins.is_empty()
             && self.follow.is_none()
+            && self.default.is_none()
     }
 }
 

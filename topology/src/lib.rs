@@ -16,9 +16,9 @@ mod route;
 
 pub use error::{ConfigErrors, Location, Problem};
 pub use model::{
-    Backend, ClientSettings, Datacenter, Endpoint, FlushPolicy, Follow, FsyncPolicy, Homes, Link,
-    OnHomeDown, OnStale, ReplicationSettings, SessionScope, SessionSettings, TlsSettings, Topology,
-    TopologyKind, UserKey, Writes,
+    Backend, ClientSettings, Datacenter, DefaultHome, Endpoint, FlushPolicy, Follow, FsyncPolicy,
+    Homes, Link, OnHomeDown, OnStale, ReplicationSettings, SessionScope, SessionSettings,
+    TlsSettings, Topology, TopologyKind, UserKey, Writes,
 };
 pub use plan::{Arrival, Plan};
 pub use route::{DcIdx, DcSet, Flood, MAX_DATACENTERS, Router, Send, StarFallback, accepts};

@@ -130,6 +130,20 @@ pub struct Homes {
     /// When a user's home moves to where its writes come from (`None`: never,
     /// the default).
     pub follow: Option<Follow>,
+    /// Where a user without a placement record lives (default rendezvous).
+    pub default: DefaultHome,
+}
+
+/// `[homes] default`: the home of a user nobody has placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DefaultHome {
+    /// The winner of rendezvous hashing over the datacenters' weights.
+    #[default]
+    Rendezvous,
+    /// The datacenter that sends the user's first write: the rendezvous home
+    /// runs it and places the user there (it alone places a new user, so two
+    /// first writes at once cannot give it two homes).
+    FirstWrite,
 }
 
 /// `[homes] follow`: when a user's home moves to where the user writes from.

@@ -50,6 +50,9 @@ pub struct HomeStats {
 #[derive(Debug)]
 pub(super) struct Following {
     rule: Option<FollowRule>,
+    /// `[homes] default = "first-write"`: a user nobody placed is placed where
+    /// its first write came from.
+    first_write: bool,
     datacenters: usize,
     traffic: Mutex<HashMap<Bytes, Traffic>>,
     /// Users with a move queued or under way.
@@ -70,8 +73,11 @@ impl Following {
                 window_ms: f.window.as_millis() as u64,
                 min_interval_ms: f.min_interval.as_millis() as u64,
             });
+        let first_write = topology.homes.default == meridian_topology::DefaultHome::FirstWrite
+            && topology.homes.writes == Writes::Home;
         Following {
             rule,
+            first_write,
             datacenters: topology.datacenters.len(),
             traffic: Mutex::new(HashMap::new()),
             moving: Mutex::new(HashSet::new()),
@@ -83,7 +89,7 @@ impl Following {
 
 /// Starts the task that makes the moves the rule asks for.
 pub(super) fn spawn_mover(repl: &Arc<Replication>) {
-    if repl.following.rule.is_none() {
+    if repl.following.rule.is_none() && !repl.following.first_write {
         return;
     }
     let (tx, mut rx) = mpsc::channel::<(Bytes, usize)>(MOVE_QUEUE);
@@ -100,7 +106,10 @@ pub(super) fn spawn_mover(repl: &Arc<Replication>) {
                 return;
             };
             worker.set(crate::workers::State::Busy);
-            let outcome = repl.move_user(&user, to, "follow").await;
+            let outcome = match repl.engine.placement(&user) {
+                None if repl.following.first_write => repl.place_user(&user, to).await,
+                _ => repl.move_user(&user, to, "follow").await,
+            };
             let name = String::from_utf8_lossy(&user);
             match outcome {
                 Ok(text) => tracing::info!(user = %name, to = repl.dc_id(to), "{text}"),
@@ -130,10 +139,8 @@ impl Replication {
             false => &f.stats.writes_forwarded,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let Some(rule) = &f.rule else {
-            return;
-        };
-        if user.is_empty()
+        if (f.rule.is_none() && !f.first_write)
+            || user.is_empty()
             || self
                 .forwarding
                 .homes
@@ -141,6 +148,13 @@ impl Replication {
         {
             return;
         }
+        if f.first_write && self.engine.placement(user).is_none() {
+            // Its first write: place the user where it came from.
+            return self.queue_move(user, from);
+        }
+        let Some(rule) = &f.rule else {
+            return;
+        };
         let now = wall_ms();
         let target = {
             let mut traffic = f.traffic.lock().unwrap_or_else(|p| p.into_inner());
@@ -157,9 +171,14 @@ impl Replication {
             let last_move = self.engine.placement(user).map(|p| p.at_ms);
             decide_move(rule, entry, me, last_move, now)
         };
-        let Some(to) = target else {
-            return;
-        };
+        if let Some(to) = target {
+            self.queue_move(user, to);
+        }
+    }
+
+    /// Hands a move of `user` to `to` to the mover, unless one is under way.
+    fn queue_move(&self, user: &Bytes, to: usize) {
+        let f = &self.following;
         if !f
             .moving
             .lock()
@@ -179,6 +198,54 @@ impl Replication {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(user);
+        }
+    }
+
+    /// Whether datacenter `to` is this one, or its link from here is up.
+    fn reaches(&self, to: usize) -> bool {
+        if to == self.config.me.get() {
+            return true;
+        }
+        self.first_hop(DcIdx(to as u8)).is_some_and(|hop| {
+            let status = self.peer_status(self.id(hop));
+            status.ever_up() && status.down_since_ms().is_none()
+        })
+    }
+
+    /// Places `user`, whom nobody placed yet, at datacenter `to`, where its
+    /// first write came from (`default = "first-write"`): this datacenter, its
+    /// rendezvous home, writes the record, so nobody else can place the user.
+    async fn place_user(&self, user: &Bytes, to: usize) -> Result<String, String> {
+        let name = String::from_utf8_lossy(user).into_owned();
+        if self.route(user) != WriteRoute::Here {
+            return Err(format!(
+                "TRYAGAIN {} does not write user '{name}' now",
+                self.dc()
+            ));
+        }
+        let to_id = self.dc_id(to).to_owned();
+        if !self.reaches(to) {
+            return Err(format!(
+                "TRYAGAIN {to_id} cannot be reached from {}: user '{name}' is not placed there yet",
+                self.dc()
+            ));
+        }
+        let written = self
+            .engine
+            .move_home(user.clone(), to_id.clone(), "first-write")
+            .await
+            .await
+            .map_err(|_| "ERR the placement was abandoned by a stopping proxy".to_owned())?;
+        match written.reply {
+            Reply::Error(e) => Err(e),
+            _ => {
+                if to != self.config.me.get() {
+                    self.following.stats.moves.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(format!(
+                    "user '{name}' placed at {to_id} by its first write"
+                ))
+            }
         }
     }
 
@@ -210,18 +277,11 @@ impl Replication {
                 "TRYAGAIN {to_id} is out of service (home agreement): user '{name}' is not moved there"
             ));
         }
-        if to != self.config.me.get() {
-            let hop = self.first_hop(DcIdx(to as u8));
-            let up = hop.is_some_and(|hop| {
-                let status = self.peer_status(self.id(hop));
-                status.ever_up() && status.down_since_ms().is_none()
-            });
-            if !up {
-                return Err(format!(
-                    "TRYAGAIN {to_id} cannot be reached from {}: user '{name}' is not moved there",
-                    self.dc()
-                ));
-            }
+        if !self.reaches(to) {
+            return Err(format!(
+                "TRYAGAIN {to_id} cannot be reached from {}: user '{name}' is not moved there",
+                self.dc()
+            ));
         }
         if self.route(user) != WriteRoute::Here {
             return Err(format!(
@@ -278,6 +338,7 @@ impl Replication {
             fields.push(("moved_at_ms", Reply::Integer(p.at_ms as i64)));
             match &*p.why {
                 "operator" => "moved by an operator (MERIDIAN HOME)".to_owned(),
+                "first-write" => "placed where its first write came from".to_owned(),
                 _ => "followed its user's writes".to_owned(),
             }
         } else {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::Ids;
 use super::reader::{Report, Table};
 use crate::model::{
-    ClientSettings, FlushPolicy, Follow, FsyncPolicy, Homes, Link, OnHomeDown, OnStale,
-    ReplicationSettings, SessionScope, SessionSettings, TlsSettings, UserKey, Writes,
+    ClientSettings, DefaultHome, FlushPolicy, Follow, FsyncPolicy, Homes, Link, OnHomeDown,
+    OnStale, ReplicationSettings, SessionScope, SessionSettings, TlsSettings, UserKey, Writes,
 };
 use crate::route::DcIdx;
 
@@ -105,6 +105,7 @@ pub(super) fn homes(report: &mut Report<'_>, root: &Table<'_, '_>, ids: &Ids) ->
         on_home_down: OnHomeDown::Reject,
         writes: Writes::Home,
         follow: None,
+        default: DefaultHome::Rendezvous,
     };
     if root.get("homes").is_none() {
         return Some(homes);
@@ -113,7 +114,11 @@ pub(super) fn homes(report: &mut Report<'_>, root: &Table<'_, '_>, ids: &Ids) ->
     let before = report.problems.len();
     let users = [("hash-tag", UserKey::HashTag), ("prefix", UserKey::Prefix)];
     homes.user = t.choice(report, "user", &users).unwrap_or(UserKey::HashTag);
-    t.choice(report, "default", &[("rendezvous", ())]);
+    let defaults = [
+        ("rendezvous", DefaultHome::Rendezvous),
+        ("first-write", DefaultHome::FirstWrite),
+    ];
+    homes.default = t.choice(report, "default", &defaults).unwrap_or_default();
     let policies = [
         ("reject", OnHomeDown::Reject),
         ("next-in-line", OnHomeDown::NextInLine),
@@ -155,6 +160,16 @@ pub(super) fn homes(report: &mut Report<'_>, root: &Table<'_, '_>, ids: &Ids) ->
         }
     }
     homes.follow = follow(report, &t);
+    if homes.default == DefaultHome::FirstWrite
+        && homes.writes == Writes::Local
+        && let Some(value) = t.get("default")
+    {
+        report.at(
+            &value.span(),
+            "homes.default",
+            "\"first-write\" places users at homes, and with writes = \"local\" there are none",
+        );
+    }
     if homes.follow.is_some() && homes.writes == Writes::Local {
         let span = t.get("follow").map(|v| v.span()).unwrap_or_default();
         report.at(

@@ -520,6 +520,20 @@ fn homes_follow_their_users_when_asked_and_bad_settings_are_named() {
             .any(|p| p.contains("min_interval_ms: 1000 ms is shorter than the window")),
         "{found:?}"
     );
+    let first = format!("{}[homes]\ndefault = \"first-write\"\n", cluster(""));
+    assert_eq!(
+        parse(&first).unwrap().homes.default,
+        DefaultHome::FirstWrite
+    );
+    assert_eq!(
+        parse(&cluster("")).unwrap().homes.default,
+        DefaultHome::Rendezvous
+    );
+    let both = format!(
+        "{}[homes]\nwrites = \"local\"\ndefault = \"first-write\"\n",
+        cluster("")
+    );
+    assert!(problems(&both)[0].contains("homes.default: \"first-write\" places users at homes"));
     let local = format!(
         "{}[homes]\nwrites = \"local\"\nfollow = true\n",
         cluster("")
