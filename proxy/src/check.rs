@@ -130,6 +130,9 @@ fn homes(t: &Topology) -> String {
             share, dc.id, dc.weight
         );
     }
+    if t.homes.default == meridian_topology::DefaultHome::FirstWrite {
+        out.push_str("  default = \"first-write\": a user nobody placed yet lives where its first write comes from (the shares above are who places it)\n");
+    }
     out.push_str(&follow(t));
     out.push_str(&takeover(t, &rendezvous));
     out
