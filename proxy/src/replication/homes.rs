@@ -55,6 +55,8 @@ pub(super) struct Following {
     first_write: bool,
     datacenters: usize,
     traffic: Mutex<HashMap<Bytes, Traffic>>,
+    /// When idle users last left `traffic` (wall ms).
+    pruned_ms: AtomicU64,
     /// Users with a move queued or under way.
     moving: Mutex<HashSet<Bytes>>,
     moves: Mutex<Option<mpsc::Sender<(Bytes, usize)>>>,
@@ -80,6 +82,7 @@ impl Following {
             first_write,
             datacenters: topology.datacenters.len(),
             traffic: Mutex::new(HashMap::new()),
+            pruned_ms: AtomicU64::new(0),
             moving: Mutex::new(HashSet::new()),
             moves: Mutex::new(None),
             stats: HomeStats::default(),
@@ -159,7 +162,13 @@ impl Replication {
         let target = {
             let mut traffic = f.traffic.lock().unwrap_or_else(|p| p.into_inner());
             if traffic.len() >= MAX_TRACKED && !traffic.contains_key(user) {
-                traffic.retain(|_, t| !t.idle(now));
+                // Idle users leave, looked for at most once a second (a full
+                // table of active users is not scanned on every write).
+                let pruned = f.pruned_ms.load(Ordering::Relaxed);
+                if now.saturating_sub(pruned) >= 1_000 {
+                    f.pruned_ms.store(now, Ordering::Relaxed);
+                    traffic.retain(|_, t| !t.idle(now));
+                }
                 if traffic.len() >= MAX_TRACKED {
                     return;
                 }
