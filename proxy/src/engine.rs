@@ -312,6 +312,13 @@ impl Engine {
             .stats
             .replayed
             .store(state.replayed, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            applied = %state.applied,
+            next_seq = state.next_seq,
+            replayed = state.replayed,
+            log_end = shared.appended.borrow().to_owned(),
+            "the engine resumes"
+        );
         let writes = writer::spawn(shared.clone(), log, state, config)?;
         Ok(Engine { shared, writes })
     }

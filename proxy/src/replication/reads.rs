@@ -76,6 +76,7 @@ impl Replication {
         stats.tokens.fetch_add(1, Ordering::Relaxed);
         if self.engine.covers(token) {
             stats.local.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(%token, "a read is served here");
             return ReadPlace::Here;
         }
         let rule = self.read_rule();
@@ -110,6 +111,7 @@ impl Replication {
                     let _ = tokio::time::timeout(more, caught).await;
                 }
                 ReadDecision::Forward { to } => {
+                    tracing::debug!(to = self.dc_id(to), %token, waited_ms = waited.as_millis() as u64, "a read goes to another datacenter");
                     stats.waits.record(waited);
                     stats.forwarded.fetch_add(1, Ordering::Relaxed);
                     return ReadPlace::At(to);
