@@ -572,3 +572,71 @@ async fn hopping_sessions_break_no_guarantee_through_faults() {
         );
     }
 }
+
+/// A read forwarded to a datacenter whose Redis has read replicas is checked
+/// against the session's token there too: a replica that has not applied what
+/// the session has seen does not serve it, the primary does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_read_is_not_served_by_a_replica_behind_the_session() {
+    let mut spec = spec(Shape::AllToAll, 93);
+    // Stale reads are forwarded at once.
+    spec.session.read_wait_ms = Some(50);
+    let (_primary, primary) = support::start_redis();
+    let replica = support::start_redis_replica(primary);
+    spec.dcs[1].redis = Some(format!("redis://{primary}/0"));
+    spec.dcs[1].replicas = vec![format!("redis://{}/0", replica.1)];
+    let cluster = start_linked(spec).await;
+    let homes = meridian_proxy::user_homes(&cluster.parsed_topology().unwrap()).unwrap();
+    let user = (0..)
+        .map(|i| format!("r{i}"))
+        .find(|u| homes.home_of(u) == 1)
+        .unwrap();
+    let key = format!("{{{user}}}:k");
+    cluster.cmd::<()>(1, &["SET", &key, "old"]).await.unwrap();
+    support::wan::converged(&cluster).await;
+    // The replica holds "old", then stops following its primary.
+    let mut on_replica = support::Client::connect(replica.1).unwrap();
+    support::eventually("the replica to hold the first value", || {
+        on_replica.cmd(&[b"GET", key.as_bytes()]) == support::Resp::Bulk(b"old".to_vec())
+    });
+    let ok = support::Resp::Simple("OK".into());
+    assert_eq!(on_replica.cmd(&[b"REPLICAOF", b"NO", b"ONE"]), ok);
+    // dc1's changes now reach the others late.
+    for other in [0, 2] {
+        let mut late = slow(1, other);
+        late.delay += Duration::from_millis(3_000);
+        cluster.set_link(1, other, late);
+    }
+    let mut at1 = cluster.connect(1).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("new")
+        .query_async(&mut at1)
+        .await
+        .unwrap();
+    let held = token(&mut at1).await;
+    // The write is in Redis and no longer in dc1's memtable: reads there go to
+    // Redis (the replica, or the primary).
+    support::wan::until("dc1's writes to be in Redis", || async {
+        let info = cluster.replication_info(1).await.unwrap();
+        info.get("uncommitted_keys").map(String::as_str) == Some("0")
+    })
+    .await;
+    // At dc2, which lacks the write, the session's read goes to dc1, whose
+    // replica is behind it: the primary answers.
+    let mut at2 = cluster.connect(2).await.unwrap();
+    let _: () = redis::cmd("MERIDIAN")
+        .arg("SESSION")
+        .arg(&held)
+        .query_async(&mut at2)
+        .await
+        .unwrap();
+    let got: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut at2)
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref(), Some("new"));
+    let forwarded = support::wan::info_u64(&cluster, 2, "session_reads_forwarded").await;
+    assert!(forwarded > 0, "the read was not forwarded");
+}

@@ -255,7 +255,13 @@ impl Replication {
             users.push(user.unwrap_or_default());
             reads.push((spec, f, args.as_slice()));
         }
-        let replies = self.engine.read_many(&reads, usize::MAX).await;
+        // Read replicas serve them only once they have applied what the
+        // session has seen, as for the session's reads here.
+        let token = VersionVector::decode(&request.token).unwrap_or_default();
+        let user = users.first().map_or(&b""[..], |u| u.as_ref());
+        let replies = (self.engine)
+            .read_many_as(&reads, usize::MAX, user, &token)
+            .await;
         let seen = self.observed(&users);
         ForwardReply {
             replies: replies
