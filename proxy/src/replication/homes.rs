@@ -239,22 +239,27 @@ impl Replication {
                 self.dc()
             ));
         }
-        let written = self
+        self.write_move(user, &to_id, "first-write").await?;
+        if to != self.config.me.get() {
+            self.following.stats.moves.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(format!(
+            "user '{name}' placed at {to_id} by its first write"
+        ))
+    }
+
+    /// Has the writer record `user`'s move to `to_id`; the change's number, or
+    /// the error saying why not.
+    async fn write_move(&self, user: &Bytes, to_id: &str, why: &str) -> Result<u64, String> {
+        let written = (self
             .engine
-            .move_home(user.clone(), to_id.clone(), "first-write")
+            .move_home(user.clone(), to_id.to_owned(), why)
+            .await)
             .await
-            .await
-            .map_err(|_| "ERR the placement was abandoned by a stopping proxy".to_owned())?;
+            .map_err(|_| "ERR the move was abandoned by a stopping proxy".to_owned())?;
         match written.reply {
             Reply::Error(e) => Err(e),
-            _ => {
-                if to != self.config.me.get() {
-                    self.following.stats.moves.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(format!(
-                    "user '{name}' placed at {to_id} by its first write"
-                ))
-            }
+            _ => Ok(written.seq),
         }
     }
 
@@ -299,26 +304,15 @@ impl Replication {
                 self.dc_id(home)
             ));
         }
-        let written = self
-            .engine
-            .move_home(user.clone(), to_id.clone(), why)
-            .await
-            .await
-            .map_err(|_| "ERR the move was abandoned by a stopping proxy".to_owned())?;
-        match written.reply {
-            Reply::Error(e) => Err(e),
-            _ => {
-                self.following.stats.moves.fetch_add(1, Ordering::Relaxed);
-                (self.following.traffic.lock())
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(user);
-                Ok(format!(
-                    "user '{name}' moved from {} to {to_id} (change #{})",
-                    self.dc(),
-                    written.seq
-                ))
-            }
-        }
+        let seq = self.write_move(user, &to_id, why).await?;
+        self.following.stats.moves.fetch_add(1, Ordering::Relaxed);
+        (self.following.traffic.lock())
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user);
+        Ok(format!(
+            "user '{name}' moved from {} to {to_id} (change #{seq})",
+            self.dc()
+        ))
     }
 
     /// What following counts here.
