@@ -550,29 +550,6 @@ impl Writer {
                 replies.push((request.reply, Written { reply, seq }));
                 continue;
             }
-            if let Work::Move { to, why } = &request.work {
-                let record = super::placement::Placement {
-                    home: Arc::from(to.as_str()),
-                    from: self.dc.clone(),
-                    seq: self.next_seq,
-                    at_ms: self.clock_ms(now),
-                    why: Arc::from(why.as_str()),
-                };
-                let key = super::placement::key(&request.user);
-                let op = Op::new(key.clone(), Some(record.to_value()));
-                overlay.insert(key, op.value.clone());
-                changes.push(self.local_change(request.user.to_vec(), vec![op], now));
-                moved.insert(request.user.clone(), Arc::from(to.as_str()));
-                let seq = self.next_seq.saturating_sub(1);
-                replies.push((
-                    request.reply,
-                    Written {
-                        reply: Reply::OK,
-                        seq,
-                    },
-                ));
-                continue;
-            }
             let mut ks = BatchKeyspace {
                 view,
                 base,
@@ -582,7 +559,21 @@ impl Writer {
             };
             let outcome = match &request.work {
                 Work::One(f, args) => f(&mut ks, args),
-                Work::Move { .. } => Ok(Reply::OK),
+                Work::Move { to, why } => {
+                    // The record names this change's own position: the new home
+                    // takes the user's writes once it has applied it.
+                    let record = super::placement::Placement {
+                        home: Arc::from(to.as_str()),
+                        from: self.dc.clone(),
+                        seq: self.next_seq,
+                        at_ms: self.clock_ms(now),
+                        why: Arc::from(why.as_str()),
+                    };
+                    let key = super::placement::key(&request.user);
+                    ks.puts.put(&key, Some(record.to_value()));
+                    moved.insert(request.user.clone(), Arc::from(to.as_str()));
+                    Ok(Reply::OK)
+                }
                 Work::Transaction(t) => {
                     // A watched key written since it was watched (before this
                     // batch, or by a request earlier in it) aborts the transaction.
