@@ -49,7 +49,7 @@ fn version_vectors(c: &mut Criterion) {
     c.bench_function("vv/concurrent/6-dcs", |bench| {
         bench.iter(|| black_box(&a).concurrent(black_box(&b)))
     });
-    let token = SessionToken(a.clone()).to_string();
+    let token = SessionToken::of(a.clone()).to_string();
     c.bench_function("token/parse/6-dcs", |bench| {
         bench.iter(|| black_box(&token).parse::<SessionToken>())
     });

@@ -25,10 +25,13 @@
 //! - [`ReadRule`]: where a session's read is served: here once the datacenter has
 //!   applied the session's token, else after a bounded wait, forwarded, or refused.
 //! - [`SessionToken`]: a client's write timestamp in a text form that fits in a RESP
-//!   bulk string.
+//!   bulk string, with its session's [`SessionMark`].
+//! - [`SessionFence`]: a home refuses a forwarded write that a later write of its
+//!   session has overtaken.
 
 mod causal;
 mod epochs;
+mod fence;
 mod follow;
 mod hlc;
 mod reads;
@@ -41,11 +44,12 @@ mod vv;
 
 pub use causal::{Readiness, dependencies_met, readiness};
 pub use epochs::{Command as EpochCommand, Epochs, Outcome as EpochOutcome, Service, Writer};
+pub use fence::{Overtaken, SessionFence};
 pub use follow::{FollowRule, Traffic, decide as decide_move};
 pub use hlc::{ClockError, Hlc, Timestamp};
 pub use reads::{OnStale, ReadDecision, ReadRule, missing};
 pub use rendezvous::{Candidate, Rendezvous, RendezvousError};
 pub use routing::{Reach, Unavailable, WriteRoute, route_to, route_write};
-pub use token::{SessionToken, TokenError};
+pub use token::{SessionMark, SessionToken, TokenError};
 pub use version::{Resolution, Version, VersionDecodeError};
 pub use vv::{DecodeError, MAX_ID_LEN, VersionVector, is_valid_id as is_valid_dc_id};

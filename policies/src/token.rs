@@ -1,10 +1,12 @@
 //! Session tokens: a client's write timestamp as text.
 //!
 //! A token is the version vector a session must see: every write it made and every
-//! write it read. Its text form is `mt1.` followed by the unpadded base64url of the
-//! vector's compact binary form: ASCII letters, digits, `-`, `_` and `.`, safe in a
-//! RESP bulk string, a URL or an HTTP header. `mt1` is the format version, so a later
-//! format can be told apart instead of misread.
+//! write it read, and, since format 2, the session's [`SessionMark`]. Its text form is
+//! `mt2.` followed by the unpadded base64url of the vector's compact binary form and
+//! the mark's two integers: ASCII letters, digits, `-`, `_` and `.`, safe in a RESP
+//! bulk string, a URL or an HTTP header. `mt2` is the format version, so a later
+//! format can be told apart instead of misread. `mt1` tokens (a vector alone, from
+//! earlier proxies) are still read.
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,16 +14,39 @@ use std::str::FromStr;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use crate::varint;
 use crate::vv::{DecodeError, VersionVector};
 
-const PREFIX: &str = "mt1.";
+/// The format written: a vector and a mark.
+const PREFIX: &str = "mt2.";
+/// The earlier format, still read: a vector alone.
+const PREFIX_V1: &str = "mt1.";
 /// Longest token text accepted: ample for a vector of every datacenter, small enough
 /// that a hostile token cannot make us decode much.
 pub const MAX_TOKEN_LEN: usize = 4096;
 
 /// What a session has written or read: a read is served where `applied` dominates it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SessionToken(pub VersionVector);
+pub struct SessionToken {
+    /// What the session must see.
+    pub vector: VersionVector,
+    /// Which session it is, and which of its connections handed it on last (absent
+    /// from `mt1` tokens).
+    pub mark: Option<SessionMark>,
+}
+
+/// A session's identity and epoch. Each connection that takes up a token writes in a
+/// later epoch than the connection it came from, so a home can refuse a forwarded
+/// write of an earlier epoch that reaches it after the session's later writes (see
+/// [`crate::SessionFence`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionMark {
+    /// The session, random when it began.
+    pub id: u64,
+    /// How many times it has been taken up by a new connection, or has lost track
+    /// of a write.
+    pub epoch: u64,
+}
 
 /// Why text is not a session token. Every variant is the client's mistake: sending the
 /// same token again cannot help.
@@ -31,10 +56,10 @@ pub enum TokenError {
     #[error("session token is {0} bytes long, more than the limit of {MAX_TOKEN_LEN}")]
     TooLong(usize),
     /// A token of another format version, from a newer or older meridian.
-    #[error("session token has format {0:?}, but this proxy reads only \"mt1\"")]
+    #[error("session token has format {0:?}, but this proxy reads only \"mt1\" and \"mt2\"")]
     UnknownVersion(String),
     /// Not a meridian token at all.
-    #[error("not a meridian session token (it should start with \"mt1.\")")]
+    #[error("not a meridian session token (it should start with \"mt2.\")")]
     Foreign,
     /// The part after the prefix is not unpadded base64url.
     #[error("session token is damaged: its body is not base64url")]
@@ -42,6 +67,9 @@ pub enum TokenError {
     /// The body decodes, but not to a version vector.
     #[error("session token is damaged: {0}")]
     BadVector(#[from] DecodeError),
+    /// The session's mark after the vector is cut short or malformed.
+    #[error("session token is damaged: its session mark is malformed")]
+    BadMark,
 }
 
 impl SessionToken {
@@ -50,27 +78,40 @@ impl SessionToken {
         Self::default()
     }
 
+    /// A token of `vector`, without a mark.
+    pub fn of(vector: VersionVector) -> Self {
+        SessionToken { vector, mark: None }
+    }
+
     /// The vector the session must see.
     pub fn vector(&self) -> &VersionVector {
-        &self.0
+        &self.vector
     }
 
     /// Records that the session has now seen `vv` (a write it made, or what a read
     /// observed).
     pub fn absorb(&mut self, vv: &VersionVector) {
-        self.0.merge(vv);
+        self.vector.merge(vv);
     }
 
     /// Whether a datacenter that has applied `applied` may serve this session.
     pub fn satisfied_by(&self, applied: &VersionVector) -> bool {
-        applied.dominates(&self.0)
+        applied.dominates(&self.vector)
     }
 }
 
 impl fmt::Display for SessionToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(PREFIX)?;
-        f.write_str(&URL_SAFE_NO_PAD.encode(self.0.to_bytes()))
+        let mut bytes = self.vector.to_bytes();
+        match self.mark {
+            Some(mark) => {
+                varint::put(&mut bytes, mark.id);
+                varint::put(&mut bytes, mark.epoch);
+                f.write_str(PREFIX)?;
+            }
+            None => f.write_str(PREFIX_V1)?,
+        }
+        f.write_str(&URL_SAFE_NO_PAD.encode(bytes))
     }
 }
 
@@ -81,18 +122,35 @@ impl FromStr for SessionToken {
         if text.len() > MAX_TOKEN_LEN {
             return Err(TokenError::TooLong(text.len()));
         }
-        let Some(body) = text.strip_prefix(PREFIX) else {
-            return Err(match text.split_once('.') {
-                Some((version, _)) if is_version_tag(version) => {
-                    TokenError::UnknownVersion(version.to_owned())
-                }
-                _ => TokenError::Foreign,
-            });
+        let (body, marked) = match (text.strip_prefix(PREFIX), text.strip_prefix(PREFIX_V1)) {
+            (Some(body), _) => (body, true),
+            (None, Some(body)) => (body, false),
+            (None, None) => {
+                return Err(match text.split_once('.') {
+                    Some((version, _)) if is_version_tag(version) => {
+                        TokenError::UnknownVersion(version.to_owned())
+                    }
+                    _ => TokenError::Foreign,
+                });
+            }
         };
         let bytes = URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|_| TokenError::BadEncoding)?;
-        Ok(SessionToken(VersionVector::decode(&bytes)?))
+        if !marked {
+            return Ok(SessionToken::of(VersionVector::decode(&bytes)?));
+        }
+        let mut rest = bytes.as_slice();
+        let vector = VersionVector::decode_prefix(&mut rest)?;
+        let id = varint::take(&mut rest).map_err(|_| TokenError::BadMark)?;
+        let epoch = varint::take(&mut rest).map_err(|_| TokenError::BadMark)?;
+        if !rest.is_empty() {
+            return Err(TokenError::BadMark);
+        }
+        Ok(SessionToken {
+            vector,
+            mark: Some(SessionMark { id, epoch }),
+        })
     }
 }
 
@@ -107,12 +165,17 @@ mod tests {
     use proptest::prelude::*;
 
     fn token() -> impl Strategy<Value = SessionToken> {
-        proptest::collection::vec(("[a-z][a-z0-9-]{0,15}", 1u64..u64::MAX), 0..8).prop_map(|e| {
+        let entries = proptest::collection::vec(("[a-z][a-z0-9-]{0,15}", 1u64..u64::MAX), 0..8);
+        let mark = proptest::option::of((any::<u64>(), any::<u64>()));
+        (entries, mark).prop_map(|(e, mark)| {
             let mut vv = VersionVector::new();
             for (id, seq) in e {
                 vv.advance(&id, seq);
             }
-            SessionToken(vv)
+            SessionToken {
+                vector: vv,
+                mark: mark.map(|(id, epoch)| SessionMark { id, epoch }),
+            }
         })
     }
 
@@ -131,8 +194,10 @@ mod tests {
 
         #[test]
         fn mangled_bodies_are_refused_or_canonical(body in "[A-Za-z0-9_-]{0,40}") {
-            if let Ok(t) = format!("mt1.{body}").parse::<SessionToken>() {
-                prop_assert_eq!(t.to_string(), format!("mt1.{body}"));
+            for version in ["mt1", "mt2"] {
+                if let Ok(t) = format!("{version}.{body}").parse::<SessionToken>() {
+                    prop_assert_eq!(t.to_string(), format!("{version}.{body}"));
+                }
             }
         }
     }
@@ -140,12 +205,19 @@ mod tests {
     #[test]
     fn the_empty_token_is_short() {
         assert_eq!(SessionToken::new().to_string(), "mt1.AA");
+        let marked = SessionToken {
+            vector: VersionVector::new(),
+            mark: Some(SessionMark { id: 1, epoch: 2 }),
+        };
+        assert_eq!(marked.to_string(), "mt2.AAEC");
     }
 
     #[test]
     fn malformed_and_foreign_tokens_say_what_is_wrong() {
         let parse = |s: &str| s.parse::<SessionToken>().unwrap_err();
-        assert_eq!(parse("mt2.AA"), TokenError::UnknownVersion("mt2".into()));
+        assert_eq!(parse("mt3.AA"), TokenError::UnknownVersion("mt3".into()));
+        assert_eq!(parse("mt2.AA"), TokenError::BadMark);
+        assert_eq!(parse("mt2.AAEBAQ"), TokenError::BadMark);
         assert_eq!(parse("eyJhbGciOi.xyz"), TokenError::Foreign);
         assert_eq!(parse(""), TokenError::Foreign);
         assert_eq!(parse("mt1.!!"), TokenError::BadEncoding);

@@ -243,6 +243,22 @@ pub struct EngineConfig {
     pub log_segment_bytes: u64,
 }
 
+/// The session a write belongs to. The writer runs the writes of a session in the
+/// order of its epochs: a forwarded write of an epoch its session has left here is
+/// refused (`meridian_policies::SessionFence`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteSession {
+    /// The session and its epoch as the write was sent.
+    pub mark: meridian_policies::SessionMark,
+    /// Whether a client of another datacenter sent it (forwarded here).
+    pub forwarded: bool,
+}
+
+/// How long a home remembers a session's latest epoch after its last write here:
+/// longer than any forwarded request is resent (and than the forwarding window
+/// remembers requests).
+pub const SESSION_FENCE_KEEP: Duration = Duration::from_secs(10 * 60);
+
 /// Default of [`EngineConfig::log_segment_bytes`].
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 
@@ -651,14 +667,16 @@ impl Engine {
     }
 
     /// Queues a write command for `user`; the receiver yields its reply (and its
-    /// sequence number) once the change is in the log.
+    /// sequence number) once the change is in the log. `session`: the session it
+    /// belongs to, when a fence must order it (see [`WriteSession`]).
     pub async fn write(
         &self,
         f: DataFn,
         args: Vec<Bytes>,
         user: Bytes,
+        session: Option<WriteSession>,
     ) -> oneshot::Receiver<Written> {
-        self.queue(writer::Work::One(f, args), user).await
+        self.queue(writer::Work::One(f, args), user, session).await
     }
 
     /// Moves `user`'s home from here to datacenter `to`, as a change of this
@@ -674,7 +692,7 @@ impl Engine {
             to,
             why: why.to_owned(),
         };
-        self.queue(work, user).await
+        self.queue(work, user, None).await
     }
 
     /// `user`'s placement record, when its home has moved.
@@ -694,8 +712,9 @@ impl Engine {
         &self,
         transaction: Transaction,
         user: Bytes,
+        session: Option<WriteSession>,
     ) -> oneshot::Receiver<Written> {
-        self.queue(writer::Work::Transaction(transaction), user)
+        self.queue(writer::Work::Transaction(transaction), user, session)
             .await
     }
 
@@ -719,9 +738,19 @@ impl Engine {
         rx.await.unwrap_or_else(|_| Err(stopping()))
     }
 
-    async fn queue(&self, work: writer::Work, user: Bytes) -> oneshot::Receiver<Written> {
+    async fn queue(
+        &self,
+        work: writer::Work,
+        user: Bytes,
+        session: Option<WriteSession>,
+    ) -> oneshot::Receiver<Written> {
         let (reply, rx) = oneshot::channel();
-        let request = writer::Request { work, user, reply };
+        let request = writer::Request {
+            work,
+            user,
+            session,
+            reply,
+        };
         if let Err(mpsc::error::SendError(writer::Msg::Write(request))) =
             self.writes.send(writer::Msg::Write(request)).await
         {

@@ -5,7 +5,7 @@
 //! datacenter the certificate names, and then runs the handshake: the client sends a
 //! hello (protocol version, cluster, datacenter, applied version vector); the server
 //! checks it against the certificate and the topology and answers with its own hello,
-//! or with a refusal that says which check failed. ALPN is `meridian/4`. Every
+//! or with a refusal that says which check failed. ALPN is `meridian/5`. Every
 //! frame on a link, the handshake's included, uses the one codec of [`frame`].
 
 pub mod frame;
@@ -23,12 +23,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use frame::{Frame, FrameError, Hello};
 
 /// The application protocol spoken on links.
-pub const ALPN: &[u8] = b"meridian/4";
+pub const ALPN: &[u8] = b"meridian/5";
 /// How long a handshake may take, TLS included, before the attempt is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The link protocol version this build speaks (2: one little-endian frame codec
 /// for the handshake and replication).
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Why a link could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -388,7 +388,7 @@ async fn a_handed_over_token_orders_writes_across_homes() {
         .query_async(&mut a)
         .await
         .unwrap();
-    assert!(token.starts_with("mt1."), "{token}");
+    assert!(token.starts_with("mt2."), "{token}");
     let mut b = cluster.connect(1).await.unwrap();
     let bad: redis::RedisResult<()> = redis::cmd("MERIDIAN")
         .arg("SESSION")

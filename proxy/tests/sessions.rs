@@ -559,18 +559,23 @@ async fn hopping_sessions_break_no_guarantee_through_faults() {
     cluster.restart(2).await.unwrap();
     assert_no_violation(sessions).await;
     support::wan::converged(&cluster).await;
-    // The replicas took part: each served reads.
-    let info: String = cluster.cmd(1, &["INFO", "replication"]).await.unwrap();
-    for n in 0..2 {
-        let reads = info
-            .lines()
+    // Both replicas serve reads again (each user's go to one of them): read
+    // forty users' keys at dc1 until each has served some.
+    let replica_reads = |info: &str, n: usize| {
+        info.lines()
             .find_map(|l| l.strip_prefix(&format!("replica_{n}:reads=")))
-            .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok());
-        assert!(
-            reads.unwrap_or(0) > 0,
-            "replica {n} served no read:\n{info}"
-        );
-    }
+            .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    support::wan::until("both of dc1's replicas to serve reads", || async {
+        for u in 0..40 {
+            let key = format!("{{u{u}}}:k0");
+            let _: Option<String> = cluster.cmd(1, &["GET", &key]).await.unwrap();
+        }
+        let info: String = cluster.cmd(1, &["INFO", "replication"]).await.unwrap();
+        (0..2).all(|n| replica_reads(&info, n) > 0)
+    })
+    .await;
 }
 
 /// A read forwarded to a datacenter whose Redis has read replicas is checked
@@ -639,4 +644,91 @@ async fn a_forwarded_read_is_not_served_by_a_replica_behind_the_session() {
     assert_eq!(got.as_deref(), Some("new"));
     let forwarded = support::wan::info_u64(&cluster, 2, "session_reads_forwarded").await;
     assert!(forwarded > 0, "the read was not forwarded");
+}
+
+/// A forwarded write that its session gave up while it was still on the WAN, then
+/// went on without (through another datacenter, with the token it held), does not
+/// land after the session's next write: the home refuses it, naming the newer epoch
+/// of the session (monotonic writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_given_up_on_the_wan_does_not_land_after_the_sessions_next_write() {
+    let cluster = start_linked(spec(Shape::AllToAll, 94)).await;
+    let homes = meridian_proxy::user_homes(&cluster.parsed_topology().unwrap()).unwrap();
+    let user = (0..)
+        .map(|i| format!("g{i}"))
+        .find(|u| homes.home_of(u) == 0)
+        .unwrap();
+    let key = format!("{{{user}}}:k");
+    let mut far = cluster.connect(2).await.unwrap();
+    let held = token(&mut far).await;
+    // dc2's requests reach the home late.
+    let mut late = slow(2, 0);
+    late.delay += Duration::from_millis(1_500);
+    cluster.set_link(2, 0, late);
+    let given_up = tokio::spawn(async move {
+        redis::cmd("SET")
+            .arg(&key)
+            .arg("old")
+            .query_async::<redis::Value>(&mut far)
+            .await
+    });
+    support::wan::until("dc2 to forward the write", || async {
+        support::wan::info_u64(&cluster, 2, "forward_in_flight").await > 0
+    })
+    .await;
+    // The session goes on at the home with the token it held.
+    let key = format!("{{{user}}}:k");
+    let mut near = cluster.connect(0).await.unwrap();
+    hand_over(&mut near, &held).await;
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("new")
+        .query_async(&mut near)
+        .await
+        .unwrap();
+    let error = given_up.await.unwrap().unwrap_err();
+    assert!(
+        error.to_string().contains("overtaken"),
+        "the late write was not refused: {error}"
+    );
+    let got: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut near)
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref(), Some("new"));
+}
+
+/// A connection whose token another connection took up and wrote with is refused
+/// one forwarded write (it cannot tell it from a write given up), then writes in
+/// the newer epoch: it is never wedged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_left_behind_by_its_token_is_refused_once() {
+    let cluster = start_linked(spec(Shape::AllToAll, 95)).await;
+    let homes = meridian_proxy::user_homes(&cluster.parsed_topology().unwrap()).unwrap();
+    let user = (0..)
+        .map(|i| format!("g{i}"))
+        .find(|u| homes.home_of(u) == 0)
+        .unwrap();
+    let key = format!("{{{user}}}:k");
+    let set = |value: &'static str| {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&key).arg(value);
+        cmd
+    };
+    let mut first = cluster.connect(2).await.unwrap();
+    let held = token(&mut first).await;
+    let mut second = cluster.connect(1).await.unwrap();
+    hand_over(&mut second, &held).await;
+    let _: () = set("a").query_async(&mut second).await.unwrap();
+    let refused = set("b").query_async::<()>(&mut first).await.unwrap_err();
+    assert!(refused.to_string().contains("overtaken"), "{refused}");
+    let _: () = set("c").query_async(&mut first).await.unwrap();
+    let _: () = set("d").query_async(&mut second).await.unwrap();
+    let got: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut second)
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref(), Some("d"));
 }

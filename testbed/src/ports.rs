@@ -7,7 +7,9 @@
 //! ephemeral range; these are taken below it, each free for both TCP and UDP, in
 //! turn from a counter shared by the process, so neither those sockets nor another
 //! cluster of the same test run can get them. Each process starts at its own place
-//! in the range, so test binaries running one after another do not meet either.
+//! in the range, scattered by its process id (processes started together have
+//! neighbouring ids), so test binaries running one after another or side by side
+//! seldom meet either.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -31,7 +33,8 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>, PortError> {
     let span = u32::from(high - low);
     let _ = NEXT.compare_exchange(
         0,
-        std::process::id() % span + 1,
+        // Fibonacci hashing: neighbouring ids land far apart.
+        std::process::id().wrapping_mul(2_654_435_769) % span + 1,
         Ordering::Relaxed,
         Ordering::Relaxed,
     );

@@ -29,7 +29,7 @@ async fn exec(engine: &Engine, line: &str) -> Reply {
     match spec.kind {
         crate::command::Kind::Write(f) => {
             engine
-                .write(f, args, Bytes::from_static(b"u"))
+                .write(f, args, Bytes::from_static(b"u"), None)
                 .await
                 .await
                 .unwrap()
@@ -150,7 +150,7 @@ async fn concurrent_writes_are_batched_and_all_applied() {
         };
         waits.push(
             engine
-                .write(f, args("INCR {u}:n"), Bytes::from_static(b"u"))
+                .write(f, args("INCR {u}:n"), Bytes::from_static(b"u"), None)
                 .await,
         );
     }
@@ -209,7 +209,7 @@ async fn reads_never_go_back_while_the_committer_moves_data() {
         for _ in 0..100 {
             waits.push(
                 engine
-                    .write(f, args("INCR {u}:n"), Bytes::from_static(b"u"))
+                    .write(f, args("INCR {u}:n"), Bytes::from_static(b"u"), None)
                     .await,
             );
         }
@@ -238,7 +238,9 @@ async fn writes_queued_behind_a_move_away_are_refused_and_the_move_persists() {
         unreachable!()
     };
     // Queued right behind the move, in the same batch or the next.
-    let late = engine.write(incr, args("INCR {u}:a"), user.clone()).await;
+    let late = engine
+        .write(incr, args("INCR {u}:a"), user.clone(), None)
+        .await;
     assert_eq!(moved.await.unwrap().reply, Reply::OK);
     let refused = late.await.unwrap().reply;
     let Reply::Error(why) = refused else {
@@ -251,7 +253,7 @@ async fn writes_queued_behind_a_move_away_are_refused_and_the_move_persists() {
     assert_eq!(exec(&engine, "GET {u}:a").await, Reply::bulk("1"));
     // Another user is written as before.
     let other = engine
-        .write(incr, args("INCR {v}:a"), Bytes::from_static(b"v"))
+        .write(incr, args("INCR {v}:a"), Bytes::from_static(b"v"), None)
         .await;
     assert_eq!(other.await.unwrap().reply, Reply::Integer(1));
     let placement = engine.placement(b"u").unwrap();
@@ -263,7 +265,7 @@ async fn writes_queued_behind_a_move_away_are_refused_and_the_move_persists() {
 
     let engine = Engine::open(dir.path(), config()).unwrap();
     assert_eq!(engine.placement(b"u"), Some(placement));
-    let late = engine.write(incr, args("INCR {u}:a"), user).await;
+    let late = engine.write(incr, args("INCR {u}:a"), user, None).await;
     assert!(late.await.unwrap().reply.is_error());
     assert_eq!(engine.key_count().await.unwrap(), 2);
 }

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use meridian_policies::{Hlc, Version, VersionVector};
+use meridian_policies::{Hlc, SessionFence, Version, VersionVector};
 use tokio::sync::{mpsc, oneshot};
 
 use super::backend::{Entries, Fetched, Session};
@@ -45,6 +45,7 @@ pub enum Fsync {
 pub(super) struct Request {
     pub(super) work: Work,
     pub(super) user: Bytes,
+    pub(super) session: Option<super::WriteSession>,
     pub(super) reply: oneshot::Sender<Written>,
 }
 
@@ -132,6 +133,8 @@ struct Writer {
     session: Box<dyn Session>,
     /// Keys with a TTL, for active expiry.
     expiring: super::expiry::Expiring,
+    /// The latest epoch of each session that wrote here lately.
+    fence: SessionFence,
     /// The writer thread's own timer, for its bounded waits (without one, should
     /// it fail to build, the waits poll).
     runtime: Option<tokio::runtime::Runtime>,
@@ -200,6 +203,7 @@ pub(super) fn spawn(
         syncer: Some(syncer),
         committer: Some(committer),
         expiring: super::expiry::Expiring::default(),
+        fence: SessionFence::new(super::SESSION_FENCE_KEEP.as_millis() as u64),
         runtime: tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -546,6 +550,16 @@ impl Writer {
                     String::from_utf8_lossy(&request.user),
                     self.dc
                 ));
+                let seq = self.next_seq.saturating_sub(1);
+                replies.push((request.reply, Written { reply, seq }));
+                continue;
+            }
+            // A forwarded write that a later connection of its session overtook
+            // here does not run (monotonic writes).
+            if let Some(session) = request.session
+                && let Err(overtaken) = self.fence.admit(session.mark, session.forwarded, now)
+            {
+                let reply = Reply::error(overtaken.to_string());
                 let seq = self.next_seq.saturating_sub(1);
                 replies.push((request.reply, Written { reply, seq }));
                 continue;

@@ -156,6 +156,9 @@ pub struct ForwardRequest {
     pub token: bytes::Bytes,
     /// The commands, each its arguments.
     pub commands: Vec<Vec<bytes::Bytes>>,
+    /// The session that sent it, as `(id, epoch)` (see `SessionMark`): the home
+    /// refuses writes of an epoch its session has since left (`SessionFence`).
+    pub session: Option<(u64, u64)>,
 }
 
 /// What the home answered.

@@ -325,6 +325,7 @@ impl Replication {
         protocol: u8,
         token: &VersionVector,
         commands: Vec<Vec<Bytes>>,
+        session: Option<meridian_policies::SessionMark>,
     ) -> ForwardRequest {
         let f = &self.forwarding;
         ForwardRequest {
@@ -337,6 +338,7 @@ impl Replication {
             protocol,
             token: Bytes::from(token.to_bytes()),
             commands,
+            session: session.map(|m| (m.id, m.epoch)),
         }
     }
 

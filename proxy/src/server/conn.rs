@@ -11,14 +11,14 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use meridian_policies::{SessionToken, VersionVector, WriteRoute};
+use meridian_policies::{Overtaken, SessionMark, SessionToken, VersionVector, WriteRoute};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 
 use super::{Context, info};
 use crate::command::{self, Kind, Spec};
-use crate::engine::Written;
+use crate::engine::{WriteSession, Written};
 use crate::link::frame::ForwardReply;
 use crate::replication::{ForwardError, ReadPlace};
 use crate::resp::{Protocol, Reply, RequestParser};
@@ -99,6 +99,12 @@ pub(super) struct Conn {
     out: BytesMut,
     /// The session token: every write this connection made, and tokens handed to it.
     token: VersionVector,
+    /// The session this connection writes for, and its epoch (see `SessionFence`):
+    /// its own at first, the handed one's (in a later epoch) once it takes up a token.
+    mark: SessionMark,
+    /// Whether the session may be going on elsewhere (its token was read out or
+    /// handed in): then its writes here raise the fence too.
+    shared: bool,
     /// Writes for a home elsewhere, gathered to travel together.
     group: Option<Group>,
     /// Whether a forwarded group's replies are still coming.
@@ -153,6 +159,11 @@ pub(super) async fn serve(
         pending_bytes: 0,
         out: BytesMut::with_capacity(16 << 10),
         token: VersionVector::new(),
+        mark: SessionMark {
+            id: new_session_id(id),
+            epoch: 0,
+        },
+        shared: false,
         group: None,
         forwarding: false,
         multi: None,
@@ -327,7 +338,7 @@ impl Conn {
             2
         };
         let commands = reads.iter().map(|r| r.args.clone()).collect();
-        let request = repl.request(dc, protocol, &self.token, commands);
+        let request = repl.request(dc, protocol, &self.token, commands, None);
         let outcome = repl.forward(&request).await;
         let users: Vec<Bytes> = reads.iter().map(|r| r.user.clone()).collect();
         let replies = forwarded_replies(
@@ -436,6 +447,11 @@ impl Conn {
                             why: "the forwarding task stopped".into(),
                         })
                     });
+                    if let Err(ForwardError::Unknown { .. }) = &outcome {
+                        // The writes may still reach their home: the next ones go
+                        // in a later epoch, which fences them off there.
+                        self.mark.epoch += 1;
+                    }
                     let replies = forwarded_replies(
                         outcome,
                         indices.len(),
@@ -443,6 +459,11 @@ impl Conn {
                         self.ctx.replication.as_deref(),
                         users,
                     );
+                    if let Some(epoch) = replies.iter().filter_map(overtaken_epoch).max() {
+                        // Another connection took up this session's token: write
+                        // in its epoch from now on.
+                        self.mark.epoch = self.mark.epoch.max(epoch);
+                    }
                     for (index, reply) in indices.iter().zip(&replies) {
                         self.ctx
                             .commands
@@ -467,7 +488,13 @@ impl Conn {
         } else {
             2
         };
-        let request = repl.request(group.home, protocol, &self.token, group.commands);
+        let request = repl.request(
+            group.home,
+            protocol,
+            &self.token,
+            group.commands,
+            Some(self.mark),
+        );
         let (tx, rx) = oneshot::channel();
         tokio::spawn(async move {
             let outcome = repl.forward(&request).await;
@@ -519,9 +546,14 @@ impl Conn {
                 {
                     repl.note_home_write(&user, repl.me());
                 }
+                let session = self.shared.then_some(WriteSession {
+                    mark: self.mark,
+                    forwarded: false,
+                });
+                let engine = &self.ctx.engine;
                 let rx = match work {
-                    Work::One(f, args) => self.ctx.engine.write(f, args, user.clone()).await,
-                    Work::Transaction(t) => self.ctx.engine.transaction(t, user.clone()).await,
+                    Work::One(f, args) => engine.write(f, args, user.clone(), session).await,
+                    Work::Transaction(t) => engine.transaction(t, user.clone(), session).await,
                 };
                 self.pending.push_back(Pending::Write {
                     rx,
@@ -744,10 +776,27 @@ impl Conn {
     /// merges a token from another connection or device into this one.
     fn session(&mut self, args: &[Bytes]) -> Reply {
         match args.len() {
-            2 => Reply::bulk(SessionToken(self.token.clone()).to_string()),
+            2 => {
+                self.shared = true;
+                let token = SessionToken {
+                    vector: self.token.clone(),
+                    mark: Some(self.mark),
+                };
+                Reply::bulk(token.to_string())
+            }
             3 => match super::replicate::parse_token(&args[2]) {
                 Ok(token) => {
                     self.token.merge(token.vector());
+                    if let Some(mark) = token.mark {
+                        // A later epoch of the session: its writes from before the
+                        // hand-over cannot land after this connection's.
+                        let mine = (mark.id == self.mark.id).then_some(self.mark.epoch);
+                        self.mark = SessionMark {
+                            id: mark.id,
+                            epoch: mine.unwrap_or(0).max(mark.epoch.saturating_add(1)),
+                        };
+                    }
+                    self.shared = true;
                     Reply::OK
                 }
                 Err(error) => error,
@@ -922,6 +971,29 @@ fn forwarded_replies(
         Err(e) => tracing::warn!(error = %e, "a home answered with a damaged session token"),
     }
     reply.replies.into_iter().map(Reply::Encoded).collect()
+}
+
+/// The session epoch a forwarded write's refusal names (see `SessionFence`).
+fn overtaken_epoch(reply: &Reply) -> Option<u64> {
+    let Reply::Encoded(bytes) = reply else {
+        return None;
+    };
+    let text = std::str::from_utf8(bytes.strip_prefix(b"-")?).ok()?;
+    Overtaken::from_error(text.trim_end())
+}
+
+/// A random id for a new session: the hasher's random keys, the time and the
+/// connection's number.
+fn new_session_id(conn: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(conn);
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }
 
 /// Compares secrets in time that does not depend on where they differ.

@@ -41,6 +41,7 @@ fn samples() -> Vec<Frame> {
                 bytes::Bytes::from_static(b"INCR"),
                 bytes::Bytes::from_static(b"{u}:n"),
             ]],
+            session: Some((11, 2)),
         }),
         Frame::ForwardReply(ForwardReply {
             replies: vec![bytes::Bytes::from_static(b":1\r\n")],

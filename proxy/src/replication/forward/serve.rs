@@ -6,11 +6,12 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use meridian_policies::VersionVector;
+use meridian_policies::{SessionMark, VersionVector};
 use meridian_topology::{DcIdx, UserKey};
 
 use super::window::{self, Begin};
 use crate::command::{self, Kind, UserRule};
+use crate::engine::WriteSession;
 use crate::link::frame::{self, ForwardReply, ForwardRequest, Frame};
 use crate::replication::{Replication, StreamError};
 use crate::resp::{Protocol, Reply};
@@ -199,9 +200,13 @@ impl Replication {
             };
         }
         let from = self.topology().index_of(&request.id.from);
+        let session = request.session.map(|(id, epoch)| WriteSession {
+            mark: SessionMark { id, epoch },
+            forwarded: true,
+        });
         let mut queued = Vec::with_capacity(n);
         for args in request.commands {
-            queued.push(self.queue_write(args, rule, from).await);
+            queued.push(self.queue_write(args, rule, from, session).await);
         }
         let mut replies = Vec::with_capacity(n);
         let mut newest = 0;
@@ -302,12 +307,14 @@ impl Replication {
 
     /// Queues one forwarded write with the engine, after the checks a client's
     /// own write passes; a write that fails them gets its error. `from`: the
-    /// datacenter of the client that sent it.
+    /// datacenter of the client that sent it; `session`: its session, whose fence
+    /// it passes.
     async fn queue_write(
         &self,
         args: Vec<Bytes>,
         rule: UserRule,
         from: Option<DcIdx>,
+        session: Option<WriteSession>,
     ) -> Result<tokio::sync::oneshot::Receiver<crate::engine::Written>, Reply> {
         let Some(name) = args.first() else {
             return Err(Reply::error("ERR empty command"));
@@ -354,7 +361,7 @@ impl Replication {
             if let Some(from) = from {
                 self.note_home_write(&user, from.get());
             }
-            return Ok(self.engine.transaction(transaction, user).await);
+            return Ok(self.engine.transaction(transaction, user, session).await);
         }
         let Some(spec) = command::lookup(name) else {
             return Err(command::unknown_command(&args));
@@ -373,7 +380,7 @@ impl Replication {
         if let Some(from) = from {
             self.note_home_write(&user, from.get());
         }
-        Ok(self.engine.write(f, args, user).await)
+        Ok(self.engine.write(f, args, user, session).await)
     }
 
     /// Whether this datacenter writes `user`'s data now; the error to answer if not.

@@ -53,7 +53,7 @@ impl Conn {
                 if let Some((from, seq)) = repl.placed_since(&user) {
                     token.advance(&from, seq);
                 }
-                let request = repl.request(home, protocol, &token, vec![args.to_vec()]);
+                let request = repl.request(home, protocol, &token, vec![args.to_vec()], None);
                 match repl.forward(&request).await {
                     Ok(mut reply) if reply.replies.len() == 1 => {
                         Reply::Encoded(reply.replies.remove(0))

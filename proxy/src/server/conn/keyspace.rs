@@ -122,7 +122,7 @@ impl Conn {
                 let rx = self
                     .ctx
                     .engine
-                    .write(del_fn, del, Bytes::from(user.clone()))
+                    .write(del_fn, del, Bytes::from(user.clone()), None)
                     .await;
                 waiting.push(rx);
             }
