@@ -113,7 +113,8 @@ fn main() -> ExitCode {
         Command::Certs { config, force } => certs(&config, force),
         Command::Version => {
             println!("meridian {}", env!("CARGO_PKG_VERSION"));
-            println!("session token format: mt1");
+            println!("session token format: mt2 (reads mt1)");
+            println!("link protocol: {}", meridian_proxy::PROTOCOL_VERSION);
             println!("change record format: {}", meridian_proxy::CHANGE_FORMAT);
             ExitCode::SUCCESS
         }
