@@ -1,8 +1,11 @@
 //! Measuring replication visibility lag end to end: a prober writes a numbered key
-//! at the origin, a watcher at another datacenter reads it until the number shows
-//! up there. Lag = when the watcher first read it minus when the prober sent it.
-//! Both run in this process, so they share one clock whatever the datacenters'
-//! clock offsets; the watcher polls every millisecond, which bounds the error.
+//! at the origin and reads its session token back; a watcher at another datacenter
+//! asks that datacenter to answer once it has applied the token (`MERIDIAN
+//! WAITFOR`, woken by apply). Lag = when the watcher's answer came minus when the
+//! prober sent the write. Both run in this process, so they share one clock whatever
+//! the datacenters' clock offsets. The watchers block instead of polling, so they
+//! load the proxies they measure with one command per probe, not a read every
+//! millisecond; their error is one loopback round trip.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,26 +14,39 @@ use crate::Cluster;
 use hdrhistogram::Histogram;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
-use tokio::time::{Instant, MissedTickBehavior, interval, sleep};
+use tokio::time::{Instant, MissedTickBehavior, interval};
 
-/// Send times of one origin's probes, indexed by probe number.
-#[derive(Debug, Default)]
-pub struct Sent(Mutex<Vec<Instant>>);
+/// The probes one origin sent: when each was sent and the token its write gave,
+/// indexed by probe number, and their count, watched.
+#[derive(Debug)]
+pub struct Sent {
+    probes: Mutex<Vec<(Instant, String)>>,
+    count: watch::Sender<u64>,
+}
+
+impl Default for Sent {
+    fn default() -> Self {
+        Sent {
+            probes: Mutex::new(Vec::new()),
+            count: watch::channel(0).0,
+        }
+    }
+}
 
 impl Sent {
-    fn push(&self, at: Instant) -> u64 {
-        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        v.push(at);
-        v.len() as u64
+    fn push(&self, at: Instant, token: String) {
+        let mut v = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        v.push((at, token));
+        self.count.send_replace(v.len() as u64);
     }
 
-    fn get(&self, n: u64) -> Option<Instant> {
-        let v = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        n.checked_sub(1).and_then(|i| v.get(i as usize).copied())
+    fn get(&self, n: u64) -> Option<(Instant, String)> {
+        let v = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        n.checked_sub(1).and_then(|i| v.get(i as usize).cloned())
     }
 
     fn count(&self) -> u64 {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len() as u64
+        *self.count.borrow()
     }
 }
 
@@ -45,7 +61,8 @@ fn key(origin: &str) -> String {
     format!("{{{}}}:n", probe_user(origin))
 }
 
-/// Writes probe 1, 2, ... at `origin` every `every` until `stop` turns true.
+/// Writes probe 1, 2, ... at `origin` every `every` until `stop` turns true,
+/// recording each one's send time and the token its write gave.
 pub async fn prober(
     mut conn: MultiplexedConnection,
     origin: String,
@@ -61,63 +78,64 @@ pub async fn prober(
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
-        let n = sent.push(Instant::now());
-        redis::cmd("SET")
+        let n = sent.count() + 1;
+        let at = Instant::now();
+        let ((), token): ((), String) = redis::pipe()
+            .cmd("SET")
             .arg(&key)
             .arg(n)
-            .query_async::<()>(&mut conn)
+            .cmd("MERIDIAN")
+            .arg("SESSION")
+            .query_async(&mut conn)
             .await
             .map_err(|e| format!("probe {n} at {origin}: {e}"))?;
+        sent.push(at, token);
     }
 }
 
-/// Reads the probe keys of `origins` at one datacenter, in one pipeline per poll,
-/// until it has seen the last probe of each sent after `stop`, recording each new
-/// probe's lag in microseconds per origin. Gives up `drain` after the stop.
+/// Waits, at one datacenter, for each probe of one origin in turn to be applied
+/// there, until it has seen the last probe sent after `stop`; records each probe's
+/// lag in microseconds. Gives up `drain` after the stop.
 pub async fn watcher(
     mut conn: MultiplexedConnection,
-    origins: Vec<(String, Arc<Sent>)>,
+    origin: &Sent,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
-) -> Result<Vec<Histogram<u64>>, String> {
-    let keys: Vec<String> = origins.iter().map(|(origin, _)| key(origin)).collect();
-    let mut lags = Vec::new();
-    for _ in &origins {
-        lags.push(
-            Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).map_err(|e| e.to_string())?,
-        );
-    }
-    let mut seen = vec![0u64; origins.len()];
+) -> Result<Histogram<u64>, String> {
+    let mut lags =
+        Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).map_err(|e| e.to_string())?;
+    let mut count = origin.count.subscribe();
+    let mut seen = 0u64;
     let mut deadline: Option<Instant> = None;
     loop {
-        let mut pipe = redis::pipe();
-        for key in &keys {
-            pipe.cmd("GET").arg(key);
-        }
-        let values: Vec<Option<u64>> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| format!("reading the probes: {e}"))?;
-        let now = Instant::now();
-        for (i, value) in values.into_iter().enumerate() {
-            if let Some(n) = value.filter(|&n| n > seen[i]) {
-                if let Some(at) = origins[i].1.get(n) {
-                    lags[i].saturating_record(now.saturating_duration_since(at).as_micros() as u64);
-                }
-                seen[i] = n;
+        if let Some((at, token)) = origin.get(seen + 1) {
+            let left = deadline.map_or(drain, |d| d.saturating_duration_since(Instant::now()));
+            let applied: i64 = redis::cmd("MERIDIAN")
+                .arg("WAITFOR")
+                .arg(&token)
+                .arg(left.as_millis().max(1) as u64)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| format!("waiting for probe {}: {e}", seen + 1))?;
+            if applied == 0 {
+                // Not applied within the drain: the rest will not be either.
+                return Ok(lags);
             }
+            let lag = Instant::now().saturating_duration_since(at);
+            lags.saturating_record(lag.as_micros() as u64);
+            seen += 1;
+            continue;
         }
         if *stop.borrow_and_update() {
-            let deadline = *deadline.get_or_insert(now + drain);
-            let done = origins
-                .iter()
-                .zip(&seen)
-                .all(|((_, sent), &s)| s >= sent.count());
-            if done || now > deadline {
+            deadline.get_or_insert(Instant::now() + drain);
+            if seen >= origin.count() {
                 return Ok(lags);
             }
         }
-        sleep(Duration::from_millis(1)).await;
+        tokio::select! {
+            _ = count.changed() => {}
+            _ = stop.changed() => {}
+        }
     }
 }
 
@@ -150,41 +168,22 @@ pub async fn measure(
     }
     let mut watchers = tokio::task::JoinSet::new();
     for to in 0..n {
-        let watched: Vec<(usize, String, Arc<Sent>)> = sent
-            .iter()
-            .filter(|(from, _, _)| *from != to)
-            .cloned()
-            .collect();
-        if watched.is_empty() {
-            continue;
+        for (from, _, probes) in sent.iter().filter(|(from, _, _)| *from != to) {
+            let conn = cluster.connect(to).await.map_err(|e| e.to_string())?;
+            let (from, probes, stop) = (*from, probes.clone(), stop.clone());
+            watchers.spawn(async move {
+                let lags = watcher(conn, &probes, stop, Duration::from_secs(30)).await;
+                (from, to, lags)
+            });
         }
-        let conn = cluster.connect(to).await.map_err(|e| e.to_string())?;
-        let stop = stop.clone();
-        watchers.spawn(async move {
-            let list = watched
-                .iter()
-                .map(|(_, o, s)| (o.clone(), s.clone()))
-                .collect();
-            let lags = watcher(conn, list, stop, Duration::from_secs(30)).await;
-            (
-                to,
-                watched
-                    .into_iter()
-                    .map(|(from, _, _)| from)
-                    .collect::<Vec<_>>(),
-                lags,
-            )
-        });
     }
     let mut table: LagTable = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
     while let Some(done) = probers.join_next().await {
         done.map_err(|e| e.to_string())??;
     }
     while let Some(done) = watchers.join_next().await {
-        let (to, froms, lags) = done.map_err(|e| e.to_string())?;
-        for (from, h) in froms.into_iter().zip(lags?) {
-            table[from][to] = Some(h);
-        }
+        let (from, to, lags) = done.map_err(|e| e.to_string())?;
+        table[from][to] = Some(lags?);
     }
     Ok(table)
 }

@@ -23,8 +23,10 @@ struct Position {
     offset: u64,
     /// Its record format.
     format: Format,
-    /// Bytes of the segment read ahead, from file offset `buf_at` on.
+    /// Bytes of the segment read ahead, from file offset `buf_at` on: the first
+    /// `filled` of `buf` (kept at its size, so a refill does not clear it again).
     buf: Vec<u8>,
+    filled: usize,
     buf_at: u64,
 }
 
@@ -87,7 +89,7 @@ impl LogReader {
             let rewrites = self.rewrites.load(Ordering::Acquire);
             if rewrites != self.seen_rewrites {
                 self.seen_rewrites = rewrites;
-                pos.buf.clear();
+                pos.filled = 0;
                 pos.buf_at = pos.offset;
             }
             match read_record(pos)? {
@@ -149,6 +151,7 @@ impl LogReader {
             offset: MAGIC_LEN as u64,
             format,
             buf: Vec::new(),
+            filled: 0,
             buf_at: MAGIC_LEN as u64,
         });
         Ok(true)
@@ -190,7 +193,7 @@ fn read_record(pos: &mut Position) -> Result<Option<Vec<u8>>, LogError> {
     let mut refilled = false;
     loop {
         let rel = (pos.offset - pos.buf_at) as usize;
-        let avail = pos.buf.get(rel..).unwrap_or_default();
+        let avail = pos.buf[..pos.filled].get(rel..).unwrap_or_default();
         let need = match avail.get(..4) {
             Some(len) if avail.len() >= header_len => {
                 let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
@@ -226,14 +229,19 @@ fn read_record(pos: &mut Position) -> Result<Option<Vec<u8>>, LogError> {
 /// Reads ahead from the position: at least `need` bytes where the file has them.
 fn refill(pos: &mut Position, need: usize) -> Result<(), LogError> {
     let want = need.max(READ_AHEAD);
-    pos.buf.clear();
-    pos.buf.resize(want, 0);
+    if pos.buf.len() < want {
+        // Zeroed once: later refills read over it (at the log's tail a refill finds
+        // a few bytes, and clearing the whole read-ahead each time cost more than
+        // the read).
+        pos.buf.resize(want, 0);
+    }
+    pos.filled = 0;
     pos.buf_at = pos.offset;
     let mut filled = 0;
     while filled < want {
         match pos
             .file
-            .read_at(&mut pos.buf[filled..], pos.offset + filled as u64)
+            .read_at(&mut pos.buf[filled..want], pos.offset + filled as u64)
         {
             Ok(0) => break,
             Ok(n) => filled += n,
@@ -241,6 +249,6 @@ fn refill(pos: &mut Position, need: usize) -> Result<(), LogError> {
             Err(e) => return Err(io_err(&pos.path)(e)),
         }
     }
-    pos.buf.truncate(filled);
+    pos.filled = filled;
     Ok(())
 }

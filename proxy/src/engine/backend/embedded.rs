@@ -148,11 +148,14 @@ impl Store {
         durable: bool,
     ) -> Result<(), StoreError> {
         let mut txn = try_engine!("write", self.db.begin_write());
-        // Between checkpoints, commits are not synced, but are durable as far as
-        // redb's page reuse goes: pages a commit frees are reused by later ones,
-        // where with `Durability::None` they were kept until the next synced
-        // commit and the file grew by every transaction's churn (49 bytes of file
-        // per byte of data under random overwrites; 3 with this).
+        // Between checkpoints, commits are durable as far as redb's page reuse
+        // goes: pages a commit frees are reused by later ones, where with
+        // `Durability::None` they were kept until the next synced commit and the
+        // file grew by every transaction's churn (49 bytes of file per byte of data
+        // under random overwrites; 3 with this). On Linux redb syncs such a commit
+        // too (fdatasync). Measured against `None` with a checkpoint every 32
+        // commits (`redis-benchmark -t set -r 100000`, -P 16 and -P 1): the same
+        // requests/s and CPU per request, and a data directory 5x the size.
         txn.set_durability(if durable {
             Durability::Immediate
         } else {
