@@ -71,6 +71,7 @@ async fn measure(args: &ReplicationArgs, binary: std::path::PathBuf) -> Result<(
     let value = vec![b'v'; args.value_size];
     catch_up(&mut cluster, args, &value).await?;
     streaming(&cluster, args, &value).await?;
+    println!("throughput phases' {}", cluster.take_emulator_lateness());
     visibility_lag(
         &cluster,
         args,
@@ -78,7 +79,7 @@ async fn measure(args: &ReplicationArgs, binary: std::path::PathBuf) -> Result<(
         value,
     )
     .await?;
-    println!("{}", cluster.emulator_lateness());
+    println!("visibility phase's {}", cluster.take_emulator_lateness());
     let info = cluster
         .replication_info(0)
         .await

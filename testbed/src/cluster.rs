@@ -756,14 +756,26 @@ impl Cluster {
         self.relay(a, b).set(direction, shape);
     }
 
-    /// Cuts the link between `a` and `b`, both directions.
     /// How late the emulator delivered datagrams against their schedule, over
     /// every link and direction so far.
     pub fn emulator_lateness(&self) -> Lateness {
+        self.lateness_by(crate::RelayStats::lateness)
+    }
+
+    /// The same since the last call (or the start), counting afresh from now: the
+    /// emulator's lateness in one phase of a run.
+    pub fn take_emulator_lateness(&self) -> Lateness {
+        self.lateness_by(crate::RelayStats::take_lateness)
+    }
+
+    fn lateness_by(
+        &self,
+        of: impl Fn(&crate::RelayStats) -> Option<hdrhistogram::Histogram<u64>>,
+    ) -> Lateness {
         let mut all: Option<hdrhistogram::Histogram<u64>> = None;
         for relay in self.relays.values() {
             for direction in [crate::Direction::Forward, crate::Direction::Backward] {
-                let Some(h) = relay.stats(direction).lateness() else {
+                let Some(h) = of(relay.stats(direction)) else {
                     continue;
                 };
                 match all.as_mut() {
@@ -777,6 +789,7 @@ impl Cluster {
         Lateness::of(all)
     }
 
+    /// Cuts the link between `a` and `b`, both directions.
     pub fn cut(&self, a: usize, b: usize) {
         self.relay(a, b).cut();
     }

@@ -5,18 +5,23 @@
 //! direction has its own [`LinkShape`]: one-way delay, jitter (a uniform extra delay,
 //! so datagrams reorder as on a real path), loss, an optional bandwidth cap, and
 //! whether the link is cut. Shapes can change while the relay runs.
+//!
+//! Each direction runs on two threads of its own, off any async runtime: one
+//! receives (woken by the kernel the moment a datagram arrives) and decides each
+//! datagram's fate; one sends each when it is due. In one process with clients,
+//! probes and proxies competing for the cores, a relay task on the runtime could
+//! read a datagram late, and that delay, which no real network adds, was invisible
+//! to the lateness the relay reports.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
+use socket2::{SockAddr, Socket};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
-use tokio::time::Instant;
 
 use crate::rng::Rng;
 
@@ -106,6 +111,14 @@ impl RelayStats {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+
+    /// The same, and starts counting afresh (for a figure of one phase of a run).
+    pub fn take_lateness(&self) -> Option<hdrhistogram::Histogram<u64>> {
+        self.lateness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
 }
 
 /// A running emulated link; stops when dropped.
@@ -114,7 +127,14 @@ pub struct Relay {
     addr: SocketAddr,
     shapes: [watch::Sender<LinkShape>; 2],
     stats: [Arc<RelayStats>; 2],
-    _tasks: JoinSet<()>,
+    /// Tells the receiving threads to stop (the sending ones follow).
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Relay {
@@ -126,49 +146,56 @@ impl Relay {
         backward: LinkShape,
         seed: u64,
     ) -> Result<Relay, RelayError> {
-        let (near_side, near_send) = loopback_socket()?;
-        let (far_side, far_send) = loopback_socket()?;
-        let (near_side, far_side) = (Arc::new(near_side), Arc::new(far_side));
-        let addr = near_side.local_addr()?;
+        let near_side = loopback_socket()?;
+        let far_side = loopback_socket()?;
+        let addr = near_side
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| std::io::Error::other("the relay's socket has no IP address"))?;
         let shapes = [watch::Sender::new(forward), watch::Sender::new(backward)];
         let stats = [
             Arc::new(RelayStats::default()),
             Arc::new(RelayStats::default()),
         ];
+        let stop = Arc::new(AtomicBool::new(false));
         let (near_peer_tx, near_peer) = watch::channel(None);
-        let mut tasks = JoinSet::new();
 
         // Forward: what the near end sends goes out of the far-side socket to `far`.
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-        spawn_delivery(rx, far_send, watch::channel(Some(far)).1, stats[0].clone())?;
-        let shape = shapes[0].subscribe();
+        spawn_delivery(
+            rx,
+            far_side.try_clone()?,
+            watch::channel(Some(far)).1,
+            stats[0].clone(),
+        )?;
         let receiver = Receiver {
-            socket: near_side.clone(),
-            shape,
+            socket: near_side.try_clone()?.into(),
+            shape: shapes[0].subscribe(),
             queue: tx,
             stats: stats[0].clone(),
             rng: Rng::new(seed),
+            stop: stop.clone(),
         };
-        tasks.spawn(receiver.run(Some(near_peer_tx)));
+        spawn_receiver(receiver, Some(near_peer_tx))?;
 
         // Backward: the far end's answers go out of the near-side socket to the near end.
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-        spawn_delivery(rx, near_send, near_peer, stats[1].clone())?;
-        let shape = shapes[1].subscribe();
+        spawn_delivery(rx, near_side, near_peer, stats[1].clone())?;
         let receiver = Receiver {
-            socket: far_side,
-            shape,
+            socket: far_side.into(),
+            shape: shapes[1].subscribe(),
             queue: tx,
             stats: stats[1].clone(),
             rng: Rng::new(seed.rotate_left(32)),
+            stop: stop.clone(),
         };
-        tasks.spawn(receiver.run(None));
+        spawn_receiver(receiver, None)?;
 
         Ok(Relay {
             addr,
             shapes,
             stats,
-            _tasks: tasks,
+            stop,
         })
     }
 
@@ -212,42 +239,67 @@ impl Relay {
 /// A UDP socket on a free loopback port with buffers for bursts: the kernel's
 /// default (about 200 KiB) overflows at tens of thousands of datagrams per second,
 /// and losses the emulator did not choose would distort the link's shape. The
-/// kernel caps the request at `net.core.rmem_max` / `wmem_max`.
-/// Returns it for receiving (async) and for sending (a handle on the same socket,
-/// for the delivery thread).
-fn loopback_socket() -> std::io::Result<(UdpSocket, std::net::UdpSocket)> {
-    use socket2::{Domain, Protocol, Socket, Type};
+/// kernel caps the request at `net.core.rmem_max` / `wmem_max`. Blocking, with a
+/// read timeout so a receiving thread notices its relay is gone; sends do not wait
+/// ([`libc::MSG_DONTWAIT`]).
+fn loopback_socket() -> std::io::Result<Socket> {
+    use socket2::{Domain, Protocol, Type};
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
-    socket.set_nonblocking(true)?;
-    let send = socket.try_clone()?;
-    Ok((UdpSocket::from_std(socket.into())?, send.into()))
+    socket.set_read_timeout(Some(STOP_CHECK))?;
+    Ok(socket)
 }
 
 /// Socket buffers asked for each relay socket.
 const SOCKET_BUFFER: usize = 4 << 20;
+/// How often an idle receiving thread looks whether its relay was dropped.
+const STOP_CHECK: Duration = Duration::from_millis(100);
 
 /// Receives one direction's datagrams and decides each one's fate and arrival time.
 struct Receiver {
-    socket: Arc<UdpSocket>,
+    socket: std::net::UdpSocket,
     shape: watch::Receiver<LinkShape>,
-    queue: std::sync::mpsc::SyncSender<(std::time::Instant, Vec<u8>)>,
+    queue: std::sync::mpsc::SyncSender<(Instant, Vec<u8>)>,
     stats: Arc<RelayStats>,
     rng: Rng,
+    stop: Arc<AtomicBool>,
+}
+
+/// Starts the thread that receives one direction's datagrams. `peer`: where to
+/// record the sender's address (the near end, for answers).
+fn spawn_receiver(
+    receiver: Receiver,
+    peer: Option<watch::Sender<Option<SocketAddr>>>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("wan-receive".into())
+        .spawn(move || receiver.run(peer))
+        .map(drop)
 }
 
 impl Receiver {
-    /// `peer`: where to record the sender's address (the near end, for answers).
-    async fn run(mut self, peer: Option<watch::Sender<Option<SocketAddr>>>) {
+    fn run(mut self, peer: Option<watch::Sender<Option<SocketAddr>>>) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         // When the (bandwidth-capped) link finishes sending what it has taken.
         let mut free_at = Instant::now();
-        loop {
-            let Ok((len, from)) = self.socket.recv_from(&mut buf).await else {
-                return;
+        while !self.stop.load(Ordering::Relaxed) {
+            let (len, from) = match self.socket.recv_from(&mut buf) {
+                Ok(got) => got,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(_) => return,
             };
+            let now = Instant::now();
             if let Some(peer) = &peer {
                 peer.send_if_modified(|p| {
                     let changed = *p != Some(from);
@@ -266,7 +318,6 @@ impl Receiver {
                 self.stats.lost.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let now = Instant::now();
             let departs = match shape.bandwidth {
                 Some(rate) if rate > 0 => {
                     free_at = free_at.max(now) + Duration::from_secs_f64(len as f64 / rate as f64);
@@ -275,7 +326,7 @@ impl Receiver {
                 _ => now,
             };
             let due = departs + shape.delay + shape.jitter.mul_f64(jitter_draw);
-            match self.queue.try_send((due.into_std(), buf[..len].to_vec())) {
+            match self.queue.try_send((due, buf[..len].to_vec())) {
                 Ok(()) => {}
                 Err(std::sync::mpsc::TrySendError::Full(_)) => {
                     self.stats.overflow.fetch_add(1, Ordering::Relaxed);
@@ -288,8 +339,8 @@ impl Receiver {
 
 /// Starts the thread that sends one direction's datagrams when they are due.
 fn spawn_delivery(
-    queue: std::sync::mpsc::Receiver<(std::time::Instant, Vec<u8>)>,
-    socket: std::net::UdpSocket,
+    queue: std::sync::mpsc::Receiver<(Instant, Vec<u8>)>,
+    socket: Socket,
     to: watch::Receiver<Option<SocketAddr>>,
     stats: Arc<RelayStats>,
 ) -> std::io::Result<()> {
@@ -304,16 +355,16 @@ fn spawn_delivery(
 /// the operating system's timer: the runtime's timers fire on a millisecond
 /// wheel, which made every datagram up to a millisecond late.
 fn deliver(
-    queue: std::sync::mpsc::Receiver<(std::time::Instant, Vec<u8>)>,
-    socket: std::net::UdpSocket,
+    queue: std::sync::mpsc::Receiver<(Instant, Vec<u8>)>,
+    socket: Socket,
     to: watch::Receiver<Option<SocketAddr>>,
     stats: Arc<RelayStats>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
-    let mut pending: BinaryHeap<Reverse<(std::time::Instant, u64, Vec<u8>)>> = BinaryHeap::new();
+    let mut pending: BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>> = BinaryHeap::new();
     let mut seq = 0u64;
     loop {
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         let wait = pending
             .peek()
             .map(|Reverse((due, _, _))| due.saturating_duration_since(now));
@@ -331,7 +382,7 @@ fn deliver(
             Err(RecvTimeoutError::Disconnected) => return,
             Err(RecvTimeoutError::Timeout) => {}
         }
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         while pending
             .peek()
             .is_some_and(|Reverse((due, _, _))| *due <= now)
@@ -341,9 +392,11 @@ fn deliver(
             };
             let target = *to.borrow();
             if let Some(target) = target {
-                stats.late_by(std::time::Instant::now().saturating_duration_since(due));
+                stats.late_by(Instant::now().saturating_duration_since(due));
                 // A full socket buffer drops the datagram, as a real network would.
-                if socket.send_to(&bytes, target).is_ok() {
+                let sent =
+                    socket.send_to_with_flags(&bytes, &SockAddr::from(target), libc::MSG_DONTWAIT);
+                if sent.is_ok() {
                     stats.delivered.fetch_add(1, Ordering::Relaxed);
                 }
             }
