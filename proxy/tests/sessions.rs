@@ -586,6 +586,8 @@ async fn a_forwarded_read_is_not_served_by_a_replica_behind_the_session() {
     let mut spec = spec(Shape::AllToAll, 93);
     // Stale reads are forwarded at once.
     spec.session.read_wait_ms = Some(50);
+    // dc1's datagrams are held 3 s below: the links must outlast that silence.
+    spec.peer_timeout_ms = Some(10_000);
     let (_primary, primary) = support::start_redis();
     let replica = support::start_redis_replica(primary);
     spec.dcs[1].redis = Some(format!("redis://{primary}/0"));
@@ -652,7 +654,10 @@ async fn a_forwarded_read_is_not_served_by_a_replica_behind_the_session() {
 /// of the session (monotonic writes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_given_up_on_the_wan_does_not_land_after_the_sessions_next_write() {
-    let cluster = start_linked(spec(Shape::AllToAll, 94)).await;
+    let mut spec = spec(Shape::AllToAll, 94);
+    // dc2's datagrams are held 1.5 s below: the links must outlast that silence.
+    spec.peer_timeout_ms = Some(10_000);
+    let cluster = start_linked(spec).await;
     let homes = meridian_proxy::user_homes(&cluster.parsed_topology().unwrap()).unwrap();
     let user = (0..)
         .map(|i| format!("g{i}"))

@@ -339,7 +339,22 @@ impl Conn {
         };
         let commands = reads.iter().map(|r| r.args.clone()).collect();
         let request = repl.request(dc, protocol, &self.token, commands, None);
-        let outcome = repl.forward(&request).await;
+        let outcome = match repl.forward(&request).await {
+            // A read changes nothing: unlike a write's, its outcome does not matter.
+            Err(ForwardError::Unknown { home, why }) => {
+                let message = format!(
+                    "TRYAGAIN the read was sent to {home}, which has applied what this session has seen, and no reply came ({why}); send it again"
+                );
+                for read in reads.drain(..) {
+                    self.ctx
+                        .commands
+                        .record(read.index, read.started.elapsed(), true);
+                    self.reply(Reply::error(message.clone()));
+                }
+                return;
+            }
+            outcome => outcome,
+        };
         let users: Vec<Bytes> = reads.iter().map(|r| r.user.clone()).collect();
         let replies = forwarded_replies(
             outcome,
