@@ -17,6 +17,11 @@ use crate::workers::{State, Worker};
 const MAX_CHANGES: usize = 16_384;
 /// A durable checkpoint at least this often while changes flow.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Least time between the starts of two commits: a commit of the embedded store
+/// syncs (redb's eventual durability does on Linux), so at a low, steady rate each
+/// writer batch committed alone cost a sync. Gathering for this long bounds the
+/// syncs to 100 a second; under load a commit takes longer than this anyway.
+const COMMIT_GATHER: Duration = Duration::from_millis(10);
 /// Longest wait between attempts while the backend is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -138,6 +143,7 @@ fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget, worker: &Worker) 
         undurable: Vec::new(),
     };
     worker.set(State::Idle);
+    let mut last_commit = Instant::now() - COMMIT_GATHER;
     loop {
         let first = match rx.recv_timeout(CHECKPOINT_EVERY) {
             Ok(first) => first,
@@ -149,6 +155,13 @@ fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget, worker: &Worker) 
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
+        if let Some(wait) = COMMIT_GATHER.checked_sub(last_commit.elapsed())
+            && first.changes.len() < MAX_CHANGES
+            && !first.durable
+        {
+            std::thread::sleep(wait);
+        }
+        last_commit = Instant::now();
         let batches = take_batches(first, &rx);
         let queued: usize = batches.iter().map(|b| b.changes.len().max(1)).sum();
         if !committer.commit_batches(batches) {
