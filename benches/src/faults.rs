@@ -72,6 +72,7 @@ async fn faults(args: &FaultArgs, binary: std::path::PathBuf) -> Result<(), Stri
         acked.insert(dc, w.await.map_err(|e| e.to_string())?);
     }
     println!("kills: {kills}");
+    println!("{}", cluster.emulator_lateness());
     let waited = Instant::now();
     let converged = cluster.wait_converged(Duration::from_secs(180)).await;
     match &converged {

@@ -63,8 +63,10 @@ pub(crate) fn run(args: &TravelArgs) -> Result<(), String> {
             "{:<22} {:<28} {:>9} {:>9} {:>9} {:>9} {:>6}",
             "homes", "half", "at home", "p50 ms", "p99 ms", "max ms", "moves"
         );
+        let mut lateness = Vec::new();
         for follow in [false, true] {
-            let halves = one_run(args, &binary, follow).await?;
+            let (halves, late) = one_run(args, &binary, follow).await?;
+            lateness.push(late);
             let homes = if follow {
                 "follow (default rule)"
             } else {
@@ -82,6 +84,9 @@ pub(crate) fn run(args: &TravelArgs) -> Result<(), String> {
                     f.moves
                 );
             }
+        }
+        for (homes, late) in ["rendezvous only", "follow"].iter().zip(lateness) {
+            println!("{homes}: {late}");
         }
         Ok(())
     })
@@ -116,7 +121,7 @@ async fn one_run(
     args: &TravelArgs,
     binary: &std::path::Path,
     follow: bool,
-) -> Result<Vec<Figures>, String> {
+) -> Result<(Vec<Figures>, meridian_testbed::Lateness), String> {
     let mut spec = ClusterSpec::preset(binary, Preset::ThreeRegions, Shape::AllToAll, args.loss);
     spec.name = "travel".into();
     spec.seed = args.seed;
@@ -195,5 +200,5 @@ async fn one_run(
             moves: after[2] - at_start[2],
         });
     }
-    Ok(figures)
+    Ok((figures, cluster.emulator_lateness()))
 }
