@@ -110,6 +110,9 @@ pub struct Stats {
     pub conflicts: AtomicU64,
     /// Remote timestamps further ahead of this clock than the drift bound.
     pub clock_drift_refusals: AtomicU64,
+    /// Forwarded writes refused because a later connection of their session had
+    /// written here (their client had given them up; see `SessionFence`).
+    pub session_writes_overtaken: AtomicU64,
     /// Logged changes the backend refused to store (each reported as it happens).
     pub refused_by_backend: AtomicU64,
     /// Keys this datacenter deleted because their TTL had passed.

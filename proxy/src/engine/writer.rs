@@ -559,6 +559,7 @@ impl Writer {
             if let Some(session) = request.session
                 && let Err(overtaken) = self.fence.admit(session.mark, session.forwarded, now)
             {
+                (self.shared.stats.session_writes_overtaken).fetch_add(1, Ordering::Relaxed);
                 let reply = Reply::error(overtaken.to_string());
                 let seq = self.next_seq.saturating_sub(1);
                 replies.push((request.reply, Written { reply, seq }));

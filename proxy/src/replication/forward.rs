@@ -342,6 +342,17 @@ impl Replication {
         }
     }
 
+    /// `request` again as a new request (its own id) in its session's epoch `epoch`:
+    /// for writes a home refused because a later connection of the session wrote
+    /// there, while this client still waits for them.
+    pub fn in_epoch(&self, request: &ForwardRequest, epoch: u64) -> ForwardRequest {
+        let f = &self.forwarding;
+        let mut again = request.clone();
+        again.id.n = f.next_id.fetch_add(1, Ordering::Relaxed);
+        again.session = request.session.map(|(id, _)| (id, epoch));
+        again
+    }
+
     /// Sends `request` toward its home and waits for the reply, sending it again
     /// after a dropped link, for up to the forwarding deadline.
     pub async fn forward(&self, request: &ForwardRequest) -> Result<ForwardReply, ForwardError> {

@@ -53,12 +53,16 @@ enum Pending {
     },
     /// Writes forwarded to their home together: one reply each.
     Forwarded {
-        rx: oneshot::Receiver<Result<ForwardReply, ForwardError>>,
+        rx: oneshot::Receiver<Forwarded>,
         started: Instant,
         indices: Vec<usize>,
         users: Vec<Bytes>,
     },
 }
+
+/// What a forwarded group came to, and the session epoch it ran in last (a
+/// home may have had it sent again in a newer one).
+type Forwarded = (Result<ForwardReply, ForwardError>, Option<u64>);
 
 /// Consecutive writes of this connection for one home, not yet sent.
 struct Group {
@@ -105,6 +109,9 @@ pub(super) struct Conn {
     /// Whether the session may be going on elsewhere (its token was read out or
     /// handed in): then its writes here raise the fence too.
     shared: bool,
+    /// The client went away while its forwarded writes were out: nothing more of
+    /// what it sent runs.
+    gone: bool,
     /// Writes for a home elsewhere, gathered to travel together.
     group: Option<Group>,
     /// Whether a forwarded group's replies are still coming.
@@ -164,6 +171,7 @@ pub(super) async fn serve(
             epoch: 0,
         },
         shared: false,
+        gone: false,
         group: None,
         forwarding: false,
         multi: None,
@@ -244,6 +252,9 @@ impl Conn {
     async fn execute_all(&mut self, batch: Vec<Vec<Bytes>>) -> Next {
         let mut reads: Vec<QueuedRead> = Vec::new();
         for args in batch {
+            if self.gone {
+                return Next::Close;
+            }
             if !self.in_multi()
                 && let Some((index, spec)) = command::lookup_indexed(&args[0])
                 && let (Kind::Read(f), true) = (spec.kind, self.authenticated)
@@ -422,6 +433,7 @@ impl Conn {
     async fn settle(&mut self) {
         self.send_group();
         let me = self.ctx.engine.dc().to_owned();
+        let mut client_gone = false;
         for pending in self.pending.iter_mut() {
             match pending {
                 Pending::Write {
@@ -456,12 +468,24 @@ impl Conn {
                     indices,
                     users,
                 } => {
-                    let outcome = rx.await.unwrap_or_else(|_| {
-                        Err(ForwardError::Unknown {
+                    let received = tokio::select! {
+                        received = &mut *rx => Some(received),
+                        () = gone(&self.stream) => None,
+                    };
+                    let Some(received) = received else {
+                        client_gone = true;
+                        break;
+                    };
+                    let (outcome, epoch) = received.unwrap_or_else(|_| {
+                        let outcome = Err(ForwardError::Unknown {
                             home: "the home".into(),
                             why: "the forwarding task stopped".into(),
-                        })
+                        });
+                        (outcome, None)
                     });
+                    if let Some(epoch) = epoch {
+                        self.mark.epoch = self.mark.epoch.max(epoch);
+                    }
                     if let Err(ForwardError::Unknown { .. }) = &outcome {
                         // The writes may still reach their home: the next ones go
                         // in a later epoch, which fences them off there.
@@ -491,6 +515,14 @@ impl Conn {
             }
         }
         self.forwarding = false;
+        if client_gone {
+            // Its writes are given up. Dropping their receivers tells the
+            // forwarding tasks not to send them again should a home refuse them as
+            // overtaken; nothing more of what the client sent runs.
+            self.gone = true;
+            self.pending.clear();
+            self.group = None;
+        }
     }
 
     /// Sends the gathered writes to their home, in a task of their own.
@@ -510,13 +542,32 @@ impl Conn {
             group.commands,
             Some(self.mark),
         );
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel::<Forwarded>();
         tokio::spawn(async move {
-            let outcome = repl.forward(&request).await;
+            let mut request = request;
+            let mut again = 0;
+            let outcome = loop {
+                let outcome = repl.forward(&request).await;
+                // A home refused every write as overtaken: another connection took
+                // up this session's token and wrote there. This client still
+                // waits for them, so they are not given up: send them again in
+                // the newer epoch (a new request, run once like any other).
+                if let Ok(reply) = &outcome
+                    && let Some(epoch) = all_overtaken(reply)
+                    && !tx.is_closed()
+                    && again < MAX_AGAIN
+                {
+                    request = repl.in_epoch(&request, epoch);
+                    again += 1;
+                    continue;
+                }
+                break outcome;
+            };
             if let Ok(reply) = &outcome {
                 repl.until_visible(&reply.token).await;
             }
-            let _ = tx.send(outcome);
+            let epoch = request.session.map(|(_, epoch)| epoch);
+            let _ = tx.send((outcome, epoch));
         });
         self.pending.push_back(Pending::Forwarded {
             rx,
@@ -986,6 +1037,21 @@ fn forwarded_replies(
         Err(e) => tracing::warn!(error = %e, "a home answered with a damaged session token"),
     }
     reply.replies.into_iter().map(Reply::Encoded).collect()
+}
+
+/// How many times a forwarded group is sent again in a newer session epoch
+/// before its refusals are the client's answer.
+const MAX_AGAIN: u32 = 3;
+
+/// The session epoch named when a home refused every write of a forwarded group
+/// as overtaken (see `SessionFence`).
+fn all_overtaken(reply: &ForwardReply) -> Option<u64> {
+    let mut newest = None;
+    for encoded in &reply.replies {
+        let epoch = overtaken_epoch(&Reply::Encoded(encoded.clone()))?;
+        newest = newest.max(Some(epoch));
+    }
+    newest
 }
 
 /// The session epoch a forwarded write's refusal names (see `SessionFence`).

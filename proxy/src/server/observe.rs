@@ -50,7 +50,7 @@ fn stat(ctx: &Context, counter: fn(&crate::engine::Stats) -> &AtomicU64) -> f64 
 }
 
 /// The proxy's and engine's single values, in the order INFO shows them.
-const SCALARS: [ScalarRow; 46] = [
+const SCALARS: [ScalarRow; 47] = [
     (
         "meridian_connected_clients",
         "Client connections open now.",
@@ -183,6 +183,13 @@ const SCALARS: [ScalarRow; 46] = [
         Kind::Counter,
         Some((Section::Replication, "clock_drift_refusals")),
         |c| stat(c, |s| &s.clock_drift_refusals),
+    ),
+    (
+        "meridian_session_writes_overtaken_total",
+        "Forwarded writes refused because a later connection of their session wrote here first: their client had given them up.",
+        Kind::Counter,
+        Some((Section::Replication, "session_writes_overtaken")),
+        |c| stat(c, |s| &s.session_writes_overtaken),
     ),
     (
         "meridian_changes_held_for_deps_total",
