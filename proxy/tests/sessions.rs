@@ -593,10 +593,8 @@ async fn a_forwarded_read_is_not_served_by_a_replica_behind_the_session() {
     spec.dcs[1].redis = Some(format!("redis://{primary}/0"));
     spec.dcs[1].replicas = vec![format!("redis://{}/0", replica.1)];
     let cluster = start_linked(spec).await;
-    let homes = meridian_proxy::user_homes(&cluster.parsed_topology().unwrap()).unwrap();
-    let user = (0..)
-        .map(|i| format!("r{i}"))
-        .find(|u| homes.home_of(u) == 1)
+    let user = support::wan::users_homed_at(&cluster, "r", 1)
+        .next()
         .unwrap();
     let key = format!("{{{user}}}:k");
     cluster.cmd::<()>(1, &["SET", &key, "old"]).await.unwrap();
@@ -658,10 +656,8 @@ async fn a_write_given_up_on_the_wan_does_not_land_after_the_sessions_next_write
     // dc2's datagrams are held 1.5 s below: the links must outlast that silence.
     spec.peer_timeout_ms = Some(10_000);
     let cluster = start_linked(spec).await;
-    let homes = meridian_proxy::user_homes(&cluster.parsed_topology().unwrap()).unwrap();
-    let user = (0..)
-        .map(|i| format!("g{i}"))
-        .find(|u| homes.home_of(u) == 0)
+    let user = support::wan::users_homed_at(&cluster, "g", 0)
+        .next()
         .unwrap();
     let key = format!("{{{user}}}:k");
     let mut far = support::Client::connect(cluster.client_addr(2)).unwrap();
@@ -713,10 +709,8 @@ async fn a_write_given_up_on_the_wan_does_not_land_after_the_sessions_next_write
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_left_behind_by_its_token_goes_on_writing() {
     let cluster = start_linked(spec(Shape::AllToAll, 95)).await;
-    let homes = meridian_proxy::user_homes(&cluster.parsed_topology().unwrap()).unwrap();
-    let user = (0..)
-        .map(|i| format!("g{i}"))
-        .find(|u| homes.home_of(u) == 0)
+    let user = support::wan::users_homed_at(&cluster, "g", 0)
+        .next()
         .unwrap();
     let key = format!("{{{user}}}:k");
     let set = |value: &'static str| {

@@ -6,6 +6,17 @@ use meridian_policies::VersionVector;
 use meridian_testbed::{Cluster, ClusterSpec, LinkShape};
 use tokio::time::{Instant, sleep};
 
+/// The users `<prefix>0`, `<prefix>1`, ... whose rendezvous home in the cluster's
+/// topology is datacenter `dc`, in that order.
+pub fn users_homed_at(cluster: &Cluster, prefix: &str, dc: usize) -> impl Iterator<Item = String> {
+    let topology = cluster.parsed_topology().expect("the cluster's topology");
+    let homes = meridian_proxy::user_homes(&topology).expect("rendezvous homes");
+    let prefix = prefix.to_owned();
+    (0..)
+        .map(move |i| format!("{prefix}{i}"))
+        .filter(move |u| homes.home_of(u) == dc)
+}
+
 /// Generous: a 2-core machine running five proxies and their relays.
 pub const CONVERGE: Duration = Duration::from_secs(90);
 
