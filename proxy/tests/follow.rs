@@ -9,11 +9,12 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use meridian_policies::Rendezvous;
 use meridian_testbed::history;
 use meridian_testbed::{Cluster, ClusterSpec, FollowSection, Shape};
 use redis::aio::MultiplexedConnection;
-use support::wan::{CONVERGE, converged, info_u64, linked, logs, lossy, start, until};
+use support::wan::{
+    CONVERGE, converged, info_u64, linked, logs, lossy, start, until, users_homed_at,
+};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep};
 
@@ -34,28 +35,6 @@ fn spec(seed: u64, min_interval_ms: u64) -> ClusterSpec {
         min_interval_ms: Some(min_interval_ms),
     });
     spec
-}
-
-/// The homes the cluster's topology file gives users by default.
-fn homes(cluster: &Cluster) -> Rendezvous {
-    meridian_proxy::user_homes(&cluster.parsed_topology().unwrap()).unwrap()
-}
-
-/// The first user `u0`, `u1`, ... whose default home is datacenter `dc`.
-fn user_homed_at(homes: &Rendezvous, dc: usize) -> String {
-    (0..)
-        .map(|i| format!("u{i}"))
-        .find(|u| homes.home_of(u) == dc)
-        .unwrap()
-}
-
-/// The `n`th user (from 0) whose default home is datacenter `dc`.
-fn nth_user_homed_at(homes: &Rendezvous, dc: usize, n: usize) -> String {
-    (0..)
-        .map(|i| format!("u{i}"))
-        .filter(|u| homes.home_of(u) == dc)
-        .nth(n)
-        .unwrap()
 }
 
 /// A field of `MERIDIAN HOME <user>` as datacenter `dc` answers it.
@@ -154,7 +133,7 @@ impl Session {
 async fn a_home_follows_its_user_to_another_region() {
     let cluster = start(spec(31, 60_000)).await;
     linked(&cluster).await;
-    let user = user_homed_at(&homes(&cluster), 0);
+    let user = users_homed_at(&cluster, "u", 0).next().unwrap();
     let key = format!("{{{user}}}:n");
     assert_eq!(home_field(&cluster, 1, &user, "home").await, "dc0");
     let mut session = Session {
@@ -271,7 +250,7 @@ async fn writers_everywhere_during_moves_lose_nothing() {
     spec.homes.follow = None;
     let cluster = std::sync::Arc::new(start(spec).await);
     linked(&cluster).await;
-    let user = user_homed_at(&homes(&cluster), 0);
+    let user = users_homed_at(&cluster, "u", 0).next().unwrap();
     let key = format!("{{{user}}}:n");
     let mut tasks = JoinSet::new();
     for dc in 0..3 {
@@ -341,7 +320,7 @@ async fn pinned_users_stay_and_commuters_move_a_bounded_number_of_times() {
     let error = refused.unwrap_err().to_string();
     assert!(error.contains("pinned"), "{error}");
     // A commuter: 600 ms in dc1, 600 ms in dc2, and so on, for 8 s.
-    let user = user_homed_at(&homes(&cluster), 0);
+    let user = users_homed_at(&cluster, "u", 0).next().unwrap();
     let key = format!("{{{user}}}:n");
     let mut at2 = cluster.connect(2).await.unwrap();
     let started = Instant::now();
@@ -388,7 +367,7 @@ async fn a_home_killed_during_a_move_leaves_one_home_and_loses_nothing() {
     spec.homes.follow = None;
     let mut cluster = start(spec).await;
     linked(&cluster).await;
-    let user = user_homed_at(&homes(&cluster), 0);
+    let user = users_homed_at(&cluster, "u", 0).next().unwrap();
     let key = format!("{{{user}}}:n");
     let mut at2 = cluster.connect(2).await.unwrap();
     for _ in 0..20 {
@@ -446,9 +425,8 @@ async fn a_new_user_lives_where_its_first_write_came_from() {
     spec.homes.default = Some("first-write".into());
     let cluster = std::sync::Arc::new(start(spec).await);
     linked(&cluster).await;
-    let homes = homes(&cluster);
     // First written from dc2, though its rendezvous home is dc0.
-    let user = nth_user_homed_at(&homes, 0, 0);
+    let user = users_homed_at(&cluster, "u", 0).next().unwrap();
     let key = format!("{{{user}}}:n");
     let mut at2 = cluster.connect(2).await.unwrap();
     assert_eq!(incr(&mut at2, &key).await, 1);
@@ -464,7 +442,7 @@ async fn a_new_user_lives_where_its_first_write_came_from() {
     }
     assert!(info_u64(&cluster, 2, "home_writes_local").await >= before + 10);
     // First written at its rendezvous home: it stays there, whoever writes next.
-    let stay = nth_user_homed_at(&homes, 1, 0);
+    let stay = users_homed_at(&cluster, "u", 1).next().unwrap();
     let stay_key = format!("{{{stay}}}:n");
     let mut at1 = cluster.connect(1).await.unwrap();
     incr(&mut at1, &stay_key).await;
@@ -479,7 +457,7 @@ async fn a_new_user_lives_where_its_first_write_came_from() {
     }
     assert_eq!(home_field(&cluster, 2, &stay, "home").await, "dc1");
     // Two regions write a new user at once: one home, every INCR once.
-    let raced = nth_user_homed_at(&homes, 0, 1);
+    let raced = users_homed_at(&cluster, "u", 0).nth(1).unwrap();
     let raced_key = format!("{{{raced}}}:n");
     let mut tasks = JoinSet::new();
     for dc in [1, 2] {
