@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::Bytes;
 use meridian_policies::{Version, VersionDecodeError, VersionVector};
@@ -219,6 +220,10 @@ pub(super) trait Backend: Send + Sync + std::fmt::Debug {
 
     /// A connection for one thread: the writer, the committer, start-up replay.
     fn session(&self) -> Box<dyn Session>;
+
+    /// Least time between the starts of two commits: the committer gathers what
+    /// the writer logs meanwhile into one transaction.
+    fn commit_gather(&self) -> Duration;
 
     /// The whole store and the vector it reaches, consistent with the memtable as
     /// `overlay` sees it: whatever the store lacks of the memtable's state is in

@@ -14,14 +14,13 @@ use crate::change::Change;
 use crate::workers::{State, Worker};
 
 /// Most changes in one backend transaction.
-const MAX_CHANGES: usize = 16_384;
+const MAX_CHANGES: usize = 65_536;
+/// Logged bytes after which the committer stops gathering: big values gain
+/// nothing from it (each has pages of its own), and a store far behind its log
+/// needs that much more disk when the log is replayed into it.
+const GATHER_BYTES: usize = 1 << 20;
 /// A durable checkpoint at least this often while changes flow.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-/// Least time between the starts of two commits: a commit of the embedded store
-/// syncs (redb's eventual durability does on Linux), so at a low, steady rate each
-/// writer batch committed alone cost a sync. Gathering for this long bounds the
-/// syncs to 100 a second; under load a commit takes longer than this anyway.
-const COMMIT_GATHER: Duration = Duration::from_millis(10);
 /// Longest wait between attempts while the backend is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -35,6 +34,8 @@ pub(super) struct Logged {
     pub(super) end_lsn: u64,
     /// Commit durably at once (an installed snapshot).
     pub(super) durable: bool,
+    /// Their size in the log.
+    pub(super) bytes: usize,
 }
 
 /// The writer's end of the queue to the committer.
@@ -48,18 +49,56 @@ pub(super) struct Queue {
     max: usize,
 }
 
-/// How many changes are queued, and whether the committer has stopped.
+/// The queue's state, shared by the writer and the committer.
 #[derive(Default)]
 struct Budget {
-    state: Mutex<(usize, bool)>,
+    state: Mutex<Queued>,
+    /// The committer released changes, or stopped.
     freed: Condvar,
+    /// The committer should stop gathering: enough is queued, the writer waits for
+    /// room, or the writer has let go of the queue.
+    full: Condvar,
+}
+
+#[derive(Default)]
+struct Queued {
+    /// Changes handed to the committer and not yet committed.
+    changes: usize,
+    /// Their size in the log.
+    bytes: usize,
+    /// The committer has stopped.
+    stopped: bool,
+    /// The writer waits for room.
+    waiting: bool,
+    /// The writer has let go of the queue (it is shutting down).
+    closing: bool,
+}
+
+impl Queued {
+    fn gathered(&self) -> bool {
+        self.closing || self.waiting || self.changes >= MAX_CHANGES || self.bytes >= GATHER_BYTES
+    }
 }
 
 impl Budget {
-    fn release(&self, changes: usize) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.0 = state.0.saturating_sub(changes);
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn release(&self, changes: usize, bytes: usize) {
+        let mut state = self.lock();
+        state.changes = state.changes.saturating_sub(changes);
+        state.bytes = state.bytes.saturating_sub(bytes);
         self.freed.notify_all();
+    }
+
+    /// Waits up to `wait` for more to commit at once; less when a commit is full
+    /// already, the writer waits for room, or the writer is shutting down.
+    fn gather(&self, wait: Duration) {
+        let state = self.lock();
+        let _ = self
+            .full
+            .wait_timeout_while(state, wait, |state| !state.gathered());
     }
 }
 
@@ -68,8 +107,15 @@ struct Stopped(Arc<Budget>);
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        self.0.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.0.lock().stopped = true;
         self.0.freed.notify_all();
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        self.budget.lock().closing = true;
+        self.budget.full.notify_all();
     }
 }
 
@@ -78,18 +124,26 @@ impl Queue {
     /// (backpressure, never a dropped change). Fails once the committer stopped.
     pub(super) fn send(&self, logged: Logged) -> Result<(), ()> {
         let n = logged.changes.len().max(1);
-        let mut state = self.budget.state.lock().unwrap_or_else(|e| e.into_inner());
-        while !state.1 && state.0 > 0 && state.0 + n > self.max {
+        let mut state = self.budget.lock();
+        while !state.stopped && state.changes > 0 && state.changes + n > self.max {
+            state.waiting = true;
+            self.budget.full.notify_all();
             state = self
                 .budget
                 .freed
                 .wait(state)
                 .unwrap_or_else(|e| e.into_inner());
         }
-        if state.1 {
+        state.waiting = false;
+        if state.stopped {
             return Err(());
         }
-        state.0 += n;
+        let gathered = state.gathered();
+        state.changes += n;
+        state.bytes += logged.bytes;
+        if !gathered && state.gathered() {
+            self.budget.full.notify_all();
+        }
         drop(state);
         self.tx.send(logged).map_err(|_| ())
     }
@@ -143,7 +197,8 @@ fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget, worker: &Worker) 
         undurable: Vec::new(),
     };
     worker.set(State::Idle);
-    let mut last_commit = Instant::now() - COMMIT_GATHER;
+    let gather = shared.backend.commit_gather();
+    let mut last_commit = Instant::now() - gather;
     loop {
         let first = match rx.recv_timeout(CHECKPOINT_EVERY) {
             Ok(first) => first,
@@ -155,19 +210,20 @@ fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget, worker: &Worker) 
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        if let Some(wait) = COMMIT_GATHER.checked_sub(last_commit.elapsed())
+        if let Some(wait) = gather.checked_sub(last_commit.elapsed())
             && first.changes.len() < MAX_CHANGES
             && !first.durable
         {
-            std::thread::sleep(wait);
+            budget.gather(wait);
         }
         last_commit = Instant::now();
         let batches = take_batches(first, &rx);
         let queued: usize = batches.iter().map(|b| b.changes.len().max(1)).sum();
+        let bytes: usize = batches.iter().map(|b| b.bytes).sum();
         if !committer.commit_batches(batches) {
             return;
         }
-        budget.release(queued);
+        budget.release(queued, bytes);
     }
     committer.finish();
 }

@@ -11,7 +11,6 @@
 //! [`MAX_USERS`] it starts over, and a user without a mark is answered with the
 //! home's whole position, which covers everything (only less precisely).
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// Users whose newest change is remembered before the table starts over.
@@ -22,7 +21,7 @@ type Mark = Vec<(Box<str>, u64)>;
 
 #[derive(Debug, Default)]
 pub(super) struct Marks {
-    users: Mutex<HashMap<Vec<u8>, Mark>>,
+    users: Mutex<super::KeyMap<Vec<u8>, Mark>>,
 }
 
 impl Marks {

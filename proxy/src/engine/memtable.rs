@@ -7,7 +7,6 @@
 //! only after their commit. So an entry a reader does not find here was either never
 //! written, or committed before the reader's snapshot.
 
-use std::collections::HashMap;
 use std::sync::{RwLock, RwLockReadGuard};
 
 use crate::change::Value;
@@ -25,11 +24,11 @@ use meridian_policies::Version;
 
 #[derive(Debug, Default)]
 pub(super) struct Memtable {
-    map: RwLock<HashMap<Vec<u8>, Entry>>,
+    map: RwLock<super::KeyMap<Vec<u8>, Entry>>,
 }
 
 /// A read view: hold it while reading both the memtable and a store snapshot.
-pub(super) type View<'a> = RwLockReadGuard<'a, HashMap<Vec<u8>, Entry>>;
+pub(super) type View<'a> = RwLockReadGuard<'a, super::KeyMap<Vec<u8>, Entry>>;
 
 impl Memtable {
     pub(super) fn view(&self) -> View<'_> {

@@ -532,7 +532,7 @@ impl Writer {
         base: &Base,
         versions: &HashMap<Vec<u8>, Option<Version>>,
     ) -> (Vec<Change>, Vec<(oneshot::Sender<Written>, Written)>) {
-        let mut overlay = HashMap::new();
+        let mut overlay = super::KeyMap::default();
         let mut changes = Vec::new();
         let mut replies = Vec::with_capacity(batch.len());
         // Ops of big values, with the state before them: written as edits where
@@ -649,8 +649,8 @@ impl Writer {
         if changes.is_empty() {
             return Ok(());
         }
-        let first_lsn = match self.append(&changes, local) {
-            Ok(first) => first,
+        let (first_lsn, bytes) = match self.append(&changes, local) {
+            Ok(appended) => appended,
             Err(e) => {
                 if local {
                     self.next_seq = changes[0].seq;
@@ -660,13 +660,14 @@ impl Writer {
         };
         let next_lsn = first_lsn + changes.len() as u64;
         self.advance(&changes, first_lsn, next_lsn);
-        self.hand_over(changes, next_lsn);
+        self.hand_over(changes, next_lsn, bytes);
         Ok(())
     }
 
     /// Appends the changes to the log with one write (synced first under
-    /// `fsync = always`) and counts them; returns the first one's position.
-    fn append(&mut self, changes: &[Change], local: bool) -> Result<u64, LogWriteError> {
+    /// `fsync = always`) and counts them; returns the first one's position and
+    /// their size in the log.
+    fn append(&mut self, changes: &[Change], local: bool) -> Result<(u64, usize), LogWriteError> {
         let encoded: Vec<Vec<u8>> = changes
             .iter()
             .map(|c| {
@@ -681,8 +682,8 @@ impl Writer {
             self.last_sync = Instant::now();
         }
         let stats = &self.shared.stats;
-        let bytes = encoded.iter().map(|e| e.len() as u64 + 8).sum();
-        stats.log_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let bytes: usize = encoded.iter().map(|e| e.len() + 8).sum();
+        stats.log_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         let counter = if local {
             &stats.changes
         } else {
@@ -690,7 +691,7 @@ impl Writer {
         };
         counter.fetch_add(changes.len() as u64, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
-        Ok(first)
+        Ok((first, bytes))
     }
 
     /// Raises the applied vector and each origin's newest timestamp past logged
@@ -719,7 +720,7 @@ impl Writer {
 
     /// Makes logged changes visible (memtable, applied vector, log position) and
     /// queues them for the committer.
-    fn hand_over(&mut self, changes: Vec<Change>, next_lsn: u64) {
+    fn hand_over(&mut self, changes: Vec<Change>, next_lsn: u64, bytes: usize) {
         self.index_expiry(&changes);
         self.observe_placements(&changes);
         self.batch_no += 1;
@@ -744,6 +745,7 @@ impl Writer {
             applied: self.applied.clone(),
             end_lsn: next_lsn,
             durable: false,
+            bytes,
         };
         if let Some((committer, _)) = &self.committer {
             // Blocks while the committer is far behind: backpressure, never a dropped change.
@@ -957,7 +959,7 @@ fn recv_timeout(rx: &mut mpsc::Receiver<Msg>, timeout: Duration) -> Result<Optio
 struct BatchKeyspace<'a, 'v> {
     view: &'a View<'v>,
     base: &'a Base,
-    overlay: &'a HashMap<Vec<u8>, Option<Value>>,
+    overlay: &'a super::KeyMap<Vec<u8>, Option<Value>>,
     puts: Puts,
     now_ms: u64,
 }

@@ -528,6 +528,12 @@ impl Backend for RedisBackend {
         })
     }
 
+    /// Short: a read of keys the memtable holds only in part waits for the
+    /// commit, and one `MULTI` of many keys holds Redis up while it runs.
+    fn commit_gather(&self) -> Duration {
+        Duration::from_millis(10)
+    }
+
     fn snapshot(
         &self,
         memtable: &Memtable,

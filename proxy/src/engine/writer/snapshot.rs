@@ -113,6 +113,7 @@ impl Writer {
             applied: self.applied.clone(),
             end_lsn: lsn,
             durable: true,
+            bytes: 0,
         };
         match &self.committer {
             Some((committer, _)) => committer
