@@ -44,6 +44,22 @@ async fn heal_and_resume(cluster: &Cluster, home: usize, next: usize, key: &str,
 }
 
 /// SET `key` `value` at datacenter `dc`: the reply, or the error's text.
+/// A new connection to datacenter `dc` after one was lost. A proxy of a loaded
+/// two-core machine may take longer than one connection timeout (5 s) to answer
+/// while links flap; a wedged one never answers, and fails the test after 30 s.
+async fn reconnect(cluster: &Cluster, dc: usize) -> redis::aio::MultiplexedConnection {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match cluster.connect(dc).await {
+            Ok(c) => return c,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("dc{dc}: connecting again after {e}");
+            }
+            Err(e) => panic!("dc{dc} took no connection for 30 s: {e}"),
+        }
+    }
+}
+
 async fn set(cluster: &Cluster, dc: usize, key: &str, value: &str) -> Result<(), String> {
     cluster
         .cmd::<()>(dc, &["SET", key, value])
@@ -237,7 +253,7 @@ async fn a_home_that_comes_and_goes_never_has_two_writers() {
                     Err(e) if e.to_string().contains("may or may not") => unknown += 1,
                     Err(e) if e.is_io_error() || e.is_timeout() => {
                         unknown += 1;
-                        c = cluster.connect(dc).await.unwrap();
+                        c = reconnect(&cluster, dc).await;
                     }
                     // Refused before it ran: fenced, out of reach, handing over.
                     Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -455,7 +471,7 @@ async fn writer(
             Err(e) if e.to_string().contains("may or may not") => tally.unknown += 1,
             Err(e) if e.is_io_error() || e.is_timeout() => {
                 tally.unknown += 1;
-                c = cluster.connect(dc).await.unwrap();
+                c = reconnect(&cluster, dc).await;
             }
             // Refused before it ran: fenced, out of reach, handing over.
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
