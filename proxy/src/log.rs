@@ -96,7 +96,12 @@ pub struct Log {
     /// Times a failed append was cut off again: bytes past the end were written
     /// and will be written over, so readers drop what they read ahead.
     rewrites: Arc<AtomicU64>,
+    /// The write buffer, kept between appends.
+    buf: Vec<u8>,
 }
+
+/// Largest write buffer kept between appends.
+const KEEP_BUFFER: usize = 1 << 20;
 
 /// What opening the log found.
 #[derive(Debug)]
@@ -148,6 +153,7 @@ impl Log {
             dirty: false,
             segment_bytes,
             rewrites: Arc::default(),
+            buf: Vec::new(),
         };
         Ok((
             log,
@@ -169,25 +175,47 @@ impl Log {
         self.next_lsn
     }
 
-    /// Appends `payloads` with one write; returns the LSN of the first. The records
-    /// are in the operating system's hands when this returns (they survive the process
-    /// being killed); call [`Log::sync`] to make them survive a power loss.
+    /// Appends `payloads` as records (see [`Log::append_with`]).
+    #[cfg(test)]
     pub fn append<'a>(
         &mut self,
         payloads: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<u64, LogError> {
+        self.append_with(payloads, |payload, out| out.extend_from_slice(payload))
+    }
+
+    /// Appends a record for each of `items`, its payload written by `encode`
+    /// straight into the write buffer, with one write; returns the LSN of the
+    /// first. The records are in the operating system's hands when this returns
+    /// (they survive the process being killed); call [`Log::sync`] to make them
+    /// survive a power loss.
+    pub fn append_with<T>(
+        &mut self,
+        items: impl IntoIterator<Item = T>,
+        mut encode: impl FnMut(T, &mut Vec<u8>),
+    ) -> Result<u64, LogError> {
         if self.file_len >= self.segment_bytes {
             self.roll()?;
         }
-        let mut buf = Vec::new();
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
         let mut count = 0;
-        for payload in payloads {
-            if payload.len() > MAX_RECORD {
-                return Err(LogError::RecordTooLarge(payload.len()));
+        for item in items {
+            let len = record::encode_with(&mut buf, |out| encode(item, out));
+            if len > MAX_RECORD {
+                return Err(LogError::RecordTooLarge(len));
             }
-            record::encode(&mut buf, payload);
             count += 1;
         }
+        let written = self.write_buffer(&buf, count);
+        // Kept for the next append, unless a big batch made it big.
+        if buf.capacity() <= KEEP_BUFFER {
+            self.buf = buf;
+        }
+        written
+    }
+
+    fn write_buffer(&mut self, buf: &[u8], count: u64) -> Result<u64, LogError> {
         let first = self.next_lsn;
         if let Err(e) = self.file.write_all(&buf) {
             // A partial write leaves a torn record; cut it so later appends stay readable.

@@ -668,21 +668,17 @@ impl Writer {
     /// `fsync = always`) and counts them; returns the first one's position and
     /// their size in the log.
     fn append(&mut self, changes: &[Change], local: bool) -> Result<(u64, usize), LogWriteError> {
-        let encoded: Vec<Vec<u8>> = changes
-            .iter()
-            .map(|c| {
-                let mut buf = Vec::new();
-                c.encode(&mut buf);
-                buf
-            })
-            .collect();
-        let first = self.log.append(encoded.iter().map(Vec::as_slice))?;
+        let mut bytes = 0;
+        let first = self.log.append_with(changes, |c, out| {
+            let start = out.len();
+            c.encode(out);
+            bytes += out.len() - start + 8;
+        })?;
         if self.fsync == Fsync::Always {
             self.log.sync()?;
             self.last_sync = Instant::now();
         }
         let stats = &self.shared.stats;
-        let bytes: usize = encoded.iter().map(|e| e.len() + 8).sum();
         stats.log_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         let counter = if local {
             &stats.changes

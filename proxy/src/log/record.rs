@@ -58,13 +58,25 @@ impl Format {
 }
 
 /// Appends a record of the current format.
+#[cfg(test)]
 pub(crate) fn encode(out: &mut Vec<u8>, payload: &[u8]) {
+    encode_with(out, |out| out.extend_from_slice(payload));
+}
+
+/// Appends a record of the current format whose payload `write` appends to `out`
+/// (no copy of it made first); returns the payload's length.
+pub(crate) fn encode_with(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> usize {
     let start = out.len();
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    let header = Format::CURRENT.header_len();
+    out.resize(start + header, 0);
+    write(out);
+    let len = out.len() - start - header;
+    let crc = crc32fast::hash(&out[start + header..]);
+    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     let header_crc = crc32fast::hash(&out[start..start + 8]);
-    out.extend_from_slice(&header_crc.to_le_bytes());
-    out.extend_from_slice(payload);
+    out[start + 8..start + 12].copy_from_slice(&header_crc.to_le_bytes());
+    len
 }
 
 /// How the bytes at a record boundary read.
