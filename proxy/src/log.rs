@@ -217,7 +217,7 @@ impl Log {
 
     fn write_buffer(&mut self, buf: &[u8], count: u64) -> Result<u64, LogError> {
         let first = self.next_lsn;
-        if let Err(e) = self.file.write_all(&buf) {
+        if let Err(e) = self.file.write_all(buf) {
             // A partial write leaves a torn record; cut it so later appends stay readable.
             let _ = self.file.set_len(self.file_len);
             self.rewrites.fetch_add(1, Ordering::Release);
