@@ -12,9 +12,10 @@ mod run;
 /// mimalloc: writes allocate on the writer thread and free on the committer, a
 /// pattern glibc's malloc spends much time on (`malloc_consolidate`,
 /// `unlink_chunk`). Five rounds each, alternating with glibc, on a standalone
-/// proxy (`redis-benchmark -r 100000 -c 50`): SET -P 1 took 18-19 µs of CPU a
-/// request instead of 20-23 (embedded) and 21-23 instead of 23-28 (over Redis);
-/// SET -P 16 and GET were the same or a little better.
+/// proxy (`redis-benchmark -r 100000 -c 50`): SET -P 1 took 16.9-21.1 µs of CPU
+/// a request instead of 20.3-23.5 (embedded) and 20.5-23.1 instead of 23.1-28.1
+/// (over Redis, Redis's CPU included); SET -P 16 and GET were the same or a
+/// little better.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
