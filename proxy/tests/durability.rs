@@ -34,6 +34,25 @@ fn acknowledged_writes_survive_sigkill_and_restart_on_the_redis_backend() {
         direct.cmd(&[b"GET", b"{u0}:k1989"]),
         Resp::Bulk(b"v1989".to_vec())
     );
+    // Each counter was written many times per commit; Redis holds its last value.
+    let counters = |direct: &mut Client| -> i64 {
+        (0..17)
+            .map(
+                |u| match direct.cmd(&[b"GET", format!("{{u{u}}}:counter").as_bytes()]) {
+                    Resp::Bulk(b) => String::from_utf8(b).unwrap().parse::<i64>().unwrap(),
+                    _ => 0,
+                },
+            )
+            .sum()
+    };
+    while counters(&mut direct) != 2_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the counters in redis add up to {}, not 2000",
+            counters(&mut direct)
+        );
+        std::thread::yield_now();
+    }
 }
 
 /// Writes, kills the proxy with SIGKILL once everything is acknowledged, restarts

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::memtable::{Memtable, View};
-use crate::change::{Change, Value};
+use crate::change::{Change, Op, Value};
 use crate::command::{DataFn, Spec};
 use crate::resp::Reply;
 
@@ -372,6 +372,31 @@ impl crate::command::Keyspace for ReadKeyspace<'_, '_> {
     fn now_ms(&self) -> u64 {
         self.now_ms
     }
+}
+
+/// Each key's last op in `changes`, with its change's version, in key order: what
+/// a commit writes.
+///
+/// An op replaces its key's whole state, so only the last one of a commit
+/// matters: a key written many times in one commit (a counter) is written to
+/// the database once. The embedded store inserts in key order, walking its
+/// B-tree from one leaf to the next instead of jumping about it.
+pub(super) fn newest_ops(changes: &[Change]) -> Vec<(&Op, Version)> {
+    let mut ops: Vec<(&Op, usize)> = (changes.iter().enumerate())
+        .flat_map(|(i, change)| change.ops.iter().map(move |op| (op, i)))
+        .collect();
+    // Stable: a key's ops stay in change order, the last of each run is newest.
+    ops.sort_by(|a, b| a.0.key.cmp(&b.0.key));
+    let mut newest: Vec<(&Op, usize)> = Vec::with_capacity(ops.len());
+    for (op, i) in ops {
+        match newest.last_mut() {
+            Some(last) if last.0.key == op.key => *last = (op, i),
+            _ => newest.push((op, i)),
+        }
+    }
+    (newest.into_iter())
+        .map(|(op, i)| (op, changes[i].version()))
+        .collect()
 }
 
 #[cfg(test)]

@@ -20,9 +20,9 @@ use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefi
 
 use super::{
     Backend, BackendError, BoxFuture, Entries, Fetched, KeyReader, Read, ReadContext, ReadKeyspace,
-    ScanArgs, ScanPage, Session, Stored,
+    ScanArgs, ScanPage, Session, Stored, newest_ops,
 };
-use crate::change::{Change, Op, Value};
+use crate::change::{Change, Value};
 use crate::engine::memtable::{Memtable, View};
 use crate::engine::wall_ms;
 use crate::resp::Reply;
@@ -194,29 +194,6 @@ impl Store {
         try_engine!("commit", txn.commit());
         Ok(())
     }
-}
-
-/// Each key's last op in `changes`, with its change's version, in key order.
-///
-/// An op replaces its key's whole state, so only the last one of a commit
-/// matters. Inserting in key order walks the B-tree from one leaf to the next
-/// instead of jumping about it.
-fn newest_ops(changes: &[Change]) -> Vec<(&Op, Version)> {
-    let mut ops: Vec<(&Op, usize)> = (changes.iter().enumerate())
-        .flat_map(|(i, change)| change.ops.iter().map(move |op| (op, i)))
-        .collect();
-    // Stable: a key's ops stay in change order, the last of each run is newest.
-    ops.sort_by(|a, b| a.0.key.cmp(&b.0.key));
-    let mut newest: Vec<(&Op, usize)> = Vec::with_capacity(ops.len());
-    for (op, i) in ops {
-        match newest.last_mut() {
-            Some(last) if last.0.key == op.key => *last = (op, i),
-            _ => newest.push((op, i)),
-        }
-    }
-    (newest.into_iter())
-        .map(|(op, i)| (op, changes[i].version()))
-        .collect()
 }
 
 /// A tombstone as earlier builds wrote it.
@@ -601,7 +578,7 @@ impl Session for Embedded {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::change::Data;
+    use crate::change::{Data, Op};
 
     fn string(s: &str) -> Option<Value> {
         Some(Value {

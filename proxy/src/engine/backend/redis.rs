@@ -297,20 +297,16 @@ impl SyncConn {
     ) -> Result<(), RedisStoreError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        // Each key's newest version, written with the applied vector in one HSET.
-        let mut versions: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-        for change in changes {
-            let version = change.version().to_bytes();
-            for op in &change.ops {
-                match &op.value {
-                    None => {
-                        pipe.cmd("DEL").arg(&op.key).ignore();
-                    }
-                    Some(value) => write_value(&mut pipe, &op.key, value),
+        let newest = super::newest_ops(changes);
+        for (op, _) in &newest {
+            match &op.value {
+                None => {
+                    pipe.cmd("DEL").arg(&op.key).ignore();
                 }
-                versions.insert([b"v:".as_slice(), &op.key].concat(), version.clone());
+                Some(value) => write_value(&mut pipe, &op.key, value),
             }
         }
+        // Each key's version, written with the applied vector in one HSET.
         let meta = pipe
             .cmd("HSET")
             .arg(META_KEY)
@@ -318,8 +314,13 @@ impl SyncConn {
             .arg(applied.to_string())
             .arg("committed_ms")
             .arg(crate::engine::wall_ms());
-        for (field, version) in &versions {
-            meta.arg(field.as_slice()).arg(version.as_slice());
+        let mut field = Vec::new();
+        for (op, version) in &newest {
+            field.clear();
+            field.extend_from_slice(b"v:");
+            field.extend_from_slice(&op.key);
+            meta.arg(field.as_slice())
+                .arg(version.to_bytes().as_slice());
         }
         meta.ignore();
         self.with(|c| pipe.query::<()>(c))
