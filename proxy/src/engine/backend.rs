@@ -213,6 +213,15 @@ pub(super) struct ReadContext<'a> {
     pub(super) token: &'a VersionVector,
 }
 
+/// How the committer gathers logged changes into one transaction of a backend.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Gather {
+    /// Least time between the starts of two commits.
+    pub(super) every: Duration,
+    /// Most changes in one transaction.
+    pub(super) max_changes: usize,
+}
+
 /// A database behind the engine.
 pub(super) trait Backend: Send + Sync + std::fmt::Debug {
     /// The database, for people: `embedded` or the Redis URL.
@@ -221,9 +230,8 @@ pub(super) trait Backend: Send + Sync + std::fmt::Debug {
     /// A connection for one thread: the writer, the committer, start-up replay.
     fn session(&self) -> Box<dyn Session>;
 
-    /// Least time between the starts of two commits: the committer gathers what
-    /// the writer logs meanwhile into one transaction.
-    fn commit_gather(&self) -> Duration;
+    /// How the committer gathers what the writer logs into transactions.
+    fn commit_gather(&self) -> Gather;
 
     /// The whole store and the vector it reaches, consistent with the memtable as
     /// `overlay` sees it: whatever the store lacks of the memtable's state is in

@@ -13,8 +13,6 @@ use super::{OpenError, Shared};
 use crate::change::Change;
 use crate::workers::{State, Worker};
 
-/// Most changes in one backend transaction.
-const MAX_CHANGES: usize = 65_536;
 /// Logged bytes after which the committer stops gathering: big values gain
 /// nothing from it (each has pages of its own), and a store far behind its log
 /// needs that much more disk when the log is replayed into it.
@@ -72,11 +70,16 @@ struct Queued {
     waiting: bool,
     /// The writer has let go of the queue (it is shutting down).
     closing: bool,
+    /// The backend's most changes in one transaction.
+    max_changes: usize,
 }
 
 impl Queued {
     fn gathered(&self) -> bool {
-        self.closing || self.waiting || self.changes >= MAX_CHANGES || self.bytes >= GATHER_BYTES
+        self.closing
+            || self.waiting
+            || self.changes >= self.max_changes
+            || self.bytes >= GATHER_BYTES
     }
 }
 
@@ -156,6 +159,7 @@ pub(super) fn spawn(
 ) -> Result<(Queue, JoinHandle<()>), OpenError> {
     let (tx, rx) = channel();
     let budget = Arc::new(Budget::default());
+    budget.lock().max_changes = shared.backend.commit_gather().max_changes;
     let stopped = Stopped(budget.clone());
     let span = tracing::info_span!("worker", dc = %dc, worker = "committer");
     let worker = shared.workers.register("committer", None);
@@ -198,7 +202,7 @@ fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget, worker: &Worker) 
     };
     worker.set(State::Idle);
     let gather = shared.backend.commit_gather();
-    let mut last_commit = Instant::now() - gather;
+    let mut last_commit = Instant::now() - gather.every;
     loop {
         let first = match rx.recv_timeout(CHECKPOINT_EVERY) {
             Ok(first) => first,
@@ -210,14 +214,14 @@ fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget, worker: &Worker) 
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        if let Some(wait) = gather.checked_sub(last_commit.elapsed())
-            && first.changes.len() < MAX_CHANGES
+        if let Some(wait) = gather.every.checked_sub(last_commit.elapsed())
+            && first.changes.len() < gather.max_changes
             && !first.durable
         {
             budget.gather(wait);
         }
         last_commit = Instant::now();
-        let batches = take_batches(first, &rx);
+        let batches = take_batches(first, &rx, gather.max_changes);
         let queued: usize = batches.iter().map(|b| b.changes.len().max(1)).sum();
         let bytes: usize = batches.iter().map(|b| b.bytes).sum();
         if !committer.commit_batches(batches) {
@@ -228,11 +232,11 @@ fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget, worker: &Worker) 
     committer.finish();
 }
 
-/// `first` and the batches queued behind it, up to [`MAX_CHANGES`] changes.
-fn take_batches(first: Logged, rx: &Receiver<Logged>) -> Vec<Logged> {
+/// `first` and the batches queued behind it, up to `max` changes.
+fn take_batches(first: Logged, rx: &Receiver<Logged>, max: usize) -> Vec<Logged> {
     let mut count = first.changes.len();
     let mut batches = vec![first];
-    while count < MAX_CHANGES {
+    while count < max {
         match rx.try_recv() {
             Ok(next) => {
                 count += next.changes.len();

@@ -24,8 +24,8 @@ use meridian_policies::{Timestamp, Version, VersionVector};
 use redis::Value as RValue;
 
 use super::{
-    Backend, BackendError, BoxFuture, Entries, Fetched, Read, ReadContext, ScanArgs, ScanPage,
-    Session, Stored,
+    Backend, BackendError, BoxFuture, Entries, Fetched, Gather, Read, ReadContext, ScanArgs,
+    ScanPage, Session, Stored,
 };
 use crate::change::{Change, Data, Value};
 use crate::engine::memtable::{Memtable, View};
@@ -529,10 +529,13 @@ impl Backend for RedisBackend {
         })
     }
 
-    /// Short: a read of keys the memtable holds only in part waits for the
-    /// commit, and one `MULTI` of many keys holds Redis up while it runs.
-    fn commit_gather(&self) -> Duration {
-        Duration::from_millis(10)
+    /// Short and small: a read of keys the memtable holds only in part waits for
+    /// the commit, and one `MULTI` of many keys holds Redis up while it runs.
+    fn commit_gather(&self) -> Gather {
+        Gather {
+            every: Duration::from_millis(10),
+            max_changes: 16_384,
+        }
     }
 
     fn snapshot(
