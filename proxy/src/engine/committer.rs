@@ -159,7 +159,8 @@ pub(super) fn spawn(
 ) -> Result<(Queue, JoinHandle<()>), OpenError> {
     let (tx, rx) = channel();
     let budget = Arc::new(Budget::default());
-    budget.lock().max_changes = shared.backend.commit_gather().max_changes;
+    let gather = shared.backend.commit_gather();
+    budget.lock().max_changes = gather.max_changes;
     let stopped = Stopped(budget.clone());
     let span = tracing::info_span!("worker", dc = %dc, worker = "committer");
     let worker = shared.workers.register("committer", None);
@@ -167,7 +168,7 @@ pub(super) fn spawn(
         .name(format!("committer-{dc}"))
         .spawn(move || {
             let stopped = stopped;
-            span.in_scope(|| run(&shared, rx, &stopped.0, &worker));
+            span.in_scope(|| run(&shared, rx, &stopped.0, &worker, gather));
             if worker.state() != State::Failed {
                 worker.set(State::Done);
             }
@@ -190,7 +191,13 @@ struct Committer<'a> {
     undurable: Vec<(u64, Vec<Change>)>,
 }
 
-fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget, worker: &Worker) {
+fn run(
+    shared: &Shared,
+    rx: Receiver<Logged>,
+    budget: &Budget,
+    worker: &Worker,
+    gather: super::backend::Gather,
+) {
     let mut committer = Committer {
         shared,
         worker,
@@ -201,7 +208,6 @@ fn run(shared: &Shared, rx: Receiver<Logged>, budget: &Budget, worker: &Worker) 
         undurable: Vec::new(),
     };
     worker.set(State::Idle);
-    let gather = shared.backend.commit_gather();
     let mut last_commit = Instant::now() - gather.every;
     loop {
         let first = match rx.recv_timeout(CHECKPOINT_EVERY) {
