@@ -13,6 +13,7 @@
 //! The writer and committer threads use blocking connections; client reads (see
 //! [`reads`]) use a multiplexed async connection. All reconnect after Redis restarts.
 
+mod packed;
 mod reads;
 mod replicas;
 
@@ -21,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meridian_policies::{Timestamp, Version, VersionVector};
-use redis::Value as RValue;
+use redis::{ConnectionLike, Value as RValue};
 
 use super::{
     Backend, BackendError, BoxFuture, Entries, Fetched, Gather, Read, ReadContext, ScanArgs,
@@ -30,6 +31,7 @@ use super::{
 use crate::change::{Change, Data, Value};
 use crate::engine::memtable::{Memtable, View};
 use crate::resp::Reply;
+use packed::Packed;
 
 /// The hash holding meridian's metadata in the Redis database.
 pub const META_KEY: &str = "__meridian:meta";
@@ -85,6 +87,8 @@ pub struct RedisStore {
 pub struct SyncConn {
     store: RedisStore,
     conn: Option<redis::Connection>,
+    /// The commit request's buffer, kept from commit to commit.
+    packed: Packed,
 }
 
 impl std::fmt::Debug for SyncConn {
@@ -146,6 +150,7 @@ impl RedisStore {
         SyncConn {
             store: self.clone(),
             conn: None,
+            packed: Packed::default(),
         }
     }
 
@@ -295,35 +300,61 @@ impl SyncConn {
         changes: &[Change],
         applied: &VersionVector,
     ) -> Result<(), RedisStoreError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+        let mut packed = std::mem::take(&mut self.packed);
+        packed.clear();
+        packed.push(&[b"MULTI"]);
         let newest = super::newest_ops(changes);
         for (op, _) in &newest {
             match &op.value {
-                None => {
-                    pipe.cmd("DEL").arg(&op.key).ignore();
-                }
-                Some(value) => write_value(&mut pipe, &op.key, value),
+                None => packed.push(&[b"DEL", &op.key]),
+                Some(value) => write_value(&mut packed, &op.key, value),
             }
         }
         // Each key's version, written with the applied vector in one HSET.
-        let meta = pipe
-            .cmd("HSET")
-            .arg(META_KEY)
-            .arg("applied")
-            .arg(applied.to_string())
-            .arg("committed_ms")
-            .arg(crate::engine::wall_ms());
+        packed
+            .command(6 + 2 * newest.len())
+            .arg(b"HSET")
+            .arg(META_KEY.as_bytes())
+            .arg(b"applied")
+            .arg(applied.to_string().as_bytes())
+            .arg(b"committed_ms")
+            .arg_number(crate::engine::wall_ms());
         let mut field = Vec::new();
         for (op, version) in &newest {
             field.clear();
             field.extend_from_slice(b"v:");
             field.extend_from_slice(&op.key);
-            meta.arg(field.as_slice())
-                .arg(version.to_bytes().as_slice());
+            packed.arg(&field).arg(&version.to_bytes());
         }
-        meta.ignore();
-        self.with(|c| pipe.query::<()>(c))
+        packed.push(&[b"EXEC"]);
+        // Every reply is read, in order: MULTI's OK, a QUEUED per command, then
+        // EXEC's array. The first error among them is the commit's (a Redis still
+        // loading its data refuses MULTI itself; a command refused while queued
+        // aborts EXEC).
+        let result = self.with(|c| {
+            let mut replies = c.req_packed_commands(packed.bytes(), 0, packed.commands())?;
+            let exec = replies.pop();
+            for reply in replies {
+                reply.extract_error()?;
+            }
+            match exec {
+                Some(RValue::Array(results)) => results
+                    .into_iter()
+                    .try_for_each(|r| r.extract_error().map(drop)),
+                Some(other) => other.extract_error().and_then(|_| {
+                    Err(redis::RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "EXEC did not answer with the transaction's replies",
+                    )))
+                }),
+                None => Err(redis::RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "no reply to EXEC",
+                ))),
+            }
+        });
+        self.packed = packed;
+        result
     }
 }
 
@@ -336,39 +367,46 @@ fn unreachable_error(store: &RedisStore) -> RedisStoreError {
     }
 }
 
-fn write_value(pipe: &mut redis::Pipeline, key: &[u8], value: &Value) {
+fn write_value(packed: &mut Packed, key: &[u8], value: &Value) {
     // A collection's new state replaces the old one whole: DEL, then one command
     // that puts back every element.
-    let mut replace = |command: &str, elements: &mut dyn Iterator<Item = &[u8]>| {
-        pipe.cmd("DEL").arg(key).ignore();
-        let cmd = pipe.cmd(command).arg(key);
+    let mut replace = |command: &[u8], len: usize, elements: &mut dyn Iterator<Item = &[u8]>| {
+        packed.push(&[b"DEL", key]);
+        packed.command(2 + len).arg(command).arg(key);
         for element in elements {
-            cmd.arg(element);
+            packed.arg(element);
         }
-        cmd.ignore();
     };
     match &value.data {
         Data::String(s) => {
-            let cmd = pipe.cmd("SET").arg(key).arg(s.as_slice());
-            if let Some(at) = value.expire_at_ms {
-                cmd.arg("PXAT").arg(at);
+            match value.expire_at_ms {
+                Some(at) => {
+                    packed.command(5).arg(b"SET").arg(key).arg(s);
+                    packed.arg(b"PXAT").arg_number(at);
+                }
+                None => packed.push(&[b"SET", key, s]),
             }
-            cmd.ignore();
             return;
         }
         Data::Hash(fields) => replace(
-            "HSET",
+            b"HSET",
+            2 * fields.len(),
             &mut fields
                 .iter()
                 .flat_map(|(f, v)| [f.as_slice(), v.as_slice()]),
         ),
-        Data::Set(members) => replace("SADD", &mut members.iter().map(Vec::as_slice)),
-        Data::List(items) => replace("RPUSH", &mut items.iter().map(Vec::as_slice)),
+        Data::Set(members) => replace(
+            b"SADD",
+            members.len(),
+            &mut members.iter().map(Vec::as_slice),
+        ),
+        Data::List(items) => replace(b"RPUSH", items.len(), &mut items.iter().map(Vec::as_slice)),
         Data::Zset(set) => {
             // Scores in a form Redis reads back exactly.
             let scores: Vec<String> = set.iter().map(|(_, s)| score_arg(s)).collect();
             replace(
-                "ZADD",
+                b"ZADD",
+                2 * scores.len(),
                 &mut set
                     .iter()
                     .zip(&scores)
@@ -377,7 +415,7 @@ fn write_value(pipe: &mut redis::Pipeline, key: &[u8], value: &Value) {
         }
     }
     if let Some(at) = value.expire_at_ms {
-        pipe.cmd("PEXPIREAT").arg(key).arg(at).ignore();
+        packed.command(3).arg(b"PEXPIREAT").arg(key).arg_number(at);
     }
 }
 
