@@ -220,10 +220,13 @@ impl Change {
 
     /// Appends the encoded change (format byte, then the body) to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
         out.push(CHANGE_FORMAT);
-        // Serialising plain owned data into a Vec cannot fail.
-        let body = postcard::to_stdvec(self).unwrap_or_default();
-        out.extend_from_slice(&body);
+        // Straight into `out`. Serialising plain owned data cannot fail; should it,
+        // the record holds the format byte alone, which decoding refuses.
+        if postcard::to_extend(self, Appending(out)).is_err() {
+            out.truncate(start + 1);
+        }
     }
 
     /// Reads a change written by [`Change::encode`].
@@ -283,6 +286,15 @@ mod deps {
     }
 }
 
+/// Bytes appended to a borrowed buffer, for serialisers that take an owned writer.
+struct Appending<'a>(&'a mut Vec<u8>);
+
+impl Extend<u8> for Appending<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+        self.0.extend(bytes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +322,9 @@ mod tests {
         let mut bytes = Vec::new();
         change.encode(&mut bytes);
         assert_eq!(Change::decode(&bytes).unwrap(), change);
+        let mut appended = b"before".to_vec();
+        change.encode(&mut appended);
+        assert_eq!(appended, [&b"before"[..], &bytes].concat());
         bytes[0] = 9;
         let old_ops: Vec<OpV2> = (change.ops.iter())
             .map(|op| OpV2 {
