@@ -157,7 +157,7 @@ async fn print_stages(cluster: &Cluster) -> Result<(), String> {
     };
     println!(
         "
-replication stages (ms after the change was made, p50/p99/max: shipped by the origin, arrived and applied at the region):"
+replication stages (ms after the change was made, p50/p99/max: shipped, on the origin's clock; arrived and applied, on the region's, so the demo's clock skew between the two is in them, and a stage earlier than the change reads 0):"
     );
     println!(
         "{:<14} {:<14} {:>22} {:>22} {:>22}",

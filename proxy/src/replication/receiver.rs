@@ -24,8 +24,10 @@ use std::time::Duration;
 const MAX_BUFFERED: usize = 16_384;
 /// Most changes handed to the writer at once.
 const APPLY_BATCH: usize = 4096;
-/// Frames read ahead of the apply loop.
-const FRAME_QUEUE: usize = 1024;
+/// Frames read ahead of the apply loop (a few MB): reading on while a batch is
+/// applied returns flow-control credit to the sender at once, so a stall of the
+/// apply does not stall the link, and QUIC holds little in-order data.
+const FRAME_QUEUE: usize = 16_384;
 /// First and longest wait before applying again after the backend refused for now.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_LONGEST: Duration = Duration::from_secs(2);
