@@ -250,7 +250,7 @@ pub(crate) fn run(args: &GeoArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_regions(text: &str) -> Result<Vec<Region>, String> {
+pub(crate) fn parse_regions(text: &str) -> Result<Vec<Region>, String> {
     match text {
         "three-regions" => Ok(Preset::ThreeRegions.regions().to_vec()),
         "five-regions" => Ok(Preset::FiveRegions.regions().to_vec()),

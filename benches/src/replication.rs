@@ -10,6 +10,9 @@
 //!   follows; changes per second until the receiver has applied all of them;
 //! - visibility: under a moderate steady load, how long a write at the origin takes
 //!   to become readable at the receiver (p50, p99, max), beside the one-way delay.
+//!
+//! With `--regions <preset>`, instead: the preset's regions all-to-all, every region
+//! writing at once, and each link's throughput beside the CPU the proxies used.
 
 use std::time::Duration;
 
@@ -40,6 +43,12 @@ pub(crate) struct ReplicationArgs {
     /// Seconds of the visibility figure.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Instead of one link: the regions of this preset (three-regions,
+    /// five-regions, six-regions), all-to-all with their measured delays and
+    /// `--loss`, every region writing `--changes` at once; each link's throughput,
+    /// and the CPU the proxies used against the machine's cores.
+    #[arg(long)]
+    regions: Option<String>,
 }
 
 /// Client connections writing at the origin, and commands per pipeline.
@@ -55,6 +64,9 @@ pub(crate) fn run(args: &ReplicationArgs) -> Result<(), String> {
 async fn measure(args: &ReplicationArgs, binary: std::path::PathBuf) -> Result<(), String> {
     if !(0.0..1.0).contains(&args.loss) {
         return Err(format!("--loss {} is not a fraction below 1", args.loss));
+    }
+    if let Some(preset) = &args.regions {
+        return all_writing(args, binary, preset).await;
     }
     let mut spec = one_link(binary, ["origin", "receiver"], args.rtt_ms, args.loss);
     // This measures the replication stream: every write runs at the origin.
@@ -173,6 +185,115 @@ async fn visibility_lag(
     Ok(())
 }
 
+/// Every region of `preset` writes `--changes` at once, all-to-all: how long until
+/// every region has applied every other's, so each link's throughput, and the CPU
+/// all the proxies used meanwhile against the machine's cores (where that is all
+/// of them, the machine is the limit, not the links).
+async fn all_writing(
+    args: &ReplicationArgs,
+    binary: std::path::PathBuf,
+    preset: &str,
+) -> Result<(), String> {
+    let regions = crate::geo::parse_regions(preset).map_err(|e| format!("--regions: {e}"))?;
+    let mut spec = ClusterSpec::regions(binary, &regions, Shape::AllToAll, args.loss);
+    spec.homes.writes = Some("local".into());
+    let cluster = Cluster::start_linked(spec)
+        .await
+        .map_err(|e| e.to_string())?;
+    let n = cluster.len();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    println!(
+        "{} regions ({preset}), all-to-all, measured delays, 2% jitter, {}% loss; values of {} bytes; every region writes {} changes at once (writes = \"local\"); {cores} cores",
+        n,
+        args.loss * 100.0,
+        args.value_size,
+        args.changes
+    );
+    let value = vec![b'v'; args.value_size];
+    let before = own_seqs(&cluster).await?;
+    let cpu = |cluster: &Cluster| -> Option<Duration> { (0..n).map(|i| cluster.cpu_time(i)).sum() };
+    let cpu_before = cpu(&cluster);
+    let started = Instant::now();
+    let mut writes = tokio::task::JoinSet::new();
+    let cluster = std::sync::Arc::new(cluster);
+    for dc in 0..n {
+        let (cluster, value, changes) = (cluster.clone(), value.clone(), args.changes);
+        // Keys of their own: the links' throughput, not conflicts between regions.
+        let tag = format!("all-{dc}-");
+        writes.spawn(async move { write_burst_at(&cluster, dc, &tag, changes, &value).await });
+    }
+    while let Some(done) = writes.join_next().await {
+        done.map_err(|e| e.to_string())??;
+    }
+    let written = started.elapsed();
+    // Each region's own sequence number after its writes.
+    let targets: Vec<u64> = (0..n).map(|dc| before[dc] + args.changes).collect();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    // When each link (from * n + to) had carried all of its origin's changes.
+    let mut done_at = vec![None; n * n];
+    while done_at.iter().filter(|d| d.is_none()).count() > n {
+        for to in 0..n {
+            let applied = cluster.applied(to).await.map_err(|e| e.to_string())?;
+            for from in (0..n).filter(|&from| from != to) {
+                if done_at[from * n + to].is_none()
+                    && applied.get(cluster.id(from)) >= targets[from]
+                {
+                    done_at[from * n + to] = Some(started.elapsed());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(
+                "not every region had applied every other's changes after 10 minutes".into(),
+            );
+        }
+        sleep(Duration::from_millis(5)).await;
+    }
+    let total = started.elapsed();
+    let used = cpu(&cluster)
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
+    let rates: Vec<f64> = (0..n)
+        .flat_map(|from| (0..n).map(move |to| (from, to)))
+        .filter_map(|(from, to)| done_at[from * n + to])
+        .map(|took| args.changes as f64 / took.as_secs_f64())
+        .collect();
+    let slowest = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    let fastest = rates.iter().copied().fold(0.0, f64::max);
+    println!(
+        "all writing: {} changes written in {:.2} s ({:.0}/s over all regions); every region had applied every other's after {:.2} s",
+        args.changes * n as u64,
+        written.as_secs_f64(),
+        (args.changes * n as u64) as f64 / written.as_secs_f64(),
+        total.as_secs_f64()
+    );
+    println!(
+        "per link, end to end: {slowest:.0} to {fastest:.0} changes/s over the {} links; {:.0} changes applied per second over all regions",
+        rates.len(),
+        (args.changes * (n * (n - 1)) as u64) as f64 / total.as_secs_f64()
+    );
+    if let Some(used) = used {
+        println!(
+            "proxies' CPU meanwhile: {:.2} cores of {cores} ({:.0}% of the machine), {:.1} µs per change written and applied everywhere",
+            used.as_secs_f64() / total.as_secs_f64(),
+            100.0 * used.as_secs_f64() / total.as_secs_f64() / cores as f64,
+            used.as_secs_f64() * 1e6 / (args.changes * n as u64) as f64
+        );
+    }
+    println!("{}", cluster.take_emulator_lateness());
+    Ok(())
+}
+
+/// Each datacenter's own sequence number: how many changes it has logged.
+async fn own_seqs(cluster: &Cluster) -> Result<Vec<u64>, String> {
+    let mut all = Vec::with_capacity(cluster.len());
+    for dc in 0..cluster.len() {
+        let applied = cluster.applied(dc).await.map_err(|e| e.to_string())?;
+        all.push(applied.get(cluster.id(dc)));
+    }
+    Ok(all)
+}
+
 /// The origin's own sequence number: how many changes it has logged.
 async fn origin_seq(cluster: &Cluster) -> Result<u64, String> {
     let applied = cluster.applied(0).await.map_err(|e| e.to_string())?;
@@ -220,9 +341,20 @@ pub(crate) fn one_link(
 
 /// Writes `count` SETs of `value` at the origin from several pipelined clients.
 async fn write_burst(cluster: &Cluster, tag: &str, count: u64, value: &[u8]) -> Result<(), String> {
+    write_burst_at(cluster, 0, tag, count, value).await
+}
+
+/// Writes `count` changes at datacenter `dc` as fast as its clients can.
+async fn write_burst_at(
+    cluster: &Cluster,
+    dc: usize,
+    tag: &str,
+    count: u64,
+    value: &[u8],
+) -> Result<(), String> {
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..WRITERS as u64 {
-        let mut conn = cluster.connect(0).await.map_err(|e| e.to_string())?;
+        let mut conn = cluster.connect(dc).await.map_err(|e| e.to_string())?;
         let share = count / WRITERS as u64 + u64::from(w < count % WRITERS as u64);
         let (tag, value) = (tag.to_owned(), value.to_vec());
         tasks.spawn(async move {
@@ -238,7 +370,7 @@ async fn write_burst(cluster: &Cluster, tag: &str, count: u64, value: &[u8]) -> 
                 }
                 pipe.query_async::<()>(&mut conn)
                     .await
-                    .map_err(|e| format!("writing at the origin: {e}"))?;
+                    .map_err(|e| format!("writing at dc {dc}: {e}"))?;
             }
             Ok::<(), String>(())
         });
