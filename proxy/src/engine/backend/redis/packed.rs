@@ -10,6 +10,9 @@
 pub(super) struct Packed {
     buf: Vec<u8>,
     commands: usize,
+    /// Arguments the command being written still owes: a command whose count
+    /// is wrong would leave Redis waiting for the rest of the request.
+    owed: usize,
 }
 
 /// Past this, the buffer is let go after a commit rather than kept.
@@ -24,11 +27,14 @@ impl Packed {
         }
         self.buf.clear();
         self.commands = 0;
+        self.owed = 0;
     }
 
     /// Starts a command of `args` arguments (its name included); exactly that
     /// many [`Packed::arg`] calls must follow.
     pub(super) fn command(&mut self, args: usize) -> &mut Self {
+        debug_assert_eq!(self.owed, 0, "the previous command is missing arguments");
+        self.owed = args;
         self.commands += 1;
         self.header(b'*', args);
         self
@@ -36,6 +42,8 @@ impl Packed {
 
     /// One argument.
     pub(super) fn arg(&mut self, arg: &[u8]) -> &mut Self {
+        debug_assert!(self.owed > 0, "more arguments than the command declared");
+        self.owed = self.owed.saturating_sub(1);
         self.header(b'$', arg.len());
         self.buf.extend_from_slice(arg);
         self.buf.extend_from_slice(b"\r\n");
@@ -63,6 +71,7 @@ impl Packed {
 
     /// The request's bytes.
     pub(super) fn bytes(&self) -> &[u8] {
+        debug_assert_eq!(self.owed, 0, "the last command is missing arguments");
         &self.buf
     }
 
@@ -103,5 +112,13 @@ mod tests {
         assert_eq!(packed.bytes(), expected.as_slice());
         packed.clear();
         assert_eq!((packed.commands(), packed.bytes()), (0, &b""[..]));
+    }
+
+    #[test]
+    #[should_panic(expected = "missing arguments")]
+    fn a_command_short_of_its_arguments_is_caught() {
+        let mut packed = Packed::default();
+        packed.command(3).arg(b"SET").arg(b"k");
+        packed.bytes();
     }
 }
