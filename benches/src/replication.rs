@@ -112,7 +112,7 @@ async fn catch_up(
     cluster.kill(1).map_err(|e| e.to_string())?;
     let before = origin_seq(cluster).await?;
     let started = Instant::now();
-    write_burst(cluster, "backlog", args.changes, value).await?;
+    write_burst(cluster, 0, "backlog", args.changes, value).await?;
     let ingest = started.elapsed();
     let target = before + args.changes;
     cluster.restart(1).await.map_err(|e| e.to_string())?;
@@ -136,7 +136,7 @@ async fn catch_up(
 async fn streaming(cluster: &Cluster, args: &ReplicationArgs, value: &[u8]) -> Result<(), String> {
     let before = origin_seq(cluster).await?;
     let started = Instant::now();
-    write_burst(cluster, "stream", args.changes, value).await?;
+    write_burst(cluster, 0, "stream", args.changes, value).await?;
     let ingest = started.elapsed();
     wait_applied(cluster, before + args.changes).await?;
     let total = started.elapsed();
@@ -220,7 +220,7 @@ async fn all_writing(
         let (cluster, value, changes) = (cluster.clone(), value.clone(), args.changes);
         // Keys of their own: the links' throughput, not conflicts between regions.
         let tag = format!("all-{dc}-");
-        writes.spawn(async move { write_burst_at(&cluster, dc, &tag, changes, &value).await });
+        writes.spawn(async move { write_burst(&cluster, dc, &tag, changes, &value).await });
     }
     while let Some(done) = writes.join_next().await {
         done.map_err(|e| e.to_string())??;
@@ -339,13 +339,9 @@ pub(crate) fn one_link(
     spec
 }
 
-/// Writes `count` SETs of `value` at the origin from several pipelined clients.
-async fn write_burst(cluster: &Cluster, tag: &str, count: u64, value: &[u8]) -> Result<(), String> {
-    write_burst_at(cluster, 0, tag, count, value).await
-}
-
-/// Writes `count` changes at datacenter `dc` as fast as its clients can.
-async fn write_burst_at(
+/// Writes `count` SETs of `value` at datacenter `dc` from several pipelined clients,
+/// as fast as they can.
+async fn write_burst(
     cluster: &Cluster,
     dc: usize,
     tag: &str,
