@@ -118,16 +118,22 @@ async fn catch_up(
     cluster.restart(1).await.map_err(|e| e.to_string())?;
     let back = Instant::now();
     let first = wait_applied(cluster, before + 1).await?;
-    wait_applied(cluster, target).await?;
-    let catch_up = back.elapsed();
-    let transfer = catch_up.saturating_sub(first.duration_since(back));
+    // A fifth in, the new connection's congestion control is past its start-up.
+    let fifth = args.changes / 5;
+    let past_start = wait_applied(cluster, before + fifth).await?;
+    let done = wait_applied(cluster, target).await?;
+    let catch_up = done.duration_since(back);
+    let transfer = done.duration_since(first);
+    let rest = done.duration_since(past_start);
     println!(
-        "catch-up:   {} changes in {:.2} s from the receiver's restart ({:.2} s from its first applied change): {:.0} changes/s (origin took them at {:.0}/s)",
+        "catch-up:   {} changes in {:.2} s from the receiver's restart ({:.2} s from its first applied change): {:.0} changes/s (origin took them at {:.0}/s); the first fifth in {:.2} s (the new connection's start-up), the rest at {:.0} changes/s",
         args.changes,
         catch_up.as_secs_f64(),
         transfer.as_secs_f64(),
         args.changes as f64 / transfer.as_secs_f64(),
-        args.changes as f64 / ingest.as_secs_f64()
+        args.changes as f64 / ingest.as_secs_f64(),
+        past_start.duration_since(first).as_secs_f64(),
+        (args.changes - fifth) as f64 / rest.as_secs_f64(),
     );
     Ok(())
 }

@@ -229,6 +229,18 @@ impl Change {
         }
     }
 
+    /// The origin and sequence number of an encoded change, read without decoding
+    /// the rest (every format begins with them); `None` when the bytes do not begin
+    /// like a change, which [`Change::decode`] then explains.
+    pub fn peek(bytes: &[u8]) -> Option<(&str, u64)> {
+        match bytes.split_first() {
+            Some((1..=CHANGE_FORMAT, body)) => postcard::take_from_bytes::<(&str, u64)>(body)
+                .ok()
+                .map(|(head, _)| head),
+            _ => None,
+        }
+    }
+
     /// Reads a change written by [`Change::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Change, ChangeDecodeError> {
         match bytes.split_first() {
@@ -322,6 +334,7 @@ mod tests {
         let mut bytes = Vec::new();
         change.encode(&mut bytes);
         assert_eq!(Change::decode(&bytes).unwrap(), change);
+        assert_eq!(Change::peek(&bytes), Some(("us-east", 7)));
         let mut appended = b"before".to_vec();
         change.encode(&mut appended);
         assert_eq!(appended, [&b"before"[..], &bytes].concat());
@@ -337,6 +350,7 @@ mod tests {
             postcard::to_stdvec(&(&change.origin, 7u64, change.hlc, &change.user, &old_ops))
                 .unwrap(),
         );
+        assert_eq!(Change::peek(&v1), Some(("us-east", 7)));
         let old = Change::decode(&v1).unwrap();
         assert_eq!(
             (old.seq, old.path.clone(), old.deps.len(), &old.ops),
@@ -377,6 +391,9 @@ mod tests {
             Err(ChangeDecodeError::UnknownFormat(9))
         ));
         assert!(matches!(Change::decode(&[]), Err(ChangeDecodeError::Empty)));
+        assert_eq!(Change::peek(&bytes), None, "an unknown format");
+        assert_eq!(Change::peek(&[]), None);
+        assert_eq!(Change::peek(&[3, 0xff]), None, "cut short");
         assert!(matches!(
             Change::decode(&[1, 0xff]),
             Err(ChangeDecodeError::Malformed(_))

@@ -220,6 +220,11 @@ impl Shipper {
                 chunk.at_tail = true;
                 break;
             };
+            if Change::peek(&bytes).is_some_and(|(origin, seq)| {
+                !may_route(&self.repl, origin, seq, self.peer, live, sent)
+            }) {
+                continue;
+            }
             let change =
                 Change::decode(&bytes).map_err(|source| StreamError::LogRecord { lsn, source })?;
             if routes_to(&self.repl, &change, self.peer, live, sent) {
@@ -413,6 +418,31 @@ fn echo(connection: &quinn::Connection, frames: &[u8], ends: &[usize]) {
 }
 
 /// Whether `change` goes to `peer` from here, and it has not been sent yet.
+/// Whether a change from `origin` numbered `seq` may go to `peer`, from those two
+/// alone: not when `peer` has it already, nor when the route from here leaves
+/// `peer` out even for a change that has passed its origin alone (a longer path
+/// only leaves out more). Most of a log is changes a given peer must not get (in
+/// all-to-all, every change from elsewhere), and this spares decoding them.
+fn may_route(
+    repl: &Replication,
+    origin: &str,
+    seq: u64,
+    peer: DcIdx,
+    live: DcSet,
+    sent: &VersionVector,
+) -> bool {
+    if seq <= sent.get(origin) {
+        return false;
+    }
+    let topology = repl.topology();
+    topology.index_of(origin).is_none_or(|origin| {
+        topology
+            .router
+            .next_hops(repl.config.me, origin, DcSet::one(origin), live)
+            .contains(peer)
+    })
+}
+
 fn routes_to(
     repl: &Replication,
     change: &Change,

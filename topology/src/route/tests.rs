@@ -129,6 +129,23 @@ proptest! {
             prop_assert!(hops.minus(live).is_empty());
         }
     }
+
+    /// A change that has passed more datacenters goes to no more of them: a
+    /// shipper that finds a peer left out for a change that has passed its origin
+    /// alone skips the change unread.
+    #[test]
+    fn a_longer_path_never_adds_a_hop(
+        n in 1usize..=12, seed: u64, me in 0usize..12, origin in 0usize..12, path: u64, live: u64,
+    ) {
+        let all = DcSet::all(n);
+        let (me, origin) = (idx(me % n), idx(origin % n));
+        let (path, live) = (DcSet::from_bits(path).intersect(all), DcSet::from_bits(live).intersect(all));
+        for router in routers(n, seed) {
+            let shortest = router.next_hops(me, origin, DcSet::one(origin), live);
+            let longer = router.next_hops(me, origin, path.with(origin), live);
+            prop_assert!(longer.minus(shortest).is_empty());
+        }
+    }
 }
 
 #[test]
