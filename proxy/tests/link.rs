@@ -166,3 +166,64 @@ async fn a_peer_that_completes_tls_and_says_nothing_is_timed_out() {
     assert!(took < Duration::from_secs(5), "{took:?}");
     drop(silent);
 }
+
+/// A datacenter that crashed and came back on its address resets the connections
+/// of its previous run as soon as their packets reach it, so its peers dial again
+/// at once instead of waiting out the idle timeout (here a minute).
+#[test]
+fn a_restarted_endpoint_resets_the_connections_of_its_previous_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = topology(dir.path(), "shop");
+    let transport =
+        |tls: LinkTls| tls.with_transport(Duration::from_millis(200), Duration::from_secs(60));
+    let client_rt = tokio::runtime::Runtime::new().unwrap();
+    let client_ep = {
+        let _guard = client_rt.enter();
+        transport(tls(&t, "b"))
+            .endpoint("127.0.0.1:0".parse().unwrap())
+            .unwrap()
+    };
+    // The first run of `a`, on a runtime of its own: dropping the runtime stops it
+    // dead, with no close sent, as a crash would.
+    let first_run = tokio::runtime::Runtime::new().unwrap();
+    let server_ep = {
+        let _guard = first_run.enter();
+        transport(tls(&t, "a"))
+            .endpoint("127.0.0.1:0".parse().unwrap())
+            .unwrap()
+    };
+    let addr = server_ep.local_addr().unwrap();
+    let accepted = {
+        let t = t.clone();
+        first_run.spawn(async move {
+            let incoming = server_ep.accept().await.expect("an incoming connection");
+            accept_link(incoming, &identity("shop", "a", 1), &t, HANDSHAKE_TIMEOUT).await
+        })
+    };
+    let link = client_rt
+        .block_on(connect_link(
+            &client_ep,
+            addr,
+            "a",
+            &identity("shop", "b", 1),
+            HANDSHAKE_TIMEOUT,
+        ))
+        .unwrap();
+    let server_link = first_run.block_on(accepted).unwrap().unwrap();
+    drop(first_run);
+    // Its connection goes only now, with nothing left to send a close.
+    drop(server_link);
+
+    let second_run = tokio::runtime::Runtime::new().unwrap();
+    let _restarted = {
+        let _guard = second_run.enter();
+        transport(tls(&t, "a")).endpoint(addr).unwrap()
+    };
+    let closed = client_rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), link.connection.closed()).await
+    });
+    match closed {
+        Ok(quinn::ConnectionError::Reset) => {}
+        other => panic!("the old connection was not reset: {other:?}"),
+    }
+}

@@ -14,7 +14,7 @@ use super::{Replication, forward, receiver, shipper};
 use crate::link::{self, Identity, Link};
 use crate::workers::State;
 
-/// First and longest wait between dial attempts.
+/// First and longest time between the starts of dial attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
 
 pub(super) fn spawn(repl: Arc<Replication>, stopped: watch::Receiver<bool>) {
@@ -78,6 +78,8 @@ fn dial_timeout(repl: &Replication) -> Duration {
 async fn dial_loop(repl: Arc<Replication>, peer: DcIdx, mut stopped: watch::Receiver<bool>) {
     let mut backoff = BACKOFF.0;
     let mut failures = 0u32;
+    // The round trip the last connection to the peer measured.
+    let mut last_rtt = None;
     loop {
         if *stopped.borrow() {
             return;
@@ -88,8 +90,9 @@ async fn dial_loop(repl: Arc<Replication>, peer: DcIdx, mut stopped: watch::Rece
                 message: "cannot resolve its peer address".into(),
             })?;
             let me = identity(&repl);
-            link::connect(
+            link::connect_with(
                 &repl.endpoint,
+                last_rtt.map(|rtt| repl.config.tls.resuming(rtt)),
                 addr,
                 repl.id(peer),
                 &me,
@@ -97,6 +100,7 @@ async fn dial_loop(repl: Arc<Replication>, peer: DcIdx, mut stopped: watch::Rece
             )
             .await
         };
+        let started = tokio::time::Instant::now();
         let result = tokio::select! {
             r = attempt => r,
             _ = stopped.changed() => return,
@@ -108,7 +112,9 @@ async fn dial_loop(repl: Arc<Replication>, peer: DcIdx, mut stopped: watch::Rece
                 }
                 failures = 0;
                 backoff = BACKOFF.0;
+                let connection = link.connection.clone();
                 run(repl.clone(), link, stopped.clone()).await;
+                last_rtt = Some(connection.rtt());
             }
             Err(e) => {
                 if failures == 0 {
@@ -122,8 +128,11 @@ async fn dial_loop(repl: Arc<Replication>, peer: DcIdx, mut stopped: watch::Rece
                 status.set_error(&e.to_string());
             }
         }
+        // Attempts start `backoff` apart: one that timed out has waited already,
+        // and one more begins at once, so a peer back from a restart is reached by
+        // the next handshake packet rather than after a pause.
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep_until(started + backoff) => {}
             _ = stopped.changed() => return,
         }
         backoff = (backoff * 2).min(BACKOFF.1);
