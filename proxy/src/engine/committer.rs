@@ -393,11 +393,8 @@ impl Committer<'_> {
         let Some(&(last, _)) = self.undurable.last() else {
             return;
         };
-        let keys = std::mem::take(&mut self.undurable)
-            .into_iter()
-            .flat_map(|(_, changes)| changes)
-            .flat_map(|c| c.ops.into_iter().map(|op| op.key));
-        self.shared.memtable.committed(last, keys);
+        self.shared.memtable.committed(last);
+        self.undurable.clear();
     }
 
     /// Commits the batches in one transaction (a durable checkpoint when one is

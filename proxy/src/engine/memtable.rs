@@ -59,18 +59,16 @@ impl Memtable {
         }
     }
 
-    /// Forgets entries written by batches up to `batch`, now in the store. Entries
-    /// rewritten by a later batch stay.
-    pub(super) fn committed(&self, batch: u64, keys: impl IntoIterator<Item = Vec<u8>>) {
-        let mut map = self
-            .map
+    /// Forgets the entries written by batches up to `batch`: the committer calls
+    /// this once every batch up to it is durably in the store (it commits them in
+    /// order). One pass over the entries, with no hashing, under the write lock:
+    /// it was a lookup and a removal per op committed, 8% of a proxy's CPU under
+    /// pipelined writes on the embedded store.
+    pub(super) fn committed(&self, batch: u64) {
+        self.map
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for key in keys {
-            if map.get(&key).is_some_and(|e| e.batch <= batch) {
-                map.remove(&key);
-            }
-        }
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|_, e| e.batch > batch);
     }
 
     /// The newest batch with an entry not yet committed.
@@ -80,5 +78,36 @@ impl Memtable {
 
     pub(super) fn len(&self) -> usize {
         self.view().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_policies::Timestamp;
+
+    #[test]
+    fn a_commit_forgets_its_batches_entries_and_keeps_newer_ones() {
+        let memtable = Memtable::default();
+        let version = Version::new(Timestamp::from_u64(1 << 16), "dc1");
+        let write = |batch, keys: &[&str]| {
+            let ops = keys
+                .iter()
+                .map(|k| (k.as_bytes().to_vec(), None, version.clone()));
+            memtable.insert(batch, ops.collect::<Vec<_>>());
+        };
+        write(1, &["a", "b"]);
+        write(2, &["b", "c"]);
+        write(3, &["d"]);
+        memtable.committed(2);
+        let view = memtable.view();
+        let mut left: Vec<(&[u8], u64)> = view.iter().map(|(k, e)| (&k[..], e.batch)).collect();
+        left.sort();
+        assert_eq!(left, [(&b"d"[..], 3)]);
+        drop(view);
+        write(4, &["a"]);
+        memtable.committed(3);
+        assert_eq!(memtable.newest_batch(), Some(4));
+        assert_eq!(memtable.len(), 1);
     }
 }
