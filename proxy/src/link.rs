@@ -296,6 +296,16 @@ impl LinkTls {
     }
 }
 
+/// The congestion window a link's connection starts from, where QUIC's default is
+/// 240 KB (200 datagrams). Links join datacenters, whose paths carry far more than
+/// 1 MiB per round trip (at 100 ms, 1 MiB a round trip is 84 Mbit/s), and quinn
+/// paces the first window over the first round trip rather than sending it at once.
+/// A new connection starts with a backlog when a datacenter comes back: in the
+/// replication benchmark (100 ms, 1% loss, 200,000 changes), the first fifth of a
+/// catch-up took 0.59-0.75 s against 0.79-1.09 s, and the whole 101-114k changes/s
+/// against 92-100k, with the visibility tails no different.
+const INITIAL_WINDOW: u64 = 1 << 20;
+
 /// The transport of every link: see [`LinkTls::with_transport`]; `initial_rtt`, the
 /// estimate a connection starts from (see [`LinkTls::resuming`]).
 fn transport(
@@ -303,6 +313,8 @@ fn transport(
     timeout: Duration,
     initial_rtt: Option<Duration>,
 ) -> quinn::TransportConfig {
+    let mut bbr = quinn::congestion::BbrConfig::default();
+    bbr.initial_window(INITIAL_WINDOW);
     let mut transport = quinn::TransportConfig::default();
     transport
         .keep_alive_interval(Some(heartbeat))
@@ -315,7 +327,7 @@ fn transport(
         .receive_window(quinn::VarInt::from_u32(16 << 20))
         .send_window(32 << 20)
         .packet_threshold(64)
-        .congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+        .congestion_controller_factory(Arc::new(bbr));
     if let Some(rtt) = initial_rtt.filter(|rtt| !rtt.is_zero()) {
         transport.initial_rtt(rtt);
     }
