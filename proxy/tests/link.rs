@@ -174,24 +174,20 @@ async fn a_peer_that_completes_tls_and_says_nothing_is_timed_out() {
 fn a_restarted_endpoint_resets_the_connections_of_its_previous_run() {
     let dir = tempfile::tempdir().unwrap();
     let t = topology(dir.path(), "shop");
-    let transport =
-        |tls: LinkTls| tls.with_transport(Duration::from_millis(200), Duration::from_secs(60));
-    let client_rt = tokio::runtime::Runtime::new().unwrap();
-    let client_ep = {
-        let _guard = client_rt.enter();
-        transport(tls(&t, "b"))
-            .endpoint("127.0.0.1:0".parse().unwrap())
+    // Datacenter `dc`'s endpoint on `addr`, driven by `runtime`.
+    let endpoint = |runtime: &tokio::runtime::Runtime, dc: &str, addr: &str| {
+        let _guard = runtime.enter();
+        tls(&t, dc)
+            .with_transport(Duration::from_millis(200), Duration::from_secs(60))
+            .endpoint(addr.parse().unwrap())
             .unwrap()
     };
+    let client_rt = tokio::runtime::Runtime::new().unwrap();
+    let client_ep = endpoint(&client_rt, "b", "127.0.0.1:0");
     // The first run of `a`, on a runtime of its own: dropping the runtime stops it
     // dead, with no close sent, as a crash would.
     let first_run = tokio::runtime::Runtime::new().unwrap();
-    let server_ep = {
-        let _guard = first_run.enter();
-        transport(tls(&t, "a"))
-            .endpoint("127.0.0.1:0".parse().unwrap())
-            .unwrap()
-    };
+    let server_ep = endpoint(&first_run, "a", "127.0.0.1:0");
     let addr = server_ep.local_addr().unwrap();
     let accepted = {
         let t = t.clone();
@@ -215,10 +211,7 @@ fn a_restarted_endpoint_resets_the_connections_of_its_previous_run() {
     drop(server_link);
 
     let second_run = tokio::runtime::Runtime::new().unwrap();
-    let _restarted = {
-        let _guard = second_run.enter();
-        transport(tls(&t, "a")).endpoint(addr).unwrap()
-    };
+    let _restarted = endpoint(&second_run, "a", &addr.to_string());
     let closed = client_rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(30), link.connection.closed()).await
     });

@@ -417,7 +417,6 @@ fn echo(connection: &quinn::Connection, frames: &[u8], ends: &[usize]) {
     tokio::spawn(later.in_current_span());
 }
 
-/// Whether `change` goes to `peer` from here, and it has not been sent yet.
 /// Whether a change from `origin` numbered `seq` may go to `peer`, from those two
 /// alone: not when `peer` has it already, nor when the route from here leaves
 /// `peer` out even for a change that has passed its origin alone (a longer path
@@ -443,6 +442,7 @@ fn may_route(
     })
 }
 
+/// Whether `change` goes to `peer` from here, and it has not been sent yet.
 fn routes_to(
     repl: &Replication,
     change: &Change,
