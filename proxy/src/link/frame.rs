@@ -26,7 +26,8 @@
 //! never behind the replication stream. The length is checked against the type's limit before the body is
 //! read, and the body's buffer grows only as bytes arrive, so a peer cannot make
 //! the proxy allocate more than it has sent. Change frames also travel, several to
-//! a datagram, as QUIC datagrams ([`decode_all`]).
+//! a datagram, as QUIC datagrams ([`decode_all`]); a datagram may end in zero
+//! bytes of padding ([`pad`]).
 
 use meridian_policies::VersionVector;
 use serde::{Deserialize, Serialize};
@@ -456,10 +457,15 @@ pub async fn read<R: AsyncRead + Unpin>(
     }
 }
 
-/// Decodes every frame of `bytes` (a datagram), in order.
+/// Decodes every frame of `bytes` (a datagram), in order. A datagram may end in
+/// padding: zero bytes where the next frame's length would be (no frame is 0 bytes
+/// long; see [`pad`]).
 pub fn decode_all(mut bytes: &[u8], peer: &str) -> Result<Vec<Frame>, FrameError> {
     let mut frames = Vec::new();
     while !bytes.is_empty() {
+        if bytes.iter().all(|&b| b == 0) {
+            break;
+        }
         let cut = || FrameError::malformed(peer, "datagram", "a frame cut short");
         let (head, rest) = bytes.split_first_chunk::<5>().ok_or_else(cut)?;
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
@@ -469,6 +475,15 @@ pub fn decode_all(mut bytes: &[u8], peer: &str) -> Result<Vec<Frame>, FrameError
         bytes = rest;
     }
     Ok(frames)
+}
+
+/// Pads `datagram` (whole frames) with zero bytes to `size` bytes, if shorter: a
+/// datagram as large as the path carries fills a QUIC packet alone, so no other
+/// data shares its fate when the packet is lost.
+pub fn pad(datagram: &mut Vec<u8>, size: usize) {
+    if datagram.len() < size {
+        datagram.resize(size, 0);
+    }
 }
 
 /// Appends a change frame around an encoded change, without copying it first.

@@ -24,7 +24,7 @@ const GOSSIP_EVERY: Duration = Duration::from_millis(20);
 const ECHO_MAX: usize = 32 << 10;
 /// Delay of the second datagram copy, so it travels in another packet.
 const ECHO_GAP: Duration = Duration::from_millis(2);
-/// Bytes per second of changes echoed (each sent twice), and the largest burst:
+/// Bytes per second of echoes (both copies, padding counted), and the largest burst:
 /// echoes are for latency under moderate load; at high rates the stream's batches
 /// carry the load and echoes would only compete with it.
 const ECHO_RATE: f64 = 1.0e6;
@@ -242,11 +242,9 @@ impl Shipper {
     /// an acknowledgement when one is due.
     async fn ship(&mut self, mut chunk: Chunk) -> Result<(), StreamError> {
         let count = chunk.ends.len() as u64;
-        if chunk.at_tail
-            && count > 0
-            && chunk.buf.len() <= ECHO_MAX
-            && self.echo_allowed(chunk.buf.len())
-        {
+        let len = chunk.buf.len();
+        let padded = len.max(self.connection.max_datagram_size().unwrap_or(0));
+        if chunk.at_tail && count > 0 && len <= ECHO_MAX && self.echo_allowed(len + padded) {
             echo(&self.connection, &chunk.buf, &chunk.ends);
         }
         if self.gossip_due || self.last_gossip.elapsed() >= GOSSIP_EVERY {
@@ -367,17 +365,21 @@ async fn send_snapshot(
 }
 
 /// Sends the change frames of `frames` (ending at `ends`) as QUIC datagrams, as many
-/// to a datagram as fit, twice: at once, and `ECHO_GAP` later. The first often
-/// shares the stream data's packet (QUIC packs both) and is then lost with it:
-/// with it alone, the five-region demo at 0.1% loss had p99 up to route + 116
-/// ms. The second travels in a packet of its own; under load the first does
-/// too, and arrives 2 ms sooner.
+/// to a datagram as fit, twice: at once, each padded to the largest datagram the
+/// path carries, and `ECHO_GAP` later, as they are.
 ///
 /// The stream alone delivers every change, in order, but one lost packet holds back
 /// everything behind it for a retransmission (more than a round trip): at 1% loss
 /// and a few thousand changes per second the stream is stalled most of the time.
 /// Copies that are not retransmitted and not ordered fill the receiver's gaps at the
 /// one-way delay; the receiver applies each change once whichever copy arrives first.
+///
+/// A copy helps only in a packet of its own. QUIC packs queued datagrams ahead of
+/// stream data into one packet, and copies sent 2 ms apart still shared one when
+/// the connection had not sent in between (pacing, a busy core): in the five-region
+/// demo at 0.1% loss, the few changes that stalled for a round trip were each lost
+/// with the stream's packet and both copies. The padded copy fills a packet alone,
+/// so it is lost only on its own; the later copy covers a burst of losses.
 /// Only rounds shipped while following the log's tail are echoed, so bulk catch-up
 /// costs nothing extra; a datagram the path cannot carry is simply not sent.
 fn echo(connection: &quinn::Connection, frames: &[u8], ends: &[usize]) {
@@ -390,27 +392,32 @@ fn echo(connection: &quinn::Connection, frames: &[u8], ends: &[usize]) {
         if end - at > max {
             // Too large for any datagram: flush what is gathered, skip this one.
             if at > start {
-                datagrams.push(bytes::Bytes::copy_from_slice(&frames[start..at]));
+                datagrams.push(&frames[start..at]);
             }
             (start, at) = (end, end);
             continue;
         }
         if end - start > max {
-            datagrams.push(bytes::Bytes::copy_from_slice(&frames[start..at]));
+            datagrams.push(&frames[start..at]);
             start = at;
         }
         at = end;
     }
     if at > start {
-        datagrams.push(bytes::Bytes::copy_from_slice(&frames[start..at]));
+        datagrams.push(&frames[start..at]);
     }
-    for d in &datagrams {
-        let _ = connection.send_datagram(d.clone());
+    let mut later = Vec::with_capacity(datagrams.len());
+    for d in datagrams {
+        let mut padded = Vec::with_capacity(max);
+        padded.extend_from_slice(d);
+        frame::pad(&mut padded, max);
+        let _ = connection.send_datagram(padded.into());
+        later.push(bytes::Bytes::copy_from_slice(d));
     }
     let connection = connection.clone();
     let later = async move {
         tokio::time::sleep(ECHO_GAP).await;
-        for d in datagrams {
+        for d in later {
             let _ = connection.send_datagram(d);
         }
     };

@@ -84,6 +84,23 @@ async fn every_type_round_trips_on_a_stream_and_in_a_datagram() {
     assert_eq!(change, encoded(&[Frame::Change(b"abc".to_vec())]));
 }
 
+#[test]
+fn a_padded_datagram_decodes_to_its_frames() {
+    let frames = vec![Frame::Change(b"abc".to_vec()), Frame::Change(vec![0; 300])];
+    let mut datagram = encoded(&frames);
+    let len = datagram.len();
+    pad(&mut datagram, 1200);
+    assert_eq!(datagram.len(), 1200);
+    assert_eq!(decode_all(&datagram, "p").unwrap(), frames);
+    // Padding never shortens, and a datagram of padding alone holds no frame.
+    pad(&mut datagram, 10);
+    assert_eq!(datagram.len(), 1200);
+    assert_eq!(decode_all(&[0; 64], "p").unwrap(), vec![]);
+    // Anything but zeros after the frames is still refused.
+    datagram[len + 7] = 1;
+    assert!(decode_all(&datagram, "p").is_err());
+}
+
 #[tokio::test]
 async fn bad_frames_are_named_with_the_peer_and_the_reason() {
     let err = |e: FrameError| e.to_string();
