@@ -22,7 +22,8 @@ const GOSSIP_EVERY: Duration = Duration::from_millis(20);
 /// A round of changes at most this large, shipped while following the log's tail,
 /// also goes out twice as unreliable QUIC datagrams (see [`echo`]).
 const ECHO_MAX: usize = 32 << 10;
-/// Delay of the second datagram copy, so it travels in another packet.
+/// Delay of the second datagram copy, so that a burst of losses seldom takes both
+/// (it may still share a packet with the first; see [`echo`]).
 const ECHO_GAP: Duration = Duration::from_millis(2);
 /// Bytes per second of echoes (each round sent twice and repeated once, see
 /// [`echo`]), and the largest burst: echoes are for latency under moderate load; at
