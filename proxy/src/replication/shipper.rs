@@ -296,20 +296,22 @@ impl Shipper {
             0 => Default::default(),
             _ => std::mem::take(&mut self.last_round),
         };
+        // The largest datagram the path carries (none: the peer takes no datagrams).
+        let max = self.connection.max_datagram_size().unwrap_or(0);
         if chunk.at_tail
             && count > 0
+            && max > 0
             && len <= ECHO_MAX
             && self.echo_budget.take(last.len() + 2 * len)
         {
-            let max = self.connection.max_datagram_size().unwrap_or(0);
             let (mut frames, mut ends) = (last, last_ends);
             let (repeated, this_round) = (ends.len(), frames.len());
             frames.extend_from_slice(&chunk.buf);
             ends.extend(chunk.ends.iter().map(|end| this_round + end));
             let pad = self
                 .pad_budget
-                .take(frames.len().next_multiple_of(max.max(1)) - frames.len());
-            echo(&self.connection, &frames, &ends, repeated, pad);
+                .take(frames.len().next_multiple_of(max) - frames.len());
+            echo(&self.connection, max, &frames, &ends, repeated, pad);
             if len <= max {
                 self.last_round = (chunk.buf.clone(), chunk.ends.clone());
             }
@@ -419,10 +421,11 @@ async fn send_snapshot(
     Ok(vector)
 }
 
-/// Sends a round of change frames as QUIC datagrams, as many to a datagram as fit,
-/// twice: at once, each padded to the largest datagram the path carries when `pad`,
-/// and `ECHO_GAP` later, as they are. `frames` (each ending at its `ends`) begin
-/// with the previous round's `repeated` frames, which only the first copy carries.
+/// Sends a round of change frames as QUIC datagrams of at most `max` bytes (the
+/// largest the path carries), as many frames to a datagram as fit, twice: at once,
+/// each padded to `max` when `pad`, and `ECHO_GAP` later, as they are. `frames`
+/// (each ending at its `ends`) begin with the previous round's `repeated` frames,
+/// which only the first copy carries.
 ///
 /// The stream alone delivers every change, in order, but one lost packet holds back
 /// everything behind it for a retransmission (more than a round trip): at 1% loss
@@ -446,11 +449,15 @@ async fn send_snapshot(
 ///   seconds, and the visibility p99 at one-way + 65 ms in most runs.
 ///
 /// Only rounds shipped while following the log's tail are echoed, so bulk catch-up
-/// costs nothing extra; a datagram the path cannot carry is simply not sent.
-fn echo(connection: &quinn::Connection, frames: &[u8], ends: &[usize], repeated: usize, pad: bool) {
-    let Some(max) = connection.max_datagram_size() else {
-        return;
-    };
+/// costs nothing extra; a frame larger than `max` is simply not sent.
+fn echo(
+    connection: &quinn::Connection,
+    max: usize,
+    frames: &[u8],
+    ends: &[usize],
+    repeated: usize,
+    pad: bool,
+) {
     let (first, later) = copies(frames, ends, repeated, max);
     for d in first {
         let mut first = Vec::with_capacity(if pad { max } else { d.len() });

@@ -27,6 +27,14 @@ fn routers(n: usize, ring_seed: u64) -> Vec<Router> {
 
 /// Whether the rules promise delivery from `origin` with `live` up. Every case but
 /// a star with a dead hub and no fallback can be routed around.
+/// A drawn case in a cluster of `n`: this datacenter, the origin, a path and the
+/// live set, each cut down to the cluster.
+fn case(n: usize, me: usize, origin: usize, path: u64, live: u64) -> (DcIdx, DcIdx, DcSet, DcSet) {
+    let all = DcSet::all(n);
+    let at = |bits: u64| DcSet::from_bits(bits).intersect(all);
+    (idx(me % n), idx(origin % n), at(path), at(live))
+}
+
 fn routable(router: &Router, origin: DcIdx, live: DcSet) -> bool {
     match router {
         Router::Star {
@@ -120,9 +128,7 @@ proptest! {
     fn next_hops_never_returns_the_path_or_the_dead(
         n in 1usize..=12, seed: u64, me in 0usize..12, origin in 0usize..12, path: u64, live: u64,
     ) {
-        let all = DcSet::all(n);
-        let (me, origin) = (idx(me % n), idx(origin % n));
-        let (path, live) = (DcSet::from_bits(path).intersect(all), DcSet::from_bits(live).intersect(all));
+        let (me, origin, path, live) = case(n, me, origin, path, live);
         for router in routers(n, seed) {
             let hops = router.next_hops(me, origin, path.with(origin), live);
             prop_assert!(hops.intersect(path.with(me).with(origin)).is_empty());
@@ -137,9 +143,7 @@ proptest! {
     fn a_longer_path_never_adds_a_hop(
         n in 1usize..=12, seed: u64, me in 0usize..12, origin in 0usize..12, path: u64, live: u64,
     ) {
-        let all = DcSet::all(n);
-        let (me, origin) = (idx(me % n), idx(origin % n));
-        let (path, live) = (DcSet::from_bits(path).intersect(all), DcSet::from_bits(live).intersect(all));
+        let (me, origin, path, live) = case(n, me, origin, path, live);
         for router in routers(n, seed) {
             let shortest = router.next_hops(me, origin, DcSet::one(origin), live);
             let longer = router.next_hops(me, origin, path.with(origin), live);
