@@ -46,6 +46,10 @@ pub enum Reply {
     /// A reply already encoded, for the connection's protocol: what a user's home
     /// answered a forwarded write, passed on byte for byte.
     Encoded(Bytes),
+    /// Redis's own reply to a command passed on to it, as Redis encoded it on a
+    /// RESP2 connection: written as it is to a RESP2 client, read and re-encoded
+    /// for a RESP3 one.
+    Redis(Bytes),
 }
 
 impl Reply {
@@ -60,7 +64,7 @@ impl Reply {
             + match self {
                 Reply::Simple(s) => s.len(),
                 Reply::Status(s) | Reply::Error(s) | Reply::Verbatim(s) => s.len(),
-                Reply::Bulk(b) | Reply::Encoded(b) => b.len(),
+                Reply::Bulk(b) | Reply::Encoded(b) | Reply::Redis(b) => b.len(),
                 Reply::Integer(_)
                 | Reply::Null
                 | Reply::NullArray
@@ -87,7 +91,7 @@ impl Reply {
     pub fn is_error(&self) -> bool {
         match self {
             Reply::Error(_) | Reply::OverLimit => true,
-            Reply::Encoded(bytes) => bytes.first() == Some(&b'-'),
+            Reply::Encoded(bytes) | Reply::Redis(bytes) => bytes.first() == Some(&b'-'),
             _ => false,
         }
     }
@@ -148,6 +152,8 @@ impl Reply {
             }
             Reply::Verbatim(text) => bulk(out, b'$', text.as_bytes()),
             Reply::Encoded(bytes) => out.put_slice(bytes),
+            Reply::Redis(raw) if resp3 => super::decode_reply(raw, false).encode(protocol, out),
+            Reply::Redis(raw) => out.put_slice(raw),
         }
     }
 }

@@ -11,9 +11,11 @@
 //! data, versions and vector change together.
 //!
 //! The writer and committer threads use blocking connections; client reads (see
-//! [`reads`]) use a multiplexed async connection. All reconnect after Redis restarts.
+//! [`reads`]) share one connection of their own ([`pipe`]), whose replies pass to
+//! clients undecoded. All reconnect after Redis restarts.
 
 mod packed;
+mod pipe;
 mod reads;
 mod replicas;
 
@@ -118,6 +120,11 @@ impl RedisStore {
     /// The server's URL.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Where the server is and how to log in, from the URL.
+    fn connection_info(&self) -> &redis::ConnectionInfo {
+        self.client.get_connection_info()
     }
 
     /// A failure that retrying will not fix, in our words.
@@ -526,7 +533,7 @@ fn stored_version(bytes: &[u8]) -> Option<Version> {
 pub(in crate::engine) struct RedisBackend {
     store: RedisStore,
     /// The connection client reads use.
-    reader: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    reader: tokio::sync::Mutex<Option<pipe::Pipe>>,
     /// Held around each commit and by a snapshot, which is consistent only while
     /// nothing commits.
     commit_lock: Arc<Mutex<()>>,

@@ -6,12 +6,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use redis::Value as RValue;
 
-use super::{META_KEY, RedisBackend, RedisStoreError};
+use super::pipe::{Pipe, PipeError};
+use super::{CONNECT_TIMEOUT, META_KEY, RedisBackend, RedisStoreError};
 use crate::engine::backend::BackendError;
 use crate::engine::backend::{Read, ReadContext, ReadKeyspace, ScanArgs, ScanPage};
 use crate::engine::placement::is_own_key;
 use crate::engine::wall_ms;
-use crate::resp::Reply;
+use crate::resp::{Reply, decode_reply};
 
 /// How long a read waits for the committer before answering that Redis is behind.
 const READ_WAIT: Duration = Duration::from_secs(5);
@@ -41,9 +42,7 @@ impl RedisBackend {
         // wait for this proxy's own commits (those are on the primary first).
         let on_replica = match (wait_for, forward.is_empty()) {
             (None, false) => {
-                let reply = |value, args: &[Bytes]| {
-                    to_reply(value, args[0].eq_ignore_ascii_case(b"HGETALL"))
-                };
+                let reply = |value, args: &[Bytes]| to_reply(value, is_hgetall(args));
                 self.replicas
                     .read(ctx.user, ctx.token, &forward, reply)
                     .await
@@ -52,7 +51,7 @@ impl RedisBackend {
         };
         let mut forwarded = match on_replica {
             Some(replies) => replies.into_iter(),
-            None => self.forward_many(&forward).await.into_iter(),
+            None => self.forward_passed(&forward).await.into_iter(),
         };
         replies
             .iter_mut()
@@ -203,57 +202,72 @@ impl RedisBackend {
         Ok(())
     }
 
-    /// Sends commands to Redis as they are, in one pipeline.
-    async fn forward_many(&self, commands: &[&[Bytes]]) -> Vec<Reply> {
-        if commands.is_empty() {
-            return Vec::new();
-        }
-        let mut conn = match self.reader().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                let reply = Reply::error(format!("ERR {e}"));
-                return commands.iter().map(|_| reply.clone()).collect();
-            }
-        };
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for args in commands {
-            let cmd = pipe.cmd(&String::from_utf8_lossy(&args[0]));
-            for arg in &args[1..] {
-                cmd.arg(&arg[..]);
-            }
-        }
-        let url = self.store.url();
-        match pipe
-            .query_async::<Vec<redis::RedisResult<RValue>>>(&mut conn)
-            .await
-        {
-            Ok(results) => results
-                .into_iter()
-                .zip(commands)
-                .map(|(result, args)| match result {
-                    Ok(value) => to_reply(value, args[0].eq_ignore_ascii_case(b"HGETALL")),
-                    Err(e) => error_reply(url, &e),
+    /// Sends commands to Redis as they are, in one pipeline; each reply is passed
+    /// on as Redis sent it, but HGETALL's, which a RESP3 client reads as a map.
+    async fn forward_passed(&self, commands: &[&[Bytes]]) -> Vec<Reply> {
+        match self.forward_raw(commands).await {
+            Ok(raw) => (raw.into_iter().zip(commands))
+                .map(|(raw, args)| match is_hgetall(args) {
+                    true => decode_reply(&raw, true),
+                    false => Reply::Redis(raw),
                 })
                 .collect(),
-            Err(e) => {
-                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-                    *self.reader.lock().await = None;
-                }
-                let reply = error_reply(url, &e);
-                commands.iter().map(|_| reply.clone()).collect()
-            }
+            Err(reply) => commands.iter().map(|_| reply.clone()).collect(),
         }
     }
 
-    /// The shared connection for client reads, connecting if needed.
-    async fn reader(&self) -> Result<redis::aio::MultiplexedConnection, RedisStoreError> {
-        let mut slot = self.reader.lock().await;
-        match slot.as_ref() {
-            Some(conn) => Ok(conn.clone()),
-            None => Ok(slot.insert(self.store.async_conn().await?).clone()),
+    /// Sends commands to Redis as they are, in one pipeline; the replies read.
+    async fn forward_many(&self, commands: &[&[Bytes]]) -> Vec<Reply> {
+        match self.forward_raw(commands).await {
+            Ok(raw) => (raw.iter().zip(commands))
+                .map(|(raw, args)| decode_reply(raw, is_hgetall(args)))
+                .collect(),
+            Err(reply) => commands.iter().map(|_| reply.clone()).collect(),
         }
     }
+
+    /// Redis's replies to `commands`, as Redis encoded them; the error to answer
+    /// each when Redis cannot be reached.
+    async fn forward_raw(&self, commands: &[&[Bytes]]) -> Result<Vec<Bytes>, Reply> {
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipe = self
+            .reader()
+            .await
+            .map_err(|e| Reply::error(format!("ERR {e}")))?;
+        pipe.send(commands, READ_WAIT).await.map_err(|e| {
+            Reply::error(format!(
+                "ERR redis backend {} unavailable: {e}",
+                self.store.url()
+            ))
+        })
+    }
+
+    /// The shared connection for client reads, connecting if there is none or the
+    /// last one ended.
+    async fn reader(&self) -> Result<Pipe, RedisStoreError> {
+        let mut slot = self.reader.lock().await;
+        if let Some(pipe) = slot.as_ref().filter(|p| !p.is_closed()) {
+            return Ok(pipe.clone());
+        }
+        *slot = None;
+        let info = self.store.connection_info();
+        let pipe = Pipe::connect(info, CONNECT_TIMEOUT)
+            .await
+            .map_err(|e: PipeError| RedisStoreError {
+                url: self.store.url().to_owned(),
+                message: e.to_string(),
+                retryable: true,
+                refused: false,
+            })?;
+        Ok(slot.insert(pipe).clone())
+    }
+}
+
+/// Whether a command is HGETALL, whose reply is a map for a RESP3 client.
+fn is_hgetall(args: &[Bytes]) -> bool {
+    args[0].eq_ignore_ascii_case(b"HGETALL")
 }
 
 /// Answers the reads whose keys the memtable holds whole (`Some`), leaves the others
