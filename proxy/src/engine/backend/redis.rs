@@ -30,7 +30,7 @@ use super::{
     Backend, BackendError, BoxFuture, Entries, Fetched, Gather, Read, ReadContext, ScanArgs,
     ScanPage, Session, Stored,
 };
-use crate::change::{Change, Data, Value};
+use crate::change::{Change, Data, Op, Value};
 use crate::engine::memtable::{Memtable, View};
 use crate::resp::Reply;
 use packed::Packed;
@@ -311,12 +311,7 @@ impl SyncConn {
         packed.clear();
         packed.push(&[b"MULTI"]);
         let newest = super::newest_ops(changes);
-        for (op, _) in &newest {
-            match &op.value {
-                None => packed.push(&[b"DEL", &op.key]),
-                Some(value) => write_value(&mut packed, &op.key, value),
-            }
-        }
+        write_newest(&mut packed, &newest);
         // Each key's version, written with the applied vector in one HSET.
         packed
             .command(6 + 2 * newest.len())
@@ -371,6 +366,45 @@ fn unreachable_error(store: &RedisStore) -> RedisStoreError {
         message: "no connection".into(),
         retryable: true,
         refused: false,
+    }
+}
+
+/// The commands that give each key its newest value. Each key is written once, so
+/// their order does not matter: deletions go in one DEL and strings that do not
+/// expire in one MSET (each command Redis queues in a MULTI costs it a parse, a
+/// reply and a dispatch); the rest key by key.
+fn write_newest(packed: &mut Packed, newest: &[(&Op, Version)]) {
+    let deleted = newest.iter().filter(|(op, _)| op.value.is_none()).count();
+    if deleted > 0 {
+        packed.command(1 + deleted).arg(b"DEL");
+        for (op, _) in newest.iter().filter(|(op, _)| op.value.is_none()) {
+            packed.arg(&op.key);
+        }
+    }
+    let strings = newest.iter().filter(|(op, _)| plain(op).is_some()).count();
+    if strings > 0 {
+        packed.command(1 + 2 * strings).arg(b"MSET");
+        for (op, _) in newest {
+            if let Some(s) = plain(op) {
+                packed.arg(&op.key).arg(s);
+            }
+        }
+    }
+    for (op, _) in newest {
+        if let (Some(value), None) = (&op.value, plain(op)) {
+            write_value(packed, &op.key, value);
+        }
+    }
+}
+
+/// A string value that does not expire, as MSET can write it.
+fn plain(op: &Op) -> Option<&[u8]> {
+    match &op.value {
+        Some(Value {
+            data: Data::String(s),
+            expire_at_ms: None,
+        }) => Some(s),
+        _ => None,
     }
 }
 
@@ -691,5 +725,42 @@ mod tests {
         assert_eq!(stored_version(b"1234/"), None);
         assert_eq!(stored_version(b"x/us-east"), None);
         assert_eq!(stored_version(b""), None);
+    }
+
+    #[test]
+    fn a_commit_deletes_in_one_del_and_sets_plain_strings_in_one_mset() {
+        let string = |s: &[u8], expire_at_ms| Value {
+            data: Data::String(s.to_vec()),
+            expire_at_ms,
+        };
+        let ops = [
+            Op::new(b"a".to_vec(), Some(string(b"1", None))),
+            Op::new(b"gone".to_vec(), None),
+            Op::new(b"b".to_vec(), Some(string(b"2", Some(9)))),
+            Op::new(b"c".to_vec(), Some(string(b"3", None))),
+            Op::new(
+                b"l".to_vec(),
+                Some(Value {
+                    data: Data::List(vec![b"x".to_vec()].into()),
+                    expire_at_ms: None,
+                }),
+            ),
+            Op::new(b"also-gone".to_vec(), None),
+        ];
+        let version = Version::new(Timestamp::from_u64(1), "dc1");
+        let newest: Vec<(&Op, Version)> = ops.iter().map(|op| (op, version.clone())).collect();
+        let mut packed = Packed::default();
+        write_newest(&mut packed, &newest);
+        let mut expected = Packed::default();
+        expected.push(&[b"DEL", b"gone", b"also-gone"]);
+        expected.push(&[b"MSET", b"a", b"1", b"c", b"3"]);
+        expected.push(&[b"SET", b"b", b"2", b"PXAT", b"9"]);
+        expected.push(&[b"DEL", b"l"]);
+        expected.push(&[b"RPUSH", b"l", b"x"]);
+        assert_eq!(
+            String::from_utf8_lossy(packed.bytes()),
+            String::from_utf8_lossy(expected.bytes())
+        );
+        assert_eq!(packed.commands(), 5);
     }
 }

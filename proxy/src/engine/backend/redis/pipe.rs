@@ -240,11 +240,16 @@ where
                     continue;
                 };
                 write.clear();
+                let busy = !waiting.is_empty();
                 gather(first, &mut queue, &mut write, &mut waiting);
-                // Let the clients whose reads are ready queue them too, for one write.
-                tokio::task::yield_now().await;
-                if write.len() < MAX_WRITE && let Ok(more) = queue.try_recv() {
-                    gather(more, &mut queue, &mut write, &mut waiting);
+                // With replies still owed, other clients are at work: let those
+                // whose reads are ready queue them too, for one write (and one
+                // read of Redis's). A lone client's read goes at once.
+                if busy {
+                    tokio::task::yield_now().await;
+                    if write.len() < MAX_WRITE && let Ok(more) = queue.try_recv() {
+                        gather(more, &mut queue, &mut write, &mut waiting);
+                    }
                 }
                 if let Err(e) = stream.write_all(&write).await {
                     break format!("writing to redis: {e}");
