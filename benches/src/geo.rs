@@ -428,7 +428,7 @@ async fn measure(
         ops.extend(record.ops);
     }
     let _ = stop_tx.send(true);
-    let lag_table = lags.await.map_err(|e| e.to_string())??;
+    let lag_table = lags.await.map_err(|e| e.to_string())??.lags;
     let stopped = Instant::now();
     cluster
         .wait_converged(Duration::from_secs(120))

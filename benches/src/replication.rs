@@ -9,7 +9,7 @@
 //! - streaming: clients write at the origin as fast as they can while the receiver
 //!   follows; changes per second until the receiver has applied all of them;
 //! - visibility: under a moderate steady load, how long a write at the origin takes
-//!   to become readable at the receiver (p50, p99, max), beside the one-way delay.
+//!   to be applied at the receiver (p50, p99, max), beside the one-way delay.
 //!
 //! With `--regions <preset>`, instead: the preset's regions all-to-all, every region
 //! writing at once, and each link's throughput beside the CPU the proxies used.
@@ -172,10 +172,10 @@ async fn visibility_lag(
         sleep(Duration::from_secs(args.seconds)).await;
         stop_tx.send_replace(true);
     };
-    let (lags, ()) = tokio::join!(probes, timer);
-    let lags = lags?;
+    let (measured, ()) = tokio::join!(probes, timer);
+    let measured = measured?;
     let written = load.await.map_err(|e| e.to_string())??;
-    let h = lags[0][1]
+    let h = measured.lags[0][1]
         .as_ref()
         .ok_or("the receiver's watcher reported nothing")?;
     let one_way_ms = one_way.as_secs_f64() * 1000.0;
@@ -188,6 +188,7 @@ async fn visibility_lag(
         ms(h.max()),
         ms(h.value_at_quantile(0.99)) - one_way_ms
     );
+    println!("{}", visibility::answer_line(&measured.answer));
     Ok(())
 }
 

@@ -123,7 +123,8 @@ async fn run(args: &DemoArgs) -> Result<bool, String> {
     );
     let (lags, writes) = workload(args, &cluster).await?;
     print_writes(preset.regions(), &writes);
-    print_lags(args.topology, preset.regions(), &lags);
+    print_lags(args.topology, preset.regions(), &lags.lags);
+    println!("{}", visibility::answer_line(&lags.answer));
     print_stages(&cluster).await?;
     report_convergence(&cluster, args.writes).await
 }
@@ -232,7 +233,7 @@ async fn start(args: &DemoArgs, preset: Preset) -> Result<Cluster, String> {
 async fn workload(
     args: &DemoArgs,
     cluster: &Cluster,
-) -> Result<(visibility::LagTable, WriteTable), String> {
+) -> Result<(visibility::Measured, WriteTable), String> {
     let (stop_tx, stop) = watch::channel(false);
     let all: Vec<usize> = (0..cluster.len()).collect();
     let users = Arc::new(users_by_home(cluster, USERS_PER_REGION)?);
@@ -351,7 +352,7 @@ fn print_lags(
     lags: &visibility::LagTable,
 ) {
     println!(
-        "\nreplication visibility lag (written at the origin → readable in the region; route: the one-way delay along the topology's path):"
+        "\nreplication visibility lag (written at the origin → applied in the region, as the region's proxy saw it; route: the one-way delay along the topology's path):"
     );
     println!(
         "{:<14} {:<14} {:>9} {:>8} {:>9} {:>9} {:>9}",

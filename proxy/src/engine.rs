@@ -69,6 +69,13 @@ pub fn wall_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The wall clock in microseconds since the Unix epoch.
+pub fn wall_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

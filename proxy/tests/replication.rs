@@ -897,6 +897,12 @@ async fn concurrent_writes_are_logged_as_conflicts_with_both_values() {
     }
 }
 
+/// The wall clock in microseconds since the Unix epoch.
+fn wall_us() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.unwrap().as_micros() as u64
+}
+
 /// The value of one sample line of a `/metrics` body.
 fn metric(body: &str, line_start: &str) -> f64 {
     body.lines()
@@ -966,14 +972,24 @@ async fn waitfor_is_woken_by_apply_and_the_stages_are_in_order() {
         waited, 0,
         "dc1 cannot have applied writes behind a cut link"
     );
+    let flag: redis::RedisResult<i64> = redis::cmd("MERIDIAN")
+        .arg("WAITFOR")
+        .arg(&token)
+        .arg(10)
+        .arg("SOON")
+        .query_async(&mut far)
+        .await;
+    assert!(flag.unwrap_err().to_string().contains("syntax error"));
     // An unbounded wait ends once the healed link brings them, and the key
-    // read right after shows the last write.
+    // read right after shows the last write. Asked with TIME, the answer is when
+    // dc1 saw them applied: after the heal, before the answer came.
     let waiter = tokio::spawn(async move {
-        let reply: (i64, u64) = redis::pipe()
+        let reply: (u64, u64) = redis::pipe()
             .cmd("MERIDIAN")
             .arg("WAITFOR")
             .arg(&token)
             .arg(0)
+            .arg("TIME")
             .cmd("GET")
             .arg("{u}:k")
             .query_async(&mut far)
@@ -981,12 +997,18 @@ async fn waitfor_is_woken_by_apply_and_the_stages_are_in_order() {
             .unwrap();
         reply
     });
+    let healed = wall_us();
     cluster.heal(0, 1);
     let (caught, value) = tokio::time::timeout(CONVERGE, waiter)
         .await
         .expect("WAITFOR ends once the changes are applied")
         .unwrap();
-    assert_eq!((caught, value), (1, WRITES));
+    let answered = wall_us();
+    assert_eq!(value, WRITES);
+    assert!(
+        (healed..=answered).contains(&caught),
+        "applied at {caught} µs, not between the heal ({healed}) and the answer ({answered})"
+    );
     converged(&cluster).await;
 
     let at_origin = http_get(cluster.admin_addr(0), "/metrics").await;

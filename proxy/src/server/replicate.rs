@@ -38,11 +38,14 @@ pub(super) fn parse_token(arg: &[u8]) -> Result<SessionToken, Reply> {
         .map_err(|why| Reply::error(format!("ERR invalid session token: {why}")))
 }
 
-/// `MERIDIAN WAITFOR token timeout`: waits until this datacenter has applied
-/// everything `token` (a session token from any connection, any datacenter)
-/// names, or `timeout` milliseconds pass (0: no limit). Replies 1 once it has,
-/// 0 on timeout. The connection's own session is left as it was: this is a
-/// barrier ("has this region seen that write yet?"), woken by apply, not a poll.
+/// `MERIDIAN WAITFOR token timeout [TIME]`: waits until this datacenter has
+/// applied everything `token` (a session token from any connection, any
+/// datacenter) names, or `timeout` milliseconds pass (0: no limit). Replies 1 once
+/// it has (with `TIME`: the wall-clock time it saw that, in microseconds since the
+/// Unix epoch, so a prober on the same clock can time the change without the
+/// reply's way back), 0 on timeout. The connection's own session is left as it
+/// was: this is a barrier ("has this region seen that write yet?"), woken by
+/// apply, not a poll.
 async fn wait_for_token(ctx: &Context, args: &[Bytes]) -> Reply {
     let token = match parse_token(&args[2]) {
         Ok(token) => token,
@@ -53,6 +56,11 @@ async fn wait_for_token(ctx: &Context, args: &[Bytes]) -> Reply {
         Some(_) => return Reply::error("ERR timeout is negative"),
         None => return command::not_an_integer(),
     };
+    let timed = match args.get(4) {
+        None => false,
+        Some(flag) if flag.eq_ignore_ascii_case(b"TIME") => true,
+        Some(_) => return Reply::error("ERR syntax error"),
+    };
     let mut applied = ctx.engine.watch_applied();
     let caught = applied.wait_for(|a| a.dominates(token.vector()));
     let done = match timeout {
@@ -62,11 +70,15 @@ async fn wait_for_token(ctx: &Context, args: &[Bytes]) -> Reply {
             Ok(Ok(_))
         ),
     };
-    Reply::Integer(done as i64)
+    Reply::Integer(match (done, timed) {
+        (false, _) => 0,
+        (true, false) => 1,
+        (true, true) => crate::engine::wall_us() as i64,
+    })
 }
 
 /// `MERIDIAN DIGEST | APPLIED | LAG | CONFLICTS [count] | RESETSTATS | WAITFOR
-/// token timeout` (`MERIDIAN SESSION` is the connection's own). RESETSTATS
+/// token timeout [TIME]` (`MERIDIAN SESSION` is the connection's own). RESETSTATS
 /// forgets the per-peer stage lags (so a measurement can start after a warm-up).
 pub(super) async fn meridian(ctx: &Context, args: &[Bytes]) -> Reply {
     let sub = args[1].to_ascii_uppercase();
@@ -109,7 +121,7 @@ pub(super) async fn meridian(ctx: &Context, args: &[Bytes]) -> Reply {
             }
             Reply::OK
         }
-        (b"WAITFOR", 4) => wait_for_token(ctx, args).await,
+        (b"WAITFOR", 4 | 5) => wait_for_token(ctx, args).await,
         (b"DIGEST" | b"APPLIED" | b"LAG" | b"CONFLICTS" | b"RESETSTATS" | b"WAITFOR", _) => {
             Reply::error(format!(
                 "ERR wrong number of arguments for 'meridian|{}' command",
