@@ -32,6 +32,7 @@ mod lease;
 mod links;
 mod reads;
 mod receiver;
+mod relay;
 mod shipper;
 mod status;
 

@@ -125,7 +125,9 @@ async fn assert_exactly_once(cluster: &Cluster, applied: &VersionVector, dcs: &[
     }
 }
 
-async fn converges(n: usize, shape: Shape, seed: u64) {
+/// Every datacenter writes, and all converge with each change applied once
+/// everywhere; the cluster, for more checks.
+async fn converges(n: usize, shape: Shape, seed: u64) -> Cluster {
     let cluster = start(spec(n, shape, seed)).await;
     let counters = write_everywhere(&cluster, 120, seed).await;
     let applied = converged(&cluster).await;
@@ -143,6 +145,7 @@ async fn converges(n: usize, shape: Shape, seed: u64) {
     }
     let all: Vec<usize> = (0..n).collect();
     assert_exactly_once(&cluster, &applied, &all).await;
+    cluster
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,7 +183,23 @@ async fn five_datacenters_star_converge() {
         hub: 0,
         direct: false,
     };
-    converges(5, shape, 23).await;
+    let cluster = converges(5, shape, 23).await;
+    // The hub passed the leaves' changes on as they arrived; a leaf, the end of
+    // every route through it, passed nothing on.
+    let cluster = &cluster;
+    let relayed = |dc| async move {
+        let info = cluster.replication_info(dc).await.expect("INFO");
+        (info.iter().filter(|(k, _)| k.starts_with("peer_")))
+            .map(|(_, v)| {
+                let field = v.split(',').find_map(|f| f.strip_prefix("relayed="));
+                field.and_then(|n| n.parse::<u64>().ok()).expect("relayed=")
+            })
+            .sum::<u64>()
+    };
+    assert!(relayed(0).await > 0, "the hub relayed nothing");
+    for leaf in 1..5 {
+        assert_eq!(relayed(leaf).await, 0, "leaf {leaf} relayed");
+    }
 }
 
 /// Writes `{user}:k<n>` for n in `range` at `dc`, one at a time; returns the keys

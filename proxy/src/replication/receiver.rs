@@ -11,6 +11,7 @@ use meridian_topology::DcIdx;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::relay::Relay;
 use super::status::PeerStatus;
 use super::{Replication, StreamError};
 use crate::change::Change;
@@ -58,6 +59,8 @@ struct Receiver {
     /// The wait before applying again after the backend refused for now (zero:
     /// the last apply succeeded).
     retry_backoff: Duration,
+    /// Copies of the changes this datacenter passes on, sent as they arrive.
+    relay: Relay,
 }
 
 /// Receives from `peer` until its stream ends or breaks.
@@ -83,6 +86,7 @@ pub(super) async fn run(
     let _echoes = AbortOnDrop(tokio::spawn(echoes));
     let mut receiver = Receiver {
         status: repl.peer_status(&peer_id),
+        relay: Relay::new(repl.clone()),
         repl,
         peer: peer_id,
         pending: BTreeMap::new(),
@@ -170,6 +174,7 @@ impl Receiver {
                 Some(Incoming::Failed(e)) => return Err(e.into()),
                 None => {}
             }
+            self.relay.flush();
             self.drain().await?;
         }
     }
@@ -299,6 +304,7 @@ impl Receiver {
             self.status
                 .arrival_lag
                 .record(super::shipper::since(now, change.hlc));
+            self.relay.add(&change);
         }
         self.pending.insert(key, change);
         Ok(())

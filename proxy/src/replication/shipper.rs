@@ -58,7 +58,7 @@ struct Shipper {
 }
 
 /// A rate limit: a budget topped up at a steady rate up to a burst.
-struct Bucket {
+pub(super) struct Bucket {
     rate: f64,
     burst: f64,
     budget: f64,
@@ -66,7 +66,7 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(rate: f64, burst: f64) -> Bucket {
+    pub(super) fn new(rate: f64, burst: f64) -> Bucket {
         Bucket {
             rate,
             burst,
@@ -76,7 +76,7 @@ impl Bucket {
     }
 
     /// Whether `amount` fits the limit now (and takes it from the budget).
-    fn take(&mut self, amount: usize) -> bool {
+    pub(super) fn take(&mut self, amount: usize) -> bool {
         let now = Instant::now();
         let elapsed = now.duration_since(self.topped).as_secs_f64();
         self.budget = (self.budget + elapsed * self.rate).min(self.burst);
@@ -497,7 +497,7 @@ fn copies<'a>(
 /// Splits change frames (`frames`, each ending at its `ends`) into datagrams of at
 /// most `max` bytes, whole frames each, in order; a frame larger than `max` is left
 /// out.
-fn pack<'a>(frames: &'a [u8], ends: &[usize], max: usize) -> Vec<&'a [u8]> {
+pub(super) fn pack<'a>(frames: &'a [u8], ends: &[usize], max: usize) -> Vec<&'a [u8]> {
     let mut datagrams = Vec::new();
     let (mut start, mut at) = (0, 0);
     for &end in ends {

@@ -34,6 +34,9 @@ pub struct PeerStatus {
     pub shipped: AtomicU64,
     /// Bytes of frames shipped to the peer.
     pub shipped_bytes: AtomicU64,
+    /// Datagrams of other datacenters' changes passed on to the peer as they
+    /// arrived here, before they were applied (see `relay`).
+    pub relayed: AtomicU64,
     /// Changes received from the peer and applied here.
     pub received: AtomicU64,
     /// Changes from the peer waiting for their dependencies or predecessors.
@@ -98,6 +101,7 @@ impl PeerStatus {
             last_error: Mutex::new(None),
             shipped: AtomicU64::new(0),
             shipped_bytes: AtomicU64::new(0),
+            relayed: AtomicU64::new(0),
             received: AtomicU64::new(0),
             buffered: AtomicU64::new(0),
             held_for_deps: AtomicU64::new(0),

@@ -455,7 +455,7 @@ type PeerRow = (
 );
 
 /// The per-peer families, in the order INFO shows their fields.
-const PEER_FAMILIES: [PeerRow; 13] = [
+const PEER_FAMILIES: [PeerRow; 14] = [
     (
         "meridian_peer_up",
         "Whether the link to the peer is up.",
@@ -490,6 +490,13 @@ const PEER_FAMILIES: [PeerRow; 13] = [
         Kind::Counter,
         Some(("shipped_bytes", InfoFormat::Integer)),
         |p| load(&p.shipped_bytes),
+    ),
+    (
+        "meridian_peer_relayed_datagrams_total",
+        "Datagrams of other datacenters' changes passed on to the peer as they arrived, before they were applied here.",
+        Kind::Counter,
+        Some(("relayed", InfoFormat::Integer)),
+        |p| load(&p.relayed),
     ),
     (
         "meridian_peer_received_changes_total",
