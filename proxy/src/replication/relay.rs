@@ -18,8 +18,8 @@ use super::shipper::{Bucket, pack};
 use crate::change::Change;
 use crate::link::frame;
 
-/// Bytes per second of relayed copies, over all next hops, and the largest burst:
-/// as much as the shipper echoes to one peer.
+/// Bytes per second of one incoming link's relayed copies, over all its next
+/// hops, and the largest burst: as much as the shipper echoes to one peer.
 const RELAY_RATE: f64 = 2.0e6;
 const RELAY_BURST: f64 = 128.0 * 1024.0;
 
