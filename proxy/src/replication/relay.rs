@@ -29,6 +29,8 @@ pub(super) struct Relay {
     repl: Arc<Replication>,
     /// Per next hop: change frames to send, and where each ends.
     out: Vec<(DcIdx, Vec<u8>, Vec<usize>)>,
+    /// Bytes of frames in `out`.
+    queued: usize,
     budget: Bucket,
 }
 
@@ -37,6 +39,7 @@ impl Relay {
         Relay {
             repl,
             out: Vec::new(),
+            queued: 0,
             budget: Bucket::new(RELAY_RATE, RELAY_BURST),
         }
     }
@@ -44,6 +47,11 @@ impl Relay {
     /// Queues a copy of `change`, just arrived, for each datacenter it goes to
     /// next from here (none: it ends here).
     pub(super) fn add(&mut self, change: &Change) {
+        // Past what the rate limit lets go now (a burst, a catch-up), copies are
+        // not worth making: the stream carries those changes in bulk.
+        if self.queued >= self.budget.available() {
+            return;
+        }
         let hops = next_hops(&self.repl, change);
         if hops.is_empty() {
             return;
@@ -61,15 +69,18 @@ impl Relay {
                 }
             };
             let (_, frames, ends) = &mut self.out[at];
+            let before = frames.len();
             frame::push_change(frames, &bytes);
             ends.push(frames.len());
+            self.queued += frames.len() - before;
         }
     }
 
     /// Sends the queued copies, as many whole frames to a datagram as the path to
-    /// each hop carries; a hop not linked now, or past the rate limit, goes
+    /// each hop carries, while the rate limit allows; a hop not linked now goes
     /// without (its stream brings the changes).
     pub(super) fn flush(&mut self) {
+        self.queued = 0;
         for (hop, frames, ends) in self.out.drain(..) {
             let status = self.repl.peer_status(self.repl.id(hop));
             let Some((connection, _)) = status.connection() else {
@@ -78,11 +89,11 @@ impl Relay {
             let Some(max) = connection.max_datagram_size() else {
                 continue;
             };
-            if !self.budget.take(frames.len()) {
-                continue;
-            }
             let mut sent = 0;
             for datagram in pack(&frames, &ends, max) {
+                if !self.budget.take(datagram.len()) {
+                    break;
+                }
                 if connection
                     .send_datagram(Bytes::copy_from_slice(datagram))
                     .is_ok()

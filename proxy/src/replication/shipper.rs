@@ -77,15 +77,20 @@ impl Bucket {
 
     /// Whether `amount` fits the limit now (and takes it from the budget).
     pub(super) fn take(&mut self, amount: usize) -> bool {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.topped).as_secs_f64();
-        self.budget = (self.budget + elapsed * self.rate).min(self.burst);
-        self.topped = now;
-        if self.budget < amount as f64 {
+        if self.available() < amount {
             return false;
         }
         self.budget -= amount as f64;
         true
+    }
+
+    /// What may go now.
+    pub(super) fn available(&mut self) -> usize {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.topped).as_secs_f64();
+        self.budget = (self.budget + elapsed * self.rate).min(self.burst);
+        self.topped = now;
+        self.budget as usize
     }
 }
 
