@@ -47,13 +47,10 @@ impl Relay {
     /// Queues a copy of `change`, just arrived, for each datacenter it goes to
     /// next from here (none: it ends here).
     pub(super) fn add(&mut self, change: &Change) {
+        let hops = next_hops(&self.repl, change);
         // Past what the rate limit lets go now (a burst, a catch-up), copies are
         // not worth making: the stream carries those changes in bulk.
-        if self.queued >= self.budget.available() {
-            return;
-        }
-        let hops = next_hops(&self.repl, change);
-        if hops.is_empty() {
+        if hops.is_empty() || self.queued >= self.budget.available() {
             return;
         }
         let mut relayed = change.clone();

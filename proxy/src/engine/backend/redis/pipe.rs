@@ -68,12 +68,12 @@ impl Pipe {
                 ConnectionAddr::Tcp(host, port) => {
                     let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
                     stream.set_nodelay(true)?;
-                    Ok(Pipe::start(stream, info).await)
+                    Ok(Pipe::spawn(stream, span(info)))
                 }
                 #[cfg(unix)]
                 ConnectionAddr::Unix(path) => {
                     let stream = tokio::net::UnixStream::connect(path).await?;
-                    Ok(Pipe::start(stream, info).await)
+                    Ok(Pipe::spawn(stream, span(info)))
                 }
                 other => Err(std::io::Error::other(format!(
                     "this build cannot connect to {other}"
@@ -87,14 +87,6 @@ impl Pipe {
         };
         pipe.log_in(info, timeout).await?;
         Ok(pipe)
-    }
-
-    async fn start<S>(stream: S, info: &ConnectionInfo) -> Pipe
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let span = tracing::info_span!("redis reads", redis = %info.addr());
-        Pipe::spawn(stream, span)
     }
 
     fn spawn<S>(stream: S, span: tracing::Span) -> Pipe
@@ -174,6 +166,11 @@ impl Pipe {
     pub(super) fn is_closed(&self) -> bool {
         self.requests.is_closed() || *self.given_up.borrow()
     }
+}
+
+/// The span the connection's task runs in.
+fn span(info: &ConnectionInfo) -> tracing::Span {
+    tracing::info_span!("redis reads", redis = %info.addr())
 }
 
 /// Commands as RESP arrays of bulk strings.
