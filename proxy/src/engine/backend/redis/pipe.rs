@@ -216,7 +216,11 @@ where
         tokio::select! {
             // Given up (it only ever turns true), or every handle is gone.
             _ = stop.changed() => {
-                break "a request was not answered in time".to_owned();
+                break match *stop.borrow() {
+                    true => "a request was not answered in time",
+                    false => "no one uses the connection any more",
+                }
+                .to_owned();
             }
             got = stream.read_buf(&mut read) => {
                 match got {
