@@ -656,7 +656,7 @@ impl Engine {
         let (_, stored, overlay) = self.shared.stored(|memtable| {
             memtable
                 .iter()
-                .map(|(key, entry)| (key.clone(), entry.value.clone()))
+                .map(|(key, entry)| (key.to_vec(), entry.value.clone()))
                 .collect::<Vec<_>>()
         })?;
         let mut data: std::collections::BTreeMap<Vec<u8>, Value> =

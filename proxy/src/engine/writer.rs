@@ -446,7 +446,7 @@ impl Writer {
             .filter_map(|args| lookup(&args[0]).map(|spec| (spec, args)))
             .filter(|(spec, args)| spec.reads_state(args))
             .flat_map(|(spec, args)| spec.keys(args).map(<[u8]>::to_vec).collect::<Vec<_>>())
-            .filter(|k| !view.contains_key(k))
+            .filter(|k| !view.contains_key(k.as_slice()))
             .collect();
         keys.sort_unstable();
         keys.dedup();
@@ -617,7 +617,7 @@ impl Writer {
                     }
                     let before = overlay
                         .get(&op.key)
-                        .or_else(|| view.get(&op.key).map(|entry| &entry.value))
+                        .or_else(|| view.get(op.key.as_slice()).map(|entry| &entry.value))
                         .or_else(|| base.stored(&op.key));
                     if let (Some(Some(old)), Some(new)) = (before, &op.value)
                         && edits::worth_trying(old, new, now)
@@ -730,7 +730,7 @@ impl Writer {
             let version = apply::shared_version(&self.dc, c);
             c.ops
                 .iter()
-                .map(move |op| (op.key.clone(), op.value.clone(), version.clone()))
+                .map(move |op| (op.key.as_slice(), op.value.clone(), version.clone()))
         });
         self.shared.memtable.insert(self.batch_no, ops);
         self.shared.applied.send_replace(self.applied.clone());

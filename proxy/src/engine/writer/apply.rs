@@ -106,7 +106,7 @@ impl Writer {
                 .flat_map(|c| &c.ops)
                 .filter(|op| op.unbuilt())
             {
-                match view.get(&op.key) {
+                match view.get(op.key.as_slice()) {
                     Some(entry) => drop(states.insert(op.key.clone(), entry.value.clone())),
                     None => missing.push(op.key.clone()),
                 }
@@ -213,7 +213,7 @@ impl Writer {
             for f in &found {
                 for side in [&f.kept, &f.lost] {
                     if side.1.is_none() {
-                        match view.get(&f.key) {
+                        match view.get(f.key.as_slice()) {
                             Some(entry) => drop(before.insert(f.key.clone(), entry.value.clone())),
                             None => missing.push(f.key.clone()),
                         }

@@ -50,7 +50,7 @@ impl Writer {
                 .rev()
                 .find(|c| c.ops.iter().any(|op| &op.key == key))
                 .map(Change::version);
-            let base = earlier.or_else(|| view.get(key).map(|e| e.version.clone()));
+            let base = earlier.or_else(|| view.get(key.as_slice()).map(|e| e.version.clone()));
             if base.is_none() {
                 missing.push(key.clone());
             }

@@ -103,7 +103,7 @@ impl Writer {
             let version = c.version();
             c.ops
                 .iter()
-                .map(move |op| (op.key.clone(), op.value.clone(), version.clone()))
+                .map(move |op| (op.key.as_slice(), op.value.clone(), version.clone()))
         });
         self.shared.memtable.insert(self.batch_no, ops);
         self.shared.applied.send_replace(self.applied.clone());
@@ -134,11 +134,11 @@ impl Writer {
         let mut held: std::collections::BTreeSet<Vec<u8>> = view
             .iter()
             .filter(|(_, e)| e.value.is_some())
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| k.to_vec())
             .collect();
         let stored = self.session.keys()?;
         for key in stored {
-            if !matches!(view.get(&key), Some(e) if e.value.is_none()) {
+            if !matches!(view.get(key.as_slice()), Some(e) if e.value.is_none()) {
                 held.insert(key);
             }
         }
