@@ -244,14 +244,15 @@ impl RedisBackend {
         })
     }
 
-    /// The shared connection for client reads, connecting if there is none or the
-    /// last one ended.
+    /// This thread's connection for client reads, connecting if there is none or
+    /// the last one ended. One per thread: clients run on a thread each (see
+    /// `server::threads`), and their reads share the connection of that thread.
     async fn reader(&self) -> Result<Pipe, RedisStoreError> {
-        let mut slot = self.reader.lock().await;
-        if let Some(pipe) = slot.as_ref().filter(|p| !p.is_closed()) {
+        let thread = std::thread::current().id();
+        let readers = || self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pipe) = readers().get(&thread).filter(|p| !p.is_closed()) {
             return Ok(pipe.clone());
         }
-        *slot = None;
         let info = self.store.connection_info();
         let pipe = Pipe::connect(info, CONNECT_TIMEOUT)
             .await
@@ -261,7 +262,10 @@ impl RedisBackend {
                 retryable: true,
                 refused: false,
             })?;
-        Ok(slot.insert(pipe).clone())
+        // Two reads of one thread may both have connected: the later connection
+        // stays, the other ends once its read is answered.
+        readers().insert(thread, pipe.clone());
+        Ok(pipe)
     }
 }
 
