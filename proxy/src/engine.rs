@@ -187,6 +187,9 @@ struct Shared {
     /// Whether this datacenter deletes a user's expired keys (it writes the
     /// user's data); none are deleted until it is set.
     expiry_owner: std::sync::OnceLock<ExpiryOwner>,
+    /// Whether this datacenter may write as a home now (see
+    /// [`Engine::set_write_fence`]); unset, it always may.
+    write_fence: std::sync::OnceLock<WriteFence>,
     /// Users whose home has moved (see `placement`).
     placements: placement::Placements,
 }
@@ -196,6 +199,16 @@ type OwnerFn = dyn Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync;
 
 /// Decides whether this datacenter deletes an expired key: its user when it does.
 struct ExpiryOwner(Box<OwnerFn>);
+
+/// Whether this datacenter may write as a home now; the error says why not.
+type FenceFn = dyn Fn() -> Result<(), String> + Send + Sync;
+struct WriteFence(Box<FenceFn>);
+
+impl std::fmt::Debug for WriteFence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteFence")
+    }
+}
 
 impl std::fmt::Debug for ExpiryOwner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -335,6 +348,7 @@ impl Engine {
             restoring: AtomicU64::new(0),
             workers: workers.clone(),
             expiry_owner: std::sync::OnceLock::new(),
+            write_fence: std::sync::OnceLock::new(),
             placements: placement::Placements::default(),
         });
         load_placements(&shared)?;
@@ -351,6 +365,18 @@ impl Engine {
         );
         let writes = writer::spawn(shared.clone(), log, state, config)?;
         Ok(Engine { shared, writes })
+    }
+
+    /// Has the writer ask `may_write` before it runs each batch of local writes,
+    /// and refuse the batch when it says no. A write is routed here while this
+    /// datacenter holds its home lease, but it runs later, once the writer takes
+    /// it: asked again where it runs, the lease fences a write that waited past
+    /// it. Set once; later calls do nothing.
+    pub fn set_write_fence(
+        &self,
+        may_write: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    ) {
+        let _ = self.shared.write_fence.set(WriteFence(Box::new(may_write)));
     }
 
     /// Starts active expiry: `owns(key)` gives the key's user when this datacenter

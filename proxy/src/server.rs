@@ -200,6 +200,10 @@ impl Proxy {
                 .await
                 .map_err(StartError::Agreement)?;
         }
+        // Writes that waited past the lease they were routed under do not run.
+        if let Some(repl) = replication.clone().filter(|r| repl_wants_agreement(r)) {
+            engine.set_write_fence(move || repl.fence_write());
+        }
         // Expired keys are deleted where their user's writes run.
         let (rule, repl) = (config.user_rule, replication.clone());
         engine.set_expiry_owner(move |key| {

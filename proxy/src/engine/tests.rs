@@ -269,3 +269,30 @@ async fn writes_queued_behind_a_move_away_are_refused_and_the_move_persists() {
     assert!(late.await.unwrap().reply.is_error());
     assert_eq!(engine.key_count().await.unwrap(), 2);
 }
+
+#[tokio::test]
+async fn writes_that_reach_the_writer_after_the_lease_ran_out_do_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    let leased = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let lease = leased.clone();
+    engine.set_write_fence(move || match lease.load(Ordering::Acquire) {
+        true => Ok(()),
+        false => Err("1 of 3 datacenters heard from it".into()),
+    });
+    assert_eq!(exec(&engine, "SET {u}:a 1").await, Reply::OK);
+    // Routed while the lease held, the write reaches the writer once it has run out.
+    leased.store(false, Ordering::Release);
+    let Reply::Error(refused) = exec(&engine, "SET {u}:a 2").await else {
+        panic!("a write ran without the lease")
+    };
+    assert!(
+        refused.starts_with("TRYAGAIN us-east lost its lease") && refused.contains("1 of 3"),
+        "{refused}"
+    );
+    assert_eq!(exec(&engine, "GET {u}:a").await, Reply::bulk("1"));
+    assert_eq!(engine.applied().get("us-east"), 1);
+    leased.store(true, Ordering::Release);
+    assert_eq!(exec(&engine, "SET {u}:a 3").await, Reply::OK);
+    engine.shutdown().await;
+}

@@ -478,6 +478,15 @@ impl Writer {
             );
             return refuse(batch, Reply::error(reply));
         }
+        if let Some(fence) = self.shared.write_fence.get()
+            && let Err(why) = (fence.0)()
+        {
+            let reply = format!(
+                "TRYAGAIN {} lost its lease as a home before this write ran; it did not run: {why}",
+                self.dc
+            );
+            return refuse(batch, Reply::error(reply));
+        }
         // The versions of the keys transactions watch, before the view is taken.
         let watched: Vec<&[u8]> = batch
             .iter()

@@ -71,6 +71,14 @@ impl Replication {
         }
     }
 
+    /// [`Replication::lease`], counting a refusal as a fenced write: what the
+    /// writer asks before it runs local writes (see `Engine::set_write_fence`).
+    pub fn fence_write(&self) -> Result<(), String> {
+        self.lease().inspect_err(|_| {
+            (self.failover_stats().fenced).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+    }
+
     /// The home epoch this datacenter has applied (0 without the agreement).
     fn agreed_epoch(&self) -> u64 {
         self.control().map_or(0, |c| c.epochs().borrow().epoch())
