@@ -10,7 +10,6 @@ pub(crate) use conn::transaction::{
 mod info;
 mod observe;
 mod replicate;
-mod threads;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -308,13 +307,6 @@ async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), StartError> {
 async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(ctx.config.max_clients));
     let mut conns = JoinSet::new();
-    // A loop dropped before its end (its runtime ending) ends the threads, and
-    // the connections on them with them.
-    let mut threads = threads::ClientThreads::start(&ctx.config.dc)
-        .inspect_err(|e| {
-            tracing::warn!(error = %e, "cannot start the client threads; clients are served on the proxy's runtime")
-        })
-        .ok();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -335,40 +327,14 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, mut stopped: watc
         };
         let id = ctx.next_client_id.fetch_add(1, Ordering::Relaxed);
         let span = tracing::debug_span!("client", id, %peer);
-        let (ctx, stopped) = (ctx.clone(), stopped.clone());
-        match threads.as_mut().and_then(|t| t.next()) {
-            Some(runtime) => {
-                // Moved to the thread's own reactor: registered with this one,
-                // its readiness would come from here.
-                let stream = match stream.into_std() {
-                    Ok(stream) => stream,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "handing a client to its thread failed");
-                        continue;
-                    }
-                };
-                let task = async move {
-                    match tokio::net::TcpStream::from_std(stream) {
-                        Ok(stream) => conn::serve(stream, peer, id, ctx, stopped).await,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "taking a client on its thread failed")
-                        }
-                    }
-                    drop(slot);
-                };
-                conns.spawn_on(task.instrument(span), runtime);
+        let task = conn::serve(stream, peer, id, ctx.clone(), stopped.clone());
+        conns.spawn(
+            async move {
+                task.await;
+                drop(slot);
             }
-            None => {
-                let task = conn::serve(stream, peer, id, ctx, stopped);
-                conns.spawn(
-                    async move {
-                        task.await;
-                        drop(slot);
-                    }
-                    .instrument(span),
-                );
-            }
-        }
+            .instrument(span),
+        );
         while conns.try_join_next().is_some() {}
     }
     drop(listener);

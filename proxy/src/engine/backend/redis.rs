@@ -566,8 +566,8 @@ fn stored_version(bytes: &[u8]) -> Option<Version> {
 #[derive(Debug)]
 pub(in crate::engine) struct RedisBackend {
     store: RedisStore,
-    /// The connections client reads use: one per thread they run on.
-    readers: std::sync::Mutex<std::collections::HashMap<std::thread::ThreadId, pipe::Pipe>>,
+    /// The connection client reads use.
+    reader: tokio::sync::Mutex<Option<pipe::Pipe>>,
     /// Held around each commit and by a snapshot, which is consistent only while
     /// nothing commits.
     commit_lock: Arc<Mutex<()>>,
@@ -589,7 +589,7 @@ impl RedisBackend {
     ) -> Result<RedisBackend, RedisStoreError> {
         Ok(RedisBackend {
             store: RedisStore::new(url)?,
-            readers: std::sync::Mutex::default(),
+            reader: tokio::sync::Mutex::new(None),
             commit_lock: Arc::new(Mutex::new(())),
             replicas: replicas::Replicas::new(replica_urls)?,
         })

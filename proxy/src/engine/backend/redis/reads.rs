@@ -244,15 +244,14 @@ impl RedisBackend {
         })
     }
 
-    /// This thread's connection for client reads, connecting if there is none or
-    /// the last one ended. One per thread: clients run on a thread each (see
-    /// `server::threads`), and their reads share the connection of that thread.
+    /// The shared connection for client reads, connecting if there is none or the
+    /// last one ended.
     async fn reader(&self) -> Result<Pipe, RedisStoreError> {
-        let thread = std::thread::current().id();
-        let readers = || self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(pipe) = readers().get(&thread).filter(|p| !p.is_closed()) {
+        let mut slot = self.reader.lock().await;
+        if let Some(pipe) = slot.as_ref().filter(|p| !p.is_closed()) {
             return Ok(pipe.clone());
         }
+        *slot = None;
         let info = self.store.connection_info();
         let pipe = Pipe::connect(info, CONNECT_TIMEOUT)
             .await
@@ -262,10 +261,7 @@ impl RedisBackend {
                 retryable: true,
                 refused: false,
             })?;
-        // Two reads of one thread may both have connected: the later connection
-        // stays, the other ends once its read is answered.
-        readers().insert(thread, pipe.clone());
-        Ok(pipe)
+        Ok(slot.insert(pipe).clone())
     }
 }
 
