@@ -13,19 +13,9 @@ fn encoded(reply: &Reply) -> Vec<u8> {
 /// off the buffer as it is found; returns the replies, or the first error.
 fn feed(input: &[u8], chunks: &[usize]) -> Result<Vec<Vec<u8>>, MalformedReply> {
     let mut scanner = ReplyScanner::default();
-    let mut buf = BytesMut::new();
-    let mut out = Vec::new();
-    let mut rest = input;
-    let mut sizes = chunks.iter().cycle();
-    while !rest.is_empty() {
-        let n = (*sizes.next().unwrap_or(&1)).clamp(1, rest.len());
-        buf.extend_from_slice(&rest[..n]);
-        rest = &rest[n..];
-        while let Some(len) = scanner.next(&buf)? {
-            out.push(buf.split_to(len).to_vec());
-        }
-    }
-    Ok(out)
+    crate::resp::feed_in_chunks(input, chunks, |buf| {
+        Ok(scanner.next(buf)?.map(|len| buf.split_to(len).to_vec()))
+    })
 }
 
 /// Replies of the kinds Redis sends on a RESP2 connection.

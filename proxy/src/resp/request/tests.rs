@@ -15,19 +15,7 @@ fn multibulk(args: &[Vec<u8>]) -> Vec<u8> {
 /// or the first error.
 fn feed(input: &[u8], chunks: &[usize], limits: Limits) -> Result<Vec<Vec<Bytes>>, ProtocolError> {
     let mut parser = RequestParser::new(limits);
-    let mut buf = BytesMut::new();
-    let mut out = Vec::new();
-    let mut rest = input;
-    let mut sizes = chunks.iter().cycle();
-    while !rest.is_empty() {
-        let n = (*sizes.next().unwrap_or(&1)).clamp(1, rest.len());
-        buf.extend_from_slice(&rest[..n]);
-        rest = &rest[n..];
-        while let Some(req) = parser.next(&mut buf)? {
-            out.push(req);
-        }
-    }
-    Ok(out)
+    crate::resp::feed_in_chunks(input, chunks, |buf| parser.next(buf))
 }
 
 fn args() -> impl Strategy<Value = Vec<Vec<u8>>> {
