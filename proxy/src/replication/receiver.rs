@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use meridian_policies::{Readiness, VersionVector, dependencies_met, is_valid_dc_id, readiness};
-use meridian_topology::DcIdx;
+use meridian_topology::{DcIdx, DcSet};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -273,12 +273,16 @@ impl Receiver {
         let change = Change::decode(bytes)
             .map_err(|e| self.protocol(format!("sent a change that does not decode: {e}")))?;
         let repl = &self.repl;
-        if !is_valid_dc_id(&change.origin) || repl.topology().index_of(&change.origin).is_none() {
+        let Some(origin) = repl
+            .topology()
+            .index_of(&change.origin)
+            .filter(|_| is_valid_dc_id(&change.origin))
+        else {
             return Err(self.protocol(format!(
                 "sent a change from {:?}, which is not a datacenter of this cluster",
                 change.origin
             )));
-        }
+        };
         if change.seq == 0 {
             return Err(self.protocol(format!(
                 "sent a malformed change ({} #{})",
@@ -298,6 +302,9 @@ impl Receiver {
         if !dependencies_met(&applied, &change.deps) {
             PeerStatus::add(&self.status.held_for_deps, 1);
         }
+        self.status
+            .origins_from
+            .fetch_or(DcSet::one(origin).bits(), Ordering::Relaxed);
         let key = (change.origin.clone(), change.seq);
         if !self.pending.contains_key(&key) {
             let now = repl.engine.clock_ms();

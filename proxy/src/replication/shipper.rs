@@ -48,7 +48,12 @@ struct Shipper {
     connection: quinn::Connection,
     send: quinn::SendStream,
     last_gossip: Instant,
+    /// An acknowledgement is owed now (the peer's changes were applied here), or
+    /// fresher knowledge may go with the next gossip (see [`Shipper::on_applied`]).
     gossip_due: bool,
+    gossip_soon: bool,
+    /// This datacenter's applied vector as the last gossip carried it.
+    gossiped: VersionVector,
     /// Bytes of echoes that may go now, and of padding.
     echo_budget: Bucket,
     pad_budget: Bucket,
@@ -141,6 +146,8 @@ pub(super) async fn run(
         send,
         last_gossip: Instant::now() - GOSSIP_EVERY,
         gossip_due: true,
+        gossip_soon: false,
+        gossiped: VersionVector::default(),
         echo_budget: Bucket::new(ECHO_RATE, ECHO_BURST),
         pad_budget: Bucket::new(PAD_RATE, PAD_BURST),
         last_round: (Vec::new(), Vec::new()),
@@ -230,9 +237,13 @@ impl Shipper {
             if live_rx.has_changed().unwrap_or(false) {
                 return Ok(Stop::Restart);
             }
+            let next_gossip = self.last_gossip + GOSSIP_EVERY;
             tokio::select! {
                 _ = log_rx.changed() => {}
-                _ = applied_rx.changed() => self.gossip_due = true,
+                _ = applied_rx.changed() => self.on_applied(),
+                _ = tokio::time::sleep_until(next_gossip.into()), if self.gossip_soon => {
+                    self.gossip_due = true;
+                }
                 _ = live_rx.changed() => return Ok(Stop::Restart),
                 _ = self.status.restart_shipper.notified() => return Ok(Stop::Restart),
                 _ = tokio::time::sleep(self.repl.config.heartbeat) => {
@@ -322,9 +333,13 @@ impl Shipper {
             }
         }
         if self.gossip_due || self.last_gossip.elapsed() >= GOSSIP_EVERY {
-            Frame::Applied(self.repl.known_table()).encode(&mut chunk.buf);
+            let table = self.repl.known_table();
+            if let Some((_, applied)) = table.iter().find(|(dc, _)| dc == self.repl.dc()) {
+                self.gossiped = applied.clone();
+            }
+            Frame::Applied(table).encode(&mut chunk.buf);
             self.last_gossip = Instant::now();
-            self.gossip_due = false;
+            (self.gossip_due, self.gossip_soon) = (false, false);
         }
         if chunk.buf.is_empty() {
             return Ok(());
@@ -346,6 +361,25 @@ impl Shipper {
             }
         }
         Ok(())
+    }
+
+    /// This datacenter applied more. When that includes changes the peer sent
+    /// here, the peer is owed an acknowledgement at once (its `WAIT`s and its
+    /// log's retention count on it); otherwise the news goes with the next gossip,
+    /// at most `GOSSIP_EVERY` later. Gossiping every apply to every peer cost a
+    /// packet per change per peer.
+    fn on_applied(&mut self) {
+        let applied = self.repl.engine.applied();
+        let from_peer = DcSet::from_bits(self.status.origins_from.load(Ordering::Relaxed));
+        let owed = from_peer.iter().any(|origin| {
+            let origin = self.repl.id(origin);
+            applied.get(origin) > self.gossiped.get(origin)
+        });
+        if owed {
+            self.gossip_due = true;
+        } else {
+            self.gossip_soon = true;
+        }
     }
 
     async fn write(&mut self, frames: &[Frame], what: &'static str) -> Result<(), StreamError> {

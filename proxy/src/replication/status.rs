@@ -39,6 +39,9 @@ pub struct PeerStatus {
     pub relayed: AtomicU64,
     /// Changes received from the peer and applied here.
     pub received: AtomicU64,
+    /// The origins (bits by topology index) whose changes the peer has sent here:
+    /// the shipper to the peer acknowledges those at once when they are applied.
+    pub(super) origins_from: AtomicU64,
     /// Changes from the peer waiting for their dependencies or predecessors.
     pub buffered: AtomicU64,
     /// Changes from the peer that arrived before their dependencies and were held.
@@ -103,6 +106,7 @@ impl PeerStatus {
             shipped_bytes: AtomicU64::new(0),
             relayed: AtomicU64::new(0),
             received: AtomicU64::new(0),
+            origins_from: AtomicU64::new(0),
             buffered: AtomicU64::new(0),
             held_for_deps: AtomicU64::new(0),
             snapshots_sent: AtomicU64::new(0),
