@@ -56,6 +56,9 @@ pub struct Lateness {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Whether the emulator's threads ran at real-time priority (see
+    /// the relay module).
+    pub realtime: bool,
 }
 
 impl Lateness {
@@ -72,6 +75,7 @@ impl Lateness {
             p50_ms: ms(h.value_at_quantile(0.5)),
             p99_ms: ms(h.value_at_quantile(0.99)),
             max_ms: ms(h.max()),
+            realtime: crate::relay::realtime(),
         }
     }
 
@@ -86,8 +90,16 @@ impl std::fmt::Display for Lateness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "emulator lateness (how late the WAN emulator delivered datagrams against their schedule): p50 {:.3} ms, p99 {:.3} ms, max {:.1} ms over {} datagrams",
-            self.p50_ms, self.p99_ms, self.max_ms, self.datagrams
+            "emulator lateness (how late the WAN emulator delivered datagrams against their schedule): p50 {:.3} ms, p99 {:.3} ms, max {:.1} ms over {} datagrams, {}",
+            self.p50_ms,
+            self.p99_ms,
+            self.max_ms,
+            self.datagrams,
+            if self.realtime {
+                "its threads at real-time priority"
+            } else {
+                "its threads at ordinary priority (real-time was refused)"
+            }
         )?;
         if !self.trusted() {
             write!(

@@ -267,6 +267,39 @@ struct Receiver {
     stop: Arc<AtomicBool>,
 }
 
+/// Whether the emulator's threads run at real-time priority: `None` until one has
+/// asked. Asked for by each relay thread as it starts.
+static REALTIME: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Whether the emulator's threads got real-time priority (`false` also before any
+/// relay started).
+pub fn realtime() -> bool {
+    REALTIME.get().copied().unwrap_or(false)
+}
+
+/// Puts the calling relay thread at the lowest real-time priority (first in,
+/// first out) when the system allows it. A network does not wait for the hosts'
+/// CPUs; an emulator thread that does (the proxies under test keep both cores of
+/// a small machine busy at full load) delivers late, and its lateness is counted
+/// as the link's. Real-time threads run as soon as they are woken, ahead of any
+/// ordinary thread; these only ever wait for a datagram or its due time, so they
+/// cannot take a core from the others for long (and the kernel keeps a share of
+/// every second for ordinary threads regardless). Without the permission
+/// (`CAP_SYS_NICE`) they run as ordinary threads, and the lateness shows it.
+fn ask_realtime() {
+    use thread_priority::unix::{
+        RealtimeThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+        thread_native_id,
+    };
+    let ok = set_thread_priority_and_policy(
+        thread_native_id(),
+        thread_priority::ThreadPriority::Min,
+        ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+    )
+    .is_ok();
+    let _ = REALTIME.set(ok);
+}
+
 /// Starts the thread that receives one direction's datagrams. `peer`: where to
 /// record the sender's address (the near end, for answers).
 fn spawn_receiver(
@@ -275,7 +308,10 @@ fn spawn_receiver(
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("wan-receive".into())
-        .spawn(move || receiver.run(peer))
+        .spawn(move || {
+            ask_realtime();
+            receiver.run(peer)
+        })
         .map(drop)
 }
 
@@ -346,7 +382,10 @@ fn spawn_delivery(
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("wan-relay".into())
-        .spawn(move || deliver(queue, socket, to, stats))
+        .spawn(move || {
+            ask_realtime();
+            deliver(queue, socket, to, stats)
+        })
         .map(drop)
 }
 
