@@ -421,6 +421,40 @@ async fn a_dependent_write_is_never_visible_before_its_cause() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_at_a_leaf_hears_at_once_from_the_other_leaf_through_the_hub() {
+    let shape = Shape::Star {
+        hub: 0,
+        direct: false,
+    };
+    let mut spec = ClusterSpec::new(BIN, 3, shape);
+    spec.homes.writes = Some("local".into());
+    // Idle links beat every 3 s: the other leaf's acknowledgement, had it waited
+    // for the hub's next gossip, would miss each WAIT's 1.5 s.
+    spec.heartbeat_ms = Some(3000);
+    spec.peer_timeout_ms = Some(10_000);
+    let cluster = start(spec).await;
+    let mut c = cluster.connect(1).await.expect("connect");
+    for round in 0..3 {
+        let _: () = redis::cmd("SET")
+            .arg("{dave}:k")
+            .arg(round)
+            .query_async(&mut c)
+            .await
+            .expect("SET");
+        let n: i64 = redis::cmd("WAIT")
+            .arg(2)
+            .arg(1500)
+            .query_async(&mut c)
+            .await
+            .expect("WAIT");
+        assert_eq!(
+            n, 2,
+            "write {round}: the hub did not pass dc2's acknowledgement on"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_counts_the_datacenters_that_applied_the_write() {
     let cluster = start(spec(3, Shape::AllToAll, 81)).await;
     let mut c = cluster.connect(0).await.expect("connect");

@@ -162,7 +162,8 @@ pub struct ClusterSpec {
     pub seed: u64,
     /// The topology's `[homes]`: where writes run, pins.
     pub homes: HomesSection,
-    /// The topology's `peer_timeout_ms` (`None`: its default).
+    /// The topology's `heartbeat_ms` and `peer_timeout_ms` (`None`: their defaults).
+    pub heartbeat_ms: Option<u64>,
     pub peer_timeout_ms: Option<u64>,
     /// The topology's `[session]` (`read_wait_ms`, `on_stale`; unset: defaults).
     pub session: SessionSection,
@@ -183,6 +184,7 @@ impl ClusterSpec {
             log_retention: None,
             seed: 1,
             homes: HomesSection::default(),
+            heartbeat_ms: None,
             peer_timeout_ms: None,
             session: SessionSection::default(),
             clients: None,
@@ -365,6 +367,7 @@ fn topology_file(spec: &ClusterSpec, ports: &[DcPorts]) -> TopologyFile {
     }
     file.replication.fsync = Some(spec.fsync.clone());
     file.replication.log_retention = spec.log_retention.clone();
+    file.replication.heartbeat_ms = spec.heartbeat_ms;
     file.replication.peer_timeout_ms = spec.peer_timeout_ms;
     file.homes = spec.homes.clone();
     for dc in &spec.dcs {

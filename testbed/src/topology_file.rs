@@ -169,6 +169,9 @@ pub struct ReplicationSection {
     /// The most log kept for peers (`64MiB`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_retention: Option<String>,
+    /// How often an idle link sends a heartbeat, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u64>,
     /// How long a silent peer is taken for down, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_timeout_ms: Option<u64>,
@@ -176,7 +179,10 @@ pub struct ReplicationSection {
 
 impl ReplicationSection {
     fn is_empty(&self) -> bool {
-        self.fsync.is_none() && self.log_retention.is_none() && self.peer_timeout_ms.is_none()
+        self.fsync.is_none()
+            && self.log_retention.is_none()
+            && self.heartbeat_ms.is_none()
+            && self.peer_timeout_ms.is_none()
     }
 }
 

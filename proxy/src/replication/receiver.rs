@@ -241,11 +241,34 @@ impl Receiver {
     fn on_applied(&self, table: Vec<(String, VersionVector)>) {
         for (dc, vector) in table {
             if dc == self.peer {
+                let before = self.repl.acked(&dc);
                 self.repl.acknowledged(&dc, &vector);
+                self.pass_on_acks(&before, &vector);
             } else if self.repl.topology().index_of(&dc).is_some() {
                 self.repl.learn(&dc, &vector);
             } else {
                 tracing::warn!(peer = %self.peer, dc = %dc, "ignoring the applied vector of a datacenter not in this cluster");
+            }
+        }
+    }
+
+    /// The peer applied more (`before` → `now`). Of the changes this datacenter
+    /// relays to it (a star's hub relays every leaf's), the origin hears of that only
+    /// through here: its shipper is woken to pass the news on at once, for the
+    /// origin's `WAIT`s. Where origins reach the peer directly, nothing is owed.
+    fn pass_on_acks(&self, before: &VersionVector, now: &VersionVector) {
+        let Some(peer) = self.repl.topology().index_of(&self.peer) else {
+            return;
+        };
+        let (me, live) = (self.repl.config.me, self.repl.live());
+        for origin in live.without(me).without(peer).iter() {
+            let id = self.repl.id(origin);
+            if now.get(id) > before.get(id)
+                && (self.repl.topology().router)
+                    .next_hops(me, origin, DcSet::one(origin).with(me), live)
+                    .contains(peer)
+            {
+                self.repl.peer_status(id).ack_owed.notify_one();
             }
         }
     }

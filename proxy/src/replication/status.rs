@@ -64,6 +64,9 @@ pub struct PeerStatus {
     pub(crate) applied_lag: crate::metrics::Latency,
     /// Wakes the shipper to restart (a snapshot was requested).
     pub(super) restart_shipper: tokio::sync::Notify,
+    /// Wakes the shipper to pass on at once what this datacenter learnt of the
+    /// peer's changes applied further along (see the receiver's `pass_on_acks`).
+    pub(super) ack_owed: tokio::sync::Notify,
     /// Snapshots received from the peer and installed.
     pub snapshots_installed: AtomicU64,
     /// Times the shipper restarted from the peer's acknowledged position.
@@ -116,6 +119,7 @@ impl PeerStatus {
             arrival_lag: crate::metrics::Latency::default(),
             applied_lag: crate::metrics::Latency::default(),
             restart_shipper: tokio::sync::Notify::new(),
+            ack_owed: tokio::sync::Notify::new(),
             snapshots_installed: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             beat_seen: AtomicU64::new(0),
