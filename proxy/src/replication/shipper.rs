@@ -246,7 +246,7 @@ impl Shipper {
                 }
                 _ = live_rx.changed() => return Ok(Stop::Restart),
                 _ = self.status.restart_shipper.notified() => return Ok(Stop::Restart),
-                _ = self.status.ack_owed.notified() => self.gossip_due = true,
+                _ = self.status.ack_owed.notified() => self.gossip_soon = true,
                 _ = tokio::time::sleep(self.repl.config.heartbeat) => {
                     self.write(&[Frame::Heartbeat], "heartbeat").await?;
                 }

@@ -64,8 +64,9 @@ pub struct PeerStatus {
     pub(crate) applied_lag: crate::metrics::Latency,
     /// Wakes the shipper to restart (a snapshot was requested).
     pub(super) restart_shipper: tokio::sync::Notify,
-    /// Wakes the shipper to pass on at once what this datacenter learnt of the
-    /// peer's changes applied further along (see the receiver's `pass_on_acks`).
+    /// Wakes the shipper to pass on, with its next gossip (at most 20 ms later),
+    /// what this datacenter learnt of the peer's changes applied further along
+    /// (see the receiver's `pass_on_acks`).
     pub(super) ack_owed: tokio::sync::Notify,
     /// Snapshots received from the peer and installed.
     pub snapshots_installed: AtomicU64,
