@@ -200,6 +200,16 @@ fn encode(commands: &[&[Bytes]]) -> Bytes {
 /// The connection's task: writes what is queued, reads replies and hands each
 /// request its own, until the connection breaks or every handle is gone. What is
 /// waiting when it breaks gets the error.
+///
+/// One write is in flight at a time: requests that queue while Redis answers it
+/// wait for those answers, then go in one write. A lone client's read goes at
+/// once (nothing is in flight); under load the writes grow with the load, and
+/// Redis reads and answers each in one go. Measured with 50 unpipelined clients
+/// of GETs over a local Redis (`redis-benchmark -t get -P 1 -c 50`): 7.3 GETs
+/// per read of Redis's against 4.6 when every request was written as soon as it
+/// was taken (with a yield to let ready clients join it), and proxy plus Redis
+/// CPU per GET 16.9 µs against 18.4-19.3 in the overhead bench (3 rounds, twice);
+/// `-P 16` GETs 543-593k against 516-533k requests/s.
 async fn run<S>(mut stream: S, mut queue: mpsc::Receiver<Request>, mut stop: watch::Receiver<bool>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -235,23 +245,15 @@ where
                     read.reserve(READ_SPACE);
                 }
             }
-            request = queue.recv(), if open => {
+            // One write in flight: what queues while Redis answers goes in the
+            // next write, once the answers are in (see [`run`]'s note).
+            request = queue.recv(), if open && waiting.is_empty() => {
                 let Some(first) = request else {
                     open = false;
                     continue;
                 };
                 write.clear();
-                let busy = !waiting.is_empty();
                 gather(first, &mut queue, &mut write, &mut waiting);
-                // With replies still owed, other clients are at work: let those
-                // whose reads are ready queue them too, for one write (and one
-                // read of Redis's). A lone client's read goes at once.
-                if busy {
-                    tokio::task::yield_now().await;
-                    if write.len() < MAX_WRITE && let Ok(more) = queue.try_recv() {
-                        gather(more, &mut queue, &mut write, &mut waiting);
-                    }
-                }
                 if let Err(e) = stream.write_all(&write).await {
                     break format!("writing to redis: {e}");
                 }
@@ -351,6 +353,52 @@ mod tests {
         let (first, second, ()) = tokio::join!(first, second, server);
         assert_eq!(first.unwrap(), [&b"$3\r\nfoo\r\n"[..], b"$-1\r\n"]);
         assert_eq!(second.unwrap(), [&b":7\r\n"[..]]);
+    }
+
+    #[tokio::test]
+    async fn requests_that_queue_while_a_write_is_unanswered_go_together_after_it() {
+        let (pipe, mut redis) = pipe();
+        let get = |k: &'static [u8]| [Bytes::from_static(b"GET"), Bytes::from_static(k)];
+        let (a, b, c) = (get(b"a"), get(b"b"), get(b"c"));
+        let [one, two, three]: [[&[Bytes]; 1]; 3] = [[&a], [&b], [&c]];
+        let first = pipe.send(&one, Duration::from_secs(5));
+        let later = async {
+            // Queued once the first is written and before it is answered.
+            tokio::task::yield_now().await;
+            tokio::join!(
+                pipe.send(&two, Duration::from_secs(5)),
+                pipe.send(&three, Duration::from_secs(5))
+            )
+        };
+        let server = async {
+            let mut asked = vec![0; 256];
+            let mut got = 0;
+            while got < encode(&[&a]).len() {
+                got += redis.read(&mut asked[got..]).await.unwrap();
+            }
+            // Give the others every chance to be written before the answer.
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            let early = tokio::time::timeout(Duration::from_millis(20), redis.read(&mut asked))
+                .await
+                .map_or(0, |n| n.unwrap());
+            redis.write_all(b":1\r\n").await.unwrap();
+            let mut got = early;
+            while got < encode(&[&b, &c]).len() {
+                got += redis.read(&mut asked[got..]).await.unwrap();
+            }
+            redis.write_all(b":2\r\n:3\r\n").await.unwrap();
+            early
+        };
+        let (first, (second, third), early) = tokio::join!(first, later, server);
+        assert_eq!(
+            early, 0,
+            "a request was written while the first was unanswered"
+        );
+        assert_eq!(first.unwrap(), [&b":1\r\n"[..]]);
+        assert_eq!(second.unwrap(), [&b":2\r\n"[..]]);
+        assert_eq!(third.unwrap(), [&b":3\r\n"[..]]);
     }
 
     #[tokio::test]
