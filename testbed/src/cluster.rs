@@ -67,7 +67,10 @@ impl Lateness {
 
     fn of(h: Option<hdrhistogram::Histogram<u64>>) -> Lateness {
         let Some(h) = h else {
-            return Lateness::default();
+            return Lateness {
+                realtime: crate::relay::realtime(),
+                ..Lateness::default()
+            };
         };
         let ms = |us: u64| us as f64 / 1000.0;
         Lateness {
