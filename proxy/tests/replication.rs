@@ -420,6 +420,29 @@ async fn a_dependent_write_is_never_visible_before_its_cause() {
     converged(&cluster).await;
 }
 
+/// SETs `key` to `value` on `c`, then asks `WAIT numreplicas timeout_ms`; returns
+/// how many datacenters WAIT counted.
+async fn set_and_wait(
+    c: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    value: &str,
+    numreplicas: i64,
+    timeout_ms: u64,
+) -> i64 {
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query_async(c)
+        .await
+        .expect("SET");
+    redis::cmd("WAIT")
+        .arg(numreplicas)
+        .arg(timeout_ms)
+        .query_async(c)
+        .await
+        .expect("WAIT")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_at_a_leaf_hears_at_once_from_the_other_leaf_through_the_hub() {
     let shape = Shape::Star {
@@ -435,18 +458,7 @@ async fn wait_at_a_leaf_hears_at_once_from_the_other_leaf_through_the_hub() {
     let cluster = start(spec).await;
     let mut c = cluster.connect(1).await.expect("connect");
     for round in 0..3 {
-        let _: () = redis::cmd("SET")
-            .arg("{dave}:k")
-            .arg(round)
-            .query_async(&mut c)
-            .await
-            .expect("SET");
-        let n: i64 = redis::cmd("WAIT")
-            .arg(2)
-            .arg(1500)
-            .query_async(&mut c)
-            .await
-            .expect("WAIT");
+        let n = set_and_wait(&mut c, "{dave}:k", &round.to_string(), 2, 1500).await;
         assert_eq!(
             n, 2,
             "write {round}: the hub did not pass dc2's acknowledgement on"
@@ -458,19 +470,7 @@ async fn wait_at_a_leaf_hears_at_once_from_the_other_leaf_through_the_hub() {
 async fn wait_counts_the_datacenters_that_applied_the_write() {
     let cluster = start(spec(3, Shape::AllToAll, 81)).await;
     let mut c = cluster.connect(0).await.expect("connect");
-    let _: () = redis::cmd("SET")
-        .arg("{carol}:k")
-        .arg("1")
-        .query_async(&mut c)
-        .await
-        .expect("SET");
-    let n: i64 = redis::cmd("WAIT")
-        .arg(2)
-        .arg(60_000)
-        .query_async(&mut c)
-        .await
-        .expect("WAIT");
-    assert_eq!(n, 2);
+    assert_eq!(set_and_wait(&mut c, "{carol}:k", "1", 2, 60_000).await, 2);
     // Once WAIT said so, the write is readable there without waiting.
     for dc in 1..3 {
         let got: Option<String> = cluster.cmd(dc, &["GET", "{carol}:k"]).await.expect("GET");
@@ -478,19 +478,7 @@ async fn wait_counts_the_datacenters_that_applied_the_write() {
     }
     // With dc2 cut off, only dc1 can confirm the next write before the timeout.
     cluster.cut(0, 2);
-    let _: () = redis::cmd("SET")
-        .arg("{carol}:k")
-        .arg("2")
-        .query_async(&mut c)
-        .await
-        .expect("SET");
-    let n: i64 = redis::cmd("WAIT")
-        .arg(2)
-        .arg(3000)
-        .query_async(&mut c)
-        .await
-        .expect("WAIT");
-    assert_eq!(n, 1);
+    assert_eq!(set_and_wait(&mut c, "{carol}:k", "2", 2, 3000).await, 1);
     cluster.heal(0, 2);
     converged(&cluster).await;
 
