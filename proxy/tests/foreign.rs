@@ -91,11 +91,15 @@ fn raw_replies(addr: std::net::SocketAddr, protocol: &[u8], commands: &[&[&[u8]]
                 out.extend_from_slice(b"\r\n");
             }
         }
-        stream.write_all(&out).unwrap();
+        stream
+            .write_all(&out)
+            .unwrap_or_else(|e| panic!("writing to {addr}: {e}"));
         let mut got = Vec::new();
         while !got.ends_with(MARK) {
             let mut buf = [0; 4096];
-            let n = stream.read(&mut buf).unwrap();
+            let n = stream.read(&mut buf).unwrap_or_else(|e| {
+                panic!("reading {addr}'s replies ({} bytes so far): {e}", got.len())
+            });
             assert!(n > 0, "{addr} closed the connection");
             got.extend_from_slice(&buf[..n]);
         }
