@@ -299,7 +299,8 @@ mod deps {
 }
 
 /// Bytes appended to a borrowed buffer, for serialisers that take an owned writer.
-struct Appending<'a>(&'a mut Vec<u8>);
+/// Lets postcard serialise straight onto the end of a buffer.
+pub(crate) struct Appending<'a>(pub(crate) &'a mut Vec<u8>);
 
 impl Extend<u8> for Appending<'_> {
     fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {

@@ -448,6 +448,10 @@ impl Writer {
             .flat_map(|(spec, args)| spec.keys(args).map(<[u8]>::to_vec).collect::<Vec<_>>())
             .filter(|k| !view.contains_key(k.as_slice()))
             .collect();
+        if keys.is_empty() {
+            // Most batches (plain SETs) read nothing: no store snapshot to take.
+            return Ok(Base(HashMap::new()));
+        }
         keys.sort_unstable();
         keys.dedup();
         self.session

@@ -181,7 +181,16 @@ impl Store {
                     }
                     Some(value) => {
                         Stored::encode_parts(value, &version, &mut buf);
-                        try_engine!("write", data.insert(key, buf.as_slice()));
+                        let old = try_engine!("write", data.insert(key, buf.as_slice()))
+                            .map_or(0, |old| old.value().len());
+                        if shrinks(old, buf.len()) {
+                            // redb rebuilds a leaf in place when a value shrinks, and
+                            // merges leaves only on removal: a key space that once held
+                            // big values kept leaves of a few small records each, and
+                            // every commit rewrote several times the pages it needed.
+                            try_engine!("write", data.remove(key));
+                            try_engine!("write", data.insert(key, buf.as_slice()));
+                        }
                         if !no_tombstones {
                             try_engine!("write", tombstones.remove(key));
                         }
@@ -195,6 +204,15 @@ impl Store {
         Ok(())
     }
 }
+
+/// Whether a record of `old` bytes replaced by one of `new` leaves its leaf much
+/// emptier: worth a removal, which lets redb merge the leaf with a neighbour.
+fn shrinks(old: usize, new: usize) -> bool {
+    old >= SHRINK_FROM && new.saturating_mul(4) <= old
+}
+
+/// Records this big (an eighth of a page) that shrink fourfold are re-inserted.
+const SHRINK_FROM: usize = 512;
 
 /// A tombstone as earlier builds wrote it.
 fn old_tombstone(key: &[u8], bytes: &[u8]) -> Result<Version, StoreError> {
@@ -631,6 +649,57 @@ mod tests {
         assert_eq!(state("b"), (None, version(1)));
         assert_eq!(state("c"), (string("c4"), version(3)));
         assert_eq!(snapshot.applied().unwrap(), applied);
+    }
+
+    /// Leaf pages of the data table.
+    fn leaf_pages(store: &Store) -> u64 {
+        let txn = store.db.begin_write().unwrap();
+        let pages = txn.open_table(DATA).unwrap().stats().unwrap().leaf_pages();
+        txn.abort().unwrap();
+        pages
+    }
+
+    /// Keys that once held big values and now hold small ones take about the leaf
+    /// pages they would have taken had they held small ones only: commits then
+    /// rewrite few pages. Before, each leaf kept the few records it had held when
+    /// the values were big (twenty times the pages here).
+    #[test]
+    fn values_that_shrink_leave_the_data_table_compact() {
+        let keys: Vec<String> = (0..3000).map(|i| format!("{{u}}:key:{i:06}")).collect();
+        let write = |store: &Store, seq: &mut u64, value: &str| {
+            for chunk in keys.chunks(500) {
+                *seq += 1;
+                let ops = chunk.iter().map(|k| (k.as_str(), string(value))).collect();
+                let mut applied = VersionVector::default();
+                applied.advance("us-east", *seq);
+                store.commit(&[change(*seq, ops)], &applied, false).unwrap();
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let small_only = Store::open(&dir.path().join("small.redb")).unwrap();
+        write(&small_only, &mut 0, "v");
+        let shrunk = Store::open(&dir.path().join("shrunk.redb")).unwrap();
+        let mut seq = 0;
+        write(&shrunk, &mut seq, &"x".repeat(1024));
+        let big = leaf_pages(&shrunk);
+        write(&shrunk, &mut seq, "v");
+        let (small, after) = (leaf_pages(&small_only), leaf_pages(&shrunk));
+        assert!(
+            big > 10 * small,
+            "{big} leaf pages of big values, {small} of small ones"
+        );
+        assert!(
+            after <= 2 * small,
+            "{after} leaf pages once the values shrank, against {small} for small values only"
+        );
+        let snapshot = shrunk.snapshot().unwrap();
+        assert_eq!(
+            snapshot
+                .get(keys[1234].as_bytes())
+                .unwrap()
+                .map(|s| s.value),
+            string("v")
+        );
     }
 
     /// A store an earlier build wrote (format-1 records, tombstones as
