@@ -299,8 +299,7 @@ mod deps {
 }
 
 /// Bytes appended to a borrowed buffer, for serialisers that take an owned writer.
-/// Lets postcard serialise straight onto the end of a buffer.
-pub(crate) struct Appending<'a>(pub(crate) &'a mut Vec<u8>);
+struct Appending<'a>(&'a mut Vec<u8>);
 
 impl Extend<u8> for Appending<'_> {
     fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {

@@ -105,8 +105,8 @@ impl Stored {
     pub fn encode_parts(value: &Value, version: &Version, out: &mut Vec<u8>) {
         out.push(RECORD_FORMAT);
         version.encode(out);
-        // Straight onto `out`: serialising plain owned data cannot fail.
-        let _ = postcard::to_extend(value, crate::change::Appending(out));
+        // Serialising plain owned data into a Vec cannot fail.
+        out.extend_from_slice(&postcard::to_stdvec(value).unwrap_or_default());
     }
 
     /// Reads a record written by [`Stored::encode`] (or by format 1).

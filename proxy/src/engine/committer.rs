@@ -13,14 +13,17 @@ use super::{OpenError, Shared};
 use crate::change::Change;
 use crate::workers::{State, Worker};
 
-/// Logged bytes after which the committer stops gathering: big values gain
-/// nothing from it (each has pages of its own), and a store far behind its log
-/// needs that much more disk when the log is replayed into it. Small writes
-/// log about 70 bytes each: at 1 MB a gather ended after 15,000 of them, 60 ms
-/// at -P 16, well short of the backend's period. With 8 MB it runs its period
-/// (`redis-benchmark -t set -P 16 -r 100000`: the committer's CPU per SET
-/// 1.9 µs against 2.2-3.0).
-const GATHER_BYTES: usize = 8 << 20;
+/// Logged bytes after which the committer stops gathering, beyond
+/// [`SMALL_CHANGE`] bytes a change: big values gain nothing from it (each has
+/// pages of its own), and a store far behind its log needs that much more disk
+/// when the log is replayed into it.
+const GATHER_BYTES: usize = 1 << 20;
+/// Logged bytes a change may take without counting toward [`GATHER_BYTES`].
+/// Small writes log about 70 bytes each: counted whole, a gather of SETs ended
+/// after 15,000 of them, 60 ms at -P 16, well short of the backend's period.
+/// Now the backend's own bound on changes ends it (`redis-benchmark -t set -P 16
+/// -r 100000`: the committer's CPU per SET 1.9 µs against 2.2-3.0).
+const SMALL_CHANGE: usize = 128;
 /// A durable checkpoint at least this often while changes flow.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Longest wait between attempts while the backend is unreachable.
@@ -83,7 +86,7 @@ impl Queued {
         self.closing
             || self.waiting
             || self.changes >= self.max_changes
-            || self.bytes >= GATHER_BYTES
+            || self.bytes >= GATHER_BYTES + self.changes.saturating_mul(SMALL_CHANGE)
     }
 }
 
