@@ -7,7 +7,8 @@
 //! `-P 16`, and for a mixed load (80% GET, 20% SET, 1 KB values: two redis-benchmark
 //! processes at once, 4 GET clients to each SET client), it prints each target's
 //! median over the rounds of: requests per second, p50 and p99, the CPU the proxy and
-//! its backend used per request (from `/proc/<pid>/stat`), and the ratios to direct
+//! its backend used per request (from `/proc/<pid>/stat`, counted until they are
+//! idle again, so work deferred past the run counts), and the ratios to direct
 //! Redis and to twemproxy. A last table gives the p50 each proxy adds at one client
 //! (`-c 1 -P 1`): what a lone request pays.
 
@@ -92,6 +93,27 @@ fn cpu(pids: &[u32]) -> std::time::Duration {
         .sum()
 }
 
+/// Waits until `pids` are idle: two 100 ms windows in a row in which they used at
+/// most a clock tick (10 ms) of CPU together, for at most 10 s. Work a proxy
+/// defers past the end of a run (its committer storing what it logged) then
+/// counts in that run's CPU, and does not fall into the next target's run: the
+/// embedded store's committer ran on for up to a second after a `-P 16` SET run,
+/// beside direct Redis's next round.
+fn settle(pids: &[u32]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut quiet = 0;
+    let mut last = cpu(pids);
+    while quiet < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let now = cpu(pids);
+        quiet = match now.saturating_sub(last) <= std::time::Duration::from_millis(10) {
+            true => quiet + 1,
+            false => 0,
+        };
+        last = now;
+    }
+}
+
 /// Runs the benchmark and prints its figures.
 pub(crate) fn run(args: &OverheadArgs) -> Result<(), String> {
     for tool in ["redis-server", "redis-benchmark"] {
@@ -154,7 +176,7 @@ pub(crate) fn run(args: &OverheadArgs) -> Result<(), String> {
     }
 
     println!(
-        "redis-benchmark -n {} ({} pipelined) -c {} -r {}, {} round(s), targets alternating; CPU: the proxy's and its Redis's, per request\n",
+        "redis-benchmark -n {} ({} pipelined) -c {} -r {}, {} round(s), targets alternating; CPU: the proxy's and its Redis's per request, until they are idle again\n",
         args.requests,
         pipelined(args.requests, 16),
         args.clients,
@@ -252,6 +274,7 @@ fn measure(target: &Target, load: Load, args: &OverheadArgs) -> Result<Figures, 
             });
             let (get, set) = (get?, set?);
             let elapsed = started.elapsed().as_secs_f64();
+            settle(&target.pids);
             let total = (n * 4 / 5 + n / 5) as f64;
             // Latency: the GETs' and SETs' figures weighted by their shares.
             Ok(Figures {
@@ -286,6 +309,7 @@ struct Run<'a> {
 fn run_benchmark(target: &Target, run: &Run<'_>, args: &OverheadArgs) -> Result<Figures, String> {
     let before = cpu(&target.pids);
     let mut figures = benchmark(target.port, run, args)?;
+    settle(&target.pids);
     let used = cpu(&target.pids).saturating_sub(before);
     figures.cpu_us = 1e6 * used.as_secs_f64() / run.requests as f64;
     Ok(figures)
