@@ -545,8 +545,12 @@ impl Writer {
         base: &Base,
         versions: &HashMap<Vec<u8>, Option<Version>>,
     ) -> (Vec<Change>, Vec<(oneshot::Sender<Written>, Written)>) {
-        let mut overlay = super::KeyMap::default();
-        let mut changes = Vec::new();
+        // Where the batch's earlier changes left each key they wrote: (change, op).
+        // Positions, not copies of the values: a copy of each was an allocation
+        // per write.
+        let mut overlay: super::KeyMap<Vec<u8>, (usize, usize)> =
+            super::KeyMap::with_capacity_and_hasher(batch.len(), Default::default());
+        let mut changes: Vec<Change> = Vec::new();
         let mut replies = Vec::with_capacity(batch.len());
         // Ops of big values, with the state before them: written as edits where
         // that is much smaller.
@@ -582,6 +586,7 @@ impl Writer {
                 view,
                 base,
                 overlay: &overlay,
+                changes: &changes,
                 puts: Puts::default(),
                 now_ms: now,
             };
@@ -628,8 +633,8 @@ impl Writer {
                     if !op.value.as_ref().is_some_and(edits::may_pay) {
                         continue;
                     }
-                    let before = overlay
-                        .get(&op.key)
+                    let before = (overlay.get(&op.key))
+                        .map(|&(c, o)| &changes[c].ops[o].value)
                         .or_else(|| view.get(op.key.as_slice()).map(|entry| &entry.value))
                         .or_else(|| base.stored(&op.key));
                     if let (Some(Some(old)), Some(new)) = (before, &op.value)
@@ -638,8 +643,8 @@ impl Writer {
                         edit_candidates.push((changes.len(), i, old.clone()));
                     }
                 }
-                for op in &ops {
-                    overlay.insert(op.key.clone(), op.value.clone());
+                for (i, op) in ops.iter().enumerate() {
+                    overlay.insert(op.key.clone(), (changes.len(), i));
                 }
                 changes.push(self.local_change(request.user.to_vec(), ops, now));
             }
@@ -968,7 +973,9 @@ fn recv_timeout(rx: &mut mpsc::Receiver<Msg>, timeout: Duration) -> Result<Optio
 struct BatchKeyspace<'a, 'v> {
     view: &'a View<'v>,
     base: &'a Base,
-    overlay: &'a super::KeyMap<Vec<u8>, Option<Value>>,
+    /// Where the batch's earlier changes left the keys they wrote.
+    overlay: &'a super::KeyMap<Vec<u8>, (usize, usize)>,
+    changes: &'a [Change],
     puts: Puts,
     now_ms: u64,
 }
@@ -979,7 +986,7 @@ impl BatchKeyspace<'_, '_> {
     fn newer(&self, key: &[u8]) -> Option<&Option<Value>> {
         self.puts
             .get(key)
-            .or_else(|| self.overlay.get(key))
+            .or_else(|| (self.overlay.get(key)).map(|&(c, o)| &self.changes[c].ops[o].value))
             .or_else(|| self.view.get(key).map(|entry| &entry.value))
     }
 }
