@@ -14,6 +14,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use meridian_testbed::{free_port, free_ports};
 
@@ -87,7 +88,7 @@ impl Load {
 }
 
 /// CPU used so far by `pids`, together.
-fn cpu(pids: &[u32]) -> std::time::Duration {
+fn cpu(pids: &[u32]) -> Duration {
     pids.iter()
         .filter_map(|&pid| meridian_testbed::process_cpu_time(pid))
         .sum()
@@ -100,13 +101,13 @@ fn cpu(pids: &[u32]) -> std::time::Duration {
 /// embedded store's committer ran on for up to a second after a `-P 16` SET run,
 /// beside direct Redis's next round.
 fn settle(pids: &[u32]) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     let mut quiet = 0;
     let mut last = cpu(pids);
-    while quiet < 2 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    while quiet < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
         let now = cpu(pids);
-        quiet = match now.saturating_sub(last) <= std::time::Duration::from_millis(10) {
+        quiet = match now.saturating_sub(last) <= Duration::from_millis(10) {
             true => quiet + 1,
             false => 0,
         };
@@ -258,7 +259,7 @@ fn measure(target: &Target, load: Load, args: &OverheadArgs) -> Result<Figures, 
             let gets = args.clients.max(5) * 4 / 5;
             let sets = (args.clients.max(5) / 5).max(1);
             let before = cpu(&target.pids);
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let (get, set) = std::thread::scope(|scope| {
                 let get = scope.spawn(|| {
                     let gets = run(&["-t", "get", "-d", "1024"], n * 4 / 5, gets, 1);
