@@ -35,7 +35,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use meridian_policies::VersionVector;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::change::Value;
 use crate::command::{DataFn, Spec};
@@ -110,6 +110,9 @@ pub struct Stats {
     pub batches: AtomicU64,
     /// Bytes appended to the log.
     pub log_bytes: AtomicU64,
+    /// Syncs of the log to disk started (each batch's under `fsync = always`, the
+    /// timed ones under `every-<N>ms`).
+    pub log_syncs: AtomicU64,
     /// Changes replayed from the log at start-up.
     pub replayed: AtomicU64,
     /// Changes of other datacenters applied here.
@@ -143,7 +146,7 @@ pub struct Stats {
 #[derive(Debug, Clone)]
 pub struct Engine {
     shared: Arc<Shared>,
-    writes: mpsc::Sender<writer::Msg>,
+    writes: writer::Writes,
 }
 
 #[derive(Debug)]
@@ -791,14 +794,7 @@ impl Engine {
             session,
             reply,
         };
-        if let Err(mpsc::error::SendError(writer::Msg::Write(request))) =
-            self.writes.send(writer::Msg::Write(request)).await
-        {
-            let _ = request.reply.send(Written {
-                reply: Reply::error("ERR the proxy is shutting down; retry on another connection"),
-                seq: 0,
-            });
-        }
+        self.writes.submit(request).await;
         rx
     }
 

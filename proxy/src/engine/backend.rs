@@ -233,6 +233,12 @@ pub(super) trait Backend: Send + Sync + std::fmt::Debug {
     /// How the committer gathers what the writer logs into transactions.
     fn commit_gather(&self) -> Gather;
 
+    /// Whether a session's reads stay on this machine (no network round trip):
+    /// then a client task may run writes that read the store.
+    fn local_reads(&self) -> bool {
+        false
+    }
+
     /// The whole store and the vector it reaches, consistent with the memtable as
     /// `overlay` sees it: whatever the store lacks of the memtable's state is in
     /// the memtable at that moment. Blocks; call it off the async workers.

@@ -130,6 +130,12 @@ impl Drop for Queue {
 }
 
 impl Queue {
+    /// Whether [`Queue::send`] would take `n` more changes without waiting.
+    pub(super) fn has_room(&self, n: usize) -> bool {
+        let state = self.budget.lock();
+        state.stopped || state.changes == 0 || state.changes + n.max(1) <= self.max
+    }
+
     /// Hands a batch to the committer, waiting while it is far behind
     /// (backpressure, never a dropped change). Fails once the committer stopped.
     pub(super) fn send(&self, logged: Logged) -> Result<(), ()> {

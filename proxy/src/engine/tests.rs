@@ -167,6 +167,136 @@ async fn concurrent_writes_are_batched_and_all_applied() {
     assert!(batches < 500, "500 queued writes took {batches} batches");
 }
 
+/// Client tasks run writes themselves when the writer is free; one queued while
+/// another holds the writer (a task, or the writer thread waking for its timed
+/// sync every millisecond and to delete keys that expire) is run by that holder.
+/// None is left waiting, none runs twice, and each task's writes run in the
+/// order it queued them. Keys given a TTL by client tasks are deleted once it
+/// passes: the writer thread learns of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_queued_while_the_writer_is_held_all_run_once_in_order() {
+    const TASKS: usize = 4;
+    const WRITES: i64 = 1_500;
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        fsync: Fsync::Every(Duration::from_millis(1)),
+        ..config()
+    };
+    let engine = Engine::open(dir.path(), config).unwrap();
+    engine.set_expiry_owner(|_| Some(b"u".to_vec()));
+    let incr = lookup(b"INCR").unwrap();
+    let crate::command::Kind::Write(f) = incr.kind else {
+        unreachable!()
+    };
+    let expiring = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            for i in 0..WRITES {
+                assert_eq!(
+                    exec(&engine, &format!("SET {{u}}:e{i} x PX 2")).await,
+                    Reply::OK
+                );
+            }
+        })
+    };
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let mut waits = Vec::new();
+                for i in 0..WRITES {
+                    let line = format!("INCR {{u}}:{t}");
+                    waits.push(
+                        engine
+                            .write(f, args(&line), Bytes::from_static(b"u"), None)
+                            .await,
+                    );
+                    // Some writes wait for their reply before the next is queued.
+                    if i % 7 == 0 {
+                        let w = waits.pop().unwrap();
+                        let reply = tokio::time::timeout(Duration::from_secs(60), w).await;
+                        assert_eq!(
+                            reply.expect("a write was left waiting").unwrap().reply,
+                            Reply::Integer(i + 1)
+                        );
+                    }
+                }
+                let mut last = 0;
+                for w in waits {
+                    let reply = tokio::time::timeout(Duration::from_secs(60), w).await;
+                    let Reply::Integer(n) = reply.expect("a write was left waiting").unwrap().reply
+                    else {
+                        panic!("INCR failed")
+                    };
+                    assert!(n > last, "task {t}: {n} after {last}");
+                    last = n;
+                }
+                last
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), WRITES);
+    }
+    expiring.await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while engine.expiry_stats().0 > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expired keys were left"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for t in 0..TASKS {
+        let key = format!("{{u}}:{t}");
+        assert_eq!(
+            exec(&engine, &format!("GET {key}")).await,
+            Reply::Bulk(Bytes::from(WRITES.to_string()))
+        );
+    }
+    engine.shutdown().await;
+}
+
+/// A write a client task ran brings the writer thread's duties sooner: the
+/// timed sync of the log it dirtied, the deletion of the key it gave a TTL. The
+/// thread, asleep with nothing due, wakes for them.
+#[tokio::test]
+async fn the_writer_thread_wakes_for_the_sync_and_expiry_client_writes_bring() {
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let every = EngineConfig {
+        fsync: Fsync::Every(Duration::from_millis(20)),
+        ..config()
+    };
+    let engine = Engine::open(dir.path(), every).unwrap();
+    assert_eq!(exec(&engine, "SET {u}:a 1").await, Reply::OK);
+    until("the log was not synced", &|| {
+        engine.stats().log_syncs.load(Ordering::Relaxed) > 0
+    });
+    engine.shutdown().await;
+
+    // No timed syncs: only the expiry wakes the thread.
+    let dir = tempfile::tempdir().unwrap();
+    let never = EngineConfig {
+        fsync: Fsync::Never,
+        ..config()
+    };
+    let engine = Engine::open(dir.path(), never).unwrap();
+    engine.set_expiry_owner(|_| Some(b"u".to_vec()));
+    assert_eq!(exec(&engine, "SET {u}:b 1 PX 20").await, Reply::OK);
+    until("the expired key was not deleted", &|| {
+        engine.expiry_stats().0 == 0
+    });
+    assert_eq!(engine.stats().expired_keys.load(Ordering::Relaxed), 1);
+    engine.shutdown().await;
+}
+
 /// Reads racing the committer never go back in time: a value once read is never
 /// followed by an older one, while the committer moves keys out of the memtable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

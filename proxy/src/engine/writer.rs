@@ -1,8 +1,8 @@
 //! The writer thread: batches writes into changes, the log and the memtable.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -73,6 +73,15 @@ impl Request {
             Work::Move { .. } => Vec::new(),
         }
     }
+
+    /// Whether running it reads the backend: a command reads the state it
+    /// changes, or a transaction checks the keys it watches.
+    fn reads_backend(&self) -> bool {
+        let watches = matches!(&self.work, Work::Transaction(t) if !t.watched.is_empty());
+        watches
+            || (self.commands().into_iter())
+                .any(|args| lookup(&args[0]).is_some_and(|spec| spec.reads_state(args)))
+    }
 }
 
 /// A write's reply, and the sequence number of this datacenter's newest change
@@ -90,7 +99,6 @@ pub struct Written {
 pub(super) type ApplyDone = oneshot::Sender<Result<Vec<Change>, super::Unapplied>>;
 
 pub(super) enum Msg {
-    Write(Request),
     Apply(Vec<Change>, ApplyDone),
     Snapshot(
         VersionVector,
@@ -105,11 +113,195 @@ pub(super) enum Msg {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// Messages taken together by one turn of the writer.
-struct Taken {
-    batch: Vec<Request>,
-    applies: Vec<(Vec<Change>, ApplyDone)>,
-    shutdown: Option<oneshot::Sender<()>>,
+/// The engine's way to the writer: writes are queued and run by whichever task
+/// finds the writer free; everything else goes to the writer thread.
+///
+/// Handing each write to a thread cost a park and a wake on each side of every
+/// batch: about a third of the writer's time at one write per client. So a
+/// client task that queues a write and finds the writer free runs the queued
+/// writes itself, and whoever holds the writer runs those queued meanwhile
+/// before and after letting it go (flat combining). The writer thread keeps what
+/// may block: applies, snapshots, `WATCH`, timed syncs, expiry, writes that read
+/// a remote backend, and every write under `fsync = always`.
+#[derive(Debug, Clone)]
+pub(super) struct Writes {
+    core: Arc<Core>,
+    msgs: mpsc::Sender<Msg>,
+}
+
+struct Core {
+    /// `None` once stopped.
+    writer: Mutex<Option<Writer>>,
+    queue: Mutex<Queued>,
+    /// Room in the queue: writers wait for it (backpressure on clients).
+    room: tokio::sync::Semaphore,
+    /// Wakes the writer thread: writes left to it, or a sync or expiry due sooner
+    /// than it planned.
+    wake: Arc<tokio::sync::Notify>,
+    /// Every write runs on the writer thread (`fsync = always`: a sync per batch).
+    thread_only: bool,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").finish_non_exhaustive()
+    }
+}
+
+/// Writes waiting to run, in the order they came.
+struct Queued {
+    requests: VecDeque<Request>,
+    /// The writer thread runs what is queued (a write in it may block): client
+    /// tasks leave it be. Read and written under the queue's lock, so that a write
+    /// queued as the thread lets go is run by one or the other.
+    to_thread: bool,
+    /// Why writes are refused once the writer is gone.
+    gone: &'static str,
+}
+
+/// Why a write was not run.
+const STOPPING: &str = "ERR the proxy is shutting down; retry on another connection";
+const FAILED: &str =
+    "ERR the writer stopped after a fault; writes are refused until the proxy restarts";
+
+impl Writes {
+    /// Queues a write and, when the writer is free, runs the queued writes on
+    /// this task; its reply comes on the request's channel.
+    pub(super) async fn submit(&self, request: Request) {
+        match self.core.room.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return refuse(vec![request], Reply::error(STOPPING), 0),
+        }
+        let to_thread = {
+            let mut queued = self.core.queue();
+            queued.requests.push_back(request);
+            queued.to_thread
+        };
+        match to_thread {
+            true => self.core.wake.notify_one(),
+            false => self.core.combine(false),
+        }
+    }
+
+    /// Sends the writer thread a message.
+    pub(super) async fn send(&self, msg: Msg) -> Result<(), mpsc::error::SendError<Msg>> {
+        self.msgs.send(msg).await
+    }
+}
+
+impl Core {
+    fn queue(&self) -> MutexGuard<'_, Queued> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs the queued writes while the writer is free, and those queued while it
+    /// ran them; returns at once when another holds the writer (it runs them when
+    /// done). `on_thread`: the caller is the writer thread, which may block.
+    fn combine(&self, on_thread: bool) {
+        loop {
+            let mut slot = match self.writer.try_lock() {
+                Ok(slot) => slot,
+                Err(TryLockError::WouldBlock) => return,
+                Err(TryLockError::Poisoned(poisoned)) => self.fault(poisoned.into_inner()),
+            };
+            self.run_queued(&mut slot, on_thread);
+            drop(slot);
+            let queued = self.queue();
+            if queued.requests.is_empty() || (queued.to_thread && !on_thread) {
+                return;
+            }
+        }
+    }
+
+    /// The writer thread lets the writer go: after running the writes queued
+    /// while it held it, and those queued as it lets go. A task that queued one
+    /// meanwhile found the writer taken and left its write to the holder: every
+    /// holder lets go this way ([`Core::combine`] for client tasks).
+    fn release(&self, mut slot: MutexGuard<'_, Option<Writer>>) {
+        self.run_queued(&mut slot, true);
+        drop(slot);
+        self.combine(true);
+    }
+
+    /// Takes the writer, waiting for it (the writer thread only).
+    fn lock(&self) -> MutexGuard<'_, Option<Writer>> {
+        match self.writer.lock() {
+            Ok(slot) => slot,
+            Err(poisoned) => self.fault(poisoned.into_inner()),
+        }
+    }
+
+    /// With the writer held: runs the queued writes in order, a batch at a time.
+    /// A client task leaves them to the writer thread, and wakes it, once a batch
+    /// would block.
+    fn run_queued(&self, slot: &mut Option<Writer>, on_thread: bool) {
+        loop {
+            let batch: Vec<Request> = {
+                let mut queued = self.queue();
+                if queued.requests.is_empty() {
+                    if on_thread && !self.thread_only {
+                        queued.to_thread = false;
+                    }
+                    return;
+                }
+                if queued.to_thread && !on_thread {
+                    return;
+                }
+                let n = queued.requests.len().min(MAX_BATCH);
+                queued.requests.drain(..n).collect()
+            };
+            let n = batch.len();
+            let Some(writer) = slot.as_mut() else {
+                self.room.add_permits(n);
+                refuse(batch, Reply::error(self.queue().gone), 0);
+                continue;
+            };
+            if !on_thread && writer.blocks(&batch) {
+                let mut queued = self.queue();
+                batch
+                    .into_iter()
+                    .rev()
+                    .for_each(|r| queued.requests.push_front(r));
+                queued.to_thread = true;
+                drop(queued);
+                self.wake.notify_one();
+                return;
+            }
+            writer.worker.set(State::Busy);
+            writer.commit_batch(batch);
+            self.room.add_permits(n);
+            writer.after_batch();
+            writer.worker.set(State::Idle);
+        }
+    }
+
+    /// The writer after a task panicked holding it: its state may be torn, so it
+    /// is dropped and every write refused from then on.
+    fn fault<'a>(
+        &self,
+        mut slot: MutexGuard<'a, Option<Writer>>,
+    ) -> MutexGuard<'a, Option<Writer>> {
+        if let Some(writer) = slot.take() {
+            writer.worker.set(State::Failed);
+            tracing::error!(
+                "a task failed while it ran writes; writes are refused until the proxy restarts"
+            );
+            let mut queued = self.queue();
+            queued.gone = FAILED;
+            queued.to_thread = false;
+        }
+        slot
+    }
+}
+
+/// Answers each request of `batch` with `reply`; `seq`: this datacenter's newest change.
+fn refuse(batch: Vec<Request>, reply: Reply, seq: u64) {
+    batch.into_iter().for_each(|r| {
+        drop(r.reply.send(Written {
+            reply: reply.clone(),
+            seq,
+        }))
+    });
 }
 
 struct Writer {
@@ -131,13 +323,17 @@ struct Writer {
     committer: Option<(Queue, JoinHandle<()>)>,
     /// The writer's own connection to the backend.
     session: Box<dyn Session>,
+    /// Whether reading the backend stays on this machine (an embedded store): a
+    /// client task may then run writes that read it.
+    local_reads: bool,
     /// Keys with a TTL, for active expiry.
     expiring: super::expiry::Expiring,
     /// The latest epoch of each session that wrote here lately.
     fence: SessionFence,
-    /// The writer thread's own timer, for its bounded waits (without one, should
-    /// it fail to build, the waits poll).
-    runtime: Option<tokio::runtime::Runtime>,
+    /// When the writer thread wakes next for a timed sync or expiry (`None`: not
+    /// before a message comes).
+    thread_wakes: Option<Instant>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// The most expired keys one turn of the writer deletes.
@@ -183,13 +379,20 @@ pub(super) fn spawn(
     log: Log,
     resume: Resume,
     config: EngineConfig,
-) -> Result<mpsc::Sender<Msg>, OpenError> {
-    let (tx, rx) = mpsc::channel(QUEUE);
+) -> Result<Writes, OpenError> {
+    let (msgs, rx) = mpsc::channel(QUEUE);
     let committer = committer::spawn(shared.clone(), &config.dc, config.max_unstored)?;
     let syncer = Syncer::spawn(&config.dc, shared.workers.register("log-sync", None))?;
+    // The writer thread's own timer, for its bounded waits.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(OpenError::Thread)?;
+    let wake = Arc::new(tokio::sync::Notify::new());
     let writer = Writer {
         worker: shared.workers.register("writer", None),
         session: shared.backend.session(),
+        local_reads: shared.backend.local_reads(),
         dc: Arc::from(shared.dc.as_str()),
         shared,
         log,
@@ -204,99 +407,228 @@ pub(super) fn spawn(
         committer: Some(committer),
         expiring: super::expiry::Expiring::default(),
         fence: SessionFence::new(super::SESSION_FENCE_KEEP.as_millis() as u64),
-        runtime: tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .ok(),
+        thread_wakes: None,
+        wake: wake.clone(),
     };
+    let thread_only = config.fsync == Fsync::Always;
+    let core = Arc::new(Core {
+        writer: Mutex::new(Some(writer)),
+        queue: Mutex::new(Queued {
+            requests: VecDeque::new(),
+            to_thread: thread_only,
+            gone: STOPPING,
+        }),
+        room: tokio::sync::Semaphore::new(QUEUE),
+        wake,
+        thread_only,
+    });
     let span = tracing::info_span!("worker", dc = %config.dc, worker = "writer");
+    let thread_core = core.clone();
     std::thread::Builder::new()
         .name(format!("writer-{}", config.dc))
-        .spawn(move || span.in_scope(|| writer.run(rx)))
+        .spawn(move || span.in_scope(|| run(&thread_core, rx, &runtime)))
         .map_err(OpenError::Thread)?;
-    Ok(tx)
+    Ok(Writes { core, msgs })
+}
+
+/// The writer thread: waits for a message, a wake-up or its next timed duty,
+/// then runs them with the queued writes.
+fn run(core: &Core, mut rx: mpsc::Receiver<Msg>, runtime: &tokio::runtime::Runtime) {
+    let _exit = ThreadExit(core);
+    let mut slot = core.lock();
+    if let Some(writer) = slot.as_mut() {
+        writer.scan_expiring();
+    }
+    loop {
+        let Some(writer) = slot.as_mut() else {
+            return;
+        };
+        writer.worker.set(State::Idle);
+        let wait = writer.thread_wait();
+        core.release(slot);
+        let received = runtime.block_on(async {
+            let woken = core.wake.notified();
+            let timer = async {
+                match wait {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                msg = rx.recv() => Some(msg),
+                () = woken => None,
+                () = timer => None,
+            }
+        });
+        slot = core.lock();
+        let Some(writer) = slot.as_mut() else {
+            return;
+        };
+        writer.worker.set(State::Busy);
+        writer.due_duties();
+        // The writes queued before a message run before it.
+        core.run_queued(&mut slot, true);
+        let shutdown = match received {
+            // Every sender is gone.
+            Some(None) => Some(None),
+            Some(Some(first)) => take_messages(&mut slot, first, &mut rx),
+            None => None,
+        };
+        if let Some(done) = shutdown {
+            core.run_queued(&mut slot, true);
+            if let Some(mut writer) = slot.take() {
+                writer.finish();
+            }
+            // The store is released before saying so: whoever waits may reopen it at once.
+            core.queue().to_thread = false;
+            core.release(slot);
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+            return;
+        }
+    }
+}
+
+/// Ends the writer as its thread ends, however it ends: should it fail, writes
+/// left to it are refused rather than left waiting.
+struct ThreadExit<'a>(&'a Core);
+
+impl Drop for ThreadExit<'_> {
+    fn drop(&mut self) {
+        let core = self.0;
+        let mut slot = core.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(writer) = slot.take() {
+            writer.worker.set(State::Failed);
+            tracing::error!(
+                "the writer thread failed; writes are refused until the proxy restarts"
+            );
+            core.queue().gone = FAILED;
+        }
+        core.queue().to_thread = false;
+        drop(slot);
+        core.combine(true);
+    }
+}
+
+/// Runs `first` and whatever other messages are queued, up to a batch, in
+/// order, each after the writes queued before it; returns a shutdown request
+/// (`Some(None)`: every sender is gone).
+#[allow(clippy::option_option)]
+fn take_messages(
+    slot: &mut Option<Writer>,
+    first: Msg,
+    rx: &mut mpsc::Receiver<Msg>,
+) -> Option<Option<oneshot::Sender<()>>> {
+    let writer = slot.as_mut()?;
+    let mut applies = Vec::new();
+    let mut next = Some(first);
+    let mut taken = 0;
+    while let Some(msg) = next.take() {
+        taken += 1;
+        match msg {
+            Msg::Apply(changes, done) => applies.push((changes, done)),
+            Msg::Snapshot(vector, entries, done) => {
+                for (changes, done) in applies.drain(..) {
+                    let _ = done.send(writer.apply_remote(changes));
+                }
+                let _ = done.send(writer.install_snapshot(vector, entries));
+            }
+            Msg::Versions(keys, done) => {
+                let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+                let versions = writer
+                    .versions(refs)
+                    .map(|mut found| keys.iter().map(|k| found.remove(k).flatten()).collect())
+                    .map_err(|e| e.reply());
+                let _ = done.send(versions);
+            }
+            Msg::Shutdown(done) => {
+                for (changes, done) in applies.drain(..) {
+                    let _ = done.send(writer.apply_remote(changes));
+                }
+                return Some(Some(done));
+            }
+        }
+        if taken < MAX_BATCH {
+            next = rx.try_recv().ok();
+        }
+    }
+    for (changes, done) in applies {
+        let _ = done.send(writer.apply_remote(changes));
+    }
+    None
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        self.scan_expiring();
-        loop {
-            self.worker.set(State::Idle);
-            let Some(first) = self.next_message(&mut rx) else {
-                break;
-            };
-            self.worker.set(State::Busy);
-            let taken = self.take_messages(first, &mut rx);
-            if !taken.batch.is_empty() {
-                self.commit_batch(taken.batch);
+    /// Runs the timed log sync and active expiry when due; returns how long until
+    /// the next is (`None`: none is planned).
+    fn thread_wait(&mut self) -> Option<Duration> {
+        self.due_duties();
+        let sync_in = match self.fsync {
+            Fsync::Every(period) if self.log.is_dirty() => {
+                Some(period.saturating_sub(self.last_sync.elapsed()))
             }
-            for (changes, done) in taken.applies {
-                let _ = done.send(self.apply_remote(changes));
-            }
-            if let Fsync::Every(period) = self.fsync
-                && self.last_sync.elapsed() >= period
-            {
-                self.sync_in_background();
-            }
-            if let Some(done) = taken.shutdown {
-                self.finish();
-                // Release the store before saying so: whoever waits may reopen it at once.
-                drop(self);
-                let _ = done.send(());
-                return;
-            }
-        }
-        self.finish();
+            _ => None,
+        };
+        let wait = match (sync_in, self.next_expiry_in()) {
+            (None, None) => None,
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (Some(a), None) | (None, Some(a)) => Some(a),
+        };
+        self.thread_wakes = wait.map(|wait| Instant::now() + wait);
+        wait
     }
 
-    /// Waits for the next message, running the timed log sync and active expiry
-    /// when they fall due meanwhile; `None` when every sender is gone.
-    fn next_message(&mut self, rx: &mut mpsc::Receiver<Msg>) -> Option<Msg> {
-        loop {
-            self.expire_due();
-            let sync_in = match self.fsync {
-                Fsync::Every(period) if self.log.is_dirty() => {
-                    Some(period.saturating_sub(self.last_sync.elapsed()))
-                }
-                _ => None,
-            };
-            let expire_in = self.next_expiry_in();
-            let wait = match (sync_in, expire_in) {
-                (None, None) => return rx.blocking_recv(),
-                (Some(a), Some(b)) => a.min(b),
-                (Some(a), None) | (None, Some(a)) => a,
-            };
-            // Wake up in time for the timed sync and the next expiry even when no
-            // writes come.
-            match self.recv_timeout(rx, wait) {
-                Ok(msg) => return msg,
-                Err(Timeout) => {
-                    if let Fsync::Every(period) = self.fsync
-                        && self.log.is_dirty()
-                        && self.last_sync.elapsed() >= period
-                    {
-                        self.sync_in_background();
-                    }
-                }
+    /// The timed sync and active expiry, when due.
+    fn due_duties(&mut self) {
+        self.expire_due();
+        if let Fsync::Every(period) = self.fsync
+            && self.log.is_dirty()
+            && self.last_sync.elapsed() >= period
+        {
+            self.sync_in_background();
+        }
+    }
+
+    /// After a batch: the timed sync when due, and a wake-up for the writer
+    /// thread when the batch brought its next duty (a sync, an expiry) sooner
+    /// than it planned.
+    fn after_batch(&mut self) {
+        let Fsync::Every(period) = self.fsync else {
+            return self.wake_for_expiry();
+        };
+        if self.last_sync.elapsed() >= period {
+            self.sync_in_background();
+        }
+        if self.log.is_dirty() {
+            let sync_at = self.last_sync + period;
+            if self.thread_wakes.is_none_or(|at| sync_at < at) {
+                self.thread_wakes = Some(sync_at);
+                self.wake.notify_one();
+            }
+        }
+        self.wake_for_expiry();
+    }
+
+    fn wake_for_expiry(&mut self) {
+        if let Some(wait) = self.next_expiry_in() {
+            let at = Instant::now() + wait;
+            if self.thread_wakes.is_none_or(|planned| at < planned) {
+                self.thread_wakes = Some(at);
+                self.wake.notify_one();
             }
         }
     }
 
-    /// Waits up to `timeout` for a message: on the writer's own timer (no
-    /// polling), else polling.
-    fn recv_timeout(
-        &self,
-        rx: &mut mpsc::Receiver<Msg>,
-        timeout: Duration,
-    ) -> Result<Option<Msg>, Timeout> {
-        match &self.runtime {
-            Some(runtime) => runtime.block_on(async {
-                tokio::time::timeout(timeout, rx.recv())
-                    .await
-                    .map_err(|_| Timeout)
-            }),
-            None => recv_timeout(rx, timeout),
+    /// Whether running `batch` may block: it reads a remote backend, or the
+    /// committer is too far behind to take it.
+    fn blocks(&self, batch: &[Request]) -> bool {
+        if let Some((committer, _)) = &self.committer
+            && !committer.has_room(batch.len())
+        {
+            return true;
         }
+        !self.local_reads && batch.iter().any(Request::reads_backend)
     }
 
     /// How long until the next key this datacenter deletes expires (`None`: no
@@ -391,50 +723,6 @@ impl Writer {
                 self.worker.error(&e);
             }
         }
-    }
-
-    /// Takes `first` and whatever else is queued, up to a batch: writes and applies
-    /// to run together, and a shutdown request. A snapshot to install is installed
-    /// at once, after the writes and applies taken before it, in order.
-    fn take_messages(&mut self, first: Msg, rx: &mut mpsc::Receiver<Msg>) -> Taken {
-        let mut taken = Taken {
-            batch: Vec::with_capacity(MAX_BATCH),
-            applies: Vec::new(),
-            shutdown: None,
-        };
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Write(request) => taken.batch.push(request),
-                Msg::Apply(changes, done) => taken.applies.push((changes, done)),
-                Msg::Snapshot(vector, entries, done) => {
-                    if !taken.batch.is_empty() {
-                        self.commit_batch(std::mem::take(&mut taken.batch));
-                    }
-                    for (changes, done) in taken.applies.drain(..) {
-                        let _ = done.send(self.apply_remote(changes));
-                    }
-                    let _ = done.send(self.install_snapshot(vector, entries));
-                }
-                Msg::Versions(keys, done) => {
-                    if !taken.batch.is_empty() {
-                        self.commit_batch(std::mem::take(&mut taken.batch));
-                    }
-                    let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-                    let versions = self
-                        .versions(refs)
-                        .map(|mut found| keys.iter().map(|k| found.remove(k).flatten()).collect())
-                        .map_err(|e| e.reply());
-                    let _ = done.send(versions);
-                }
-                Msg::Shutdown(done) => taken.shutdown = Some(done),
-            }
-            let full = taken.batch.len() >= MAX_BATCH || taken.applies.len() >= MAX_BATCH;
-            if !full && taken.shutdown.is_none() {
-                next = rx.try_recv().ok();
-            }
-        }
-        taken
     }
 
     /// What the backend holds for the keys the batch's commands read, those the
@@ -695,6 +983,7 @@ impl Writer {
         if self.fsync == Fsync::Always {
             self.log.sync()?;
             self.last_sync = Instant::now();
+            self.count_sync();
         }
         let stats = &self.shared.stats;
         stats.log_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
@@ -818,6 +1107,11 @@ impl Writer {
             tracing::error!(error = %e, "syncing the replication log failed");
         }
         self.last_sync = Instant::now();
+        self.count_sync();
+    }
+
+    fn count_sync(&self) {
+        (self.shared.stats.log_syncs).fetch_add(1, Ordering::Relaxed);
     }
 
     /// The timed sync of `fsync = "every-<N>ms"`, on the syncer thread: an fsync can
@@ -835,9 +1129,12 @@ impl Writer {
         match self.log.take_sync() {
             Ok(Some(handle)) => {
                 syncer.busy.store(true, Ordering::Release);
-                if syncer.tx.send(handle).is_err() {
-                    syncer.busy.store(false, Ordering::Release);
-                    self.sync();
+                match syncer.tx.send(handle) {
+                    Ok(()) => self.count_sync(),
+                    Err(_) => {
+                        syncer.busy.store(false, Ordering::Release);
+                        self.sync();
+                    }
                 }
             }
             Ok(None) => {}
@@ -948,22 +1245,6 @@ impl Puts {
                 .collect();
         } else if self.ops.len() > Self::SCAN + 1 {
             self.index.insert(key.to_vec(), self.ops.len() - 1);
-        }
-    }
-}
-
-struct Timeout;
-
-fn recv_timeout(rx: &mut mpsc::Receiver<Msg>, timeout: Duration) -> Result<Option<Msg>, Timeout> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match rx.try_recv() {
-            Ok(msg) => return Ok(Some(msg)),
-            Err(mpsc::error::TryRecvError::Disconnected) => return Ok(None),
-            Err(mpsc::error::TryRecvError::Empty) if Instant::now() >= deadline => {
-                return Err(Timeout);
-            }
-            Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(Duration::from_micros(200)),
         }
     }
 }

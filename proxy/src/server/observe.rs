@@ -50,7 +50,7 @@ fn stat(ctx: &Context, counter: fn(&crate::engine::Stats) -> &AtomicU64) -> f64 
 }
 
 /// The proxy's and engine's single values, in the order INFO shows them.
-const SCALARS: [ScalarRow; 47] = [
+const SCALARS: [ScalarRow; 48] = [
     (
         "meridian_connected_clients",
         "Client connections open now.",
@@ -99,6 +99,13 @@ const SCALARS: [ScalarRow; 47] = [
         Kind::Counter,
         Some((Section::Stats, "log_bytes_appended")),
         |c| stat(c, |s| &s.log_bytes),
+    ),
+    (
+        "meridian_log_syncs_total",
+        "Syncs of the replication log to disk started.",
+        Kind::Counter,
+        Some((Section::Stats, "log_syncs")),
+        |c| stat(c, |s| &s.log_syncs),
     ),
     (
         "meridian_changes_replayed_total",

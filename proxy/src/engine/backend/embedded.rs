@@ -497,6 +497,10 @@ impl Backend for Embedded {
         }
     }
 
+    fn local_reads(&self) -> bool {
+        true
+    }
+
     fn snapshot(
         &self,
         memtable: &Memtable,
