@@ -30,6 +30,10 @@ mod snapshot;
 const MAX_BATCH: usize = 1024;
 /// Queued writes before senders wait (backpressure on clients).
 const QUEUE: usize = 4096;
+/// How much sooner than the writer thread planned a duty must fall due to wake it.
+const WAKE_SLACK: Duration = Duration::from_millis(1);
+/// Batches a client task runs for others before it hands the rest to a task.
+const COMBINED_BATCHES: usize = 2;
 
 /// When log appends are synced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +144,9 @@ struct Core {
     wake: Arc<tokio::sync::Notify>,
     /// Every write runs on the writer thread (`fsync = always`: a sync per batch).
     thread_only: bool,
+    /// The runtime of the tasks that write, for a task that runs writes left
+    /// queued (`None`: the engine was opened outside one).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for Core {
@@ -196,31 +203,57 @@ impl Core {
 
     /// Runs the queued writes while the writer is free, and those queued while it
     /// ran them; returns at once when another holds the writer (it runs them when
-    /// done). `on_thread`: the caller is the writer thread, which may block.
-    fn combine(&self, on_thread: bool) {
+    /// done). A client task runs a few batches, then hands what is left to a task
+    /// of its own, so that its connection is not held up by the others' writes.
+    /// `on_thread`: the caller is the writer thread, which may block.
+    fn combine(self: &Arc<Self>, on_thread: bool) {
+        let mut batches = 0;
         loop {
             let mut slot = match self.writer.try_lock() {
                 Ok(slot) => slot,
                 Err(TryLockError::WouldBlock) => return,
                 Err(TryLockError::Poisoned(poisoned)) => self.fault(poisoned.into_inner()),
             };
-            self.run_queued(&mut slot, on_thread);
+            self.run_queued(&mut slot, on_thread, MAX_BATCH);
             drop(slot);
-            let queued = self.queue();
-            if queued.requests.is_empty() || (queued.to_thread && !on_thread) {
+            if !self.runnable(on_thread) {
+                return;
+            }
+            batches += 1;
+            if batches >= COMBINED_BATCHES
+                && let Some(runtime) = &self.runtime
+            {
+                let core = self.clone();
+                runtime.spawn(async move { core.combine(false) });
                 return;
             }
         }
     }
 
-    /// The writer thread lets the writer go: after running the writes queued
-    /// while it held it, and those queued as it lets go. A task that queued one
-    /// meanwhile found the writer taken and left its write to the holder: every
-    /// holder lets go this way ([`Core::combine`] for client tasks).
-    fn release(&self, mut slot: MutexGuard<'_, Option<Writer>>) {
-        self.run_queued(&mut slot, true);
+    /// Whether queued writes wait for the caller to run them.
+    fn runnable(&self, on_thread: bool) -> bool {
+        let queued = self.queue();
+        !queued.requests.is_empty() && (on_thread || !queued.to_thread)
+    }
+
+    /// The writer thread lets the writer go: after running the writes left to it.
+    /// Writes queued meanwhile by tasks that found the writer taken go to a task
+    /// of their own (the thread stays free for what may block).
+    fn release(self: &Arc<Self>, mut slot: MutexGuard<'_, Option<Writer>>) {
+        if self.queue().to_thread {
+            self.run_queued(&mut slot, true, usize::MAX);
+        }
         drop(slot);
-        self.combine(true);
+        if !self.runnable(false) {
+            return;
+        }
+        match &self.runtime {
+            Some(runtime) => {
+                let core = self.clone();
+                drop(runtime.spawn(async move { core.combine(false) }));
+            }
+            None => self.combine(true),
+        }
     }
 
     /// Takes the writer, waiting for it (the writer thread only).
@@ -231,11 +264,11 @@ impl Core {
         }
     }
 
-    /// With the writer held: runs the queued writes in order, a batch at a time.
-    /// A client task leaves them to the writer thread, and wakes it, once a batch
-    /// would block.
-    fn run_queued(&self, slot: &mut Option<Writer>, on_thread: bool) {
-        loop {
+    /// With the writer held: runs the queued writes in order, a batch at a time,
+    /// up to `limit` of them. A client task leaves them to the writer thread, and
+    /// wakes it, once a batch would block.
+    fn run_queued(&self, slot: &mut Option<Writer>, on_thread: bool, mut limit: usize) {
+        while limit > 0 {
             let batch: Vec<Request> = {
                 let mut queued = self.queue();
                 if queued.requests.is_empty() {
@@ -247,10 +280,11 @@ impl Core {
                 if queued.to_thread && !on_thread {
                     return;
                 }
-                let n = queued.requests.len().min(MAX_BATCH);
+                let n = queued.requests.len().min(MAX_BATCH).min(limit);
                 queued.requests.drain(..n).collect()
             };
             let n = batch.len();
+            limit -= n;
             let Some(writer) = slot.as_mut() else {
                 self.room.add_permits(n);
                 refuse(batch, Reply::error(self.queue().gone), 0);
@@ -421,6 +455,7 @@ pub(super) fn spawn(
         room: tokio::sync::Semaphore::new(QUEUE),
         wake,
         thread_only,
+        runtime: tokio::runtime::Handle::try_current().ok(),
     });
     let span = tracing::info_span!("worker", dc = %config.dc, worker = "writer");
     let thread_core = core.clone();
@@ -433,7 +468,7 @@ pub(super) fn spawn(
 
 /// The writer thread: waits for a message, a wake-up or its next timed duty,
 /// then runs them with the queued writes.
-fn run(core: &Core, mut rx: mpsc::Receiver<Msg>, runtime: &tokio::runtime::Runtime) {
+fn run(core: &Arc<Core>, mut rx: mpsc::Receiver<Msg>, runtime: &tokio::runtime::Runtime) {
     let _exit = ThreadExit(core);
     let mut slot = core.lock();
     if let Some(writer) = slot.as_mut() {
@@ -467,7 +502,8 @@ fn run(core: &Core, mut rx: mpsc::Receiver<Msg>, runtime: &tokio::runtime::Runti
         writer.worker.set(State::Busy);
         writer.due_duties();
         // The writes queued before a message run before it.
-        core.run_queued(&mut slot, true);
+        let queued = core.queue().requests.len();
+        core.run_queued(&mut slot, true, queued);
         let shutdown = match received {
             // Every sender is gone.
             Some(None) => Some(None),
@@ -475,7 +511,7 @@ fn run(core: &Core, mut rx: mpsc::Receiver<Msg>, runtime: &tokio::runtime::Runti
             None => None,
         };
         if let Some(done) = shutdown {
-            core.run_queued(&mut slot, true);
+            core.run_queued(&mut slot, true, usize::MAX);
             if let Some(mut writer) = slot.take() {
                 writer.finish();
             }
@@ -492,7 +528,7 @@ fn run(core: &Core, mut rx: mpsc::Receiver<Msg>, runtime: &tokio::runtime::Runti
 
 /// Ends the writer as its thread ends, however it ends: should it fail, writes
 /// left to it are refused rather than left waiting.
-struct ThreadExit<'a>(&'a Core);
+struct ThreadExit<'a>(&'a Arc<Core>);
 
 impl Drop for ThreadExit<'_> {
     fn drop(&mut self) {
@@ -564,19 +600,21 @@ impl Writer {
     /// the next is (`None`: none is planned).
     fn thread_wait(&mut self) -> Option<Duration> {
         self.due_duties();
-        let sync_in = match self.fsync {
-            Fsync::Every(period) if self.log.is_dirty() => {
-                Some(period.saturating_sub(self.last_sync.elapsed()))
-            }
+        self.thread_wakes = self.next_duty();
+        (self.thread_wakes).map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// When the timed sync or the next expiry falls due (`None`: neither will).
+    fn next_duty(&self) -> Option<Instant> {
+        let sync = match self.fsync {
+            Fsync::Every(period) if self.log.is_dirty() => Some(self.last_sync + period),
             _ => None,
         };
-        let wait = match (sync_in, self.next_expiry_in()) {
-            (None, None) => None,
+        let expiry = self.next_expiry_in().map(|wait| Instant::now() + wait);
+        match (sync, expiry) {
             (Some(a), Some(b)) => Some(a.min(b)),
-            (Some(a), None) | (None, Some(a)) => Some(a),
-        };
-        self.thread_wakes = wait.map(|wait| Instant::now() + wait);
-        wait
+            (a, b) => a.or(b),
+        }
     }
 
     /// The timed sync and active expiry, when due.
@@ -592,31 +630,19 @@ impl Writer {
 
     /// After a batch: the timed sync when due, and a wake-up for the writer
     /// thread when the batch brought its next duty (a sync, an expiry) sooner
-    /// than it planned.
+    /// than it planned. Within [`WAKE_SLACK`] of the plan it is left be: a
+    /// wake-up per batch cost more than the batch.
     fn after_batch(&mut self) {
-        let Fsync::Every(period) = self.fsync else {
-            return self.wake_for_expiry();
-        };
-        if self.last_sync.elapsed() >= period {
+        if let Fsync::Every(period) = self.fsync
+            && self.last_sync.elapsed() >= period
+        {
             self.sync_in_background();
         }
-        if self.log.is_dirty() {
-            let sync_at = self.last_sync + period;
-            if self.thread_wakes.is_none_or(|at| sync_at < at) {
-                self.thread_wakes = Some(sync_at);
-                self.wake.notify_one();
-            }
-        }
-        self.wake_for_expiry();
-    }
-
-    fn wake_for_expiry(&mut self) {
-        if let Some(wait) = self.next_expiry_in() {
-            let at = Instant::now() + wait;
-            if self.thread_wakes.is_none_or(|planned| at < planned) {
-                self.thread_wakes = Some(at);
-                self.wake.notify_one();
-            }
+        if let Some(at) = self.next_duty()
+            && (self.thread_wakes).is_none_or(|planned| at + WAKE_SLACK < planned)
+        {
+            self.thread_wakes = Some(at);
+            self.wake.notify_one();
         }
     }
 
