@@ -719,7 +719,27 @@ impl Engine {
         user: Bytes,
         session: Option<WriteSession>,
     ) -> oneshot::Receiver<Written> {
-        self.queue(writer::Work::One(f, args), user, session).await
+        self.queue(writer::Work::One(f, args), user, session, false)
+            .await
+    }
+
+    /// [`Engine::write`], run with the writes the caller queues after it: the
+    /// caller calls [`Engine::run_writes`] before it waits for any reply.
+    pub async fn write_deferred(
+        &self,
+        f: DataFn,
+        args: Vec<Bytes>,
+        user: Bytes,
+        session: Option<WriteSession>,
+    ) -> oneshot::Receiver<Written> {
+        self.queue(writer::Work::One(f, args), user, session, true)
+            .await
+    }
+
+    /// Runs the writes queued with [`Engine::write_deferred`] (unless another
+    /// task is running them already).
+    pub fn run_writes(&self) {
+        self.writes.run();
     }
 
     /// Moves `user`'s home from here to datacenter `to`, as a change of this
@@ -735,7 +755,7 @@ impl Engine {
             to,
             why: why.to_owned(),
         };
-        self.queue(work, user, None).await
+        self.queue(work, user, None, false).await
     }
 
     /// `user`'s placement record, when its home has moved.
@@ -757,7 +777,7 @@ impl Engine {
         user: Bytes,
         session: Option<WriteSession>,
     ) -> oneshot::Receiver<Written> {
-        self.queue(writer::Work::Transaction(transaction), user, session)
+        self.queue(writer::Work::Transaction(transaction), user, session, false)
             .await
     }
 
@@ -786,6 +806,7 @@ impl Engine {
         work: writer::Work,
         user: Bytes,
         session: Option<WriteSession>,
+        deferred: bool,
     ) -> oneshot::Receiver<Written> {
         let (reply, rx) = oneshot::channel();
         let request = writer::Request {
@@ -794,7 +815,10 @@ impl Engine {
             session,
             reply,
         };
-        self.writes.submit(request).await;
+        match deferred {
+            true => self.writes.submit_deferred(request).await,
+            false => self.writes.submit(request).await,
+        }
         rx
     }
 

@@ -117,3 +117,50 @@ fn sigterm_finishes_and_exits_cleanly() {
     let mut client = Client::connect(addr).unwrap();
     assert_eq!(client.cmd(&[b"GET", b"k"]), Resp::Bulk(b"v".to_vec()));
 }
+
+/// A connection's pipelined writes run together: one log append for the lot,
+/// not one each, and each is still acknowledged with its own reply.
+#[test]
+fn a_connections_pipelined_writes_run_as_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (topology, addr) = single_dc_topology(dir.path(), "every-10ms");
+    let _proxy = start_meridian(&topology, addr);
+    let mut client = Client::connect(addr).unwrap();
+    let batches = |client: &mut Client| -> u64 {
+        let Resp::Bulk(info) = client.cmd(&[b"INFO", b"stats"]) else {
+            panic!("INFO stats")
+        };
+        let info = String::from_utf8(info).unwrap();
+        let line = info.lines().find_map(|l| l.strip_prefix("write_batches:"));
+        line.expect("write_batches in INFO stats")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = batches(&mut client);
+    const N: usize = 200;
+    let mut pipeline = Vec::new();
+    for i in 0..N {
+        let (key, value) = (format!("{{u}}:k{i}"), format!("v{i}"));
+        pipeline.extend_from_slice(
+            format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n",
+                key.len(),
+                value.len()
+            )
+            .as_bytes(),
+        );
+    }
+    client.raw(&pipeline);
+    for _ in 0..N {
+        assert_eq!(client.read().unwrap(), Resp::Simple("OK".into()));
+    }
+    let taken = batches(&mut client) - before;
+    // The pipeline may arrive in a few reads; without running together, each
+    // write was a batch.
+    assert!(taken <= 10, "{N} pipelined writes took {taken} batches");
+    assert_eq!(
+        client.cmd(&[b"GET", b"{u}:k199"]),
+        Resp::Bulk(b"v199".to_vec())
+    );
+}

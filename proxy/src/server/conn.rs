@@ -120,6 +120,16 @@ pub(super) struct Conn {
     multi: Option<transaction::Multi>,
     /// The keys `WATCH`ed for the next transaction.
     watched: transaction::Watched,
+    /// Writes queued to run together that may not have run yet (see
+    /// `Engine::write_deferred`).
+    unrun: bool,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // However the connection ends, the writes it queued run.
+        self.run_writes();
+    }
 }
 
 /// Resolves once the client has closed its connection (or it failed). While the
@@ -176,6 +186,7 @@ pub(super) async fn serve(
         forwarding: false,
         multi: None,
         watched: transaction::Watched::default(),
+        unrun: false,
     };
     if let Err(e) = conn.run(stopped).await {
         tracing::debug!(error = %e, "client connection ended");
@@ -435,6 +446,7 @@ impl Conn {
     /// Sends the gathered writes, then waits for every queued write of this
     /// connection (and absorbs their tokens), so what follows sees them.
     async fn settle(&mut self) {
+        self.run_writes();
         self.send_group();
         let me = self.ctx.engine.dc().to_owned();
         let mut client_gone = false;
@@ -526,6 +538,13 @@ impl Conn {
             self.gone = true;
             self.pending.clear();
             self.group = None;
+        }
+    }
+
+    /// Runs the writes this connection queued to run together.
+    fn run_writes(&mut self) {
+        if std::mem::take(&mut self.unrun) {
+            self.ctx.engine.run_writes();
         }
     }
 
@@ -622,7 +641,10 @@ impl Conn {
                 });
                 let engine = &self.ctx.engine;
                 let rx = match work {
-                    Work::One(f, args) => engine.write(f, args, user.clone(), session).await,
+                    Work::One(f, args) => {
+                        self.unrun = true;
+                        (engine.write_deferred(f, args, user.clone(), session)).await
+                    }
                     Work::Transaction(t) => engine.transaction(t, user.clone(), session).await,
                 };
                 self.pending.push_back(Pending::Write {
