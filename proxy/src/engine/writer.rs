@@ -1,4 +1,5 @@
-//! The writer thread: batches writes into changes, the log and the memtable.
+//! The writer: batches writes into changes, the log and the memtable; run by the
+//! client tasks that write and by its own thread (see [`Writes`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
