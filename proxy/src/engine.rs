@@ -709,9 +709,9 @@ impl Engine {
         Ok((data.len() as u64, hasher.digest()))
     }
 
-    /// Queues a write command for `user`; the receiver yields its reply (and its
-    /// sequence number) once the change is in the log. `session`: the session it
-    /// belongs to, when a fence must order it (see [`WriteSession`]).
+    /// Queues a write command for `user` and runs it; the receiver yields its
+    /// reply (and its sequence number) once the change is in the log. `session`:
+    /// the session it belongs to, when a fence must order it (see [`WriteSession`]).
     pub async fn write(
         &self,
         f: DataFn,
@@ -719,8 +719,9 @@ impl Engine {
         user: Bytes,
         session: Option<WriteSession>,
     ) -> oneshot::Receiver<Written> {
-        self.queue(writer::Work::One(f, args), user, session, false)
-            .await
+        let rx = self.write_deferred(f, args, user, session).await;
+        self.run_writes();
+        rx
     }
 
     /// [`Engine::write`], run with the writes the caller queues after it: the
@@ -732,8 +733,7 @@ impl Engine {
         user: Bytes,
         session: Option<WriteSession>,
     ) -> oneshot::Receiver<Written> {
-        self.queue(writer::Work::One(f, args), user, session, true)
-            .await
+        self.queue(writer::Work::One(f, args), user, session).await
     }
 
     /// Runs the writes queued with [`Engine::write_deferred`] (unless another
@@ -755,7 +755,9 @@ impl Engine {
             to,
             why: why.to_owned(),
         };
-        self.queue(work, user, None, false).await
+        let rx = self.queue(work, user, None).await;
+        self.run_writes();
+        rx
     }
 
     /// `user`'s placement record, when its home has moved.
@@ -777,8 +779,10 @@ impl Engine {
         user: Bytes,
         session: Option<WriteSession>,
     ) -> oneshot::Receiver<Written> {
-        self.queue(writer::Work::Transaction(transaction), user, session, false)
-            .await
+        let work = writer::Work::Transaction(transaction);
+        let rx = self.queue(work, user, session).await;
+        self.run_writes();
+        rx
     }
 
     /// The versions of `keys` now (`None`: never written), after the writes
@@ -806,7 +810,6 @@ impl Engine {
         work: writer::Work,
         user: Bytes,
         session: Option<WriteSession>,
-        deferred: bool,
     ) -> oneshot::Receiver<Written> {
         let (reply, rx) = oneshot::channel();
         let request = writer::Request {
@@ -815,10 +818,7 @@ impl Engine {
             session,
             reply,
         };
-        match deferred {
-            true => self.writes.submit_deferred(request).await,
-            false => self.writes.submit(request).await,
-        }
+        self.writes.queue(request).await;
         rx
     }
 

@@ -173,34 +173,17 @@ const FAILED: &str =
     "ERR the writer stopped after a fault; writes are refused until the proxy restarts";
 
 impl Writes {
-    /// Queues a write and, when the writer is free, runs the queued writes on
-    /// this task; its reply comes on the request's channel.
-    pub(super) async fn submit(&self, request: Request) {
-        self.queue(request, false).await;
-    }
-
-    /// Queues a write to run with those the caller queues after it: the caller
-    /// calls [`Writes::run`] before it waits for any of their replies (and the
-    /// queue runs them sooner when another task or the thread runs it). A
-    /// connection's pipelined writes then run as one batch: a batch each cost a
-    /// log append, and more than a thread hand-off saved.
-    pub(super) async fn submit_deferred(&self, request: Request) {
-        self.queue(request, true).await;
-    }
-
-    /// Runs the queued writes when the writer is free (else its holder does).
-    pub(super) fn run(&self) {
-        if !self.core.queue().to_thread {
-            self.core.combine(false);
-        }
-    }
-
-    async fn queue(&self, request: Request, deferred: bool) {
+    /// Queues a write to run with those queued after it: the caller calls
+    /// [`Writes::run`] before it waits for its reply (and the write runs sooner
+    /// when another task or the thread runs the queue). A connection's pipelined
+    /// writes then run as one batch: a batch each cost a log append, more than a
+    /// thread hand-off saved.
+    pub(super) async fn queue(&self, request: Request) {
         match self.core.room.try_acquire() {
             Ok(permit) => permit.forget(),
             Err(_) => {
-                // Full: run what is queued (some of it may be the caller's own,
-                // deferred), then wait for room.
+                // Full: run what is queued (some of it may be the caller's own),
+                // then wait for room.
                 self.run();
                 match self.core.room.acquire().await {
                     Ok(permit) => permit.forget(),
@@ -213,10 +196,16 @@ impl Writes {
             queued.requests.push_back(request);
             queued.to_thread
         };
-        match (to_thread, deferred) {
-            (true, _) => self.core.wake.notify_one(),
-            (false, false) => self.core.combine(false),
-            (false, true) => {}
+        if to_thread {
+            self.core.wake.notify_one();
+        }
+    }
+
+    /// Runs the queued writes on this task when the writer is free (else its
+    /// holder runs them; writes left to the writer thread, it runs).
+    pub(super) fn run(&self) {
+        if !self.core.queue().to_thread {
+            self.core.combine(false);
         }
     }
 
