@@ -179,6 +179,8 @@ struct Shared {
     backend_stats: crate::metrics::Latency,
     /// The newest writer batch committed to the backend.
     committed: watch::Sender<u64>,
+    /// The newest writer batch numbered, set before its changes count as applied.
+    logged_batch: AtomicU64,
     stats: Stats,
     /// What log retention may remove (see `retention`).
     retention: retention::Retention,
@@ -284,6 +286,9 @@ pub struct WriteSession {
     pub forwarded: bool,
 }
 
+/// The longest a peer's snapshot waits for the store to take what is logged.
+const SNAPSHOT_COMMIT_WAIT: Duration = Duration::from_secs(30);
+
 /// How long a home remembers a session's latest epoch after its last write here:
 /// longer than any forwarded request is resent (and than the forwarding window
 /// remembers requests).
@@ -342,6 +347,7 @@ impl Engine {
             broken: Mutex::new(None),
             backend_stats: crate::metrics::Latency::default(),
             committed: watch::Sender::new(0),
+            logged_batch: AtomicU64::new(0),
             stats: Stats::default(),
             retention: retention::Retention::new(
                 config.log_retention,
@@ -493,7 +499,27 @@ impl Engine {
 
     /// The store's data and the vector it reaches, read in one transaction (the
     /// embedded store) or with commits held off (Redis), for a peer to bootstrap from.
+    ///
+    /// It holds every change applied here when it was asked for: the store lags
+    /// the log by up to a commit, and what the snapshot lacks, the shipper does
+    /// not make up for when the peer is the changes' origin (nobody sends a
+    /// datacenter its own changes). A datacenter restoring its lost data would
+    /// stay short of its newest changes.
     pub async fn snapshot(&self) -> Result<(VersionVector, Entries), BackendError> {
+        use std::sync::atomic::Ordering;
+        let batch = self.shared.logged_batch.load(Ordering::Acquire);
+        let mut committed = self.shared.committed.subscribe();
+        self.writes.hurry_commits(batch);
+        let stored = committed.wait_for(|&c| c >= batch);
+        match tokio::time::timeout(SNAPSHOT_COMMIT_WAIT, stored).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => {
+                return Err(BackendError::Refused(format!(
+                    "ERR the store did not take the changes logged here within {}s; no snapshot is taken without them",
+                    SNAPSHOT_COMMIT_WAIT.as_secs()
+                )));
+            }
+        }
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             shared

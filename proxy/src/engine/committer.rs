@@ -79,6 +79,11 @@ struct Queued {
     closing: bool,
     /// The backend's most changes in one transaction.
     max_changes: usize,
+    /// A reader waits for the writer batches up to this one to be committed (a
+    /// peer's snapshot): commit them now rather than at the end of the period.
+    hurry: u64,
+    /// The newest writer batch committed.
+    committed: u64,
 }
 
 impl Queued {
@@ -87,6 +92,7 @@ impl Queued {
             || self.waiting
             || self.changes >= self.max_changes
             || self.bytes >= GATHER_BYTES + self.changes.saturating_mul(SMALL_CHANGE)
+            || self.hurry > self.committed
     }
 }
 
@@ -95,10 +101,12 @@ impl Budget {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn release(&self, changes: usize, bytes: usize) {
+    /// The committer committed `changes` up to writer batch `batch`.
+    fn release(&self, changes: usize, bytes: usize, batch: u64) {
         let mut state = self.lock();
         state.changes = state.changes.saturating_sub(changes);
         state.bytes = state.bytes.saturating_sub(bytes);
+        state.committed = state.committed.max(batch);
         self.freed.notify_all();
     }
 
@@ -129,7 +137,29 @@ impl Drop for Queue {
     }
 }
 
+/// Asks the committer to commit what it gathers now (see [`Hurry::commit_through`]).
+#[derive(Clone)]
+pub(super) struct Hurry(Arc<Budget>);
+
+impl Hurry {
+    /// Has the committer commit writer batches up to `batch` as soon as they reach
+    /// it, rather than gather more until its period ends. Waiting for the commit
+    /// is the caller's part (`Shared::committed`).
+    pub(super) fn commit_through(&self, batch: u64) {
+        let mut state = self.0.lock();
+        state.hurry = state.hurry.max(batch);
+        if state.gathered() {
+            self.0.full.notify_all();
+        }
+    }
+}
+
 impl Queue {
+    /// A handle that hurries the committer along.
+    pub(super) fn hurry(&self) -> Hurry {
+        Hurry(self.budget.clone())
+    }
+
     /// Whether [`Queue::send`] would take `n` more changes without waiting.
     pub(super) fn has_room(&self, n: usize) -> bool {
         let state = self.budget.lock();
@@ -243,10 +273,11 @@ fn run(
         let batches = take_batches(first, &rx, gather.max_changes);
         let queued: usize = batches.iter().map(|b| b.changes.len().max(1)).sum();
         let bytes: usize = batches.iter().map(|b| b.bytes).sum();
+        let last = batches.last().map_or(0, |b| b.batch);
         if !committer.commit_batches(batches) {
             return;
         }
-        budget.release(queued, bytes);
+        budget.release(queued, bytes, last);
     }
     committer.finish();
 }

@@ -297,6 +297,55 @@ async fn the_writer_thread_wakes_for_the_sync_and_expiry_client_writes_bring() {
     engine.shutdown().await;
 }
 
+/// A peer's snapshot holds every change applied here when it was asked for, even
+/// those the committer would otherwise gather for the rest of its period: the
+/// shipper never sends a datacenter its own changes, so one restoring its lost
+/// data from the snapshot would go without them.
+#[tokio::test]
+async fn a_peer_snapshot_holds_every_change_applied_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        fsync: Fsync::Never,
+        ..config()
+    };
+    let engine = Engine::open(dir.path(), config).unwrap();
+    exec(&engine, "SET {u}:a 1").await;
+    // That commit went at once; the next one gathers for the backend's period.
+    let mut committed = engine.shared.committed.subscribe();
+    tokio::time::timeout(Duration::from_secs(30), committed.wait_for(|&c| c >= 1))
+        .await
+        .expect("the first write was committed")
+        .unwrap();
+    let remote = |seq: u64| Change {
+        origin: "eu-west".into(),
+        seq,
+        hlc: seq << 16,
+        user: b"v".to_vec(),
+        ops: vec![Op::new(
+            format!("{{v}}:{seq}").into_bytes(),
+            Some(Value {
+                data: Data::String(b"x".to_vec()),
+                expire_at_ms: None,
+            }),
+        )],
+        deps: meridian_policies::VersionVector::new(),
+        path: vec!["eu-west".into()],
+    };
+    let held = engine.apply((1..=5).map(remote).collect()).await.unwrap();
+    assert!(held.is_empty());
+    assert_eq!(engine.applied().get("eu-west"), 5);
+    exec(&engine, "SET {u}:b 2").await;
+
+    let (vector, entries) = engine.snapshot().await.unwrap();
+    assert_eq!(vector.get("eu-west"), 5, "the snapshot names {vector}");
+    assert_eq!(vector.get("us-east"), 2, "the snapshot names {vector}");
+    let keys: std::collections::BTreeSet<&[u8]> = entries.iter().map(|(k, _)| &k[..]).collect();
+    for key in ["{u}:a", "{u}:b", "{v}:1", "{v}:5"] {
+        assert!(keys.contains(key.as_bytes()), "{key} is missing from the snapshot");
+    }
+    engine.shutdown().await;
+}
+
 /// Reads racing the committer never go back in time: a value once read is never
 /// followed by an older one, while the committer moves keys out of the memtable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -148,6 +148,8 @@ struct Core {
     /// The runtime of the tasks that write, for a task that runs writes left
     /// queued (`None`: the engine was opened outside one).
     runtime: Option<tokio::runtime::Handle>,
+    /// Hurries the committer for a reader that waits for a commit.
+    hurry: committer::Hurry,
 }
 
 impl std::fmt::Debug for Core {
@@ -207,6 +209,12 @@ impl Writes {
         if !self.core.queue().to_thread {
             self.core.combine(false);
         }
+    }
+
+    /// Has the committer commit writer batches up to `batch` without waiting out
+    /// its period.
+    pub(super) fn hurry_commits(&self, batch: u64) {
+        self.core.hurry.commit_through(batch);
     }
 
     /// Sends the writer thread a message.
@@ -435,6 +443,7 @@ pub(super) fn spawn(
 ) -> Result<Writes, OpenError> {
     let (msgs, rx) = mpsc::channel(QUEUE);
     let committer = committer::spawn(shared.clone(), &config.dc, config.max_unstored)?;
+    let hurry = committer.0.hurry();
     let syncer = Syncer::spawn(&config.dc, shared.workers.register("log-sync", None))?;
     // The writer thread's own timer, for its bounded waits.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -475,6 +484,7 @@ pub(super) fn spawn(
         wake,
         thread_only,
         runtime: tokio::runtime::Handle::try_current().ok(),
+        hurry,
     });
     let span = tracing::info_span!("worker", dc = %config.dc, worker = "writer");
     let thread_core = core.clone();
@@ -1066,12 +1076,19 @@ impl Writer {
         }
     }
 
+    /// Numbers the next batch handed to the committer, and says so before its
+    /// changes count as applied: whoever sees them applied can wait for their commit.
+    fn next_batch(&mut self) {
+        self.batch_no += 1;
+        (self.shared.logged_batch).store(self.batch_no, std::sync::atomic::Ordering::Release);
+    }
+
     /// Makes logged changes visible (memtable, applied vector, log position) and
     /// queues them for the committer.
     fn hand_over(&mut self, changes: Vec<Change>, next_lsn: u64, bytes: usize) {
         self.index_expiry(&changes);
         self.observe_placements(&changes);
-        self.batch_no += 1;
+        self.next_batch();
         self.shared.marks.record(
             changes
                 .iter()

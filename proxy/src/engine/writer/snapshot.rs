@@ -98,7 +98,7 @@ impl Writer {
     fn store_snapshot(&mut self, winners: Vec<Change>, lsn: u64) -> Result<(), ApplyError> {
         self.index_expiry(&winners);
         self.observe_placements(&winners);
-        self.batch_no += 1;
+        self.next_batch();
         let ops = winners.iter().flat_map(|c| {
             let version = c.version();
             c.ops
