@@ -184,6 +184,13 @@ pub(crate) fn run(args: &OverheadArgs) -> Result<(), String> {
         args.keyspace,
         args.rounds
     );
+    match std::env::var("MERIDIAN_THREADS") {
+        Ok(threads) => println!("meridian: {threads} serving threads (MERIDIAN_THREADS)\n"),
+        Err(_) => println!(
+            "meridian: its default serving threads, one fewer than the {} cores (MERIDIAN_THREADS sets them)\n",
+            std::thread::available_parallelism().map_or(1, usize::from)
+        ),
+    }
     // The mixed load's GETs find 1 KB values.
     for target in &targets {
         let fill = Run {

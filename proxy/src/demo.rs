@@ -73,7 +73,7 @@ enum TopologyArg {
 }
 
 pub(crate) fn demo(args: &DemoArgs) -> ExitCode {
-    let runtime = match crate::runtime() {
+    let runtime = match crate::runtime(None) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("meridian demo: {e}");

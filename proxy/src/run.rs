@@ -27,6 +27,8 @@ pub(crate) struct Extra {
     pub(crate) max_unstored: usize,
     /// Size past which a log segment is closed.
     pub(crate) log_segment_bytes: u64,
+    /// Threads that serve clients and peers.
+    pub(crate) threads: usize,
 }
 
 pub(crate) fn run(file: &Path, dc: &str, format: LogFormat, extra: &Extra) -> ExitCode {
@@ -57,7 +59,8 @@ pub(crate) fn run(file: &Path, dc: &str, format: LogFormat, extra: &Extra) -> Ex
             }
         }
     }
-    let runtime = match crate::runtime() {
+    tracing::info!(threads = extra.threads, "serving threads");
+    let runtime = match crate::runtime(Some(extra.threads)) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("meridian: {e}");

@@ -454,7 +454,7 @@ fn dc(
     }
 }
 
-/// Tokio workers each of `n` proxies gets: the machine's cores shared among them,
+/// Serving threads (`MERIDIAN_THREADS`) each of `n` proxies gets: the machine's cores shared among them,
 /// at least one. The emulated regions share one machine; with a worker per core in
 /// each, the workers of one proxy woke each other to steal its tasks and took the
 /// cores from the other proxies and the emulator: five regions on 2 cores used
@@ -522,8 +522,8 @@ impl Cluster {
             .open(&dc.log)
             .map_err(io(format!("opening {}", dc.log.display())))?;
         let mut command = Command::new(&self.spec.binary);
-        if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-            command.env("TOKIO_WORKER_THREADS", workers);
+        if std::env::var_os("MERIDIAN_THREADS").is_none() {
+            command.env("MERIDIAN_THREADS", workers);
         }
         let child = command
             .args(&dc.args)

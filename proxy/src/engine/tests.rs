@@ -341,7 +341,10 @@ async fn a_peer_snapshot_holds_every_change_applied_before_it() {
     assert_eq!(vector.get("us-east"), 2, "the snapshot names {vector}");
     let keys: std::collections::BTreeSet<&[u8]> = entries.iter().map(|(k, _)| &k[..]).collect();
     for key in ["{u}:a", "{u}:b", "{v}:1", "{v}:5"] {
-        assert!(keys.contains(key.as_bytes()), "{key} is missing from the snapshot");
+        assert!(
+            keys.contains(key.as_bytes()),
+            "{key} is missing from the snapshot"
+        );
     }
     engine.shutdown().await;
 }
