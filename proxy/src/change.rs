@@ -6,6 +6,7 @@
 //! ([`Patch`]), applied only to that version. Either way applying a change twice,
 //! or applying it on another datacenter, gives the same result (idempotent apply).
 
+mod byte_string;
 mod patch;
 mod sorted;
 
@@ -152,7 +153,7 @@ pub struct Value {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Data {
     /// A Redis string.
-    String(Vec<u8>),
+    String(#[serde(with = "byte_string")] Vec<u8>),
     /// A Redis hash, fields in the order they were first set (Redis's order for
     /// the small hashes applications mostly have); in the log and on the wire a
     /// map, as the sorted hashes of earlier builds were, so their records read.
