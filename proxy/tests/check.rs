@@ -137,3 +137,28 @@ fn version_names_the_build() {
     assert!(out.status.success());
     assert!(text(&out.stdout).starts_with(concat!("meridian ", env!("CARGO_PKG_VERSION"))));
 }
+
+#[test]
+fn a_bad_thread_count_is_refused_by_name() {
+    let topology = example("three-regions.toml");
+    let out = meridian(&[
+        "run",
+        "--config",
+        &topology,
+        "--dc",
+        "us-east",
+        "--threads",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("'0' for '--threads"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["run", "--config", &topology, "--dc", "us-east"])
+        .env("MERIDIAN_THREADS", "many")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("'many' for '--threads"), "{stderr}");
+}

@@ -48,9 +48,12 @@ fn a_full_disk_stops_writes_not_reads_and_they_resume_when_room_is_back() {
         eprintln!("skipped: cannot mount a tmpfs here to fill a disk");
         return;
     };
-    // Room to free later.
+    // Room to free later: more than what writes can fill. The log may fill the
+    // disk before the committer stores any of it (it gathers for its period),
+    // and the store then needs as much room again, at run time or in the replay
+    // of a restart.
     let ballast = dir.path().join("ballast");
-    std::fs::write(&ballast, vec![0u8; 3 << 20]).unwrap();
+    std::fs::write(&ballast, vec![0u8; 5 << 20]).unwrap();
     let (topology, addr) = single_dc_topology(dir.path(), "always");
     let proxy = start_meridian(&topology, addr);
     let mut client = Client::connect(addr).unwrap();
