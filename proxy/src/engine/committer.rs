@@ -80,10 +80,9 @@ struct Queued {
     /// The backend's most changes in one transaction.
     max_changes: usize,
     /// A reader waits for the writer batches up to this one to be committed (a
-    /// peer's snapshot): commit them now rather than at the end of the period.
+    /// peer's snapshot): commit them now rather than at the end of the period
+    /// (0: nobody waits).
     hurry: u64,
-    /// The newest writer batch committed.
-    committed: u64,
 }
 
 impl Queued {
@@ -92,7 +91,7 @@ impl Queued {
             || self.waiting
             || self.changes >= self.max_changes
             || self.bytes >= GATHER_BYTES + self.changes.saturating_mul(SMALL_CHANGE)
-            || self.hurry > self.committed
+            || self.hurry > 0
     }
 }
 
@@ -106,7 +105,9 @@ impl Budget {
         let mut state = self.lock();
         state.changes = state.changes.saturating_sub(changes);
         state.bytes = state.bytes.saturating_sub(bytes);
-        state.committed = state.committed.max(batch);
+        if batch >= state.hurry {
+            state.hurry = 0;
+        }
         self.freed.notify_all();
     }
 
