@@ -304,11 +304,7 @@ async fn the_writer_thread_wakes_for_the_sync_and_expiry_client_writes_bring() {
 #[tokio::test]
 async fn a_peer_snapshot_holds_every_change_applied_before_it() {
     let dir = tempfile::tempdir().unwrap();
-    let config = EngineConfig {
-        fsync: Fsync::Never,
-        ..config()
-    };
-    let engine = Engine::open(dir.path(), config).unwrap();
+    let engine = Engine::open(dir.path(), config()).unwrap();
     exec(&engine, "SET {u}:a 1").await;
     // That commit went at once; the next one gathers for the backend's period.
     let mut committed = engine.shared.committed.subscribe();
