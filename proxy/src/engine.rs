@@ -135,6 +135,9 @@ pub struct Stats {
     pub expires: AtomicU64,
     /// Their average expiry (milliseconds since the Unix epoch; 0 with none).
     pub expires_average_at: AtomicU64,
+    /// Keys of the store the start-up scan has still to look at for a TTL
+    /// (`u64::MAX` until they are listed).
+    pub expiry_scan_left: AtomicU64,
     /// Ops of this datacenter's changes written as edits of the state before.
     pub edits_written: AtomicU64,
     /// Changes of other datacenters held because an edit in them could not be

@@ -28,13 +28,21 @@ use meridian_policies::Version;
 /// insert that found its key already there: the comparison reached it.
 pub(super) type MemKey = smallvec::SmallVec<[u8; 32]>;
 
+/// The entries, in an insertion-ordered map: its entries sit in one vector, so the
+/// sweep after a commit can walk them by position in slices, letting go of the lock
+/// between slices (see [`Memtable::committed`]).
+pub(super) type Entries = indexmap::IndexMap<MemKey, Entry, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 pub(super) struct Memtable {
-    map: RwLock<super::KeyMap<MemKey, Entry>>,
+    map: RwLock<Entries>,
 }
 
 /// A read view: hold it while reading both the memtable and a store snapshot.
-pub(super) type View<'a> = RwLockReadGuard<'a, super::KeyMap<MemKey, Entry>>;
+pub(super) type View<'a> = RwLockReadGuard<'a, Entries>;
+
+/// Entries the sweep after a commit looks at before it lets go of the lock.
+const SWEEP_SLICE: usize = 4096;
 
 impl Memtable {
     pub(super) fn view(&self) -> View<'_> {
@@ -67,14 +75,25 @@ impl Memtable {
 
     /// Forgets the entries written by batches up to `batch`: the committer calls
     /// this once every batch up to it is durably in the store (it commits them in
-    /// order). One pass over the entries, with no hashing, under the write lock:
-    /// it was a lookup and a removal per op committed, 8% of a proxy's CPU under
-    /// pipelined writes on the embedded store.
+    /// order). One pass over the entries, with no hashing (a lookup and a removal
+    /// per op committed was 8% of a proxy's CPU under pipelined writes on the
+    /// embedded store), in slices of [`SWEEP_SLICE`] entries under the write lock,
+    /// the forgotten values freed after each slice, outside it. In one pass under
+    /// the lock, a sweep of 45,000-70,000 entries held every reader and writer for
+    /// 2.4-4.9 ms once a second (`redis-benchmark -t set -c 50 -r 100000`).
     pub(super) fn committed(&self, batch: u64) {
-        self.map
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .retain(|_, e| e.batch > batch);
+        let mut next = None;
+        loop {
+            let mut forgotten = Vec::new();
+            {
+                let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+                next = sweep(&mut map, next, batch, SWEEP_SLICE, &mut forgotten);
+            }
+            drop(forgotten);
+            if next.is_none() {
+                return;
+            }
+        }
     }
 
     /// The newest batch with an entry not yet committed.
@@ -85,6 +104,35 @@ impl Memtable {
     pub(super) fn len(&self) -> usize {
         self.view().len()
     }
+}
+
+/// One slice of the sweep after a commit: looks at up to `slice` entries, from
+/// position `from` (`None`: the last entry) down, forgetting those written by
+/// batches up to `batch` into `forgotten`; returns the position to go on from, or
+/// `None` when the first entry is done.
+///
+/// Going down keeps the positions still to look at in place between slices,
+/// while writes come in: a removal moves the last entry into the hole, and the
+/// last entry is at or past the sweep (looked at already, or written meanwhile,
+/// by a newer batch); a write adds at the end or replaces a value in place.
+fn sweep(
+    map: &mut Entries,
+    from: Option<usize>,
+    batch: u64,
+    slice: usize,
+    forgotten: &mut Vec<(MemKey, Entry)>,
+) -> Option<usize> {
+    let last = map.len().checked_sub(1)?;
+    let top = from.map_or(last, |from| from.min(last));
+    let end = top.saturating_sub(slice.saturating_sub(1));
+    for i in (end..=top).rev() {
+        if map.get_index(i).is_some_and(|(_, e)| e.batch <= batch)
+            && let Some(entry) = map.swap_remove_index(i)
+        {
+            forgotten.push(entry);
+        }
+    }
+    end.checked_sub(1)
 }
 
 #[cfg(test)]
@@ -113,5 +161,53 @@ mod tests {
         memtable.committed(3);
         assert_eq!(memtable.newest_batch(), Some(4));
         assert_eq!(memtable.len(), 1);
+    }
+
+    /// Writes that come in between the sweep's slices, new keys and new values of
+    /// keys on either side of it, all stay; everything committed goes.
+    #[test]
+    fn a_sweep_in_slices_keeps_the_writes_made_between_its_slices() {
+        let version = Version::new(Timestamp::from_u64(1 << 16), "dc1");
+        let entry = |batch| Entry {
+            value: None,
+            batch,
+            version: version.clone(),
+        };
+        let mut map = Entries::default();
+        for i in 0..20u64 {
+            map.insert(
+                MemKey::from_slice(format!("k{i}").as_bytes()),
+                entry(1 + i % 3),
+            );
+        }
+        let mut forgotten = Vec::new();
+        let mut next = sweep(&mut map, None, 3, 4, &mut forgotten);
+        let mut writes = 0;
+        while let Some(at) = next {
+            // A key not swept yet, one swept already, and a new one.
+            let (below, above) = (at / 2, (at + 1).min(map.len() - 1));
+            for i in [below, above] {
+                let key = map.get_index(i).expect("in the map").0.clone();
+                map.insert(key, entry(5));
+            }
+            map.insert(
+                MemKey::from_slice(format!("new{writes}").as_bytes()),
+                entry(5),
+            );
+            writes += 1;
+            next = sweep(&mut map, next, 3, 4, &mut forgotten);
+        }
+        assert!(writes >= 3, "the sweep took {writes} slices");
+        assert!(map.values().all(|e| e.batch == 5), "{map:?}");
+        for w in 0..writes {
+            assert!(map.contains_key(format!("new{w}").as_bytes()));
+        }
+        // Each key is either kept (rewritten) or forgotten, never both or neither.
+        assert_eq!(map.len() + forgotten.len(), 20 + writes);
+        assert!(
+            forgotten
+                .iter()
+                .all(|(k, e)| e.batch <= 3 && !map.contains_key(k))
+        );
     }
 }

@@ -345,6 +345,48 @@ async fn a_peer_snapshot_holds_every_change_applied_before_it() {
     engine.shutdown().await;
 }
 
+/// After a restart the store is scanned for TTLs a slice at a time, writes
+/// running between slices; a key written meanwhile keeps the TTL of that write,
+/// not the one the store held before it.
+#[tokio::test]
+async fn the_start_up_scan_for_ttls_leaves_keys_written_meanwhile_as_written() {
+    const KEYS: usize = 5_000;
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        fsync: Fsync::Never,
+        ..config()
+    };
+    let engine = Engine::open(dir.path(), config.clone()).unwrap();
+    for i in 0..KEYS {
+        exec(&engine, &format!("SET {{u}}:k{i:05} x PX 3600000")).await;
+    }
+    assert_eq!(engine.expiry_stats().0, KEYS as u64);
+    engine.shutdown().await;
+    drop(engine);
+
+    // The scan waits (other tests' scans only go slower meanwhile).
+    super::writer::HOLD_EXPIRY_SCAN.store(true, Ordering::Relaxed);
+    let engine = Engine::open(dir.path(), config).unwrap();
+    // A first write is committed at once; the next waits in the memtable for the
+    // committer's period, the store holding the key's old value meanwhile. It is
+    // the last key the scan reaches, and it loses its TTL.
+    let written = async {
+        assert_eq!(exec(&engine, "SET {u}:a 1").await, Reply::OK);
+        let last = format!("SET {{u}}:k{:05} y", KEYS - 1);
+        assert_eq!(exec(&engine, &last).await, Reply::OK);
+    };
+    let written = tokio::time::timeout(Duration::from_secs(30), written).await;
+    super::writer::HOLD_EXPIRY_SCAN.store(false, Ordering::Relaxed);
+    written.expect("writes ran while the scan was under way");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while engine.stats().expiry_scan_left.load(Ordering::Relaxed) > 0 {
+        assert!(std::time::Instant::now() < deadline, "the scan did not end");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(engine.expiry_stats().0, KEYS as u64 - 1);
+    engine.shutdown().await;
+}
+
 /// Reads racing the committer never go back in time: a value once read is never
 /// followed by an older one, while the committer moves keys out of the memtable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -389,6 +389,8 @@ struct Writer {
     local_reads: bool,
     /// Keys with a TTL, for active expiry.
     expiring: super::expiry::Expiring,
+    /// The keys of the store still to look at for a TTL, at start-up.
+    expiry_scan: Option<ExpiryScan>,
     /// The latest epoch of each session that wrote here lately.
     fence: SessionFence,
     /// When the writer thread wakes next for a timed sync or expiry (`None`: not
@@ -442,6 +444,8 @@ pub(super) fn spawn(
     config: EngineConfig,
 ) -> Result<Writes, OpenError> {
     let (msgs, rx) = mpsc::channel(QUEUE);
+    // Not listed yet: the writer thread lists the store's keys first.
+    (shared.stats.expiry_scan_left).store(u64::MAX, Ordering::Relaxed);
     let committer = committer::spawn(shared.clone(), &config.dc, config.max_unstored)?;
     let hurry = committer.0.hurry();
     let syncer = Syncer::spawn(&config.dc, shared.workers.register("log-sync", None))?;
@@ -468,6 +472,7 @@ pub(super) fn spawn(
         syncer: Some(syncer),
         committer: Some(committer),
         expiring: super::expiry::Expiring::default(),
+        expiry_scan: None,
         fence: SessionFence::new(super::SESSION_FENCE_KEEP.as_millis() as u64),
         thread_wakes: None,
         wake: wake.clone(),
@@ -499,9 +504,16 @@ pub(super) fn spawn(
 /// then runs them with the queued writes.
 fn run(core: &Arc<Core>, mut rx: mpsc::Receiver<Msg>, runtime: &tokio::runtime::Runtime) {
     let _exit = ThreadExit(core);
+    // The store's keys are listed without holding the writer: writes run meanwhile.
+    let slot = core.lock();
+    let shared = slot.as_ref().map(|w| w.shared.clone());
+    core.release(slot);
+    let scan = shared.and_then(|shared| ExpiryScan::start(&shared));
     let mut slot = core.lock();
     if let Some(writer) = slot.as_mut() {
-        writer.scan_expiring();
+        let left = scan.as_ref().map_or(0, |s| s.keys.len());
+        (writer.shared.stats.expiry_scan_left).store(left as u64, Ordering::Relaxed);
+        writer.expiry_scan = scan;
     }
     loop {
         let Some(writer) = slot.as_mut() else {
@@ -551,6 +563,34 @@ fn run(core: &Arc<Core>, mut rx: mpsc::Receiver<Msg>, runtime: &tokio::runtime::
                 let _ = done.send(());
             }
             return;
+        }
+    }
+}
+
+/// Tests hold the start-up scan for TTLs, to write while it is under way.
+#[cfg(test)]
+pub(super) static HOLD_EXPIRY_SCAN: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Keys looked at for a TTL per turn of the start-up scan, the writer held.
+const EXPIRY_SCAN_SLICE: usize = 256;
+
+/// The start-up scan for TTLs: the store's keys, and how far it went.
+struct ExpiryScan {
+    keys: Vec<Vec<u8>>,
+    next: usize,
+}
+
+impl ExpiryScan {
+    /// Lists the store's keys (`None`: there are none, or they cannot be listed).
+    fn start(shared: &Shared) -> Option<ExpiryScan> {
+        match shared.backend.session().keys() {
+            Ok(keys) if keys.is_empty() => None,
+            Ok(keys) => Some(ExpiryScan { keys, next: 0 }),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list the keys to expire; expiry covers new writes only");
+                None
+            }
         }
     }
 }
@@ -635,6 +675,9 @@ impl Writer {
 
     /// When the timed sync or the next expiry falls due (`None`: neither will).
     fn next_duty(&self) -> Option<Instant> {
+        if self.expiry_scan.is_some() {
+            return Some(Instant::now());
+        }
         let sync = match self.fsync {
             Fsync::Every(period) if self.log.is_dirty() => Some(self.last_sync + period),
             _ => None,
@@ -646,8 +689,10 @@ impl Writer {
         }
     }
 
-    /// The timed sync and active expiry, when due.
+    /// The timed sync and active expiry, when due, and a slice of the start-up
+    /// scan for TTLs.
     fn due_duties(&mut self) {
+        self.scan_expiring();
         self.expire_due();
         if let Fsync::Every(period) = self.fsync
             && self.log.is_dirty()
@@ -695,30 +740,53 @@ impl Writer {
         Some(Duration::from_millis(at.saturating_sub(wall_ms()) + 1))
     }
 
-    /// Indexes every key with a TTL the store holds (at start-up).
+    /// Indexes the TTLs of the next [`EXPIRY_SCAN_SLICE`] keys of the start-up
+    /// scan. Keys in the memtable are passed over: written since, their TTL is
+    /// indexed already, and the store may still hold an older value. The others
+    /// cannot change while the writer is held, so what the store says of them
+    /// stands. The scan held the writer from start to end: after a restart over
+    /// 100,000 keys in Redis, the first write waited 0.54-0.66 s.
     fn scan_expiring(&mut self) {
-        let keys = match self.session.keys() {
-            Ok(keys) => keys,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not list the keys to expire; expiry covers new writes only");
-                return;
-            }
+        #[cfg(test)]
+        if HOLD_EXPIRY_SCAN.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(scan) = &mut self.expiry_scan else {
+            return;
         };
-        for chunk in keys.chunks(1024) {
-            match self.session.fetch(chunk.to_vec(), wall_ms()) {
-                Ok(fetched) => {
-                    for (key, value) in fetched {
-                        if let Fetched::Known(Some(value)) = value {
-                            self.expiring.set(&key, value.expire_at_ms);
-                        }
+        let slice: Vec<Vec<u8>> = {
+            let view = self.shared.memtable.view();
+            let end = (scan.next + EXPIRY_SCAN_SLICE).min(scan.keys.len());
+            let slice = (scan.keys[scan.next..end].iter())
+                .filter(|key| !view.contains_key(key.as_slice()))
+                .cloned()
+                .collect();
+            scan.next = end;
+            slice
+        };
+        let left = scan.keys.len() - scan.next;
+        match self.session.fetch(slice, wall_ms()) {
+            Ok(fetched) => {
+                for (key, value) in fetched {
+                    if let Fetched::Known(Some(value)) = value {
+                        self.expiring.set(&key, value.expire_at_ms);
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not read the keys to expire; expiry covers new writes only");
-                    return;
+                if left == 0 {
+                    tracing::debug!(keys = scan.keys.len(), "scanned the store for TTLs");
+                    self.expiry_scan = None;
                 }
             }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the keys to expire; expiry covers new writes only");
+                self.expiry_scan = None;
+            }
         }
+        let left = self
+            .expiry_scan
+            .as_ref()
+            .map_or(0, |s| s.keys.len() - s.next);
+        (self.shared.stats.expiry_scan_left).store(left as u64, Ordering::Relaxed);
         self.count_expiring();
     }
 
