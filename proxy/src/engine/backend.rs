@@ -396,21 +396,65 @@ impl crate::command::Keyspace for ReadKeyspace<'_, '_> {
 /// the database once. The embedded store inserts in key order, walking its
 /// B-tree from one leaf to the next instead of jumping about it.
 pub(super) fn newest_ops(changes: &[Change]) -> Vec<(&Op, Version)> {
-    let mut ops: Vec<(&Op, usize)> = (changes.iter().enumerate())
+    let ops: Vec<(&Op, usize)> = (changes.iter().enumerate())
         .flat_map(|(i, change)| change.ops.iter().map(move |op| (op, i)))
         .collect();
-    // Stable: a key's ops stay in change order, the last of each run is newest.
-    ops.sort_by(|a, b| a.0.key.cmp(&b.0.key));
-    let mut newest: Vec<(&Op, usize)> = Vec::with_capacity(ops.len());
-    for (op, i) in ops {
+    // Sorted by the 8 bytes after the prefix every key shares, then by the whole
+    // key where those are equal, then by position: a key's ops stay in order,
+    // the last of each run is newest. Sorting by the whole key alone was a
+    // comparison through `memcmp` each time, 32% of the committer's CPU under
+    // pipelined writes on the embedded store (`redis-benchmark -t set -P 16 -r
+    // 100000`, whose keys all start `key:0000000`).
+    let shared = shared_prefix(ops.iter().map(|(op, _)| op.key.as_slice()));
+    let mut order: Vec<(u64, usize)> = (ops.iter().enumerate())
+        .map(|(at, (op, _))| (sort_word(&op.key, shared), at))
+        .collect();
+    order.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| ops[a.1].0.key.cmp(&ops[b.1].0.key))
+            .then(a.1.cmp(&b.1))
+    });
+    let mut newest: Vec<(&Op, usize)> = Vec::with_capacity(order.len());
+    let mut last_word = None;
+    for (word, at) in order {
+        let (op, i) = ops[at];
         match newest.last_mut() {
-            Some(last) if last.0.key == op.key => *last = (op, i),
+            Some(last) if last_word == Some(word) && last.0.key == op.key => *last = (op, i),
             _ => newest.push((op, i)),
         }
+        last_word = Some(word);
     }
     (newest.into_iter())
         .map(|(op, i)| (op, changes[i].version()))
         .collect()
+}
+
+/// The length of the prefix all `keys` share.
+fn shared_prefix<'a>(mut keys: impl Iterator<Item = &'a [u8]>) -> usize {
+    let Some(first) = keys.next() else {
+        return 0;
+    };
+    let mut shared = first;
+    for key in keys {
+        let n = shared.len().min(key.len());
+        let same = (0..n).find(|&i| shared[i] != key[i]).unwrap_or(n);
+        shared = &shared[..same];
+        if shared.is_empty() {
+            break;
+        }
+    }
+    shared.len()
+}
+
+/// The 8 bytes of `key` after its first `skip`, zero-padded, as a number that
+/// orders as they do: keys whose words differ order as their words; keys whose
+/// words are equal may still differ further on.
+fn sort_word(key: &[u8], skip: usize) -> u64 {
+    let rest = key.get(skip..).unwrap_or_default();
+    let mut word = [0u8; 8];
+    let n = rest.len().min(8);
+    word[..n].copy_from_slice(&rest[..n]);
+    u64::from_be_bytes(word)
 }
 
 #[cfg(test)]
@@ -418,6 +462,65 @@ mod tests {
     use super::*;
     use crate::change::Data;
     use meridian_policies::Timestamp;
+
+    /// Each key's last op, in key order, whatever the keys share or how they
+    /// differ: against a plain stable sort by key.
+    #[test]
+    fn newest_ops_are_each_keys_last_in_key_order() {
+        use proptest::prelude::*;
+        let key = prop::collection::vec(prop::sample::select(vec![0u8, 1, b'k', b'y', 255]), 0..12);
+        let change = prop::collection::vec(key, 1..4);
+        let mut runner = proptest::test_runner::TestRunner::default();
+        runner
+            .run(&prop::collection::vec(change, 0..40), |batches| {
+                let changes: Vec<Change> = (batches.iter().enumerate())
+                    .map(|(i, keys)| Change {
+                        origin: "dc1".into(),
+                        seq: i as u64 + 1,
+                        hlc: (i as u64 + 1) << 16,
+                        user: b"u".to_vec(),
+                        ops: (keys.iter().enumerate())
+                            .map(|(j, k)| {
+                                let v = format!("{i}.{j}").into_bytes();
+                                let value = Value {
+                                    data: Data::String(v),
+                                    expire_at_ms: None,
+                                };
+                                // A common prefix, sometimes.
+                                let key = if i % 2 == 0 {
+                                    [b"key:000".as_slice(), k].concat()
+                                } else {
+                                    k.clone()
+                                };
+                                Op::new(key, Some(value))
+                            })
+                            .collect(),
+                        deps: meridian_policies::VersionVector::new(),
+                        path: vec!["dc1".into()],
+                    })
+                    .collect();
+                let mut expected: Vec<(&Op, usize)> = (changes.iter().enumerate())
+                    .flat_map(|(i, c)| c.ops.iter().map(move |op| (op, i)))
+                    .collect();
+                expected.sort_by(|a, b| a.0.key.cmp(&b.0.key));
+                let mut newest: Vec<(&Op, usize)> = Vec::new();
+                for (op, i) in expected {
+                    match newest.last_mut() {
+                        Some(last) if last.0.key == op.key => *last = (op, i),
+                        _ => newest.push((op, i)),
+                    }
+                }
+                let got: Vec<(&[u8], &Option<Value>, u64)> = (newest_ops(&changes).into_iter())
+                    .map(|(op, v)| (op.key.as_slice(), &op.value, v.seq))
+                    .collect();
+                let want: Vec<(&[u8], &Option<Value>, u64)> = (newest.into_iter())
+                    .map(|(op, i)| (op.key.as_slice(), &op.value, changes[i].seq))
+                    .collect();
+                prop_assert_eq!(got, want);
+                Ok(())
+            })
+            .unwrap();
+    }
 
     /// A stored record reads back as written, for each kind of value.
     #[test]
