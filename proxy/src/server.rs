@@ -10,6 +10,8 @@ pub(crate) use conn::transaction::{
 mod info;
 mod observe;
 mod replicate;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -446,6 +446,11 @@ impl Conn {
     /// Sends the gathered writes, then waits for every queued write of this
     /// connection (and absorbs their tokens), so what follows sees them.
     async fn settle(&mut self) {
+        if self.unrun {
+            // Group commit: the other connections with requests ready queue their
+            // writes first, and one batch (one log append) takes them all.
+            tokio::task::yield_now().await;
+        }
         self.run_writes();
         self.send_group();
         let me = self.ctx.engine.dc().to_owned();
