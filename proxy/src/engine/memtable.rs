@@ -37,7 +37,8 @@ pub(super) type MemKey = smallvec::SmallVec<[u8; 32]>;
 ///
 /// An insertion-ordered map (`IndexMap`) walked by index did the same, but its
 /// removals hash twice each (the entry removed and the one moved into its place):
-/// pipelined SETs on the embedded store ran 8-15% slower with it.
+/// pipelined SETs on the embedded store took 16% more CPU with it (7.48 against
+/// 6.43 µs each, medians of 4 alternating rounds).
 #[derive(Debug, Default)]
 pub(super) struct Entries {
     table: hashbrown::HashTable<(MemKey, Entry)>,
@@ -70,8 +71,8 @@ impl Entries {
         self.table.len()
     }
 
-    /// Sets `key`'s entry; returns the one it replaced.
-    fn insert(&mut self, key: &[u8], entry: Entry) -> Option<Entry> {
+    /// Sets `key`'s entry.
+    fn insert(&mut self, key: &[u8], entry: Entry) {
         let hash = self.hash(key);
         let full = self.table.len() >= self.table.capacity();
         let hasher = &self.hasher;
@@ -84,12 +85,9 @@ impl Entries {
         // the key is there or not.
         self.moves += u64::from(full);
         match slot {
-            hashbrown::hash_table::Entry::Occupied(mut found) => {
-                Some(std::mem::replace(&mut found.get_mut().1, entry))
-            }
+            hashbrown::hash_table::Entry::Occupied(mut found) => found.get_mut().1 = entry,
             hashbrown::hash_table::Entry::Vacant(vacant) => {
                 vacant.insert((MemKey::from_slice(key), entry));
-                None
             }
         }
     }
