@@ -27,10 +27,11 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// the OS. A write's change is allocated by the thread that serves it and freed
 /// by the committer once the store holds it, in bulk at each commit; with
 /// mimalloc's 1 s delay much of that memory went back to the OS between commits
-/// and was faulted in again (zeroed) by the next writes: 230,000 page faults per
-/// million pipelined SETs on the embedded store, 8% of the serving thread's CPU and
-/// 7% of the committer's, with TLB shootdowns between them. With 10 s: 34,000, and
-/// the faults left the profile. Idle memory still goes back after 10 s.
+/// and was faulted in again (zeroed) by the next writes: 180,000-230,000 page
+/// faults per million pipelined SETs on the embedded store, 8% of the serving
+/// thread's CPU and 7% of the committer's, with TLB shootdowns between them. With
+/// 10 s: 24,000-85,000, and the faults left the profile (0.55% of the serving
+/// thread). Idle memory still goes back after 10 s.
 /// `MIMALLOC_PURGE_DELAY` in the environment overrides it.
 const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
 
